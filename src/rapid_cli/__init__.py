@@ -1,0 +1,1 @@
+"""rapid: fast RL fine-tuning of small language models."""

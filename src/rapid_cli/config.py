@@ -1,0 +1,218 @@
+"""Typed configuration: dataclass schemas registered in Hydra's ConfigStore.
+
+`conf/config.yaml` starts its defaults list with `base_config` (the `Config` schema below), so every
+YAML in `conf/` and every shell override is merged into these dataclasses: a misspelled key or a
+value of the wrong type fails at compose time with the key's name. Checks that involve several fields
+(group size, batch shape against the data set) live in `validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class RapidError(Exception):
+    """An error the user can fix; the CLI prints its message as one line and exits 2."""
+
+
+class OldLogprobs(str, Enum):
+    recompute = "recompute"  # trainer model recomputes log pi_old before the first update (authors)
+    sampler = "sampler"  # take the sampler's per-token logprobs as they came out of generation
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # preset name, used in run names
+    path: str = MISSING  # hub id, local HF directory, a .gguf file, `pkg:<module>/<file>.gguf`, or `tiny`
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (training dtype)
+    chat_template: bool = True  # wrap prompts in the tokenizer's chat template when it has one
+    gradient_checkpointing: bool = False  # trade compute for activation memory
+    trust_remote_code: bool = False
+    # Shape of the in-process random model (`path: tiny`); head_dim 64 so vLLM's CPU kernels accept it.
+    tiny_layers: int = 2
+    tiny_hidden: int = 128
+    tiny_heads: int = 2
+    tiny_vocab: int = 512
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING  # arith | gsm8k
+    source: str = "auto"  # auto | hub | offline | local: where the data comes from (auto: local > hub > offline)
+    data_path: str | None = None  # local file or directory; overrides the hub and the offline copy
+    hub_id: str | None = None  # Hugging Face dataset id
+    hub_config: str | None = None  # dataset config name on the hub
+    system_prompt: str | None = None  # optional system message
+    prompt_template: str = "{question}"  # how a problem becomes the user message
+    max_train: int | None = None  # keep only the first N training problems
+    max_test: int | None = None  # keep only the first N test problems
+    # arith only: synthetic integer arithmetic generated from the seed
+    digits: int = 1  # operands have 1..digits digits
+    ops: list[str] = field(default_factory=lambda: ["+"])  # any of + - *
+    num_train: int = 2000  # problems generated for training
+    num_test: int = 200  # problems generated for evaluation
+
+
+@dataclass
+class SamplerConfig:
+    name: str = "hf"  # hf (transformers, always available)
+    temperature: float = 1.0  # sampling temperature of the behaviour policy; logprobs use the same one
+    top_p: float = 1.0
+    max_tokens: int = 128  # max completion tokens
+    batch_size: int = 64  # sequences generated together (hf)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    max_grad_norm: float | None = 1.0  # gradient clipping; null disables it
+    warmup_steps: int = 0  # linear warm-up in optimizer steps
+    schedule: str = "constant"  # constant | cosine (decay over all optimizer steps of the run)
+
+
+@dataclass
+class AlgoConfig:
+    name: str = "rapid"  # loss function, looked up in rapid_cli.algorithms
+    steps_per_generation: int = 4  # A: optimizer steps per generation round
+    group_size: int = 4  # G: completions per prompt
+    prompts_per_step: int = 8  # M: prompt groups per mini-batch (one optimizer step)
+    micro_batch_size: int = 8  # sequences per forward/backward; a multiple of G (whole groups)
+    iw_clip: float | None = 2.0  # c: importance weights are clipped at c before the baseline
+    eps: float | None = 0.2  # PPO ratio clip; null = unclipped importance-weighted PG
+    old_logprobs: OldLogprobs = OldLogprobs.recompute
+
+
+@dataclass
+class TrainConfig:
+    rounds: int = 10  # generation rounds
+    log_samples: int = 2  # completions printed to the console each round (0: none)
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # evaluate every N rounds (0: only before and after training)
+    at_start: bool = True  # evaluate before the first round
+    n: int = 1  # samples per problem
+    k: list[int] = field(default_factory=lambda: [1])  # pass@k values reported (k <= n)
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    max_tokens: int | None = None  # null: the sampler's max_tokens
+    limit: int | None = None  # evaluate on the first N test problems only
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "rapid"
+    entity: str | None = None
+    name: str | None = None  # run name; null: derived from the overrides
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    live: bool = True  # rich progress bar and live status line
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    task: TaskConfig = MISSING
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    cache_dir: str | None = None  # converted models and offline data; null: $RAPID_CACHE or ~/.cache/rapid
+    experiment: str | None = None  # name of the experiment preset, if one was chosen
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+_CHOICES = {
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "task.source": ("auto", "hub", "offline", "local"),
+    "optimizer.name": ("adamw",),
+    "optimizer.schedule": ("constant", "cosine"),
+    "logger.wandb.mode": ("offline", "online", "disabled"),
+    "device": ("auto", "cpu", "cuda"),
+}
+
+
+def validate(cfg) -> None:
+    """Cross-field checks; raises RapidError with one line naming the key and the fix."""
+    from omegaconf import OmegaConf
+
+    for key, allowed in _CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise RapidError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    a = cfg.algo
+    if a.group_size < 2:
+        raise RapidError(
+            f"algo.group_size={a.group_size}: group-relative advantages need at least 2 completions per prompt"
+        )
+    for key in ("steps_per_generation", "prompts_per_step", "micro_batch_size"):
+        if getattr(a, key) < 1:
+            raise RapidError(f"algo.{key}={getattr(a, key)} must be at least 1")
+    if a.micro_batch_size % a.group_size:
+        raise RapidError(
+            f"algo.micro_batch_size={a.micro_batch_size} must be a multiple of algo.group_size={a.group_size} "
+            "(micro-batches hold whole prompt groups)"
+        )
+    if a.iw_clip is not None and a.iw_clip < 1:
+        raise RapidError(f"algo.iw_clip={a.iw_clip} must be >= 1 (or null for no clipping)")
+    if a.eps is not None and not 0 < a.eps < 1:
+        raise RapidError(f"algo.eps={a.eps} must be in (0, 1) (or null for the unclipped loss)")
+    from rapid_cli.algorithms import LOSSES
+
+    if a.name not in LOSSES:
+        raise RapidError(f"algo.name={a.name!r} is unknown; choose one of {', '.join(sorted(LOSSES))}")
+    if cfg.sampler.temperature <= 0:
+        raise RapidError("sampler.temperature must be > 0 for training (behaviour logprobs need a distribution)")
+    if not 0 < cfg.sampler.top_p <= 1:
+        raise RapidError(f"sampler.top_p={cfg.sampler.top_p} must be in (0, 1]")
+    if cfg.sampler.max_tokens < 1:
+        raise RapidError("sampler.max_tokens must be at least 1")
+    if cfg.train.rounds < 0:
+        raise RapidError("train.rounds must be >= 0")
+    if cfg.optimizer.lr <= 0:
+        raise RapidError(f"optimizer.lr={cfg.optimizer.lr} must be > 0")
+    if len(cfg.optimizer.betas) != 2:
+        raise RapidError("optimizer.betas takes two numbers, e.g. optimizer.betas=[0.9,0.999]")
+    e = cfg.eval
+    if e.n < 1 or any(k < 1 or k > e.n for k in e.k):
+        raise RapidError(f"eval.k={list(e.k)} must lie in 1..eval.n={e.n}")
+    if e.temperature < 0:
+        raise RapidError("eval.temperature must be >= 0 (0 = greedy)")
+    from rapid_cli.tasks import TASKS
+
+    if cfg.task.name not in TASKS:
+        raise RapidError(f"task.name={cfg.task.name!r} is unknown; choose one of {', '.join(sorted(TASKS))}")
+    bad_ops = set(cfg.task.ops) - {"+", "-", "*"}
+    if bad_ops:
+        raise RapidError(f"task.ops has unknown operators {sorted(bad_ops)}; use any of + - *")
+    if cfg.task.digits < 1:
+        raise RapidError("task.digits must be at least 1")
+
+
+def validate_data(cfg, n_train: int) -> None:
+    """Checks that need the loaded data set."""
+    need = cfg.algo.steps_per_generation * cfg.algo.prompts_per_step
+    if need > n_train:
+        raise RapidError(
+            f"a round needs algo.steps_per_generation x algo.prompts_per_step = {need} prompts but task "
+            f"{cfg.task.name} has only {n_train} training problems; lower one of them"
+        )

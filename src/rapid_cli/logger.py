@@ -1,0 +1,119 @@
+"""One facade for run output: rich console (progress + live line), metrics.jsonl, and Weights & Biases.
+
+Metric keys are namespaced: train/ reward/ eval/ time/ iw/ perf/. Every record carries `round` and
+`time/elapsed` (wall-clock seconds since the run started) so curves can be drawn against time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from rapid_cli.console import console, warn
+
+PHASES = ("generate", "reward", "old_logprobs", "update", "sync", "eval")
+
+
+def status_line(m: dict) -> str:
+    """The live one-liner: reward, importance weights, throughput, seconds per phase."""
+    parts = [f"reward {m.get('reward/mean', float('nan')):.3f}"]
+    if "iw/mean" in m:
+        parts.append(f"iw {m['iw/mean']:.3f} (max {m['iw/max']:.2f}, clip {100 * m['iw/clip_frac']:.0f}%)")
+    if "perf/gen_tokens_per_s" in m:
+        parts.append(f"{m['perf/gen_tokens_per_s']:.0f} tok/s")
+    times = " ".join(f"{p[:3]} {m[f'time/{p}']:.1f}s" for p in PHASES if f"time/{p}" in m)
+    if "eval/pass@1" in m:
+        parts.append(f"eval pass@1 {m['eval/pass@1']:.3f}")
+    return " | ".join(parts + [times])
+
+
+class RunLogger:
+    def __init__(self, cfg, run_dir: Path, total_rounds: int, run_name: str):
+        self.run_dir = run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self._jsonl = self.metrics_path.open("a", encoding="utf-8")
+        self.history: list[dict] = []
+        self.wandb = self._init_wandb(cfg, run_name)
+        self.progress = None
+        if cfg.logger.live and console.is_terminal:
+            self.progress = Progress(
+                TextColumn("[bold]round"),
+                MofNCompleteColumn(),
+                BarColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[status]}"),
+                console=console,
+                transient=False,
+            )
+            self.progress.start()
+            self._bar = self.progress.add_task("rounds", total=total_rounds, status="generating...")
+
+    def _init_wandb(self, cfg, run_name: str):
+        mode = cfg.logger.wandb.mode
+        if mode == "disabled":
+            return None
+        try:
+            os.environ.setdefault("WANDB_SILENT", "true")
+            import wandb
+            from omegaconf import OmegaConf
+
+            return wandb.init(
+                project=cfg.logger.wandb.project,
+                entity=cfg.logger.wandb.entity,
+                name=cfg.logger.wandb.name or run_name,
+                mode=mode,
+                dir=str(self.run_dir),
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
+        except Exception as err:  # W&B trouble must never stop training
+            warn(f"W&B disabled for this run ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+            return None
+
+    def log(self, metrics: dict, step: int) -> None:
+        record = {"round": step, **metrics}
+        self.history.append(record)
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self.wandb is not None:
+            try:
+                self.wandb.log(metrics, step=step)
+            except Exception as err:
+                warn(f"W&B log failed, continuing without it ({err})")
+                self.wandb = None
+
+    def round_done(self, metrics: dict, rnd: int) -> None:
+        line = status_line(metrics)
+        if self.progress is not None:
+            self.progress.update(self._bar, completed=rnd, status=line)
+        else:
+            console.print(f"round {rnd}: {line}", soft_wrap=True)
+
+    def samples(self, rows: list[tuple[str, str, float]]) -> None:
+        for question, completion, reward in rows:
+            text = completion.strip().replace("\n", " ")
+            console.print(f"  [dim]{question[:60]!r} -> {text[:80]!r} reward {reward:g}[/]", soft_wrap=True)
+
+    def close(self, summary: dict | None = None) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        self._jsonl.close()
+        if summary:
+            table = Table(title="run summary", show_header=True)
+            table.add_column("metric")
+            table.add_column("value", justify="right")
+            for key, value in summary.items():
+                table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+            console.print(table)
+        if self.wandb is not None:
+            try:
+                self.wandb.finish()
+                if self.wandb.settings.mode == "offline":
+                    console.print(f"W&B offline run saved; upload it with: wandb sync {self.wandb.dir.rsplit('/files', 1)[0]}")
+            except Exception as err:
+                warn(f"W&B finish failed ({err})")

@@ -1,0 +1,115 @@
+"""The trained model: loading, batch packing and per-token log-probabilities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rapid_cli.config import RapidError
+from rapid_cli.models import resolve_model
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RapidError("device=cuda but no CUDA GPU is visible; use device=cpu")
+    return torch.device(name)
+
+
+def load_policy(model_cfg, device: torch.device, cache_dir: str | None = None):
+    """Returns (model, tokenizer, local_or_hub_path)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    path = resolve_model(model_cfg, cache_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=DTYPES[model_cfg.dtype], trust_remote_code=model_cfg.trust_remote_code
+        )
+    except OSError as err:
+        raise RapidError(
+            f"could not load model {model_cfg.path!r} (tried a local directory and the Hugging Face Hub: "
+            f"{str(err).splitlines()[0]}); check the id or network, or use model.path=<local dir> or model=smollm2-135m"
+        ) from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.config.use_cache = True
+    return model.to(device), tokenizer, path
+
+
+def stop_token_ids(model, tokenizer) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    gen_eos = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+    return {i for i in ids if i is not None}
+
+
+@dataclass
+class PackedBatch:
+    """Prompts left-padded to P, completions right-padded to C, side by side: row i is [pad.. prompt | completion ..pad].
+
+    input_ids, attention_mask, position_ids: [B, P + C]
+    completion_ids, completion_mask: [B, C] (mask 1 on real completion tokens)
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+
+    @property
+    def prompt_width(self) -> int:
+        return self.input_ids.shape[1] - self.completion_ids.shape[1]
+
+
+def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int, device) -> PackedBatch:
+    P = max(len(p) for p in prompts)
+    C = max(1, max(len(c) for c in completions))
+    B = len(prompts)
+    input_ids = torch.full((B, P + C), pad_id, dtype=torch.long)
+    attention = torch.zeros((B, P + C), dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        input_ids[i, P - len(p) : P] = torch.tensor(p)
+        input_ids[i, P : P + len(c)] = torch.tensor(c, dtype=torch.long)
+        attention[i, P - len(p) : P + len(c)] = 1
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # [B, P+C]
+    completion_mask = attention[:, P:].clone()  # [B, C]
+    return PackedBatch(
+        input_ids.to(device),
+        attention.to(device),
+        position_ids.to(device),
+        input_ids[:, P:].to(device),
+        completion_mask.to(device),
+    )
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(logits / T)[target] per position. logits [B, C, V], targets [B, C] -> [B, C] float32."""
+    logits = logits.float() / temperature
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def completion_logprobs(model, batch: PackedBatch, temperature: float) -> torch.Tensor:
+    """Per-token log pi(completion token) under `model` at the sampling temperature: [B, C]."""
+    C = batch.completion_ids.shape[1]
+    # Only the positions that predict completion tokens go through the LM head: the last C+1 positions,
+    # whose final one predicts past the end and is dropped.
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        use_cache=False,
+        logits_to_keep=C + 1,
+    )
+    logits = out.logits[:, :-1]  # [B, C, V]
+    return token_logprobs(logits, batch.completion_ids, temperature)

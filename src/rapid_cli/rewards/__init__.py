@@ -1,0 +1,1 @@
+"""Reward functions: (completion text, reference) -> float in [0, 1]."""

@@ -1,0 +1,110 @@
+"""Sampler on plain transformers: a batched KV-cache decode loop over the trainer's own model.
+
+A hand-written loop rather than `model.generate`: it records each sampled token's log-prob as it goes
+([B] floats per step) instead of keeping full-vocabulary scores for every step ([B, T, V]), and it
+shares the trainer's model object, so weight sync costs nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rapid_cli.policy import stop_token_ids
+from rapid_cli.types import Generations, SamplingParams
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [B, V] -> (token [B], its log-prob under softmax(logits / T) [B]).
+
+    The recorded log-prob ignores top-p truncation, so it equals what the trainer recomputes.
+    """
+    logits = logits.float()
+    if params.temperature == 0:
+        token = logits.argmax(-1)
+        return token, torch.log_softmax(logits, -1).gather(-1, token[:, None]).squeeze(-1)
+    logp = torch.log_softmax(logits / params.temperature, -1)  # [B, V]
+    probs = logp.exp()
+    if params.top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        outside = sorted_p.cumsum(-1) - sorted_p > params.top_p  # keep the smallest prefix reaching top_p
+        sorted_p = sorted_p.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    token = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
+    return token, logp.gather(-1, token[:, None]).squeeze(-1)
+
+
+class HFSampler:
+    def __init__(self, model, tokenizer, batch_size: int = 64):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.stop_ids = stop_token_ids(model, tokenizer)
+
+    def sync_weights(self, model) -> None:
+        self.model = model  # same object as the trainer's: nothing to copy
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> Generations:
+        rows = [p for p in prompts for _ in range(params.n)]  # n completions per prompt, grouped
+        gen = torch.Generator().manual_seed(params.seed)
+        out = Generations([], [], [], [])
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(rows), self.batch_size):
+                ids, lps, reasons = self._decode(rows[start : start + self.batch_size], params, gen)
+                out.completion_ids += ids
+                out.logprobs += lps
+                out.finish_reasons += reasons
+        finally:
+            self.model.train(was_training)
+        out.texts = self.tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)
+        return out
+
+    def _decode(self, prompts: list[list[int]], params: SamplingParams, gen: torch.Generator):
+        device = next(self.model.parameters()).device
+        pad = self.tokenizer.pad_token_id
+        B, P = len(prompts), max(len(p) for p in prompts)
+        input_ids = torch.full((B, P), pad, dtype=torch.long)
+        attention = torch.zeros((B, P), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            input_ids[i, P - len(p) :] = torch.tensor(p)
+            attention[i, P - len(p) :] = 1
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        position = (attention.cumsum(-1) - 1).clamp(min=0)  # [B, P]
+        stop = torch.tensor(sorted(self.stop_ids), device=device)
+
+        tokens, logprobs = [], []  # per step: [B] each
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        lengths = torch.zeros(B, dtype=torch.long, device=device)
+        cache = None
+        step_ids = input_ids
+        for _ in range(params.max_tokens):
+            out = self.model(
+                input_ids=step_ids,
+                attention_mask=attention,
+                position_ids=position,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache = out.past_key_values
+            token, logp = sample_next(out.logits[:, -1], params, gen)  # [B], [B]
+            token = token.masked_fill(done, pad)
+            tokens.append(token)
+            logprobs.append(logp)
+            lengths += (~done).long()
+            done |= torch.isin(token, stop)
+            if done.all():
+                break
+            step_ids = token[:, None]  # [B, 1]
+            attention = torch.cat([attention, torch.ones((B, 1), dtype=attention.dtype, device=device)], -1)
+            position = position[:, -1:] + 1
+
+        token_mat = torch.stack(tokens, 1).tolist()  # [B, T]
+        logp_mat = torch.stack(logprobs, 1).tolist()
+        ids, lps, reasons = [], [], []
+        for i, n in enumerate(lengths.tolist()):
+            ids.append(token_mat[i][:n])
+            lps.append(logp_mat[i][:n])
+            reasons.append("stop" if n and token_mat[i][n - 1] in self.stop_ids else "length")
+        return ids, lps, reasons

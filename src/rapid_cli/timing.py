@@ -1,0 +1,33 @@
+"""Phase timing: `with timer("generate"):` both heads a phase and records `time/generate` for the logs."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+
+class PhaseTimer:
+    def __init__(self):
+        self.start = time.perf_counter()
+        self._round: dict[str, float] = {}
+        self.totals: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            dt = time.perf_counter() - t0
+            self._round[phase] = self._round.get(phase, 0.0) + dt
+            self.totals[phase] = self.totals.get(phase, 0.0) + dt
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def pop_round(self) -> dict[str, float]:
+        """This round's seconds per phase as `time/<phase>` metrics, then start a new round."""
+        out = {f"time/{k}": v for k, v in self._round.items()}
+        self._round = {}
+        return out

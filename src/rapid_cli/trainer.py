@@ -1,0 +1,257 @@
+"""The RAPID training loop (arXiv 2510.03515; ../shared/RAPID.md).
+
+Unlike GRPO, which generates for one optimizer step at a time, each round generates G completions for
+A*M prompts at once (generation is cheapest in large batches), then takes A optimizer steps on disjoint
+mini-batches of M whole prompt groups. The policy drifts from the one that sampled (pi_old) during the
+round; each step corrects for it with detached sequence importance weights w = pi_theta / pi_old,
+clipped at c, inside the group baseline (algorithms/losses.py). One round reads in data-flow order:
+
+    generate -> reward -> old_logprobs -> update (A mini-batches) -> sync -> eval -> log
+
+Run it with `rapid train` (see conf/config.yaml); tests call `train(cfg, run_dir)` directly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import torch
+
+from rapid_cli.algorithms import LOSSES, loss_options
+from rapid_cli.config import OldLogprobs, validate, validate_data
+from rapid_cli.console import console
+from rapid_cli.evaluate import evaluate
+from rapid_cli.logger import RunLogger
+from rapid_cli.policy import completion_logprobs, load_policy, pack, pick_device
+from rapid_cli.samplers import make_sampler
+from rapid_cli.tasks import make_task
+from rapid_cli.timing import PhaseTimer
+from rapid_cli.types import Rollouts, SamplingParams
+
+
+class PromptStream:
+    """Training problems in a seeded shuffled order, reshuffled each epoch; `cursor` counts problems served."""
+
+    def __init__(self, problems: list, seed: int):
+        self.problems, self.seed, self.cursor = problems, seed, 0
+
+    def next(self, n: int) -> list:
+        out = []
+        while len(out) < n:
+            epoch, pos = divmod(self.cursor, len(self.problems))
+            order = list(range(len(self.problems)))
+            random.Random(self.seed * 7919 + epoch).shuffle(order)
+            take = min(n - len(out), len(order) - pos)
+            out += [self.problems[i] for i in order[pos : pos + take]]
+            self.cursor += take
+        return out
+
+
+def build_optimizer(opt_cfg, model, total_steps: int):
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=opt_cfg.lr, betas=tuple(opt_cfg.betas), weight_decay=opt_cfg.weight_decay
+    )
+
+    def factor(step: int) -> float:
+        if step < opt_cfg.warmup_steps:
+            return (step + 1) / opt_cfg.warmup_steps
+        if opt_cfg.schedule == "cosine":
+            progress = (step - opt_cfg.warmup_steps) / max(1, total_steps - opt_cfg.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _pad_rows(rows: list[list[float]], width: int, device) -> torch.Tensor:
+    out = torch.zeros((len(rows), width), dtype=torch.float32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.float32)
+    return out.to(device)
+
+
+def _micro_batches(rows: slice, size: int):
+    for start in range(rows.start, rows.stop, size):
+        yield slice(start, min(start + size, rows.stop))
+
+
+@torch.no_grad()
+def recompute_logprobs(model, ro: Rollouts, pad_id: int, micro: int, temperature: float, device) -> list[list[float]]:
+    """log pi_old per completion token, from the trainer's model before the round's first update."""
+    model.eval()
+    out: list[list[float]] = []
+    comp = ro.generations.completion_ids
+    for mb in _micro_batches(slice(0, len(comp)), micro):
+        batch = pack(ro.row_prompts(mb), comp[mb], pad_id, device)
+        lp = completion_logprobs(model, batch, temperature)  # [b, C]
+        out += [row[: len(c)] for row, c in zip(lp.tolist(), comp[mb], strict=True)]
+    model.train()
+    return out
+
+
+def logprob_gap(a: list[list[float]], b: list[list[float]]) -> dict[str, float]:
+    diffs = [abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True)]
+    return {"iw/sampler_logprob_gap_mean": sum(diffs) / max(1, len(diffs)), "iw/sampler_logprob_gap_max": max(diffs, default=0.0)}
+
+
+def update_minibatch(model, optimizer, scheduler, ro: Rollouts, old: list[list[float]], rows: slice, cfg, loss_fn, opts,
+                     pad_id: int, device) -> dict:
+    """One optimizer step on whole prompt groups `rows`, accumulated over micro-batches of whole groups."""
+    a = cfg.algo
+    B = rows.stop - rows.start
+    optimizer.zero_grad(set_to_none=True)
+    sums: dict[str, float] = {}
+    for mb in _micro_batches(rows, a.micro_batch_size):
+        comp = ro.generations.completion_ids[mb]
+        batch = pack(ro.row_prompts(mb), comp, pad_id, device)
+        C = batch.completion_ids.shape[1]
+        old_lp = _pad_rows(old[mb], C, device)  # [b, C]
+        rewards = torch.tensor(ro.rewards[mb], dtype=torch.float32, device=device)  # [b]
+        logprobs = completion_logprobs(model, batch, cfg.sampler.temperature)  # [b, C]
+        loss, metrics = loss_fn(logprobs, old_lp, batch.completion_mask, rewards, a.group_size, **opts)
+        share = (mb.stop - mb.start) / B  # the loss is a per-sequence mean: weight micro-batches by rows
+        (loss * share).backward()
+        metrics["loss"] = loss.item()
+        for k, v in metrics.items():
+            sums[k] = max(sums.get(k, v), v) if k.endswith("_max") else sums.get(k, 0.0) + v * share
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optimizer.max_grad_norm or float("inf"))
+    optimizer.step()
+    scheduler.step()
+    sums["grad_norm"] = grad_norm.item()
+    return sums
+
+
+def _mean_dicts(dicts: list[dict]) -> dict:
+    keys = dicts[0].keys()
+    return {k: (max if k.endswith("_max") else lambda v: sum(v) / len(v))([d[k] for d in dicts]) for k in keys}
+
+
+IW_KEYS = {"iw_mean": "iw/mean", "iw_max": "iw/max", "iw_clipped_mean": "iw/clipped_mean", "iw_clip_frac": "iw/clip_frac",
+           "ess": "iw/ess", "staleness": "iw/staleness", "log_ratio_abs_mean": "iw/log_ratio_abs_mean"}
+
+
+def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
+    """Runs cfg.train.rounds RAPID rounds; returns the last logged metrics plus the final eval."""
+    validate(cfg)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    a, s = cfg.algo, cfg.sampler
+    device = pick_device(cfg.device)
+
+    task = make_task(cfg.task, seed=cfg.seed, cache_dir=cfg.cache_dir)
+    validate_data(cfg, len(task.train))
+    model, tokenizer, _ = load_policy(cfg.model, device, cfg.cache_dir)
+    pad_id = tokenizer.pad_token_id
+    sampler = make_sampler(cfg, model, tokenizer)
+    optimizer, scheduler = build_optimizer(cfg.optimizer, model, total_steps=cfg.train.rounds * a.steps_per_generation)
+    loss_fn = LOSSES[a.name]
+    opts = loss_options(loss_fn, a)
+    stream = PromptStream(task.train, cfg.seed)
+    to_ids = lambda p: task.prompt_ids(p, tokenizer, cfg.model.chat_template)  # noqa: E731
+    eval_problems = task.test[: cfg.eval.limit] if cfg.eval.limit else task.test
+    eval_prompts = [to_ids(p) for p in eval_problems]
+    eval_params = SamplingParams(n=cfg.eval.n, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
+                                 max_tokens=cfg.eval.max_tokens or s.max_tokens, seed=cfg.seed)
+    run_eval = lambda: evaluate(task, eval_problems, eval_prompts, sampler, eval_params, cfg.eval.k)  # noqa: E731
+
+    log = RunLogger(cfg, run_dir, cfg.train.rounds, run_name)
+    timer = PhaseTimer()
+    console.print(f"[bold]rapid[/] {run_name}: {cfg.train.rounds} rounds x {a.steps_per_generation} steps x "
+                  f"{a.prompts_per_step} prompts x {a.group_size} completions, {len(task.train)} training problems -> {run_dir}")
+    first_eval = {}
+    if cfg.eval.at_start:
+        with timer("eval"):
+            first_eval = run_eval()
+        log.log({**first_eval, "time/elapsed": timer.elapsed}, step=0)
+    totals = {"perf/samples": 0, "perf/gen_tokens": 0}
+    metrics: dict = {}
+    model.train()
+    for rnd in range(1, cfg.train.rounds + 1):
+        with timer("generate"):
+            problems = stream.next(a.steps_per_generation * a.prompts_per_step)
+            prompt_ids = [to_ids(p) for p in problems]
+            params = SamplingParams(n=a.group_size, temperature=s.temperature, top_p=s.top_p,
+                                    max_tokens=s.max_tokens, seed=cfg.seed * 1_000_003 + rnd)
+            gens = sampler.generate(prompt_ids, params)
+        with timer("reward"):
+            rewards = task.rewards(gens.texts, [p for p in problems for _ in range(a.group_size)])
+        ro = Rollouts(problems, prompt_ids, gens, rewards, a.group_size)
+        with timer("old_logprobs"):
+            if a.old_logprobs == OldLogprobs.recompute:
+                old = recompute_logprobs(model, ro, pad_id, a.micro_batch_size, s.temperature, device)
+                gap = logprob_gap(old, gens.logprobs)
+            else:
+                old, gap = gens.logprobs, {}
+        with timer("update"):
+            steps = [
+                update_minibatch(model, optimizer, scheduler, ro, old, ro.group_slice(i * a.prompts_per_step, a.prompts_per_step),
+                                 cfg, loss_fn, opts, pad_id, device)
+                for i in range(a.steps_per_generation)
+            ]
+        with timer("sync"):
+            sampler.sync_weights(model)
+        eval_metrics = {}
+        if (cfg.eval.every and rnd % cfg.eval.every == 0) or rnd == cfg.train.rounds:
+            with timer("eval"):
+                eval_metrics = run_eval()
+
+        totals["perf/samples"] += len(gens)
+        totals["perf/gen_tokens"] += gens.num_tokens
+        metrics = {**round_metrics(ro, steps, timer), **gap, **eval_metrics, **totals,
+                   "train/lr": scheduler.get_last_lr()[0], "time/elapsed": timer.elapsed}
+        log.log(metrics, step=rnd)
+        log.round_done(metrics, rnd)
+        if cfg.train.log_samples:
+            G = a.group_size
+            log.samples([(problems[i // G].question, gens.texts[i], rewards[i]) for i in range(0, len(gens), G)][: cfg.train.log_samples])
+
+    summary = summarize(log.history, first_eval, timer)
+    log.close(summary)
+    from rapid_cli.plots import plot_run
+
+    plot_run(log.history, run_dir / "curves.png", title=run_name)
+    return {**metrics, **summary}
+
+
+def round_metrics(ro: Rollouts, steps: list[dict], timer: PhaseTimer) -> dict:
+    G, r = ro.group_size, ro.rewards
+    groups = [r[i : i + G] for i in range(0, len(r), G)]
+    mean = sum(r) / len(r)
+    gens = ro.generations
+    step = _mean_dicts(steps)
+    times = timer.pop_round()
+    out = {
+        "reward/mean": mean,
+        "reward/std": (sum((x - mean) ** 2 for x in r) / len(r)) ** 0.5,
+        "reward/groups_all_equal_frac": sum(len(set(g)) == 1 for g in groups) / len(groups),
+        "train/loss": step["loss"],
+        "train/grad_norm": step["grad_norm"],
+        "train/adv_abs_mean": step["adv_abs_mean"],
+        "train/ppo_clip_frac": step["ppo_clip_frac"],
+        "train/completion_len": gens.num_tokens / len(gens),
+        "train/stop_frac": sum(f == "stop" for f in gens.finish_reasons) / len(gens),
+        "iw/first_step_mean": steps[0]["iw_mean"],
+        "iw/last_step_mean": steps[-1]["iw_mean"],
+        **{IW_KEYS[k]: step[k] for k in IW_KEYS if k in step},
+        **times,
+    }
+    if "time/generate" in times:
+        out["perf/gen_tokens_per_s"] = gens.num_tokens / max(1e-9, times["time/generate"])
+    return out
+
+
+def summarize(history: list[dict], first_eval: dict, timer: PhaseTimer) -> dict:
+    rounds = [h for h in history if h.get("round", 0) > 0]
+    out = {"time/total_s": timer.elapsed}
+    out.update({f"time/total_{k}_s": v for k, v in timer.totals.items()})
+    if rounds:
+        out["reward/first_round"] = rounds[0]["reward/mean"]
+        out["reward/last_round"] = rounds[-1]["reward/mean"]
+    evals = [h for h in history if "eval/pass@1" in h]
+    if first_eval and "eval/pass@1" in first_eval:
+        out["eval/pass@1_before"] = first_eval["eval/pass@1"]
+    if evals:
+        out["eval/pass@1_after"] = evals[-1]["eval/pass@1"]
+    return out
