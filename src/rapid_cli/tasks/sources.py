@@ -81,12 +81,26 @@ def local_split(data_path: str, split: str, required: list[str]) -> list[dict]:
     return read_records(root, required)
 
 
+def hub_reachable(timeout: float = 3.0) -> None:
+    """One quick TCP connect to the hub; `datasets` itself retries for about a minute when offline."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError as err:
+        raise ConnectionError(f"{url.hostname} unreachable ({err})") from None
+
+
 def hub_split(hub_id: str, config: str | None, split: str) -> list[dict]:
     """Raises ConnectionError when the hub is unreachable, so `auto` can fall back."""
     import os
 
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
         raise ConnectionError("hub disabled by HF_HUB_OFFLINE")
+    hub_reachable()
     try:
         import datasets
     except ImportError as err:
@@ -134,6 +148,9 @@ def fetch_wheel(data: WheelData, cache_dir: str | None) -> Path:
     return found[0]
 
 
+_WARNED: set = set()
+
+
 def load_split(task_cfg, split: str, required: list[str], offline: WheelData | None, cache_dir: str | None) -> list[dict]:
     source = task_cfg.source
     if task_cfg.data_path:
@@ -150,6 +167,11 @@ def load_split(task_cfg, split: str, required: list[str], offline: WheelData | N
             if source == "hub":
                 raise RapidError(f"could not load {task_cfg.hub_id} from the hub ({err}); use task.source=offline or task.data_path=") from None
             errors.append(f"hub: {err}")
+            if offline is not None and (task_cfg.hub_id, split) not in _WARNED:
+                _WARNED.add((task_cfg.hub_id, split))
+                from rapid_cli.console import console
+
+                console.print(f"[dim]{task_cfg.hub_id} {split}: hub not reachable, using the offline copy from {offline.package}[/]")
     if source in ("auto", "offline") and offline is not None:
         return wheel_split(offline, split, required, cache_dir)
     raise RapidError(f"task {task_cfg.name}: no data source worked ({'; '.join(errors) or 'none configured'}); set task.data_path=")

@@ -1,0 +1,60 @@
+"""Shared fixtures: compose the real config (as `rapid train` does) and shrink it for CPU tests."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+RAPID = str(Path(sys.executable).parent / "rapid")
+
+# A run small enough for a CPU test: 2 groups of 2 per step, 2 steps per round, short completions.
+TINY = [
+    "model=tiny",
+    "task=arith",
+    "algo.steps_per_generation=2",
+    "algo.prompts_per_step=2",
+    "algo.group_size=2",
+    "algo.micro_batch_size=2",
+    "sampler.max_tokens=8",
+    "train.rounds=2",
+    "train.log_samples=0",
+    "eval.limit=4",
+    "logger.wandb.mode=disabled",
+    "logger.live=false",
+]
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from rapid_cli.cli import config_dir
+    from rapid_cli.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides)
+
+
+@pytest.fixture
+def tiny_cfg():
+    return compose(TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_policy():
+    """(model, tokenizer) of the in-process tiny model, shared read-only across tests."""
+    from rapid_cli.policy import load_policy
+
+    cfg = compose(TINY)
+    model, tok, _ = load_policy(cfg.model, __import__("torch").device("cpu"))
+    return model, tok

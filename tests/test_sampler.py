@@ -1,0 +1,41 @@
+"""The HF sampler: greedy tokens match transformers' own generate, logprobs match the trainer's."""
+
+import torch
+
+from rapid_cli.policy import completion_logprobs, pack
+from rapid_cli.samplers.hf import HFSampler
+from rapid_cli.types import SamplingParams
+
+
+def prompts_of(tok, texts):
+    return [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True)["input_ids"] for t in texts]
+
+
+def test_greedy_matches_transformers_generate(tiny_policy):
+    model, tok = tiny_policy
+    prompts = prompts_of(tok, ["What is 1 + 2?", "What is 7 + 5? Answer with just the number."])
+    gens = HFSampler(model, tok, batch_size=8).generate(prompts, SamplingParams(n=1, temperature=0, max_tokens=10))
+    for p, ids in zip(prompts, gens.completion_ids, strict=True):
+        ref = model.generate(torch.tensor([p]), max_new_tokens=10, do_sample=False, eos_token_id=tok.eos_token_id,
+                             pad_token_id=tok.pad_token_id)[0, len(p):].tolist()
+        assert ids == ref[: len(ids)] and len(ids) == len(ref) - (ref[len(ids):].count(tok.pad_token_id))
+
+
+def test_behaviour_logprobs_equal_recomputed_and_groups_are_contiguous(tiny_policy):
+    model, tok = tiny_policy
+    prompts = prompts_of(tok, ["What is 3 + 4?", "Hi", "What is 9 * 9?"])
+    params = SamplingParams(n=3, temperature=0.8, max_tokens=12, seed=5)
+    gens = HFSampler(model, tok, batch_size=4).generate(prompts, params)  # batches cross prompt groups
+    assert len(gens) == 9 and set(gens.finish_reasons) <= {"stop", "length"}
+    rows = [p for p in prompts for _ in range(3)]
+    batch = pack(rows, gens.completion_ids, tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        lp = completion_logprobs(model, batch, 0.8)
+    for i, (ids, blp) in enumerate(zip(gens.completion_ids, gens.logprobs, strict=True)):
+        assert len(ids) == len(blp) >= 1
+        assert torch.allclose(lp[i, : len(ids)], torch.tensor(blp), atol=1e-4)
+        assert gens.finish_reasons[i] == ("stop" if ids[-1] == tok.eos_token_id else "length")
+        assert gens.finish_reasons[i] == "stop" or len(ids) == 12
+    # same seed, same samples
+    again = HFSampler(model, tok, batch_size=4).generate(prompts, params)
+    assert again.completion_ids == gens.completion_ids
