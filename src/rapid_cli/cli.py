@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -38,11 +39,20 @@ def _one_line(err: BaseException) -> str:
         text = str(err).strip()
         for line in text.splitlines()[:1] + [ln for ln in text.splitlines()[1:] if ln.startswith("Key ")]:
             line = line.strip().rstrip(".")
-            if line and line not in seen and not line.startswith(("full_key", "object_type", "reference_type", "To append")):
+            if line and line not in seen and "$VALUE" not in line and not line.startswith(("full_key", "object_type", "reference_type", "To append")):
                 seen.add(line)
                 lines.append(line)
         err = err.__cause__ or err.__context__
     return ": ".join(lines)
+
+
+def _hint(message: str) -> str:
+    missing = re.search(r"Could not find '(\w+)/", message)
+    if missing and (Path(config_dir()) / missing.group(1)).is_dir():
+        group = missing.group(1)
+        options = sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
+        return f"available {group} options: {', '.join(options)}"
+    return "run `rapid train --cfg job` for the keys, `rapid train --help` for the groups"
 
 
 def precheck(overrides: list[str]) -> None:
@@ -60,8 +70,7 @@ def precheck(overrides: list[str]) -> None:
     except RapidError as err:
         _fail(str(err))
     except Exception as err:  # composition errors: unknown key, wrong type, missing group option
-        hint = "run `rapid train --cfg job` for the keys, `rapid train --help` for the groups"
-        _fail(f"{_one_line(err)} ({hint})")
+        _fail(f"{_one_line(err)} ({_hint(str(err))})")
     finally:
         GlobalHydra.instance().clear()
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from rapid_cli.config import RapidError
+from rapid_cli.hub import hub_error, offline_unless_reachable
 from rapid_cli.models import resolve_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -27,15 +29,19 @@ def load_policy(model_cfg, device: torch.device, cache_dir: str | None = None):
 
     hf_logging.disable_progress_bar()
     path = resolve_model(model_cfg, cache_dir)
+    if not Path(path).is_dir():
+        offline_unless_reachable()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=DTYPES[model_cfg.dtype], trust_remote_code=model_cfg.trust_remote_code
         )
     except OSError as err:
+        hub = hub_error()
+        why = f"the hub is not reachable: {hub}" if hub else str(err).splitlines()[0]
         raise RapidError(
-            f"could not load model {model_cfg.path!r} (tried a local directory and the Hugging Face Hub: "
-            f"{str(err).splitlines()[0]}); check the id or network, or use model.path=<local dir> or model=smollm2-135m"
+            f"could not load model {model_cfg.path!r}: not a local directory, and {why}; "
+            "check the id and network, or use model.path=<local dir> or model=smollm2-135m (offline)"
         ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -81,26 +81,13 @@ def local_split(data_path: str, split: str, required: list[str]) -> list[dict]:
     return read_records(root, required)
 
 
-def hub_reachable(timeout: float = 3.0) -> None:
-    """One quick TCP connect to the hub; `datasets` itself retries for about a minute when offline."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-    except OSError as err:
-        raise ConnectionError(f"{url.hostname} unreachable ({err})") from None
-
-
 def hub_split(hub_id: str, config: str | None, split: str) -> list[dict]:
     """Raises ConnectionError when the hub is unreachable, so `auto` can fall back."""
-    import os
+    from rapid_cli.hub import hub_error
 
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        raise ConnectionError("hub disabled by HF_HUB_OFFLINE")
-    hub_reachable()
+    reason = hub_error()
+    if reason:
+        raise ConnectionError(reason)
     try:
         import datasets
     except ImportError as err:
