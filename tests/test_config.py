@@ -1,12 +1,11 @@
 """Every shipped YAML composes and validates; bad overrides fail at start with one clear line."""
 
 import subprocess
-from pathlib import Path
 
 import pytest
-from conftest import RAPID, REPO, compose
 from omegaconf import OmegaConf
 
+from conftest import RAPID, REPO, compose
 from rapid_cli.config import RapidError, validate, validate_data
 
 GROUPS = ["model", "task", "sampler", "optimizer", "algo", "experiment"]

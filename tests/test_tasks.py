@@ -4,8 +4,8 @@ import gzip
 import json
 
 import pytest
-from conftest import compose
 
+from conftest import compose
 from rapid_cli.config import RapidError
 from rapid_cli.rewards.answers import extract_answer, numeric_reward
 from rapid_cli.tasks import make_task
@@ -68,19 +68,19 @@ def test_gsm8k_local_file_and_malformed_data(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "q", "answer": "#### 1"}) + "\n" + json.dumps({"question": "q"}) + "\n")
     with pytest.raises(RapidError, match=r"bad.jsonl, line 2: missing field 'answer'"):
-        make_task(compose(["task=gsm8k", f"task.data_path={bad}"]).task).train
+        make_task(compose(["task=gsm8k", f"task.data_path={bad}"]).task).splits()
     broken = tmp_path / "broken.jsonl.gz"
     broken.write_bytes(gzip.compress(b'{"question": "q", "answer": "#### 1"}\n{not json\n'))
     with pytest.raises(RapidError, match=r"broken.jsonl.gz, line 2: not valid JSON"):
-        make_task(compose(["task=gsm8k", f"task.data_path={broken}"]).task).train
+        make_task(compose(["task=gsm8k", f"task.data_path={broken}"]).task).splits()
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(RapidError, match="has no records"):
-        make_task(compose(["task=gsm8k", f"task.data_path={empty}"]).task).train
+        make_task(compose(["task=gsm8k", f"task.data_path={empty}"]).task).splits()
     noref = tmp_path / "noref.jsonl"
     noref.write_text(json.dumps({"question": "q", "answer": "just text"}) + "\n")
     with pytest.raises(RapidError, match="#### <number>"):
-        make_task(compose(["task=gsm8k", f"task.data_path={noref}"]).task).train
+        make_task(compose(["task=gsm8k", f"task.data_path={noref}"]).task).splits()
 
 
 def test_reference_answer():

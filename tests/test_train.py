@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 import torch
-from conftest import RAPID, REPO, TINY, compose
 
+from conftest import RAPID, REPO, TINY, compose
 from rapid_cli.algorithms import LOSSES
 from rapid_cli.samplers.hf import HFSampler
 from rapid_cli.tasks import make_task

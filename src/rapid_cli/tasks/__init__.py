@@ -5,8 +5,8 @@ A task module defines a `Task` subclass and registers it in TASKS. `make_task(cf
 
 from __future__ import annotations
 
-from rapid_cli.tasks.base import Task
 from rapid_cli.tasks.arith import ArithTask
+from rapid_cli.tasks.base import Task
 from rapid_cli.tasks.gsm8k import GSM8KTask
 
 TASKS: dict[str, type[Task]] = {"arith": ArithTask, "gsm8k": GSM8KTask}
