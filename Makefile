@@ -23,7 +23,7 @@ install: ## create .venv with the pinned stack, vLLM and the offline model/data
 	$(VENV)/bin/rapid prepare
 
 test: ## run the test suite (CPU, a few minutes)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --doctest-modules src/rapid_cli
 
 test-fast: ## unit tests only (no subprocess or pretrained model)
 	$(PY) -m pytest -q -m "not slow" tests
