@@ -164,7 +164,7 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
     if cfg.eval.at_start:
         with timer("eval"):
             first_eval = run_eval()
-        log.log({**first_eval, "time/elapsed": timer.elapsed}, step=0)
+        log.log({**first_eval, **timer.pop_round(), "time/elapsed": timer.elapsed}, step=0)
     totals = {"perf/samples": 0, "perf/gen_tokens": 0}
     metrics: dict = {}
     model.train()
