@@ -17,6 +17,7 @@ RAPID = str(Path(sys.executable).parent / "rapid")
 # A run small enough for a CPU test: 2 groups of 2 per step, 2 steps per round, short completions.
 TINY = [
     "model=tiny",
+    "sampler=hf",
     "task=arith",
     "algo.steps_per_generation=2",
     "algo.prompts_per_step=2",

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import compose
 
+from conftest import compose
 from rapid_cli.config import RapidError
 from rapid_cli.models import build_tiny_model, resolve_model
 from rapid_cli.policy import load_policy

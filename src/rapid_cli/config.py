@@ -59,11 +59,18 @@ class TaskConfig:
 
 @dataclass
 class SamplerConfig:
-    name: str = "hf"  # hf (transformers, always available)
+    name: str = "auto"  # auto (vllm when installed, else hf) | vllm | hf
     temperature: float = 1.0  # sampling temperature of the behaviour policy; logprobs use the same one
     top_p: float = 1.0
     max_tokens: int = 128  # max completion tokens
     batch_size: int = 64  # sequences generated together (hf)
+    # vllm only
+    gpu_memory_utilization: float = 0.3  # share of GPU memory (on CPU: host RAM) for weights + KV cache
+    kv_cache_gb: float | None = None  # fixed KV-cache size instead of gpu_memory_utilization
+    enforce_eager: bool = True  # skip CUDA-graph capture / compilation (faster start, small models)
+    max_model_len: int | None = 2048  # prompt + completion tokens per sequence; null: the model's maximum
+    dtype: str = "auto"  # auto: model.dtype
+    sleep_between_rounds: bool = False  # free the KV cache during the update (GPU), wake before sync
 
 
 @dataclass
@@ -148,6 +155,8 @@ _CHOICES = {
     "optimizer.schedule": ("constant", "cosine"),
     "logger.wandb.mode": ("offline", "online", "disabled"),
     "device": ("auto", "cpu", "cuda"),
+    "sampler.name": ("auto", "hf", "vllm"),
+    "sampler.dtype": ("auto", "float32", "bfloat16", "float16"),
 }
 
 
@@ -184,6 +193,8 @@ def validate(cfg) -> None:
         raise RapidError("sampler.temperature must be > 0 for training (behaviour logprobs need a distribution)")
     if not 0 < cfg.sampler.top_p <= 1:
         raise RapidError(f"sampler.top_p={cfg.sampler.top_p} must be in (0, 1]")
+    if not 0 < cfg.sampler.gpu_memory_utilization <= 1:
+        raise RapidError(f"sampler.gpu_memory_utilization={cfg.sampler.gpu_memory_utilization} must be in (0, 1]")
     if cfg.sampler.max_tokens < 1:
         raise RapidError("sampler.max_tokens must be at least 1")
     if cfg.train.rounds < 0:

@@ -142,9 +142,10 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
 
     task = make_task(cfg.task, seed=cfg.seed, cache_dir=cfg.cache_dir)
     validate_data(cfg, len(task.train))
-    model, tokenizer, _ = load_policy(cfg.model, device, cfg.cache_dir)
+    model, tokenizer, model_path = load_policy(cfg.model, device, cfg.cache_dir)
     pad_id = tokenizer.pad_token_id
-    sampler = make_sampler(cfg, model, tokenizer)
+    sampler = make_sampler(cfg, model, tokenizer, model_path)
+    torch.manual_seed(cfg.seed)  # an inference engine may have reseeded the global generators
     optimizer, scheduler = build_optimizer(cfg.optimizer, model, total_steps=cfg.train.rounds * a.steps_per_generation)
     loss_fn = LOSSES[a.name]
     opts = loss_options(loss_fn, a)
@@ -175,6 +176,7 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
             params = SamplingParams(n=a.group_size, temperature=s.temperature, top_p=s.top_p,
                                     max_tokens=s.max_tokens, seed=cfg.seed * 1_000_003 + rnd)
             gens = sampler.generate(prompt_ids, params)
+            sampler.release_memory()
         with timer("reward"):
             rewards = task.rewards(gens.texts, [p for p in problems for _ in range(a.group_size)])
         ro = Rollouts(problems, prompt_ids, gens, rewards, a.group_size)

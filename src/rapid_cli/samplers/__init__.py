@@ -18,9 +18,30 @@ class Sampler(Protocol):
         """Make the next `generate` use `model`'s current weights."""
 
 
-def make_sampler(cfg, model, tokenizer) -> Sampler:
-    if cfg.sampler.name == "hf":
+    def release_memory(self) -> None:
+        """Called once generation for the round is done; a sampler may free memory until the next sync."""
+
+
+def resolve_name(name: str) -> str:
+    """`auto` means vLLM where it is installed, else transformers."""
+    if name != "auto":
+        return name
+    from rapid_cli.samplers.vllm import vllm_available
+
+    return "vllm" if vllm_available() else "hf"
+
+
+def make_sampler(cfg, model, tokenizer, model_path: str) -> Sampler:
+    name = resolve_name(cfg.sampler.name)
+    if name == "hf":
         from rapid_cli.samplers.hf import HFSampler
 
         return HFSampler(model, tokenizer, batch_size=cfg.sampler.batch_size)
-    raise RapidError(f"sampler.name={cfg.sampler.name!r} is unknown; use sampler=hf")
+    if name == "vllm":
+        from rapid_cli.samplers.vllm import VLLMSampler
+
+        sampler = VLLMSampler(cfg.sampler, model_path, cfg.model.dtype, seed=cfg.seed,
+                              trust_remote_code=cfg.model.trust_remote_code)
+        sampler.sync_weights(model)  # the engine loaded from disk; make sure it holds the trainer's exact weights
+        return sampler
+    raise RapidError(f"sampler.name={cfg.sampler.name!r} is unknown; use sampler=vllm or sampler=hf")

