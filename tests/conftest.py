@@ -33,17 +33,9 @@ TINY = [
 
 
 def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from rapid_cli.cli import compose_config
 
-    from rapid_cli.cli import config_dir
-    from rapid_cli.config import register_configs
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return hydra_compose("config", overrides=overrides)
+    return compose_config(overrides)
 
 
 @pytest.fixture

@@ -55,24 +55,32 @@ def _hint(message: str) -> str:
     return "run `rapid train --cfg job` for the keys, `rapid train --help` for the groups"
 
 
-def precheck(overrides: list[str]) -> None:
-    """Compose and validate before Hydra starts, so a bad override ends in one line, not a traceback."""
+def compose_config(overrides: list[str]):
+    """The config `rapid train <overrides>` would run with (for tests, scripts and the pre-check)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from rapid_cli.config import RapidError, register_configs, validate
+    from rapid_cli.config import register_configs
 
     register_configs()
+    GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
-        validate(cfg)
+            return compose("config", overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def precheck(overrides: list[str]) -> None:
+    """Compose and validate before Hydra starts, so a bad override ends in one line, not a traceback."""
+    from rapid_cli.config import RapidError, validate
+
+    try:
+        validate(compose_config(overrides))
     except RapidError as err:
         _fail(str(err))
     except Exception as err:  # composition errors: unknown key, wrong type, missing group option
         _fail(f"{_one_line(err)} ({_hint(str(err))})")
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -123,6 +131,7 @@ def prepare() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    sys.stdout.reconfigure(line_buffering=True)  # vLLM's exit path can skip flushing a redirected stdout
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
