@@ -14,6 +14,7 @@ vLLM's internals.
 from __future__ import annotations
 
 import os
+import warnings
 
 from rapid_cli.config import RapidError
 from rapid_cli.types import Generations, SamplingParams
@@ -34,6 +35,7 @@ def _import_vllm():
     # In-process engine: the trainer and the engine share one process (and on GPU one device).
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
     try:
         import vllm
         from vllm.inputs import TokensPrompt
