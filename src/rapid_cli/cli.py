@@ -1,6 +1,7 @@
 """`rapid` command line: thin Hydra entry points that compose a typed config and call plain functions.
 
     rapid train [overrides]        RAPID training (Hydra: --help, --cfg job, -m for sweeps)
+    rapid eval [overrides]         pass@k of a model on a task's test split
     rapid prepare                  convert/download the offline model and data once
 """
 
@@ -19,6 +20,10 @@ commands:
               rapid train model=tiny task=arith train.rounds=3 seed=1
               rapid train -m algo.steps_per_generation=2,4,8 seed=0,1     (a sweep)
             `rapid train --help` lists the config groups, `rapid train --cfg job` prints the config.
+  eval      pass@k of any model on a task's test split (same config keys as train), e.g.
+              rapid eval model.path=<dir or hub id> task=mbpp eval.n=8 eval.limit=50
+              rapid eval model=qwen-0.5b task=math eval.n=4
+            prints a table and writes eval.json + samples.jsonl into outputs/eval/<date>/<time>/
   prepare   convert the offline SmolLM2-135M model and fetch the offline GSM8K copy into the cache
 """
 
@@ -104,6 +109,18 @@ def _train_job(cfg) -> None:
         _fail(str(err))
 
 
+def _eval_job(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from rapid_cli.config import RapidError
+    from rapid_cli.evaluate import run_eval
+
+    try:
+        run_eval(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except RapidError as err:
+        _fail(str(err))
+
+
 def run_hydra(job, argv: list[str]) -> None:
     import hydra
 
@@ -137,11 +154,14 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]
-    if command == "train":
+    if command in ("train", "eval"):
         hydra_flags = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-m", "--multirun", "--shell-completion", "-sc"}
         if not hydra_flags.intersection(rest):
             precheck([a for a in rest if not a.startswith("-")])
-        run_hydra(_train_job, rest)
+        if command == "eval" and not any(a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in rest):
+            stamp = "${now:%Y-%m-%d}/${now:%H-%M-%S}"
+            rest = [*rest, f"hydra.run.dir=outputs/eval/{stamp}", f"hydra.sweep.dir=multirun/eval/{stamp}"]
+        run_hydra(_train_job if command == "train" else _eval_job, rest)
     elif command == "prepare":
         prepare()
     else:

@@ -41,11 +41,15 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = MISSING  # arith | gsm8k
+    name: str = MISSING  # arith | gsm8k | math | mbpp | humaneval
     source: str = "auto"  # auto | hub | offline | local: where the data comes from (auto: local > hub > offline)
     data_path: str | None = None  # local file or directory; overrides the hub and the offline copy
     hub_id: str | None = None  # Hugging Face dataset id
     hub_config: str | None = None  # dataset config name on the hub
+    hub_test_id: str | None = None  # a separate hub dataset for the test split (math: MATH-500); null: hub_id
+    hub_split: str | None = None  # hub split holding every record, split here with split_seed (mbpp)
+    split_seed: int = 42  # shuffles a single-split data set before the train/test cut (mbpp: the authors' 42)
+    test_fraction: float = 0.3  # share of a single-split data set kept for testing (mbpp: 378 -> 264 / 114)
     system_prompt: str | None = None  # optional system message
     prompt_template: str = "{question}"  # how a problem becomes the user message
     max_train: int | None = None  # keep only the first N training problems
@@ -108,7 +112,7 @@ class EvalConfig:
     at_start: bool = True  # evaluate before the first round
     n: int = 1  # samples per problem
     k: list[int] = field(default_factory=lambda: [1])  # pass@k values reported (k <= n)
-    temperature: float = 0.0  # 0 = greedy
+    temperature: float | None = None  # 0 = greedy; null: greedy when n=1, else 1.0 (pass@k needs samples)
     top_p: float = 1.0
     max_tokens: int | None = None  # null: the sampler's max_tokens
     limit: int | None = None  # evaluate on the first N test problems only
@@ -120,6 +124,16 @@ class WandbConfig:
     project: str = "rapid"
     entity: str | None = None
     name: str | None = None  # run name; null: derived from the overrides
+
+
+@dataclass
+class RewardConfig:
+    sandbox: str = "bwrap"  # bwrap | none: how generated code runs (none = NO isolation; warned)
+    timeout_s: float = 3.0  # wall-clock limit per program (the authors': 3 s)
+    memory_mb: int = 1024  # address-space limit per program
+    workers: int | None = None  # programs run in parallel; null: one per CPU core
+    sandbox_packages: list[str] = field(default_factory=lambda: ["numpy"])  # importable inside the sandbox
+    math_timeout_s: float = 5.0  # limit for one math-verify parse/compare
 
 
 @dataclass
@@ -137,6 +151,7 @@ class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -157,6 +172,7 @@ _CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "sampler.name": ("auto", "hf", "vllm"),
     "sampler.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "reward.sandbox": ("bwrap", "none"),
 }
 
 
@@ -206,7 +222,7 @@ def validate(cfg) -> None:
     e = cfg.eval
     if e.n < 1 or any(k < 1 or k > e.n for k in e.k):
         raise RapidError(f"eval.k={list(e.k)} must lie in 1..eval.n={e.n}")
-    if e.temperature < 0:
+    if e.temperature is not None and e.temperature < 0:
         raise RapidError("eval.temperature must be >= 0 (0 = greedy)")
     from rapid_cli.tasks import TASKS
 
@@ -215,6 +231,10 @@ def validate(cfg) -> None:
     bad_ops = set(cfg.task.ops) - {"+", "-", "*"}
     if bad_ops:
         raise RapidError(f"task.ops has unknown operators {sorted(bad_ops)}; use any of + - *")
+    if not 0 < cfg.task.test_fraction < 1:
+        raise RapidError(f"task.test_fraction={cfg.task.test_fraction} must be in (0, 1)")
+    if cfg.reward.timeout_s <= 0 or cfg.reward.math_timeout_s <= 0:
+        raise RapidError("reward.timeout_s and reward.math_timeout_s must be > 0")
     if cfg.task.digits < 1:
         raise RapidError("task.digits must be at least 1")
 

@@ -1,8 +1,16 @@
-"""Evaluation: n samples per test problem, scored by the task, reported as unbiased pass@k."""
+"""Evaluation: n samples per test problem, scored by the task, reported as unbiased pass@k.
+
+`evaluate` is what training calls every `eval.every` rounds; `run_eval` is the `rapid eval` command:
+the same measurement on any model, with a results table, `eval.json` and every completion in
+`samples.jsonl` in its run directory.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from math import comb
+from pathlib import Path
 
 from rapid_cli.types import SamplingParams
 
@@ -18,14 +26,93 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
+def eval_params(cfg) -> SamplingParams:
+    e = cfg.eval
+    temperature = e.temperature if e.temperature is not None else (0.0 if e.n == 1 else 1.0)
+    return SamplingParams(n=e.n, temperature=temperature, top_p=e.top_p, max_tokens=e.max_tokens or cfg.sampler.max_tokens,
+                          seed=cfg.seed)
+
+
+@dataclass
+class EvalResult:
+    texts: list[str]  # problem-major: problem i's samples are rows i*n .. i*n+n-1
+    rewards: list[float]
+    correct: list[int]  # per problem: samples with reward 1
+    completion_tokens: int
+
+
+def sample_and_score(task, problems, prompt_ids, sampler, params: SamplingParams) -> EvalResult:
+    gens = sampler.generate(prompt_ids, params)
+    rewards = task.rewards(gens.texts, [p for p in problems for _ in range(params.n)])
+    n = params.n
+    correct = [sum(r >= 1.0 for r in rewards[i * n : (i + 1) * n]) for i in range(len(problems))]
+    return EvalResult(gens.texts, rewards, correct, gens.num_tokens)
+
+
+def summarize(result: EvalResult, n: int, ks) -> dict[str, float]:
+    problems = max(1, len(result.correct))
+    metrics = {"eval/reward_mean": sum(result.rewards) / max(1, len(result.rewards)), "eval/problems": len(result.correct)}
+    for k in ks:
+        metrics[f"eval/pass@{k}"] = sum(pass_at_k(n, c, k) for c in result.correct) / problems
+    metrics["eval/completion_tokens_mean"] = result.completion_tokens / max(1, len(result.texts))
+    return metrics
+
+
 def evaluate(task, problems, prompt_ids, sampler, params: SamplingParams, ks) -> dict[str, float]:
     """Generate params.n completions for each problem; returns `eval/` metrics."""
-    gens = sampler.generate(prompt_ids, params)
-    rows = [p for p in problems for _ in range(params.n)]
-    rewards = task.rewards(gens.texts, rows)
-    metrics = {"eval/reward_mean": sum(rewards) / max(1, len(rewards)), "eval/problems": len(problems)}
-    correct = [sum(r >= 1.0 for r in rewards[i * params.n : (i + 1) * params.n]) for i in range(len(problems))]
-    for k in ks:
-        metrics[f"eval/pass@{k}"] = sum(pass_at_k(params.n, c, k) for c in correct) / max(1, len(problems))
-    metrics["eval/completion_tokens_mean"] = gens.num_tokens / max(1, len(gens))
-    return metrics
+    return summarize(sample_and_score(task, problems, prompt_ids, sampler, params), params.n, ks)
+
+
+def run_eval(cfg, run_dir: Path) -> dict:
+    """`rapid eval`: pass@k of `model` on `task`'s test split; prints a table, writes eval.json and samples.jsonl."""
+    import time
+
+    import torch
+    from rich.table import Table
+
+    from rapid_cli.config import validate
+    from rapid_cli.console import console
+    from rapid_cli.policy import load_policy, pick_device
+    from rapid_cli.samplers import make_sampler, resolve_name
+    from rapid_cli.tasks import make_task
+
+    validate(cfg)
+    torch.manual_seed(cfg.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    task = make_task(cfg.task, seed=cfg.seed, cache_dir=cfg.cache_dir, reward_cfg=cfg.reward)
+    problems = task.test[: cfg.eval.limit] if cfg.eval.limit else task.test
+    model, tokenizer, model_path = load_policy(cfg.model, pick_device(cfg.device), cfg.cache_dir)
+    sampler = make_sampler(cfg, model, tokenizer, model_path)
+    params = eval_params(cfg)
+    ks = sorted({k for k in cfg.eval.k} | {params.n})
+    prompts = [task.prompt_ids(p, tokenizer, cfg.model.chat_template) for p in problems]
+    console.print(f"[bold]rapid eval[/] {cfg.model.path} on {cfg.task.name}: {len(problems)} problems x {params.n} samples "
+                  f"at T={params.temperature} ({resolve_name(cfg.sampler.name)} sampler) -> {run_dir}")
+    start = time.perf_counter()
+    with console.status("generating and scoring"):
+        result = sample_and_score(task, problems, prompts, sampler, params)
+    seconds = time.perf_counter() - start
+    metrics = summarize(result, params.n, ks)
+
+    table = Table(title=f"{cfg.task.name} test: {cfg.model.path}")
+    for col in ("problems", "samples", "temperature", *[f"pass@{k}" for k in ks], "mean tokens", "seconds"):
+        table.add_column(col, justify="right")
+    table.add_row(str(len(problems)), str(params.n), f"{params.temperature:g}", *[f"{metrics[f'eval/pass@{k}']:.3f}" for k in ks],
+                  f"{metrics['eval/completion_tokens_mean']:.0f}", f"{seconds:.1f}")
+    console.print(table)
+
+    n = params.n
+    with (run_dir / "samples.jsonl").open("w", encoding="utf-8") as f:
+        for i, p in enumerate(problems):
+            for j in range(n):
+                f.write(json.dumps({"id": p.id, "sample": j, "reward": result.rewards[i * n + j],
+                                    "completion": result.texts[i * n + j]}) + "\n")
+    report = {
+        "model": cfg.model.path, "task": cfg.task.name, "problems": len(problems), "n": n,
+        "temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_tokens, "seed": cfg.seed,
+        "seconds": seconds, "metrics": metrics,
+        "per_problem": [{"id": p.id, "correct": c} for p, c in zip(problems, result.correct, strict=True)],
+    }
+    (run_dir / "eval.json").write_text(json.dumps(report, indent=2))
+    console.print(f"wrote {run_dir / 'eval.json'} and samples.jsonl")
+    return report

@@ -22,7 +22,7 @@ import torch
 from rapid_cli.algorithms import LOSSES, loss_options
 from rapid_cli.config import OldLogprobs, validate, validate_data
 from rapid_cli.console import console
-from rapid_cli.evaluate import evaluate
+from rapid_cli.evaluate import eval_params, evaluate
 from rapid_cli.logger import RunLogger
 from rapid_cli.policy import completion_logprobs, load_policy, pack, pick_device
 from rapid_cli.samplers import make_sampler
@@ -140,7 +140,7 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
     a, s = cfg.algo, cfg.sampler
     device = pick_device(cfg.device)
 
-    task = make_task(cfg.task, seed=cfg.seed, cache_dir=cfg.cache_dir)
+    task = make_task(cfg.task, seed=cfg.seed, cache_dir=cfg.cache_dir, reward_cfg=cfg.reward)
     validate_data(cfg, len(task.train))
     model, tokenizer, model_path = load_policy(cfg.model, device, cfg.cache_dir)
     pad_id = tokenizer.pad_token_id
@@ -153,9 +153,7 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
     to_ids = lambda p: task.prompt_ids(p, tokenizer, cfg.model.chat_template)  # noqa: E731
     eval_problems = task.test[: cfg.eval.limit] if cfg.eval.limit else task.test
     eval_prompts = [to_ids(p) for p in eval_problems]
-    eval_params = SamplingParams(n=cfg.eval.n, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
-                                 max_tokens=cfg.eval.max_tokens or s.max_tokens, seed=cfg.seed)
-    run_eval = lambda: evaluate(task, eval_problems, eval_prompts, sampler, eval_params, cfg.eval.k)  # noqa: E731
+    run_eval = lambda: evaluate(task, eval_problems, eval_prompts, sampler, eval_params(cfg), cfg.eval.k)  # noqa: E731
 
     log = RunLogger(cfg, run_dir, cfg.train.rounds, run_name)
     timer = PhaseTimer()

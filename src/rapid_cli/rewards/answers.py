@@ -16,20 +16,23 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (or \\fbox{...}), braces balanced.
+    """Content of the last \\boxed{...} (or \\fbox{...}), braces balanced; also the brace-less `\\boxed 2`.
 
-    >>> last_boxed(r"so \\boxed{\\frac{1}{2}} and \\boxed{3}")
-    '3'
+    >>> last_boxed(r"so \\boxed{\\frac{1}{2}} and \\boxed{3}"), last_boxed(r"is $\\boxed 9$.")
+    ('3', '9')
     """
-    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
     if start < 0:
         return None
-    i = text.index("{", start) + 1
-    depth = 1
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
+    rest = text[start + (6 if text.startswith("\\boxed", start) else 5) :]
+    if not rest.startswith("{"):
+        match = re.match(r" +([^\s$]+)", rest)
+        return match.group(1).rstrip(".") if match else None
+    depth = 0
+    for j, ch in enumerate(rest):
+        depth += {"{": 1, "}": -1}.get(ch, 0)
         if depth == 0:
-            return text[i:j].strip()
+            return rest[1:j].strip()
     return None
 
 

