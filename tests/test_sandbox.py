@@ -107,3 +107,9 @@ def test_opt_out_runs_without_isolation_but_with_limits():
     assert plain.run("print(1 + 1)").stdout.strip() == "2"
     assert plain.run("while True: pass").status == "timeout"
     assert not plain.run("x = bytearray(2 * 1024**3)").passed
+
+
+@pytest.mark.parametrize("exit_call", ["import sys\nsys.exit(0)", "import os\nos._exit(0)", "raise SystemExit", "exit()"])
+def test_exiting_early_with_status_zero_does_not_pass(sandbox, exit_call):
+    out = sandbox.run(f"{exit_call}\nassert False, 'the tests would fail'")
+    assert not out.passed, out

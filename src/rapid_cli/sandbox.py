@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import secrets
 import signal
 import struct
 import subprocess
@@ -34,11 +35,23 @@ from pathlib import Path
 from rapid_cli.config import RapidError
 
 SITE = "/opt/rapid-site"  # where allowed packages appear inside the sandbox
-# Runs the program read from stdin as __main__, with the allowed packages importable.
-_BOOT = (
-    f"import sys; sys.path.append({SITE!r}); src = sys.stdin.read(); "
-    "exec(compile(src, 'main.py', 'exec'), {'__name__': '__main__', '__builtins__': __builtins__})"
-)
+# Runs the program read from stdin as __main__, with the allowed packages importable. A program only
+# passes if it runs to its end: exiting early (sys.exit(0), os._exit(0)) before the appended tests have
+# run would otherwise look like success, an easy reward hack. So the first stdin line is a one-time
+# token, printed only after the program finished; SystemExit counts as failure.
+_BOOT = f"""import sys
+sys.path.append({SITE!r})
+token = sys.stdin.readline().strip()
+src = sys.stdin.read()
+try:
+    exec(compile(src, "main.py", "exec"), {{"__name__": "__main__", "__builtins__": __builtins__}})
+except SystemExit as e:
+    sys.stderr.write(f"the program called exit({{e.code!r}}) before it finished\\n")
+    raise SystemExit(1)
+import os
+sys.stdout.flush()
+os.write(1, ("\\n" + token + "\\n").encode())
+"""
 
 
 @dataclass(frozen=True)
@@ -210,8 +223,9 @@ class Sandbox:
             finally:
                 if self.kind != "none":
                     os.close(r)
+            token = secrets.token_hex(16)
             try:
-                proc.communicate(code.encode("utf-8", "replace"), timeout=self.limits.timeout_s)
+                proc.communicate(f"{token}\n{code}".encode("utf-8", "replace"), timeout=self.limits.timeout_s)
                 status = "passed" if proc.returncode == 0 else "killed" if proc.returncode < 0 else "failed"
             except subprocess.TimeoutExpired:
                 status = "timeout"
@@ -224,7 +238,12 @@ class Sandbox:
                 import shutil
 
                 shutil.rmtree(cwd, ignore_errors=True)
-            return Outcome(status, proc.returncode, _tail(out, self.limits.output_chars), _tail(err, self.limits.output_chars),
+            stdout = _tail(out, self.limits.output_chars + len(token) + 2)
+            if stdout.endswith(f"\n{token}\n"):
+                stdout = stdout[: -len(token) - 2]
+            elif status == "passed":
+                status = "failed"  # exited 0 without reaching the end of the program
+            return Outcome(status, proc.returncode, stdout[-self.limits.output_chars :], _tail(err, self.limits.output_chars),
                            time.perf_counter() - start)
 
     def run_many(self, codes: list[str]) -> list[Outcome]:

@@ -184,4 +184,6 @@ def load_split(task_cfg, split: str, required: list[str], offline: WheelData | P
         if isinstance(offline, PackageData):
             return package_split(offline, required)
         return wheel_split(offline, split, required, cache_dir)
+    if source == "offline":
+        raise RapidError(f"task {task_cfg.name} has no offline copy; set task.data_path=<local file> or task.source=hub")
     raise RapidError(f"task {task_cfg.name}: no data source worked ({'; '.join(errors) or 'none configured'}); set task.data_path=")

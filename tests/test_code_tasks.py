@@ -1,0 +1,107 @@
+"""MBPP+ and HumanEval: the paper's split and prompt, code extraction, and every gold solution passing
+its tests in the sandbox while wrong code scores 0."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, compose
+from rapid_cli.config import RapidError
+from rapid_cli.rewards.code import extract_code
+from rapid_cli.tasks import make_task
+
+MBPP_FILE = REPO.parent / "shared" / "data" / "mbppplus" / "MbppPlus-OriginFmt.jsonl.gz"
+needs_mbpp = pytest.mark.skipif(not MBPP_FILE.exists(), reason=f"MBPP+ test copy not at {MBPP_FILE}")
+# Gold solutions are checked against the tests themselves, so give slow machines room: a few MBPP+
+# reference solutions need more than the 3 s / 1 GiB training limits on a 2-core CPU.
+ROOMY = ["reward.timeout_s=90", "reward.memory_mb=4096"]
+
+
+def mbpp(*extra):
+    cfg = compose(["task=mbpp", f"task.data_path={MBPP_FILE}", *extra])
+    return make_task(cfg.task, reward_cfg=cfg.reward)
+
+
+@needs_mbpp
+def test_mbpp_split_and_prompt_follow_the_paper():
+    task = mbpp()
+    train, test = task.splits()
+    assert (len(train), len(test)) == (264, 114)
+    assert not {p.id for p in train} & {p.id for p in test}
+    assert [p.id for p in test[:3]] == [p.id for p in mbpp().test[:3]]  # seeded: the same every time
+    first = test[0]
+    assert first.question.startswith('"""\n') and first.question.endswith('\n"""\n')
+    assert first.meta["test_list"][0] in first.question
+    other = mbpp("task.split_seed=1").test
+    assert [p.id for p in other] != [p.id for p in test]
+
+
+@needs_mbpp
+def test_every_mbpp_gold_solution_passes_and_wrong_code_fails():
+    task = mbpp(*ROOMY)
+    problems = task.train + task.test
+    gold = task.rewards([f"Here you go:\n```python\n{p.answer}\n```" for p in problems], problems)
+    failed = [p.id for p, r in zip(problems, gold, strict=True) if r != 1.0]
+    assert len(problems) == 378 and failed == []
+    shifted = [problems[(i + 1) % len(problems)].answer for i in range(len(problems))]  # another problem's code
+    assert sum(task.rewards(shifted, problems)) == 0
+    assert sum(task.rewards(["", "I don't know.", "```python\nimport sys\nsys.exit(0)\n```"], problems[:3])) == 0
+
+
+def test_every_humaneval_gold_solution_passes_and_wrong_code_fails():
+    cfg = compose(["task=humaneval"])
+    task = make_task(cfg.task, reward_cfg=cfg.reward)
+    problems = task.test
+    assert len(problems) == 164
+    assert task.rewards([p.answer for p in problems], problems) == [1.0] * 164
+    assert sum(task.rewards(["    return None\n"] * 164, problems)) == 0
+
+
+def test_humaneval_programs_from_chat_and_base_style_completions():
+    cfg = compose(["task=humaneval"])
+    task = make_task(cfg.task, reward_cfg=cfg.reward)
+    p = task.test[0]  # has_close_elements
+    whole = f"Sure!\n```python\ndef {p.meta['entry_point']}(numbers, threshold):\n" \
+            "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1:])\n```"
+    cut = p.answer + "\n\ndef unrelated():\n    raise SystemExit(1)\n\nprint(unrelated())\n"  # base model runs on
+    wrong = whole.replace("< threshold", "> threshold")
+    assert task.rewards([whole, cut, wrong], [p, p, p]) == [1.0, 1.0, 0.0]
+
+
+def test_extract_code_rules():
+    assert extract_code("```py\na = 1\n```\ntext\n```python\nb = 2\n```") == "b = 2\n"  # the LAST python block
+    assert extract_code("```js\nx\n```\n```\ny = 3\n```") == "y = 3\n"  # else the last fenced block
+    assert extract_code("```python\ndef f():\n    return 1") == "def f():\n    return 1"  # unclosed at max_tokens
+    assert extract_code("def g(): pass") == "def g(): pass"  # else the raw text
+
+
+def _write(path: Path, records: list[dict]) -> Path:
+    path.write_bytes(gzip.compress("\n".join(json.dumps(r) for r in records).encode()))
+    return path
+
+
+@needs_mbpp
+def test_mbpp_bad_data_names_file_line_and_field(tmp_path):
+    records = [json.loads(line) for line in gzip.open(MBPP_FILE, "rt")][:5]
+    broken = [dict(r) for r in records]
+    del broken[3]["test"]
+    with pytest.raises(RapidError, match=r"bad.jsonl.gz, line 4: missing field 'test'"):
+        mbpp(f"task.data_path={_write(tmp_path / 'bad.jsonl.gz', broken)}").splits()
+    wrong_type = [dict(r) for r in records]
+    wrong_type[1]["test_list"] = "assert f(1) == 1"
+    with pytest.raises(RapidError, match=r"record 2 .*'test_list' must be a list"):
+        mbpp(f"task.data_path={_write(tmp_path / 'type.jsonl.gz', wrong_type)}").splits()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(RapidError, match="has no records"):
+        mbpp(f"task.data_path={empty}").splits()
+
+
+def test_mbpp_without_data_says_what_to_set():
+    cfg = compose(["task=mbpp", "task.source=offline"])
+    with pytest.raises(RapidError, match="task.data_path"):
+        make_task(cfg.task).splits()
