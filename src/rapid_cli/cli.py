@@ -95,18 +95,55 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def _train_job(cfg) -> None:
+def _same_run_dir(run_dir: Path, overrides: list[str]) -> Path:
+    """For `train.resume=auto`: this run directory if it has checkpoints, else the newest earlier run
+    under the same output root that was started with the same overrides and saved a checkpoint."""
+    if any((run_dir / "checkpoints").glob("round-*")):
+        return run_dir
+    from omegaconf import OmegaConf
+
+    def key(items) -> list[str]:
+        return sorted(o for o in items if not o.startswith(("train.resume=", "hydra.", "logger.")))
+
+    wanted = key(overrides)
+    candidates = []
+    for other in run_dir.parent.parent.glob("*/*"):
+        saved = other / ".hydra" / "overrides.yaml"
+        if other != run_dir and saved.exists() and any((other / "checkpoints").glob("round-*")):
+            if key(OmegaConf.load(saved)) == wanted:
+                candidates.append(other)
+    if not candidates:
+        return run_dir
+    found = max(candidates, key=lambda p: p.stat().st_mtime)
+    from rapid_cli.console import console
+
+    console.print(f"[dim]train.resume=auto: continuing the run in {found}[/]")
+    return found
+
+
+def _train_job(cfg) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     from rapid_cli.config import RapidError
-    from rapid_cli.trainer import train
+    from rapid_cli.console import console
+    from rapid_cli.trainer import Interrupted, train
 
     hc = HydraConfig.get()
     name = hc.job.override_dirname or "default"
+    run_dir = Path(hc.runtime.output_dir)
+    if cfg.train.resume == "auto" and hc.mode.name == "RUN":
+        run_dir = _same_run_dir(run_dir, list(hc.overrides.task))
     try:
-        train(cfg, Path(hc.runtime.output_dir), run_name=name)
+        result = train(cfg, run_dir, run_name=name)
+    except Interrupted as stop:
+        again = " ".join(o for o in hc.overrides.task if not o.startswith(("train.resume=", "hydra.run.dir=")))
+        console.print(f"stopped after round {stop.round}; checkpoint saved in {stop.checkpoint}\n"
+                      f"resume with: rapid train {again} hydra.run.dir={run_dir} train.resume=auto", soft_wrap=True)
+        sys.exit(130)
     except RapidError as err:
         _fail(str(err))
+    # The value a sweeper (Optuna) optimises: final eval accuracy, else the last round's reward.
+    return float(result.get("eval/pass@1_after", result.get("reward/last_round", 0.0)))
 
 
 def _eval_job(cfg) -> None:

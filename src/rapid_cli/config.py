@@ -104,6 +104,9 @@ class AlgoConfig:
 class TrainConfig:
     rounds: int = 10  # generation rounds
     log_samples: int = 2  # completions printed to the console each round (0: none)
+    save_every: int = 10  # checkpoint every N rounds (0: only at the end); always at the end and on Ctrl-C
+    keep_checkpoints: int = 2  # newest checkpoints kept in <run dir>/checkpoints (0: all)
+    resume: str | None = None  # auto (newest intact checkpoint of this run) | a checkpoint or run directory
 
 
 @dataclass
@@ -124,6 +127,7 @@ class WandbConfig:
     project: str = "rapid"
     entity: str | None = None
     name: str | None = None  # run name; null: derived from the overrides
+    samples_every: int = 5  # log a table of sample completions with rewards every N rounds (0: never)
 
 
 @dataclass
@@ -215,6 +219,8 @@ def validate(cfg) -> None:
         raise RapidError("sampler.max_tokens must be at least 1")
     if cfg.train.rounds < 0:
         raise RapidError("train.rounds must be >= 0")
+    if cfg.train.save_every < 0 or cfg.train.keep_checkpoints < 0:
+        raise RapidError("train.save_every and train.keep_checkpoints must be >= 0")
     if cfg.optimizer.lr <= 0:
         raise RapidError(f"optimizer.lr={cfg.optimizer.lr} must be > 0")
     if len(cfg.optimizer.betas) != 2:

@@ -39,13 +39,15 @@ def status_line(m: dict) -> str:
 
 
 class RunLogger:
-    def __init__(self, cfg, run_dir: Path, total_rounds: int, run_name: str):
+    def __init__(self, cfg, run_dir: Path, total_rounds: int, run_name: str, resume_round: int | None = None,
+                 wandb_id: str | None = None):
         self.run_dir = run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = run_dir / "metrics.jsonl"
+        self.history: list[dict] = self._resume_history(resume_round) if resume_round is not None else []
         self._jsonl = self.metrics_path.open("a", encoding="utf-8")
-        self.history: list[dict] = []
-        self.wandb = self._init_wandb(cfg, run_name)
+        self.samples_every = cfg.logger.wandb.samples_every
+        self.wandb = self._init_wandb(cfg, run_name, wandb_id)
         self.progress = None
         if cfg.logger.live and console.is_terminal:
             self.progress = Progress(
@@ -61,7 +63,31 @@ class RunLogger:
             self.progress.start()
             self._bar = self.progress.add_task("rounds", total=total_rounds, status="generating...")
 
-    def _init_wandb(self, cfg, run_name: str):
+    def _resume_history(self, resume_round: int) -> list[dict]:
+        """Records up to the checkpoint's round; later ones (the rounds being redone) move to a backup file."""
+        if not self.metrics_path.exists():
+            return []
+        lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
+        records = []
+        for line in lines:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by the crash
+                continue
+        kept = [r for r in records if r.get("round", 0) <= resume_round]
+        if len(kept) < len(lines):
+            backup = self.metrics_path.with_name(f"metrics.before-resume-{resume_round}.jsonl")
+            backup.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            tmp = self.metrics_path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            os.replace(tmp, self.metrics_path)
+        return kept
+
+    @property
+    def wandb_id(self) -> str | None:
+        return getattr(self.wandb, "id", None)
+
+    def _init_wandb(self, cfg, run_name: str, run_id: str | None = None):
         mode = cfg.logger.wandb.mode
         if mode == "disabled":
             return None
@@ -77,6 +103,8 @@ class RunLogger:
                 mode=mode,
                 dir=str(self.run_dir),
                 config=OmegaConf.to_container(cfg, resolve=True),
+                id=run_id,
+                resume="allow" if run_id else None,
             )
         except Exception as err:  # W&B trouble must never stop training
             warn(f"W&B disabled for this run ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
@@ -101,10 +129,20 @@ class RunLogger:
         else:
             console.print(f"round {rnd}: {line}", soft_wrap=True)
 
-    def samples(self, rows: list[tuple[str, str, float]]) -> None:
-        for question, completion, reward in rows:
+    def samples(self, rows: list[tuple[str, str, float]], rnd: int, printed: int) -> None:
+        """Prints `printed` completions; every `logger.wandb.samples_every` rounds a W&B table of up to 16."""
+        for question, completion, reward in rows[:printed]:
             text = completion.strip().replace("\n", " ")
             console.print(f"  [dim]{question[:60]!r} -> {text[:80]!r} reward {reward:g}[/]", soft_wrap=True)
+        if self.wandb is not None and self.samples_every and rnd % self.samples_every == 0:
+            try:
+                import wandb
+
+                table = wandb.Table(columns=["round", "prompt", "completion", "reward"],
+                                    data=[[rnd, q, c, r] for q, c, r in rows[:16]])
+                self.wandb.log({"samples/completions": table}, step=rnd)
+            except Exception as err:
+                warn(f"W&B samples table failed, continuing ({err})")
 
     def close(self, summary: dict | None = None) -> None:
         if self.progress is not None:

@@ -7,10 +7,11 @@ from contextlib import contextmanager
 
 
 class PhaseTimer:
-    def __init__(self):
-        self.start = time.perf_counter()
+    def __init__(self, elapsed: float = 0.0, totals: dict[str, float] | None = None):
+        """`elapsed` and `totals` carry a resumed run's clock forward."""
+        self.start = time.perf_counter() - elapsed
         self._round: dict[str, float] = {}
-        self.totals: dict[str, float] = {}
+        self.totals: dict[str, float] = dict(totals or {})
 
     @contextmanager
     def __call__(self, phase: str):

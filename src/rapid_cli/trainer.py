@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import math
 import random
+import signal
+import threading
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
+from rapid_cli import checkpoint
 from rapid_cli.algorithms import LOSSES, loss_options
-from rapid_cli.config import OldLogprobs, validate, validate_data
+from rapid_cli.config import OldLogprobs, RapidError, validate, validate_data
 from rapid_cli.console import console
 from rapid_cli.evaluate import eval_params, evaluate
 from rapid_cli.logger import RunLogger
@@ -132,9 +136,56 @@ IW_KEYS = {"iw_mean": "iw/mean", "iw_max": "iw/max", "iw_clipped_mean": "iw/clip
            "ess": "iw/ess", "staleness": "iw/staleness", "log_ratio_abs_mean": "iw/log_ratio_abs_mean"}
 
 
+class Interrupted(Exception):
+    """Ctrl-C stopped the run after a round; `checkpoint` holds everything needed to resume it."""
+
+    def __init__(self, rnd: int, checkpoint: Path):
+        super().__init__(f"interrupted after round {rnd}")
+        self.round, self.checkpoint = rnd, checkpoint
+
+
+class GracefulStop:
+    """First Ctrl-C: finish the current round, save, stop. Second Ctrl-C: abandon the round at once
+    (the last checkpoint stays as it was)."""
+
+    def __init__(self):
+        self.requested = False
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.requested = True
+        console.print("[yellow]Ctrl-C: finishing this round, then saving a checkpoint (Ctrl-C again abandons the round)[/]")
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGINT, self._handle) if threading.current_thread() is threading.main_thread() else None
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def resume_point(cfg, run_dir: Path) -> tuple[Path | None, dict]:
+    """The checkpoint `train.resume` points at (None: a fresh run) and its trainer state."""
+    if not cfg.train.resume:
+        return None, {}
+    path = checkpoint.find(cfg.train.resume, run_dir / "checkpoints")
+    if path is None:
+        console.print(f"[dim]train.resume={cfg.train.resume}: no checkpoint in {run_dir}, starting afresh[/]")
+        return None, {}
+    conflicts = checkpoint.config_conflicts(path, cfg)
+    if conflicts:
+        raise RapidError(f"cannot resume from {path}: the model/task config differs ({'; '.join(conflicts)}); "
+                         "drop those overrides, or start a new run without train.resume")
+    return path, checkpoint.load_state(path)
+
+
 def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
     """Runs cfg.train.rounds RAPID rounds; returns the last logged metrics plus the final eval."""
     validate(cfg)
+    resumed_from, state = resume_point(cfg, run_dir)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     a, s = cfg.algo, cfg.sampler
@@ -142,7 +193,8 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
 
     task = make_task(cfg.task, seed=cfg.seed, cache_dir=cfg.cache_dir, reward_cfg=cfg.reward)
     validate_data(cfg, len(task.train))
-    model, tokenizer, model_path = load_policy(cfg.model, device, cfg.cache_dir)
+    model_cfg = OmegaConf.merge(cfg.model, {"path": str(resumed_from / "model")}) if resumed_from else cfg.model
+    model, tokenizer, model_path = load_policy(model_cfg, device, cfg.cache_dir)
     pad_id = tokenizer.pad_token_id
     sampler = make_sampler(cfg, model, tokenizer, model_path)
     torch.manual_seed(cfg.seed)  # an inference engine may have reseeded the global generators
@@ -155,57 +207,77 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
     eval_prompts = [to_ids(p) for p in eval_problems]
     run_eval = lambda: evaluate(task, eval_problems, eval_prompts, sampler, eval_params(cfg), cfg.eval.k)  # noqa: E731
 
-    log = RunLogger(cfg, run_dir, cfg.train.rounds, run_name)
-    timer = PhaseTimer()
+    log = RunLogger(cfg, run_dir, cfg.train.rounds, run_name, resume_round=state.get("round"), wandb_id=state.get("wandb_id"))
+    timer = PhaseTimer(elapsed=state.get("elapsed", 0.0), totals=state.get("phase_totals"))
+    totals = state.get("totals", {"perf/samples": 0, "perf/gen_tokens": 0})
+    first_eval = state.get("first_eval", {})
+    if resumed_from:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        stream.cursor = state["cursor"]
+        checkpoint.set_rng_state(state["rng"])
+        console.print(f"[bold]resuming[/] from {resumed_from} (round {state['round']} of {cfg.train.rounds})")
     console.print(f"[bold]rapid[/] {run_name}: {cfg.train.rounds} rounds x {a.steps_per_generation} steps x "
                   f"{a.prompts_per_step} prompts x {a.group_size} completions, {len(task.train)} training problems -> {run_dir}")
-    first_eval = {}
-    if cfg.eval.at_start:
+    if cfg.eval.at_start and not resumed_from:
         with timer("eval"):
             first_eval = run_eval()
         log.log({**first_eval, **timer.pop_round(), "time/elapsed": timer.elapsed}, step=0)
-    totals = {"perf/samples": 0, "perf/gen_tokens": 0}
+
+    def save(rnd: int) -> Path:
+        trainer_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "cursor": stream.cursor,
+                         "totals": totals, "first_eval": first_eval, "elapsed": timer.elapsed, "phase_totals": timer.totals,
+                         "wandb_id": log.wandb_id}
+        with console.status(f"saving checkpoint round {rnd}"):
+            return checkpoint.save(run_dir / "checkpoints", rnd, model, tokenizer, trainer_state, cfg, cfg.train.keep_checkpoints)
+
     metrics: dict = {}
     model.train()
-    for rnd in range(1, cfg.train.rounds + 1):
-        with timer("generate"):
-            problems = stream.next(a.steps_per_generation * a.prompts_per_step)
-            prompt_ids = [to_ids(p) for p in problems]
-            params = SamplingParams(n=a.group_size, temperature=s.temperature, top_p=s.top_p,
-                                    max_tokens=s.max_tokens, seed=cfg.seed * 1_000_003 + rnd)
-            gens = sampler.generate(prompt_ids, params)
-            sampler.release_memory()
-        with timer("reward"):
-            rewards = task.rewards(gens.texts, [p for p in problems for _ in range(a.group_size)])
-        ro = Rollouts(problems, prompt_ids, gens, rewards, a.group_size)
-        with timer("old_logprobs"):
-            if a.old_logprobs == OldLogprobs.recompute:
-                old = recompute_logprobs(model, ro, pad_id, a.micro_batch_size, s.temperature, device)
-                gap = logprob_gap(old, gens.logprobs)
-            else:
-                old, gap = gens.logprobs, {}
-        with timer("update"):
-            steps = [
-                update_minibatch(model, optimizer, scheduler, ro, old, ro.group_slice(i * a.prompts_per_step, a.prompts_per_step),
-                                 cfg, loss_fn, opts, pad_id, device)
-                for i in range(a.steps_per_generation)
-            ]
-        with timer("sync"):
-            sampler.sync_weights(model)
-        eval_metrics = {}
-        if (cfg.eval.every and rnd % cfg.eval.every == 0) or rnd == cfg.train.rounds:
-            with timer("eval"):
-                eval_metrics = run_eval()
+    with GracefulStop() as stop:
+        for rnd in range(state.get("round", 0) + 1, cfg.train.rounds + 1):
+            with timer("generate"):
+                problems = stream.next(a.steps_per_generation * a.prompts_per_step)
+                prompt_ids = [to_ids(p) for p in problems]
+                params = SamplingParams(n=a.group_size, temperature=s.temperature, top_p=s.top_p,
+                                        max_tokens=s.max_tokens, seed=cfg.seed * 1_000_003 + rnd)
+                gens = sampler.generate(prompt_ids, params)
+                sampler.release_memory()
+            with timer("reward"):
+                rewards = task.rewards(gens.texts, [p for p in problems for _ in range(a.group_size)])
+            ro = Rollouts(problems, prompt_ids, gens, rewards, a.group_size)
+            with timer("old_logprobs"):
+                if a.old_logprobs == OldLogprobs.recompute:
+                    old = recompute_logprobs(model, ro, pad_id, a.micro_batch_size, s.temperature, device)
+                    gap = logprob_gap(old, gens.logprobs)
+                else:
+                    old, gap = gens.logprobs, {}
+            with timer("update"):
+                steps = [
+                    update_minibatch(model, optimizer, scheduler, ro, old, ro.group_slice(i * a.prompts_per_step, a.prompts_per_step),
+                                     cfg, loss_fn, opts, pad_id, device)
+                    for i in range(a.steps_per_generation)
+                ]
+            with timer("sync"):
+                sampler.sync_weights(model)
+            eval_metrics = {}
+            if (cfg.eval.every and rnd % cfg.eval.every == 0) or rnd == cfg.train.rounds:
+                with timer("eval"):
+                    eval_metrics = run_eval()
 
-        totals["perf/samples"] += len(gens)
-        totals["perf/gen_tokens"] += gens.num_tokens
-        metrics = {**round_metrics(ro, steps, timer), **gap, **eval_metrics, **totals,
-                   "train/lr": scheduler.get_last_lr()[0], "time/elapsed": timer.elapsed}
-        log.log(metrics, step=rnd)
-        log.round_done(metrics, rnd)
-        if cfg.train.log_samples:
+            totals["perf/samples"] += len(gens)
+            totals["perf/gen_tokens"] += gens.num_tokens
+            metrics = {**round_metrics(ro, steps, timer), **gap, **eval_metrics, **totals,
+                       "train/lr": scheduler.get_last_lr()[0], "time/elapsed": timer.elapsed}
+            log.log(metrics, step=rnd)
+            log.round_done(metrics, rnd)
             G = a.group_size
-            log.samples([(problems[i // G].question, gens.texts[i], rewards[i]) for i in range(0, len(gens), G)][: cfg.train.log_samples])
+            log.samples([(problems[i // G].question, gens.texts[i], rewards[i]) for i in range(0, len(gens), G)], rnd,
+                        printed=cfg.train.log_samples)
+            if stop.requested or rnd == cfg.train.rounds or (cfg.train.save_every and rnd % cfg.train.save_every == 0):
+                saved = save(rnd)
+            if stop.requested:
+                log.close()
+                raise Interrupted(rnd, saved)
 
     summary = summarize(log.history, first_eval, timer)
     log.close(summary)

@@ -1,0 +1,175 @@
+"""Checkpoints: the policy in Hugging Face format plus everything needed to continue a run exactly.
+
+    <run_dir>/checkpoints/round-000004/
+        model/              safetensors + config + tokenizer: `from_pretrained`, vLLM and `rapid eval` load it
+        trainer_state.pt    optimizer, LR scheduler, RNG states, round, data cursor, cumulative counters
+        config.yaml         the composed config of the run
+        manifest.json       written last: every file's size and sha256
+
+A checkpoint is built in a hidden temporary directory next to the others, every file is fsynced, the
+manifest goes in last, and only then is the directory renamed to `round-N` (an atomic rename). A crash
+or a full disk mid-save leaves at most a temporary directory, which is never read and is removed by the
+next save; older checkpoints are pruned only after the new one is in place. On load the manifest is
+checked, so a truncated or altered file is detected and named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from rapid_cli.config import RapidError
+
+_NAME = re.compile(r"^round-(\d{6})$")
+# Keys whose change makes a checkpoint a different experiment: resuming across them is refused.
+FIXED_GROUPS = ("model", "task")
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+    for d in [root, *[p for p in root.rglob("*") if p.is_dir()]]:
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def checkpoints(root: Path) -> list[Path]:
+    """Published checkpoints under `root`, oldest first (temporary directories are not listed)."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name))
+
+
+def save(root: Path, rnd: int, model, tokenizer, state: dict, cfg, keep: int | None) -> Path:
+    """Writes checkpoint `round-<rnd>` atomically and prunes to the newest `keep`; returns its path."""
+    from omegaconf import OmegaConf
+
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-round-*"):  # left by a crash during an earlier save
+        shutil.rmtree(stale, ignore_errors=True)
+    target = root / f"round-{rnd:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=root))
+    try:
+        model.save_pretrained(tmp / "model", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "model")
+        torch.save({**state, "round": rnd, "rng": rng_state()}, tmp / "trainer_state.pt")
+        (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        files = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                 for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / "manifest.json").write_text(json.dumps({"round": rnd, "files": files}, indent=1))
+        _fsync_tree(tmp)
+        if target.exists():  # re-saving the same round (a resumed run): replace it
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(err, Exception):  # KeyboardInterrupt, SystemExit: cleaned up, then on their way
+            raise
+        previous = checkpoints(root)
+        kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
+        why = getattr(err, "strerror", None) or str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise RapidError(f"could not save the round-{rnd} checkpoint ({why}); {kept}") from None
+    if keep:
+        for old in checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def verify(path: Path) -> dict:
+    """Checks a checkpoint against its manifest; returns the manifest or raises naming the problem."""
+    manifest_path = path / "manifest.json"
+    if not manifest_path.exists():
+        raise RapidError(f"checkpoint {path} is incomplete (no manifest.json): it was not fully written")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError:
+        raise RapidError(f"checkpoint {path} is corrupt: manifest.json is not valid JSON") from None
+    for name, meta in manifest["files"].items():
+        f = path / name
+        if not f.exists():
+            raise RapidError(f"checkpoint {path} is corrupt: {name} is missing")
+        if f.stat().st_size != meta["bytes"] or _sha256(f) != meta["sha256"]:
+            raise RapidError(f"checkpoint {path} is corrupt: {name} does not match its recorded size/checksum")
+    return manifest
+
+
+def find(resume: str, ckpt_root: Path) -> Path | None:
+    """The checkpoint `train.resume` names: `auto` = the newest intact one under `ckpt_root` (None when
+    there is none: a fresh start), else a checkpoint directory or a run directory holding checkpoints."""
+    if resume == "auto":
+        found = checkpoints(ckpt_root)
+        for path in reversed(found):
+            try:
+                verify(path)
+                return path
+            except RapidError as err:
+                from rapid_cli.console import warn
+
+                warn(f"{err}; trying the one before it")
+        if found:
+            raise RapidError(f"no intact checkpoint in {ckpt_root}; start afresh without train.resume")
+        return None
+    path = Path(resume).expanduser()
+    if not path.exists():
+        raise RapidError(f"train.resume={resume}: no such checkpoint or run directory")
+    if not (path / "manifest.json").exists() and not (path / "trainer_state.pt").exists():
+        inner = checkpoints(path / "checkpoints") or checkpoints(path)
+        if not inner:
+            raise RapidError(f"train.resume={resume}: no checkpoints in it (expected round-NNNNNN directories)")
+        path = inner[-1]
+    verify(path)
+    return path
+
+
+def config_conflicts(path: Path, cfg) -> list[str]:
+    """Keys of the model and task groups whose values differ between the checkpoint's config and `cfg`."""
+    from omegaconf import OmegaConf
+
+    saved = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=False)
+    now = OmegaConf.to_container(cfg, resolve=False)
+    diffs = []
+    for group in FIXED_GROUPS:
+        a, b = saved.get(group, {}), now.get(group, {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                diffs.append(f"{group}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return diffs
+
+
+def load_state(path: Path) -> dict:
+    return torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
