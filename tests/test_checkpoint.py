@@ -25,7 +25,7 @@ def learnable_data(tmp_path) -> str:
     """GSM8K-format problems whose answer (90) the random tiny model sometimes writes, so rewards are
     not all zero and the update really moves the weights."""
     path = tmp_path / "nineties.jsonl"
-    path.write_text("".join(json.dumps({"question": f"What is {a} + {90 - a}?", "answer": f"#### 90"}) + "\n" for a in range(40)))
+    path.write_text("".join(json.dumps({"question": f"What is {a} + {90 - a}?", "answer": "#### 90"}) + "\n" for a in range(40)))
     return str(path)
 
 
