@@ -2,6 +2,7 @@
 
     rapid train [overrides]        RAPID training (Hydra: --help, --cfg job, -m for sweeps)
     rapid eval [overrides]         pass@k of a model on a task's test split
+    rapid report <multirun dir>    a sweep as a markdown table and a PNG
     rapid prepare                  convert/download the offline model and data once
 """
 
@@ -24,6 +25,8 @@ commands:
               rapid eval model.path=<dir or hub id> task=mbpp eval.n=8 eval.limit=50
               rapid eval model=qwen-0.5b task=math eval.n=4
             prints a table and writes eval.json + samples.jsonl into outputs/eval/<date>/<time>/
+  report    aggregate a sweep (rapid train -m ...) into report.md + report.png, mean and spread over seeds
+              rapid report multirun/2026-11-24/10-00-00 [--target 0.8]
   prepare   convert the offline SmolLM2-135M model and fetch the offline GSM8K copy into the cache
 """
 
@@ -183,6 +186,22 @@ def prepare() -> None:
         _fail(str(err))
 
 
+def _report(args: list[str]) -> None:
+    import argparse
+
+    from rapid_cli.config import RapidError
+    from rapid_cli.report import report
+
+    ap = argparse.ArgumentParser(prog="rapid report", description="Aggregate a sweep into report.md and report.png.")
+    ap.add_argument("sweep_dir", type=Path, help="the multirun directory of a `rapid train -m` sweep")
+    ap.add_argument("--target", type=float, default=0.5, help="train reward whose first crossing time is reported")
+    opts = ap.parse_args(args)
+    try:
+        report(opts.sweep_dir, opts.target)
+    except RapidError as err:
+        _fail(str(err))
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     sys.stdout.reconfigure(line_buffering=True)  # vLLM's exit path can skip flushing a redirected stdout
@@ -201,5 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         run_hydra(_train_job if command == "train" else _eval_job, rest)
     elif command == "prepare":
         prepare()
+    elif command == "report":
+        _report(rest)
     else:
         _fail(f"unknown command {command!r}; run `rapid --help`")

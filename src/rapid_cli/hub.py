@@ -1,4 +1,4 @@
-"""Reaching the Hugging Face Hub: one quick check instead of a minute of retries when offline."""
+"""Reaching the Hugging Face Hub (and other services): one quick check instead of a minute of retries when offline."""
 
 from __future__ import annotations
 
@@ -8,17 +8,22 @@ from functools import lru_cache
 from urllib.parse import urlparse
 
 
-@lru_cache(maxsize=1)
-def hub_error(timeout: float = 3.0) -> str | None:
-    """None when the hub answers a TCP connect, else why not."""
+@lru_cache(maxsize=4)
+def unreachable(url: str, timeout: float = 3.0) -> str | None:
+    """None when `url`'s host answers a TCP connect, else why not."""
+    parsed = urlparse(url)
+    try:
+        socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout).close()
+    except OSError as err:
+        return f"{parsed.hostname} unreachable ({err})"
+    return None
+
+
+def hub_error() -> str | None:
+    """None when the Hugging Face Hub can be reached, else why not."""
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         return "HF_HUB_OFFLINE=1"
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-    except OSError as err:
-        return f"{url.hostname} unreachable ({err})"
-    return None
+    return unreachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
 
 
 def offline_unless_reachable() -> None:

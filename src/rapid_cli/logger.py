@@ -96,6 +96,13 @@ class RunLogger:
             import wandb
             from omegaconf import OmegaConf
 
+            if mode == "online":
+                from rapid_cli.hub import unreachable
+
+                why = unreachable(wandb.Settings().base_url)
+                if why:  # wandb.init would retry for about 90 s before giving up
+                    warn(f"W&B online: {why}; logging offline instead (upload later with `wandb sync`)")
+                    mode = "offline"
             return wandb.init(
                 project=cfg.logger.wandb.project,
                 entity=cfg.logger.wandb.entity,
@@ -159,6 +166,6 @@ class RunLogger:
             try:
                 self.wandb.finish()
                 if self.wandb.settings.mode == "offline":
-                    console.print(f"W&B offline run saved; upload it with: wandb sync {self.wandb.dir.rsplit('/files', 1)[0]}")
+                    console.print(f"W&B offline run saved; upload it with: wandb sync {self.wandb.dir.rsplit('/files', 1)[0]}", soft_wrap=True)
             except Exception as err:
                 warn(f"W&B finish failed ({err})")

@@ -1,0 +1,171 @@
+"""`rapid report <multirun dir>`: a sweep's runs as one markdown table and one PNG.
+
+Runs are grouped by their overrides without `seed`; each group shows mean and spread over its seeds
+of the final eval pass@1 and train reward, the wall-clock, seconds per phase, and the time at which
+the train reward first reached `--target`. The PNG draws train reward and eval pass@1 against
+wall-clock: the mean over seeds as a line, min..max as a band. Both are written into the sweep
+directory (report.md, report.png) and the table is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from rapid_cli.config import RapidError
+
+PHASES = ("generate", "reward", "old_logprobs", "update", "sync", "eval")
+IGNORED = ("seed=", "hydra.", "logger.", "train.resume=")
+
+
+@dataclass
+class Run:
+    path: Path
+    overrides: list[str]
+    seed: str
+    rows: list[dict]
+    label: str = ""  # the swept overrides that set this run apart (filled by load_runs)
+
+    @property
+    def settings(self) -> dict[str, str]:
+        return dict(o.split("=", 1) for o in self.overrides if "=" in o and not o.startswith(IGNORED))
+
+    def last(self, key: str):
+        values = [r[key] for r in self.rows if key in r]
+        return values[-1] if values else None
+
+    def curve(self, key: str) -> list[tuple[float, float]]:
+        return [(r["time/elapsed"], r[key]) for r in self.rows if key in r and "time/elapsed" in r]
+
+    def time_to(self, key: str, target: float) -> float | None:
+        return next((t for t, v in self.curve(key) if v >= target), None)
+
+
+def load_runs(root: Path) -> list[Run]:
+    if not root.is_dir():
+        raise RapidError(f"{root} is not a directory; give the sweep's directory, e.g. multirun/<date>/<time>")
+    from omegaconf import OmegaConf
+
+    runs = []
+    for metrics in sorted(root.rglob("metrics.jsonl")):
+        job = metrics.parent
+        saved = job / ".hydra" / "overrides.yaml"
+        overrides = [str(o) for o in OmegaConf.load(saved)] if saved.exists() else []
+        rows = []
+        for line in metrics.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a crash
+                continue
+        if not any(r.get("round", 0) > 0 for r in rows):
+            continue
+        seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), "0")
+        runs.append(Run(job, overrides, seed, rows))
+    if not runs:
+        raise RapidError(f"no finished rounds under {root}: expected job directories with metrics.jsonl (from rapid train -m)")
+    keys = sorted({k for r in runs for k in r.settings})
+    swept = [k for k in keys if len({r.settings.get(k) for r in runs}) > 1]
+    for run in runs:
+        run.label = " ".join(f"{k}={run.settings.get(k, '-')}" for k in swept) or "(all runs alike)"
+    return runs
+
+
+def common_settings(runs: list[Run]) -> str:
+    first = runs[0].settings
+    same = [f"{k}={v}" for k, v in first.items() if all(r.settings.get(k) == v for r in runs)]
+    return " ".join(same) or "(defaults)"
+
+
+def _stat(values: list[float], fmt: str = "{:.3f}") -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
+
+
+def summarize(runs: list[Run], target: float) -> tuple[list[str], list[list[str]]]:
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.label, []).append(run)
+    header = ["config", "seeds", "rounds", "eval pass@1", "train reward", "wall-clock s",
+              *[f"{p} s" for p in PHASES], f"s to reward >= {target:g}"]
+    rows = []
+    for label, group in groups.items():
+        reached = [r.time_to("reward/mean", target) for r in group]
+        rows.append([
+            label, ",".join(sorted(r.seed for r in group)), _stat([r.last("round") for r in group], "{:.0f}"),
+            _stat([r.last("eval/pass@1") for r in group]), _stat([r.last("reward/mean") for r in group]),
+            _stat([r.last("time/elapsed") for r in group], "{:.1f}"),
+            *[_stat([sum(x.get(f"time/{p}", 0.0) for x in r.rows) for r in group], "{:.1f}") for p in PHASES],
+            (_stat([t for t in reached if t is not None], "{:.1f}") + f" ({sum(t is not None for t in reached)}/{len(group)})"),
+        ])
+    return header, rows
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[Run], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.label, []).append(run)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), dpi=110, sharey=True)
+    for ax, key, title in ((axes[0], "reward/mean", "train reward"), (axes[1], "eval/pass@1", "eval pass@1")):
+        for i, (label, group) in enumerate(groups.items()):
+            curves = [c for c in (r.curve(key) for r in group) if c]
+            if not curves:
+                continue
+            color = f"C{i % 10}"
+            end = min(c[-1][0] for c in curves)
+            grid = np.linspace(min(c[0][0] for c in curves), end, 50) if end > 0 else np.array([0.0])
+            ys = np.array([np.interp(grid, [t for t, _ in c], [v for _, v in c]) for c in curves])
+            ax.plot(grid / 60, ys.mean(0), color=color, label=f"{label} (n={len(curves)})")
+            if len(curves) > 1:
+                ax.fill_between(grid / 60, ys.min(0), ys.max(0), color=color, alpha=0.2)
+            for c in curves:  # the points themselves, faint, so short runs are visible
+                ax.plot([t / 60 for t, _ in c], [v for _, v in c], ".", color=color, alpha=0.35, ms=4)
+        ax.set_title(f"{title}: mean over seeds, band = min..max", fontsize=9)
+        ax.set_xlabel("wall-clock (minutes)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("reward / accuracy")
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def report(root: Path, target: float = 0.5) -> Path:
+    from rich.table import Table
+
+    from rapid_cli.console import console
+
+    runs = load_runs(root)
+    header, rows = summarize(runs, target)
+    out = root / "report.md"
+    out.write_text(f"# Sweep report: {root}\n\n{len(runs)} runs; all of them used: `{common_settings(runs)}`\n\n"
+                   f"{markdown(header, rows)}\n![curves](report.png)\n")
+    plot(runs, root / "report.png")
+    table = Table(title=f"{root} ({len(runs)} runs)")
+    shown = [0, 1, 3, 4, 5, len(header) - 1]  # the console gets the headline columns; report.md has them all
+    for i in shown:
+        table.add_column(header[i], justify="left" if i == 0 else "right", overflow="fold", min_width=24 if i == 0 else None)
+    for row in rows:
+        table.add_row(*[row[i] for i in shown])
+    console.print(table)
+    console.print(f"wrote {out} and {root / 'report.png'}")
+    return out

@@ -1,0 +1,67 @@
+"""Sweeps: Hydra's basic launcher over A and seeds, `rapid report` over the result, the shipped Optuna
+sweeper (a real 2-trial study) and the SLURM launcher config composing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import RAPID, REPO, TINY
+
+SMALL = [o for o in TINY if not o.startswith(("train.rounds", "algo.steps_per_generation"))] + ["train.rounds=2"]
+
+
+def rapid(*args):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.run([RAPID, *args], capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_sweep_over_a_and_seeds_then_report(tmp_path):
+    sweep = tmp_path / "sweep"
+    rapid("train", "-m", *SMALL, "algo.steps_per_generation=1,2", "seed=0,1", f"hydra.sweep.dir={sweep}")
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert len(jobs) == 4 and all((j / "metrics.jsonl").exists() and (j / "checkpoints").is_dir() for j in jobs)
+
+    out = rapid("report", str(sweep), "--target", "0.5")
+    assert "report.md" in out
+    table = (sweep / "report.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| algo.steps_per_generation=")]
+    assert len(rows) == 2 and all("| 0,1 |" in r for r in rows)  # one row per A, both seeds in each
+    assert "± " in rows[0] and "all of them used" in table
+    assert (sweep / "report.png").stat().st_size > 5000
+
+
+def test_report_on_a_directory_without_runs_is_one_line(tmp_path):
+    proc = subprocess.run([RAPID, "report", str(tmp_path)], capture_output=True, text=True, cwd=REPO)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and out.count("\n") == 1 and "metrics.jsonl" in out
+
+
+@pytest.mark.slow
+def test_optuna_sweeper_runs_a_real_study(tmp_path):
+    sweep = tmp_path / "optuna"
+    out = rapid("train", "-m", "hydra/sweeper=rapid_optuna", "hydra.sweeper.n_trials=2", *SMALL, "train.rounds=1",
+                f"hydra.sweep.dir={sweep}")
+    assert "Best parameters" in out
+    result = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert set(result.best_params) == {"optimizer.lr", "algo.steps_per_generation"}
+    assert 0.0 <= result.best_value <= 1.0
+
+
+def test_slurm_launcher_config_composes():
+    from hydra import compose, initialize_config_dir
+
+    from rapid_cli.cli import config_dir
+    from rapid_cli.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=rapid_slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.gpus_per_node == 1 and launcher.partition == "gpu"
