@@ -97,7 +97,12 @@ class AlgoConfig:
     micro_batch_size: int = 8  # sequences per forward/backward; a multiple of G (whole groups)
     iw_clip: float | None = 2.0  # c: importance weights are clipped at c before the baseline
     eps: float | None = 0.2  # PPO ratio clip; null = unclipped importance-weighted PG
-    old_logprobs: OldLogprobs = OldLogprobs.recompute
+    old_logprobs: OldLogprobs = OldLogprobs.recompute  # with A=1 (on-policy) recompute is skipped: ratio = 1
+    # Baselines (conf/algo/grpo|pg|dapo|dr_grpo.yaml); each loss takes only the options it names.
+    kl_beta: float = 0.0  # grpo: weight of the k3 KL to the frozen initial policy (0.04); needs a reference copy
+    eps_high: float | None = None  # dapo: upper PPO clip ("clip-higher", 0.28); null: eps
+    drop_equal_groups: bool = False  # dapo: drop groups whose rewards are all equal
+    norm_len: int | None = None  # dr_grpo: constant token count the loss sum is divided by
 
 
 @dataclass
@@ -209,6 +214,12 @@ def validate(cfg) -> None:
 
     if a.name not in LOSSES:
         raise RapidError(f"algo.name={a.name!r} is unknown; choose one of {', '.join(sorted(LOSSES))}")
+    import inspect
+
+    if a.kl_beta and "ref_logprobs" not in inspect.signature(LOSSES[a.name]).parameters:
+        raise RapidError(f"algo.kl_beta={a.kl_beta} has no effect with algo.name={a.name}; use algo=grpo, or set it to 0")
+    if a.kl_beta < 0:
+        raise RapidError("algo.kl_beta must be >= 0")
     if cfg.sampler.temperature <= 0:
         raise RapidError("sampler.temperature must be > 0 for training (behaviour logprobs need a distribution)")
     if not 0 < cfg.sampler.top_p <= 1:

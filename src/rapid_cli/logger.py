@@ -22,14 +22,14 @@ from rich.table import Table
 
 from rapid_cli.console import console, warn
 
-PHASES = ("generate", "reward", "old_logprobs", "update", "sync", "eval")
+PHASES = ("generate", "reward", "old_logprobs", "ref_logprobs", "update", "sync", "eval")
 
 
 def status_line(m: dict) -> str:
     """The live one-liner: reward, importance weights, throughput, seconds per phase."""
     parts = [f"reward {m.get('reward/mean', float('nan')):.3f}"]
     if "iw/mean" in m:
-        parts.append(f"iw {m['iw/mean']:.3f} (max {m['iw/max']:.2f}, clip {100 * m['iw/clip_frac']:.0f}%)")
+        parts.append(f"iw {m['iw/mean']:.3f} (max {m['iw/max']:.2f}, clip {100 * m.get('iw/clip_frac', 0):.0f}%)")
     if "perf/gen_tokens_per_s" in m:
         parts.append(f"{m['perf/gen_tokens_per_s']:.0f} tok/s")
     times = " ".join(f"{p[:3]} {m[f'time/{p}']:.1f}s" for p in PHASES if f"time/{p}" in m)

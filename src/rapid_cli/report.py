@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rapid_cli.config import RapidError
+from rapid_cli.logger import PHASES
 
-PHASES = ("generate", "reward", "old_logprobs", "update", "sync", "eval")
 IGNORED = ("seed=", "hydra.", "logger.", "train.resume=")
 
 

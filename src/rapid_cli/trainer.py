@@ -13,6 +13,7 @@ Run it with `rapid train` (see conf/config.yaml); tests call `train(cfg, run_dir
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import signal
@@ -23,7 +24,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rapid_cli import checkpoint
-from rapid_cli.algorithms import LOSSES, loss_options
+from rapid_cli.algorithms import LOSSES, loss_options, needs_reference
 from rapid_cli.config import OldLogprobs, RapidError, validate, validate_data
 from rapid_cli.console import console
 from rapid_cli.evaluate import eval_params, evaluate
@@ -84,6 +85,7 @@ def _micro_batches(rows: slice, size: int):
 @torch.no_grad()
 def recompute_logprobs(model, ro: Rollouts, pad_id: int, micro: int, temperature: float, device) -> list[list[float]]:
     """log pi_old per completion token, from the trainer's model before the round's first update."""
+    was_training = model.training
     model.eval()
     out: list[list[float]] = []
     comp = ro.generations.completion_ids
@@ -91,7 +93,7 @@ def recompute_logprobs(model, ro: Rollouts, pad_id: int, micro: int, temperature
         batch = pack(ro.row_prompts(mb), comp[mb], pad_id, device)
         lp = completion_logprobs(model, batch, temperature)  # [b, C]
         out += [row[: len(c)] for row, c in zip(lp.tolist(), comp[mb], strict=True)]
-    model.train()
+    model.train(was_training)
     return out
 
 
@@ -100,9 +102,10 @@ def logprob_gap(a: list[list[float]], b: list[list[float]]) -> dict[str, float]:
     return {"iw/sampler_logprob_gap_mean": sum(diffs) / max(1, len(diffs)), "iw/sampler_logprob_gap_max": max(diffs, default=0.0)}
 
 
-def update_minibatch(model, optimizer, scheduler, ro: Rollouts, old: list[list[float]], rows: slice, cfg, loss_fn, opts,
-                     pad_id: int, device) -> dict:
-    """One optimizer step on whole prompt groups `rows`, accumulated over micro-batches of whole groups."""
+def update_minibatch(model, optimizer, scheduler, ro: Rollouts, old: list[list[float]] | None, rows: slice, cfg, loss_fn,
+                     opts, pad_id: int, device, ref: list[list[float]] | None = None) -> dict:
+    """One optimizer step on whole prompt groups `rows`, accumulated over micro-batches of whole groups.
+    `old=None` means on-policy: pi_old is the current policy, so its log-probs are the detached ones."""
     a = cfg.algo
     B = rows.stop - rows.start
     optimizer.zero_grad(set_to_none=True)
@@ -111,10 +114,11 @@ def update_minibatch(model, optimizer, scheduler, ro: Rollouts, old: list[list[f
         comp = ro.generations.completion_ids[mb]
         batch = pack(ro.row_prompts(mb), comp, pad_id, device)
         C = batch.completion_ids.shape[1]
-        old_lp = _pad_rows(old[mb], C, device)  # [b, C]
         rewards = torch.tensor(ro.rewards[mb], dtype=torch.float32, device=device)  # [b]
         logprobs = completion_logprobs(model, batch, cfg.sampler.temperature)  # [b, C]
-        loss, metrics = loss_fn(logprobs, old_lp, batch.completion_mask, rewards, a.group_size, **opts)
+        old_lp = logprobs.detach() if old is None else _pad_rows(old[mb], C, device)  # [b, C]
+        extra = {} if ref is None else {"ref_logprobs": _pad_rows(ref[mb], C, device)}
+        loss, metrics = loss_fn(logprobs, old_lp, batch.completion_mask, rewards, a.group_size, **opts, **extra)
         share = (mb.stop - mb.start) / B  # the loss is a per-sequence mean: weight micro-batches by rows
         (loss * share).backward()
         metrics["loss"] = loss.item()
@@ -201,6 +205,7 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
     optimizer, scheduler = build_optimizer(cfg.optimizer, model, total_steps=cfg.train.rounds * a.steps_per_generation)
     loss_fn = LOSSES[a.name]
     opts = loss_options(loss_fn, a)
+    reference = copy.deepcopy(model).eval().requires_grad_(False) if needs_reference(loss_fn, a) else None
     stream = PromptStream(task.train, cfg.seed)
     to_ids = lambda p: task.prompt_ids(p, tokenizer, cfg.model.chat_template)  # noqa: E731
     eval_problems = task.test[: cfg.eval.limit] if cfg.eval.limit else task.test
@@ -246,15 +251,21 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
                 rewards = task.rewards(gens.texts, [p for p in problems for _ in range(a.group_size)])
             ro = Rollouts(problems, prompt_ids, gens, rewards, a.group_size)
             with timer("old_logprobs"):
-                if a.old_logprobs == OldLogprobs.recompute:
+                if a.old_logprobs == OldLogprobs.sampler:
+                    old, gap = gens.logprobs, {}
+                elif a.steps_per_generation == 1:  # on-policy: the single step's detached log-probs are pi_old
+                    old, gap = None, {}
+                else:
                     old = recompute_logprobs(model, ro, pad_id, a.micro_batch_size, s.temperature, device)
                     gap = logprob_gap(old, gens.logprobs)
-                else:
-                    old, gap = gens.logprobs, {}
+            ref = None
+            if reference is not None:
+                with timer("ref_logprobs"):
+                    ref = recompute_logprobs(reference, ro, pad_id, a.micro_batch_size, s.temperature, device)
             with timer("update"):
                 steps = [
                     update_minibatch(model, optimizer, scheduler, ro, old, ro.group_slice(i * a.prompts_per_step, a.prompts_per_step),
-                                     cfg, loss_fn, opts, pad_id, device)
+                                     cfg, loss_fn, opts, pad_id, device, ref)
                     for i in range(a.steps_per_generation)
                 ]
             with timer("sync"):
@@ -307,6 +318,7 @@ def round_metrics(ro: Rollouts, steps: list[dict], timer: PhaseTimer) -> dict:
         "iw/first_step_mean": steps[0]["iw_mean"],
         "iw/last_step_mean": steps[-1]["iw_mean"],
         **{IW_KEYS[k]: step[k] for k in IW_KEYS if k in step},
+        **{f"train/{k}": step[k] for k in ("kl", "groups_dropped_frac") if k in step},
         **times,
     }
     if "time/generate" in times:

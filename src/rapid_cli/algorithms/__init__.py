@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import inspect
 
+from rapid_cli.algorithms.baselines import dapo_loss, dr_grpo_loss, grpo_loss
 from rapid_cli.algorithms.losses import rapid_loss
 
-LOSSES = {"rapid": rapid_loss}
+# pg is GRPO's loss with its preset's kl_beta = 0 (conf/algo/pg.yaml).
+LOSSES = {"rapid": rapid_loss, "grpo": grpo_loss, "pg": grpo_loss, "dapo": dapo_loss, "dr_grpo": dr_grpo_loss}
 
 
 def loss_options(fn, algo_cfg) -> dict:
     """The algo config fields that `fn` takes as options (its parameters with defaults)."""
     params = inspect.signature(fn).parameters.values()
     return {p.name: algo_cfg[p.name] for p in params if p.default is not p.empty and p.name in algo_cfg}
+
+
+def needs_reference(fn, algo_cfg) -> bool:
+    """Whether the loss wants log-probs of the frozen reference model (a KL penalty is on)."""
+    return "ref_logprobs" in inspect.signature(fn).parameters and bool(algo_cfg.get("kl_beta"))

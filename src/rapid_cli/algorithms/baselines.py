@@ -1,0 +1,114 @@
+"""The baselines RAPID is compared with (RAPID.md, "Baselines"), as pure losses with the same contract
+as `rapid_loss`, built from a few shared pieces:
+
+- advantages: group z-score (GRPO, PG, DAPO) or group-centred only (Dr. GRPO);
+- the PPO-clipped token objective, with an optional higher upper clip (DAPO's clip-higher);
+- aggregation: mean per sequence then over the batch (GRPO, PG), one token-level mean over the whole
+  batch (DAPO), or a token sum over a constant length (Dr. GRPO);
+- an optional k3 KL penalty to a frozen reference policy (GRPO, beta = 0.04);
+- an optional mask dropping groups whose rewards are all equal (DAPO's dynamic-sampling filter; here
+  those groups are dropped, not refilled by extra sampling).
+
+They are on-policy methods: their presets take one optimizer step per generation round
+(`algo.steps_per_generation=1`), where the ratio is 1 and the clip only matters for its gradient form.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool) -> torch.Tensor:
+    """r - group mean, divided by (group std + 1e-4) when `scale` (GRPO's z-score). [B] -> [B]
+
+    >>> group_advantages(torch.tensor([1., 0., 1., 1.]), 2, scale=False).tolist()
+    [0.5, -0.5, 0.0, 0.0]
+    """
+    r = rewards.view(-1, group_size)
+    adv = r - r.mean(-1, keepdim=True)
+    if scale:
+        adv = adv / (r.std(-1, keepdim=True) + 1e-4)
+    return adv.view(-1)
+
+
+def clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, eps: float, eps_high: float | None):
+    """-min(rho A, clip(rho, 1-eps, 1+eps_high) A) per token, and which tokens the clip cut off."""
+    surrogate = ratio * adv[:, None]
+    clipped = ratio.clamp(1 - eps, 1 + (eps_high if eps_high is not None else eps)) * adv[:, None]
+    return -torch.minimum(surrogate, clipped), (clipped < surrogate)
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(pi_theta || pi_ref) per token: exp(d) - d - 1, d = ref - logp (>= 0)."""
+    d = ref_logprobs - logprobs
+    return d.exp() - d - 1
+
+
+def _aggregate(token_loss: torch.Tensor, mask: torch.Tensor, how: str, norm_len: int | None) -> torch.Tensor:
+    if how == "seq_mean":
+        return ((token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    if how == "token_mean":
+        return (token_loss * mask).sum() / mask.sum().clamp(min=1)
+    return (token_loss * mask).sum() / (token_loss.shape[0] * (norm_len or token_loss.shape[1]))  # "token_sum"
+
+
+def _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, *, scale: bool, eps: float,
+                     eps_high: float | None, aggregate: str, kl_beta: float, ref_logprobs, drop_equal_groups: bool,
+                     norm_len: int | None = None):
+    B = logprobs.shape[0]
+    if B % group_size:
+        raise ValueError(f"batch of {B} rows is not a whole number of groups of {group_size}")
+    mask = mask.to(logprobs.dtype)
+    r = rewards.to(logprobs.dtype)
+    groups = r.view(-1, group_size)
+    informative = (groups.max(-1).values > groups.min(-1).values).repeat_interleave(group_size)  # [B]
+    if drop_equal_groups:
+        mask = mask * informative[:, None].to(mask.dtype)
+    adv = group_advantages(r, group_size, scale)
+    log_ratio = (logprobs - old_logprobs) * mask
+    ratio = log_ratio.exp()
+    token_loss, cut = clipped_objective(ratio, adv, eps, eps_high)
+    kl = None
+    if kl_beta:
+        if ref_logprobs is None:
+            raise ValueError("kl_beta > 0 needs ref_logprobs from the reference model")
+        kl = kl_k3(logprobs, ref_logprobs)
+        token_loss = token_loss + kl_beta * kl
+    loss = _aggregate(token_loss, mask, aggregate, norm_len)
+    with torch.no_grad():
+        n_tok = mask.sum().clamp(min=1)
+        w = log_ratio.detach().sum(-1).clamp(max=60).exp()
+        metrics = {
+            "iw_mean": w.mean().item(), "iw_max": w.max().item(), "ess": (w.sum() ** 2 / (w**2).sum()).item(),
+            "ppo_clip_frac": ((cut.to(mask.dtype) * mask).sum() / n_tok).item(),
+            "adv_mean": adv.mean().item(), "adv_abs_mean": adv.abs().mean().item(),
+            "log_ratio_abs_mean": ((log_ratio.detach().abs() * mask).sum() / n_tok).item(),
+            "groups_dropped_frac": (1 - informative.float().mean()).item() if drop_equal_groups else 0.0,
+        }
+        if kl is not None:
+            metrics["kl"] = ((kl.detach() * mask).sum() / n_tok).item()
+    return loss, metrics
+
+
+def grpo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | None = 0.2, kl_beta: float = 0.04,
+              ref_logprobs=None):
+    """GRPO: z-scored group advantages, PPO clip, k3 KL to the reference (beta), per-sequence token mean.
+    With kl_beta = 0 this is the paper's PG baseline."""
+    return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=True, eps=eps or 0.2, eps_high=None,
+                            aggregate="seq_mean", kl_beta=kl_beta, ref_logprobs=ref_logprobs, drop_equal_groups=False)
+
+
+def dapo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | None = 0.2, eps_high: float | None = 0.28,
+              drop_equal_groups: bool = True):
+    """DAPO: one token-level mean over the batch, clip-higher (eps_high), groups with equal rewards dropped, no KL."""
+    return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=True, eps=eps or 0.2,
+                            eps_high=eps_high, aggregate="token_mean", kl_beta=0.0, ref_logprobs=None,
+                            drop_equal_groups=drop_equal_groups)
+
+
+def dr_grpo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | None = 0.2, norm_len: int | None = None):
+    """Dr. GRPO: group-centred advantages without std scaling, token sum over a constant length (norm_len,
+    the generation budget), so neither long nor short answers are favoured by the normalisation."""
+    return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=False, eps=eps or 0.2, eps_high=None,
+                            aggregate="token_sum", kl_beta=0.0, ref_logprobs=None, drop_equal_groups=False,
+                            norm_len=norm_len)

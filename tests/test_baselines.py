@@ -1,0 +1,108 @@
+"""The baseline losses against hand-computed gradients, and each preset training the tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import TINY, compose
+from rapid_cli.algorithms import LOSSES, loss_options
+from rapid_cli.algorithms.baselines import dapo_loss, dr_grpo_loss, grpo_loss, kl_k3
+from rapid_cli.config import RapidError
+from rapid_cli.trainer import train
+
+R = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0])  # groups of 3: [1,0,0] informative, [0,1,1] informative
+MASK = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=torch.float32)
+
+
+def grad_of(fn, **kw):
+    lp = torch.zeros(6, 3, requires_grad=True)
+    loss, metrics = fn(lp, lp.detach(), MASK, R, 3, **kw)
+    loss.backward()
+    return lp.grad, metrics
+
+
+def zscore(group):
+    g = torch.tensor(group, dtype=torch.float32)
+    return ((g - g.mean()) / (g.std() + 1e-4)).tolist()
+
+
+def test_grpo_gradient_is_z_scored_advantage_over_sequence_length():
+    grad, _ = grad_of(grpo_loss, kl_beta=0.0)
+    adv = zscore([1, 0, 0]) + zscore([0, 1, 1])
+    lengths = MASK.sum(-1)
+    expected = torch.stack([-adv[i] / (6 * lengths[i]) * MASK[i] for i in range(6)])
+    assert torch.allclose(grad, expected, atol=1e-6)
+
+
+def test_grpo_kl_term_uses_k3_against_the_reference():
+    lp = torch.zeros(6, 3, requires_grad=True)
+    ref = torch.full((6, 3), -0.1)
+    loss, metrics = grpo_loss(lp, lp.detach(), MASK, torch.ones(6), 3, kl_beta=0.04, ref_logprobs=ref)
+    k3 = math.exp(-0.1) + 0.1 - 1  # all rewards equal: advantages 0, only the KL remains
+    assert metrics["kl"] == pytest.approx(k3, rel=1e-5)
+    assert loss.item() == pytest.approx(0.04 * k3, rel=1e-5)
+    assert kl_k3(torch.zeros(2), torch.zeros(2)).abs().max() == 0
+
+
+def test_dapo_token_mean_and_dropped_groups():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0])  # the second group is all equal: dropped
+    lp = torch.zeros(6, 3, requires_grad=True)
+    loss, metrics = dapo_loss(lp, lp.detach(), MASK, r, 3)
+    loss.backward()
+    n_tokens = MASK[:3].sum()  # only the kept group's tokens count
+    adv = zscore([1, 0, 0])
+    for i in range(3):
+        assert torch.allclose(lp.grad[i], -adv[i] / n_tokens * MASK[i], atol=1e-6)
+    assert lp.grad[3:].abs().max() == 0 and metrics["groups_dropped_frac"] == pytest.approx(0.5)
+
+
+def test_dapo_clip_higher_keeps_gradient_up_to_eps_high():
+    lp = torch.full((3, 1), math.log(1.25), requires_grad=True)  # ratio 1.25 against old = 0
+    r, m = torch.tensor([1.0, 0.0, 0.0]), torch.ones(3, 1)
+    dapo_loss(lp, torch.zeros(3, 1), m, r, 3, eps_high=0.28)[0].backward()
+    assert lp.grad[0, 0] < 0  # positive advantage, ratio inside 1.28: still pushed up
+    lp.grad = None
+    dapo_loss(lp, torch.zeros(3, 1), m, r, 3, eps_high=None)[0].backward()
+    assert lp.grad[0, 0] == 0  # the symmetric 0.2 clip cuts it
+
+
+def test_dr_grpo_divides_the_token_sum_by_a_constant():
+    grad, _ = grad_of(dr_grpo_loss, norm_len=10)
+    adv = [2 / 3, -1 / 3, -1 / 3, -2 / 3, 1 / 3, 1 / 3]  # centred, not scaled
+    expected = torch.stack([-adv[i] / (6 * 10) * MASK[i] for i in range(6)])
+    assert torch.allclose(grad, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("algo", ["grpo", "pg", "dapo", "dr_grpo"])
+def test_presets_compose_and_pass_their_options(algo):
+    cfg = compose([f"algo={algo}"])
+    assert cfg.algo.steps_per_generation == 1
+    opts = loss_options(LOSSES[cfg.algo.name], cfg.algo)
+    expected = {"grpo": {"eps", "kl_beta"}, "pg": {"eps", "kl_beta"}, "dapo": {"eps", "eps_high", "drop_equal_groups"},
+                "dr_grpo": {"eps", "norm_len"}}[algo]
+    assert set(opts) == expected
+    if algo == "dr_grpo":
+        assert opts["norm_len"] == cfg.sampler.max_tokens
+    if algo == "pg":
+        assert opts["kl_beta"] == 0
+
+
+@pytest.mark.parametrize("algo", ["grpo", "dapo"])
+def test_presets_train_the_tiny_model(tmp_path, algo):
+    cfg = compose([o for o in TINY if not o.startswith("algo.steps_per_generation")] + [f"algo={algo}", "algo.group_size=2",
+                  "algo.micro_batch_size=2", "algo.prompts_per_step=2", "train.save_every=0"])
+    out = train(cfg, tmp_path)
+    assert "train/loss" in out and out["perf/samples"] == 2 * 1 * 2 * 2  # rounds x A=1 x M x G
+    if algo == "grpo":
+        assert out["train/kl"] >= 0
+        assert "time/ref_logprobs" in out
+
+
+def test_kl_beta_on_a_loss_without_a_reference_is_refused():
+    from rapid_cli.config import validate
+
+    with pytest.raises(RapidError, match="algo.kl_beta"):
+        validate(compose(["algo=rapid", "algo.kl_beta=0.1"]))
