@@ -1,9 +1,10 @@
 """`rapid report <multirun dir>`: a sweep's runs as one markdown table and one PNG.
 
 Runs are grouped by their overrides without `seed`; each group shows mean and spread over its seeds
-of the final eval pass@1 and train reward, the wall-clock, seconds per phase, and the time at which
-the train reward first reached `--target`. The PNG draws train reward and eval pass@1 against
-wall-clock: the mean over seeds as a line, min..max as a band. Both are written into the sweep
+of the final eval pass@1 and train reward, the wall-clock (all of it, and without the evaluations),
+seconds per phase, and the training time at which the train reward first reached `--target`. The PNG
+draws train reward and eval pass@1 against training wall-clock (evaluation time taken out): the mean
+over seeds as a line, min..max as a band. Both are written into the sweep
 directory (report.md, report.png) and the table is printed.
 """
 
@@ -37,7 +38,17 @@ class Run:
         return values[-1] if values else None
 
     def curve(self, key: str) -> list[tuple[float, float]]:
-        return [(r["time/elapsed"], r[key]) for r in self.rows if key in r and "time/elapsed" in r]
+        """(training seconds, value): wall-clock minus the evaluations so far, which are measurement, not training."""
+        out, evals = [], 0.0
+        for r in self.rows:
+            evals += r.get("time/eval", 0.0)
+            if key in r and "time/elapsed" in r:
+                out.append((r["time/elapsed"] - evals, r[key]))
+        return out
+
+    @property
+    def train_seconds(self) -> float:
+        return self.rows[-1].get("time/elapsed", 0.0) - sum(r.get("time/eval", 0.0) for r in self.rows)
 
     def time_to(self, key: str, target: float) -> float | None:
         return next((t for t, v in self.curve(key) if v >= target), None)
@@ -91,7 +102,7 @@ def summarize(runs: list[Run], target: float) -> tuple[list[str], list[list[str]
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.label, []).append(run)
-    header = ["config", "seeds", "rounds", "eval pass@1", "train reward", "wall-clock s",
+    header = ["config", "seeds", "rounds", "eval pass@1", "train reward", "wall-clock s", "train s (no eval)",
               *[f"{p} s" for p in PHASES], f"s to reward >= {target:g}"]
     rows = []
     for label, group in groups.items():
@@ -99,7 +110,7 @@ def summarize(runs: list[Run], target: float) -> tuple[list[str], list[list[str]
         rows.append([
             label, ",".join(sorted(r.seed for r in group)), _stat([r.last("round") for r in group], "{:.0f}"),
             _stat([r.last("eval/pass@1") for r in group]), _stat([r.last("reward/mean") for r in group]),
-            _stat([r.last("time/elapsed") for r in group], "{:.1f}"),
+            _stat([r.last("time/elapsed") for r in group], "{:.1f}"), _stat([r.train_seconds for r in group], "{:.1f}"),
             *[_stat([sum(x.get(f"time/{p}", 0.0) for x in r.rows) for r in group], "{:.1f}") for p in PHASES],
             (_stat([t for t in reached if t is not None], "{:.1f}") + f" ({sum(t is not None for t in reached)}/{len(group)})"),
         ])
@@ -138,7 +149,7 @@ def plot(runs: list[Run], path: Path) -> Path:
             for c in curves:  # the points themselves, faint, so short runs are visible
                 ax.plot([t / 60 for t, _ in c], [v for _, v in c], ".", color=color, alpha=0.35, ms=4)
         ax.set_title(f"{title}: mean over seeds, band = min..max", fontsize=9)
-        ax.set_xlabel("wall-clock (minutes)")
+        ax.set_xlabel("training wall-clock, evaluation excluded (minutes)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("reward / accuracy")
     axes[0].set_ylim(-0.02, 1.02)
@@ -161,7 +172,7 @@ def report(root: Path, target: float = 0.5) -> Path:
                    f"{markdown(header, rows)}\n![curves](report.png)\n")
     plot(runs, root / "report.png")
     table = Table(title=f"{root} ({len(runs)} runs)")
-    shown = [0, 1, 3, 4, 5, len(header) - 1]  # the console gets the headline columns; report.md has them all
+    shown = [0, 1, 3, 4, 6, len(header) - 1]  # the console gets the headline columns; report.md has them all
     for i in shown:
         table.add_column(header[i], justify="left" if i == 0 else "right", overflow="fold", min_width=24 if i == 0 else None)
     for row in rows:
