@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rapid_cli.types import Problem
 
 
@@ -19,9 +21,16 @@ class Task:
         self.cache_dir = cache_dir
         self._splits: tuple[list[Problem], list[Problem]] | None = None
 
-    # -- what a task implements -------------------------------------------------------------
+    # -- what a task implements: `load`, or `_split` for tasks with train/test files -----------
     def load(self) -> tuple[list[Problem], list[Problem]]:
-        """Returns (train, test) problems."""
+        """Returns (train, test) problems. Default: the `train` and `test` splits; a single local file
+        (`task.data_path=<file>`) serves as both, so evaluation runs on the training problems."""
+        train = self._split("train")
+        if self.cfg.data_path and Path(self.cfg.data_path).expanduser().is_file():
+            return train, train
+        return train, self._split("test")
+
+    def _split(self, split: str) -> list[Problem]:
         raise NotImplementedError
 
     def reward(self, completion: str, problem: Problem) -> float:

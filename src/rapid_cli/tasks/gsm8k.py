@@ -9,8 +9,6 @@ the last number) equals it.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from rapid_cli.config import RapidError
 from rapid_cli.rewards.answers import numeric_reward, to_number
 from rapid_cli.tasks.base import Task
@@ -40,12 +38,6 @@ class GSM8KTask(Task):
                 raise RapidError(f"gsm8k {split} record {i + 1}: field 'answer' has no '#### <number>' final answer")
             problems.append(Problem(id=f"{split}-{i}", question=str(rec["question"]), answer=ref, meta={"solution": rec["answer"]}))
         return problems
-
-    def load(self):
-        train = self._split("train")
-        if self.cfg.data_path and Path(self.cfg.data_path).expanduser().is_file():
-            return train, train  # one local file: evaluation runs on the training problems
-        return train, self._split("test")
 
     def reward(self, completion: str, problem: Problem) -> float:
         return numeric_reward(completion, problem.answer)

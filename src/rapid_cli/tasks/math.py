@@ -9,8 +9,6 @@ completion's LAST \\boxed{} is equivalent to it under math-verify (rewards/math_
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from rapid_cli.config import RapidError
 from rapid_cli.rewards.answers import last_boxed
 from rapid_cli.rewards.math_answers import boxed_reward
@@ -45,12 +43,6 @@ class MathTask(Task):
 
             console.print(f"[dim]math {split}: skipped {skipped} of {len(records)} records whose solution has no final answer[/]")
         return problems
-
-    def load(self):
-        train = self._split("train")
-        if self.cfg.data_path and Path(self.cfg.data_path).expanduser().is_file():
-            return train, train  # one local file: evaluation runs on the training problems
-        return train, self._split("test")
 
     def reward(self, completion: str, problem: Problem) -> float:
         return boxed_reward(completion, problem.answer, self.reward_cfg.math_timeout_s)
