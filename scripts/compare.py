@@ -29,14 +29,19 @@ DEFAULTS = ["model=smollm2-135m", "task=arith", "sampler.max_tokens=12", "sample
             "logger.live=false"]
 
 
-def contenders(a_values: list[int], algos: list[str], trl: bool) -> list[tuple[str, str, int]]:
-    """(label, algo preset, A)."""
-    out = [(f"rapid A={a}", "rapid", a) for a in a_values] + [(name, name, 1) for name in algos]
-    return out + ([("trl grpo", "trl", 1)] if trl else [])
+def contenders(a_values: list[int], algos: list[str], trl: bool, variants: list[str]) -> list[tuple[str, str, int, list[str]]]:
+    """(label, algo preset, A, extra overrides). A variant is "label:A:override override ...", a RAPID run."""
+    out = [(f"rapid A={a}", "rapid", a, []) for a in a_values] + [(name, name, 1, []) for name in algos]
+    out += [("trl grpo", "trl", 1, [])] if trl else []
+    for v in variants:
+        label, a, extra = v.split(":", 2)
+        out.append((label, "rapid", int(a), extra.split()))
+    return out
 
 
-def run_one(label: str, algo: str, a: int, seed: int, rounds: int, evals: int, shared: list[str], out: Path) -> Path:
-    run_dir = out / "runs" / f"{label.replace(' ', '_').replace('=', '')}-seed{seed}"
+def run_one(label: str, algo: str, a: int, extra: list[str], seed: int, rounds: int, evals: int, shared: list[str],
+            out: Path) -> Path:
+    run_dir = out / "runs" / f"{label.replace(' ', '_').replace('=', '').replace(',', '')}-seed{seed}"
     if (run_dir / "metrics.jsonl").exists() and (run_dir / "DONE").exists():
         print(f"  {run_dir.name}: done before, reusing")
         return run_dir
@@ -48,7 +53,7 @@ def run_one(label: str, algo: str, a: int, seed: int, rounds: int, evals: int, s
     else:
         every = max(1, rounds // evals)
         cmd = [str(Path(sys.executable).parent / "rapid"), "train", *overrides, f"algo={algo}",
-               f"algo.steps_per_generation={a}", f"eval.every={every}", f"hydra.run.dir={run_dir}"]
+               f"algo.steps_per_generation={a}", f"eval.every={every}", f"hydra.run.dir={run_dir}", *extra]
         env = dict(os.environ)
     start = time.perf_counter()
     print(f"  {run_dir.name}: {rounds} rounds ...", flush=True)
@@ -69,6 +74,8 @@ def main() -> None:
     ap.add_argument("--a", type=int, nargs="+", default=[1, 2, 4, 8], help="RAPID steps per generation round")
     ap.add_argument("--algos", nargs="*", default=["grpo", "pg", "dapo"])
     ap.add_argument("--trl", action="store_true", help="also run TRL's GRPOTrainer (needs .bench-site, see trl_grpo.py)")
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL:A:OVERRIDES",
+                    help='an extra RAPID contender, e.g. "rapid A=4, sampler logprobs:4:algo.old_logprobs=sampler"')
     ap.add_argument("--evals", type=int, default=2, help="evaluations during a run, besides the one before it")
     ap.add_argument("--target", type=float, default=0.8, help="train reward whose first crossing time is reported")
     ap.add_argument("overrides", nargs="*", help="rapid overrides shared by all runs (after --)")
@@ -81,15 +88,16 @@ def main() -> None:
     per_step = base.algo.prompts_per_step * base.algo.group_size
     args.out.mkdir(parents=True, exist_ok=True)
     runs: list[Run] = []
-    for label, _, a in contenders(args.a, args.algos, args.trl):
+    field = contenders(args.a, args.algos, args.trl, args.variant)
+    for label, _, a, _ in field:
         if args.samples % (a * per_step):
             raise SystemExit(f"--samples {args.samples} is not a multiple of A x M x G = {a * per_step} for {label}")
     for seed in args.seeds:  # seed-major: a run cut short still has every contender on the first seed
-        for label, algo, a in contenders(args.a, args.algos, args.trl):
-            run_dir = run_one(label, algo, a, seed, args.samples // (a * per_step), args.evals, shared, args.out)
+        for label, algo, a, extra in field:
+            run_dir = run_one(label, algo, a, extra, seed, args.samples // (a * per_step), args.evals, shared, args.out)
             rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
             runs.append(Run(run_dir, [], str(seed), rows, label))
-    runs.sort(key=lambda r: [c[0] for c in contenders(args.a, args.algos, args.trl)].index(r.label))
+    runs.sort(key=lambda r: [c[0] for c in field].index(r.label))
 
     header, table = summarize(runs, args.target)
     train_col = header.index("train s (no eval)")

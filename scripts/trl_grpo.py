@@ -72,6 +72,10 @@ def main() -> None:
     from transformers import TrainerCallback
 
     class Log(TrainerCallback):
+        def on_train_begin(self, *_, **__):  # rapid's clock also starts after the model (and engine) are loaded
+            nonlocal start
+            start = time.perf_counter()
+
         def on_log(self, _args, state, _control, logs=None, **_):
             if logs and "reward" in logs:
                 rows.append({"round": state.global_step, "reward/mean": logs["reward"],
