@@ -65,3 +65,8 @@ def test_slurm_launcher_config_composes():
         cfg = compose("config", overrides=["hydra/launcher=rapid_slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.gpus_per_node == 1 and launcher.partition == "gpu"
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        multi = compose("config", overrides=["hydra/launcher=rapid_slurm_multinode", "hydra.launcher.gpus_per_node=4",
+                                             "train.parallel=fsdp"], return_hydra_config=True)
+    assert multi.hydra.launcher.nodes == 2 and multi.hydra.launcher.tasks_per_node == 4  # one task per GPU
+    assert multi.train.parallel == "fsdp"

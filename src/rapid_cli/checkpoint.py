@@ -75,8 +75,10 @@ def checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name))
 
 
-def save(root: Path, rnd: int, model, tokenizer, state: dict, cfg, keep: int | None) -> Path:
-    """Writes checkpoint `round-<rnd>` atomically and prunes to the newest `keep`; returns its path."""
+def save(root: Path, rnd: int, model, tokenizer, state: dict, cfg, keep: int | None,
+         weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Writes checkpoint `round-<rnd>` atomically and prunes to the newest `keep`; returns its path.
+    `weights`: the full state dict when `model`'s own is sharded (FSDP)."""
     from omegaconf import OmegaConf
 
     root.mkdir(parents=True, exist_ok=True)
@@ -85,7 +87,10 @@ def save(root: Path, rnd: int, model, tokenizer, state: dict, cfg, keep: int | N
     target = root / f"round-{rnd:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=root))
     try:
-        model.save_pretrained(tmp / "model", safe_serialization=True)
+        if weights is not None and getattr(model.config, "tie_word_embeddings", False):
+            tied = getattr(model, "_tied_weights_keys", None) or {}  # gathered copies no longer share storage
+            weights = {k: v for k, v in weights.items() if k not in tied}
+        model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=weights)
         tokenizer.save_pretrained(tmp / "model")
         torch.save({**state, "round": rnd, "rng": rng_state()}, tmp / "trainer_state.pt")
         (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg))

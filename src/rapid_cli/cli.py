@@ -214,6 +214,10 @@ def main(argv: list[str] | None = None) -> None:
         hydra_flags = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-m", "--multirun", "--shell-completion", "-sc"}
         if not hydra_flags.intersection(rest):
             precheck([a for a in rest if not a.startswith("-")])
+        if os.environ.get("RANK", "0") != "0":  # torchrun's other ranks: rank 0 owns the run directory
+            import tempfile
+
+            rest = [*rest, f"hydra.run.dir={tempfile.mkdtemp(prefix='rapid-rank-')}", "hydra.output_subdir=null"]
         if command == "eval" and not any(a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in rest):
             stamp = "${now:%Y-%m-%d}/${now:%H-%M-%S}"
             rest = [*rest, f"hydra.run.dir=outputs/eval/{stamp}", f"hydra.sweep.dir=multirun/eval/{stamp}"]

@@ -112,6 +112,9 @@ class TrainConfig:
     save_every: int = 10  # checkpoint every N rounds (0: only at the end); always at the end and on Ctrl-C
     keep_checkpoints: int = 2  # newest checkpoints kept in <run dir>/checkpoints (0: all)
     resume: str | None = None  # auto (newest intact checkpoint of this run) | a checkpoint or run directory
+    parallel: str = "none"  # none | ddp | fsdp: data parallel over the processes torchrun starts
+    mixed_precision: str = "none"  # none | bf16: autocast (ddp/none) or FSDP2 bf16 params with fp32 reduction
+    dist_timeout_s: int = 600  # a collective waiting longer than this (a rank died) ends the job
 
 
 @dataclass
@@ -182,6 +185,8 @@ _CHOICES = {
     "sampler.name": ("auto", "hf", "vllm"),
     "sampler.dtype": ("auto", "float32", "bfloat16", "float16"),
     "reward.sandbox": ("bwrap", "none"),
+    "train.parallel": ("none", "ddp", "fsdp"),
+    "train.mixed_precision": ("none", "bf16"),
 }
 
 

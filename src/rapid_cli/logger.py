@@ -169,3 +169,22 @@ class RunLogger:
                     console.print(f"W&B offline run saved; upload it with: wandb sync {self.wandb.dir.rsplit('/files', 1)[0]}", soft_wrap=True)
             except Exception as err:
                 warn(f"W&B finish failed ({err})")
+
+
+class NullLogger:
+    """What ranks other than 0 log with: nothing (rank 0 writes the run's files)."""
+
+    history: list[dict] = []
+    wandb_id = None
+
+    def log(self, metrics: dict, step: int) -> None:
+        pass
+
+    def round_done(self, metrics: dict, rnd: int) -> None:
+        pass
+
+    def samples(self, rows, rnd: int, printed: int) -> None:
+        pass
+
+    def close(self, summary: dict | None = None) -> None:
+        pass

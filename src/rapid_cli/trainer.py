@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from rapid_cli import checkpoint
+from rapid_cli import checkpoint, distributed
 from rapid_cli.algorithms import LOSSES, loss_options, needs_reference
 from rapid_cli.config import OldLogprobs, RapidError, validate, validate_data
 from rapid_cli.console import console
 from rapid_cli.evaluate import eval_params, evaluate
-from rapid_cli.logger import RunLogger
-from rapid_cli.policy import completion_logprobs, load_policy, pack, pick_device
+from rapid_cli.logger import NullLogger, RunLogger
+from rapid_cli.policy import completion_logprobs, load_policy, pack
 from rapid_cli.samplers import make_sampler
 from rapid_cli.tasks import make_task
 from rapid_cli.timing import PhaseTimer
@@ -125,6 +125,7 @@ def update_minibatch(model, optimizer, scheduler, ro: Rollouts, old: list[list[f
         for k, v in metrics.items():
             sums[k] = max(sums.get(k, v), v) if k.endswith("_max") else sums.get(k, 0.0) + v * share
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optimizer.max_grad_norm or float("inf"))
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
     optimizer.step()
     scheduler.step()
     sums["grad_norm"] = grad_norm.item()
@@ -175,6 +176,9 @@ def resume_point(cfg, run_dir: Path) -> tuple[Path | None, dict]:
     """The checkpoint `train.resume` points at (None: a fresh run) and its trainer state."""
     if not cfg.train.resume:
         return None, {}
+    if cfg.train.parallel == "fsdp":
+        raise RapidError("train.resume is not supported with train.parallel=fsdp yet (its optimizer state is sharded); "
+                         "use train.parallel=ddp, or start afresh")
     path = checkpoint.find(cfg.train.resume, run_dir / "checkpoints")
     if path is None:
         console.print(f"[dim]train.resume={cfg.train.resume}: no checkpoint in {run_dir}, starting afresh[/]")
@@ -189,30 +193,39 @@ def resume_point(cfg, run_dir: Path) -> tuple[Path | None, dict]:
 def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
     """Runs cfg.train.rounds RAPID rounds; returns the last logged metrics plus the final eval."""
     validate(cfg)
+    d = distributed.setup(cfg)
+    run_dir = Path(distributed.broadcast(d, str(run_dir)))  # other ranks' Hydra dirs are throwaway
+    console.quiet = console.quiet or not d.main
     resumed_from, state = resume_point(cfg, run_dir)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     a, s = cfg.algo, cfg.sampler
-    device = pick_device(cfg.device)
+    device = distributed.device_for(d, cfg.device)
+    M = a.prompts_per_step // d.world  # prompt groups per mini-batch on this rank
 
     task = make_task(cfg.task, seed=cfg.seed, cache_dir=cfg.cache_dir, reward_cfg=cfg.reward)
     validate_data(cfg, len(task.train))
     model_cfg = OmegaConf.merge(cfg.model, {"path": str(resumed_from / "model")}) if resumed_from else cfg.model
     model, tokenizer, model_path = load_policy(model_cfg, device, cfg.cache_dir)
     pad_id = tokenizer.pad_token_id
-    sampler = make_sampler(cfg, model, tokenizer, model_path)
+    # FSDP shards the trainer's weights, so the sampler gets its own full copy (refreshed at each sync).
+    sampler = make_sampler(cfg, copy.deepcopy(model) if d.parallel == "fsdp" else model, tokenizer, model_path)
     torch.manual_seed(cfg.seed)  # an inference engine may have reseeded the global generators
-    optimizer, scheduler = build_optimizer(cfg.optimizer, model, total_steps=cfg.train.rounds * a.steps_per_generation)
     loss_fn = LOSSES[a.name]
     opts = loss_options(loss_fn, a)
     reference = copy.deepcopy(model).eval().requires_grad_(False) if needs_reference(loss_fn, a) else None
+    policy = distributed.wrap(d, model, cfg.train.mixed_precision)  # what forward/backward go through
+    bf16 = cfg.train.mixed_precision == "bf16" and d.parallel != "fsdp"  # FSDP2 casts in its own policy
+    amp = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
+    optimizer, scheduler = build_optimizer(cfg.optimizer, policy, total_steps=cfg.train.rounds * a.steps_per_generation)
     stream = PromptStream(task.train, cfg.seed)
     to_ids = lambda p: task.prompt_ids(p, tokenizer, cfg.model.chat_template)  # noqa: E731
     eval_problems = task.test[: cfg.eval.limit] if cfg.eval.limit else task.test
     eval_prompts = [to_ids(p) for p in eval_problems]
     run_eval = lambda: evaluate(task, eval_problems, eval_prompts, sampler, eval_params(cfg), cfg.eval.k)  # noqa: E731
 
-    log = RunLogger(cfg, run_dir, cfg.train.rounds, run_name, resume_round=state.get("round"), wandb_id=state.get("wandb_id"))
+    log = RunLogger(cfg, run_dir, cfg.train.rounds, run_name, resume_round=state.get("round"),
+                    wandb_id=state.get("wandb_id")) if d.main else NullLogger()
     timer = PhaseTimer(elapsed=state.get("elapsed", 0.0), totals=state.get("phase_totals"))
     totals = state.get("totals", {"perf/samples": 0, "perf/gen_tokens": 0})
     first_eval = state.get("first_eval", {})
@@ -224,61 +237,70 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
         console.print(f"[bold]resuming[/] from {resumed_from} (round {state['round']} of {cfg.train.rounds})")
     console.print(f"[bold]rapid[/] {run_name}: {cfg.train.rounds} rounds x {a.steps_per_generation} steps x "
                   f"{a.prompts_per_step} prompts x {a.group_size} completions, {len(task.train)} training problems -> {run_dir}")
-    if cfg.eval.at_start and not resumed_from:
+    if cfg.eval.at_start and not resumed_from and d.main:
         with timer("eval"):
             first_eval = run_eval()
         log.log({**first_eval, **timer.pop_round(), "time/elapsed": timer.elapsed}, step=0)
 
     def save(rnd: int) -> Path:
-        trainer_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "cursor": stream.cursor,
+        weights = distributed.full_state_dict(policy) if d.parallel == "fsdp" else None  # a collective: all ranks
+        if not d.main:
+            return run_dir / "checkpoints"
+        optimizer_state = optimizer.state_dict() if d.parallel != "fsdp" else None  # sharded under FSDP: not saved
+        trainer_state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "cursor": stream.cursor,
                          "totals": totals, "first_eval": first_eval, "elapsed": timer.elapsed, "phase_totals": timer.totals,
                          "wandb_id": log.wandb_id}
         with console.status(f"saving checkpoint round {rnd}"):
-            return checkpoint.save(run_dir / "checkpoints", rnd, model, tokenizer, trainer_state, cfg, cfg.train.keep_checkpoints)
+            return checkpoint.save(run_dir / "checkpoints", rnd, model, tokenizer, trainer_state, cfg, cfg.train.keep_checkpoints,
+                                   weights)
 
     metrics: dict = {}
     model.train()
     with GracefulStop() as stop:
         for rnd in range(state.get("round", 0) + 1, cfg.train.rounds + 1):
             with timer("generate"):
-                problems = stream.next(a.steps_per_generation * a.prompts_per_step)
+                drawn = stream.next(a.steps_per_generation * a.prompts_per_step)  # the same on every rank
+                mine = distributed.owned_rows(d, len(drawn), a.prompts_per_step)
+                problems = [drawn[i] for i in mine]
                 prompt_ids = [to_ids(p) for p in problems]
-                params = SamplingParams(n=a.group_size, temperature=s.temperature, top_p=s.top_p,
-                                        max_tokens=s.max_tokens, seed=cfg.seed * 1_000_003 + rnd)
+                round_seed = cfg.seed * 1_000_003 + rnd
+                params = SamplingParams(n=a.group_size, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+                                        seed=round_seed, prompt_seeds=[round_seed * 4099 + i for i in mine])
                 gens = sampler.generate(prompt_ids, params)
                 sampler.release_memory()
             with timer("reward"):
                 rewards = task.rewards(gens.texts, [p for p in problems for _ in range(a.group_size)])
             ro = Rollouts(problems, prompt_ids, gens, rewards, a.group_size)
-            with timer("old_logprobs"):
+            with timer("old_logprobs"), amp():
                 if a.old_logprobs == OldLogprobs.sampler:
                     old, gap = gens.logprobs, {}
                 elif a.steps_per_generation == 1:  # on-policy: the single step's detached log-probs are pi_old
                     old, gap = None, {}
                 else:
-                    old = recompute_logprobs(model, ro, pad_id, a.micro_batch_size, s.temperature, device)
+                    old = recompute_logprobs(policy, ro, pad_id, a.micro_batch_size, s.temperature, device)
                     gap = logprob_gap(old, gens.logprobs)
             ref = None
             if reference is not None:
-                with timer("ref_logprobs"):
+                with timer("ref_logprobs"), amp():
                     ref = recompute_logprobs(reference, ro, pad_id, a.micro_batch_size, s.temperature, device)
-            with timer("update"):
+            with timer("update"), amp():
                 steps = [
-                    update_minibatch(model, optimizer, scheduler, ro, old, ro.group_slice(i * a.prompts_per_step, a.prompts_per_step),
-                                     cfg, loss_fn, opts, pad_id, device, ref)
+                    update_minibatch(policy, optimizer, scheduler, ro, old, ro.group_slice(i * M, M), cfg, loss_fn, opts,
+                                     pad_id, device, ref)
                     for i in range(a.steps_per_generation)
                 ]
             with timer("sync"):
-                sampler.sync_weights(model)
+                sampler.sync_weights(policy)
             eval_metrics = {}
-            if (cfg.eval.every and rnd % cfg.eval.every == 0) or rnd == cfg.train.rounds:
+            if d.main and ((cfg.eval.every and rnd % cfg.eval.every == 0) or rnd == cfg.train.rounds):
                 with timer("eval"):
                     eval_metrics = run_eval()
 
-            totals["perf/samples"] += len(gens)
-            totals["perf/gen_tokens"] += gens.num_tokens
-            metrics = {**round_metrics(ro, steps, timer), **gap, **eval_metrics, **totals,
-                       "train/lr": scheduler.get_last_lr()[0], "time/elapsed": timer.elapsed}
+            local = distributed.mean_metrics(d, {**round_metrics(ro, steps, timer), **gap, "perf/n": len(gens),
+                                                 "perf/tokens": gens.num_tokens})  # whole-batch view
+            totals["perf/samples"] += round(local.pop("perf/n") * d.world)
+            totals["perf/gen_tokens"] += round(local.pop("perf/tokens") * d.world)
+            metrics = {**local, **eval_metrics, **totals, "train/lr": scheduler.get_last_lr()[0], "time/elapsed": timer.elapsed}
             log.log(metrics, step=rnd)
             log.round_done(metrics, rnd)
             G = a.group_size
@@ -292,9 +314,11 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
 
     summary = summarize(log.history, first_eval, timer)
     log.close(summary)
-    from rapid_cli.plots import plot_run
+    if d.main:
+        from rapid_cli.plots import plot_run
 
-    plot_run(log.history, run_dir / "curves.png", title=run_name)
+        plot_run(log.history, run_dir / "curves.png", title=run_name)
+    distributed.shutdown(d)
     return {**metrics, **summary}
 
 

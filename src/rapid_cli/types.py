@@ -22,6 +22,7 @@ class SamplingParams:
     top_p: float = 1.0
     max_tokens: int = 128
     seed: int = 0
+    prompt_seeds: list[int] | None = None  # one per prompt: its samples do not depend on the batch around it (hf)
 
 
 @dataclass

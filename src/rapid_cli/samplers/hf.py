@@ -13,9 +13,12 @@ from rapid_cli.policy import stop_token_ids
 from rapid_cli.types import Generations, SamplingParams
 
 
-def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | list[torch.Generator]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [B, V] -> (token [B], its log-prob under softmax(logits / T) [B]).
 
+    `gen` is one generator for the batch, or one per row (then a row's draws do not depend on the
+    others, so a prompt samples the same completions whichever rank or batch it lands in).
     The recorded log-prob ignores top-p truncation, so it equals what the trainer recomputes.
     """
     logits = logits.float()
@@ -29,7 +32,11 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generat
         outside = sorted_p.cumsum(-1) - sorted_p > params.top_p  # keep the smallest prefix reaching top_p
         sorted_p = sorted_p.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    token = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
+    if isinstance(gen, list):
+        rows = probs.cpu()
+        token = torch.cat([torch.multinomial(rows[i], 1, generator=g) for i, g in enumerate(gen)]).to(logits.device)
+    else:
+        token = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
     return token, logp.gather(-1, token[:, None]).squeeze(-1)
 
 
@@ -41,7 +48,12 @@ class HFSampler:
         self.stop_ids = stop_token_ids(model, tokenizer)
 
     def sync_weights(self, model) -> None:
-        self.model = model  # same object as the trainer's: nothing to copy
+        module = getattr(model, "module", model)  # DDP wraps the trainer's module
+        if module is self.model:
+            return  # the trainer's own model object: nothing to copy
+        from rapid_cli.distributed import full_state_dict
+
+        self.model.load_state_dict(full_state_dict(model))  # a separate copy (FSDP shards the trainer's)
 
     def release_memory(self) -> None:
         pass  # the KV cache lives only inside generate()
@@ -50,12 +62,15 @@ class HFSampler:
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> Generations:
         rows = [p for p in prompts for _ in range(params.n)]  # n completions per prompt, grouped
         gen = torch.Generator().manual_seed(params.seed)
+        if params.prompt_seeds is not None:
+            gens = [torch.Generator().manual_seed(s * 1009 + k) for s in params.prompt_seeds for k in range(params.n)]
         out = Generations([], [], [], [])
         was_training = self.model.training
         self.model.eval()
         try:
             for start in range(0, len(rows), self.batch_size):
-                ids, lps, reasons = self._decode(rows[start : start + self.batch_size], params, gen)
+                batch_gen = gen if params.prompt_seeds is None else gens[start : start + self.batch_size]
+                ids, lps, reasons = self._decode(rows[start : start + self.batch_size], params, batch_gen)
                 out.completion_ids += ids
                 out.logprobs += lps
                 out.finish_reasons += reasons
@@ -64,7 +79,7 @@ class HFSampler:
         out.texts = self.tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)
         return out
 
-    def _decode(self, prompts: list[list[int]], params: SamplingParams, gen: torch.Generator):
+    def _decode(self, prompts: list[list[int]], params: SamplingParams, gen):
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id
         B, P = len(prompts), max(len(p) for p in prompts)

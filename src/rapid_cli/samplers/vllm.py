@@ -106,8 +106,10 @@ class VLLMSampler:
 
     def sync_weights(self, model) -> None:
         """Push the trainer's current weights into the running engine (no disk)."""
+        from rapid_cli.distributed import full_state_dict
+
         self._wake()
-        state = model.state_dict()
+        state = full_state_dict(model)  # plain, DDP or FSDP-sharded alike
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state.items()), "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
 

@@ -1,0 +1,163 @@
+"""Data-parallel RAPID: one process per device, started by `torchrun` (or by SLURM through submitit).
+
+Every rank draws the same A*M prompts each round and owns an equal, contiguous share of each
+mini-batch's M prompt groups: it generates, scores and recomputes log-probs only for those, and its
+loss is the mean over its own sequences, so averaging gradients across ranks (DDP's all-reduce, or
+FSDP2's reduce-scatter) gives exactly the single-process mean over all M groups. Group baselines never
+cross ranks because groups are never split. Rank 0 alone evaluates, logs and writes checkpoints.
+
+`train.parallel`: `none` (one process), `ddp` (replicated weights, DistributedDataParallel) or `fsdp`
+(weights, gradients and optimizer state sharded with FSDP2 `fully_shard`; the sampler then gets its
+own full copy of the weights, gathered after each round).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from rapid_cli.config import RapidError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    parallel: str = "none"
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1 or self.parallel != "none"
+
+
+def _from_slurm() -> None:
+    """Under SLURM without torchrun (the submitit launcher starts one task per GPU), derive the
+    torch.distributed variables from SLURM's."""
+    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) < 2:
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+def setup(cfg) -> Dist:
+    """Joins the process group when launched with several processes; a plain run returns Dist()."""
+    _from_slurm()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    parallel = cfg.train.parallel
+    if world > 1 and parallel == "none":
+        raise RapidError(f"started with {world} processes but train.parallel=none; set train.parallel=ddp or fsdp")
+    if parallel == "none":
+        return Dist()
+    if "RANK" not in os.environ:
+        raise RapidError(f"train.parallel={parallel} needs a distributed launch: torchrun --nproc-per-node N -m rapid_cli train ...")
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=cfg.train.dist_timeout_s))
+    a = cfg.algo
+    if a.prompts_per_step % world:
+        raise RapidError(f"algo.prompts_per_step={a.prompts_per_step} must be a multiple of the {world} processes "
+                         "(each rank owns whole prompt groups of every mini-batch)")
+    return Dist(rank, world, local_rank, parallel)
+
+
+def device_for(d: Dist, name: str) -> torch.device:
+    if d.active and torch.cuda.is_available() and name != "cpu":
+        return torch.device("cuda", d.local_rank)
+    from rapid_cli.policy import pick_device
+
+    return pick_device(name)
+
+
+def owned_rows(d: Dist, n_prompts: int, prompts_per_step: int) -> list[int]:
+    """Indices (into the round's prompts) of the prompts this rank owns: its contiguous share of every
+    mini-batch. 1 rank: all of them.
+
+    >>> owned_rows(Dist(1, 2), 8, 4)
+    [2, 3, 6, 7]
+    """
+    share = prompts_per_step // d.world
+    return [i for i in range(n_prompts) if (i % prompts_per_step) // share == d.rank]
+
+
+def wrap(d: Dist, model, mixed_precision: str):
+    """The module to train: DDP around the model, or the model sharded in place by FSDP2."""
+    if d.parallel == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [d.local_rank] if next(model.parameters()).is_cuda else None
+        return DistributedDataParallel(model, device_ids=ids)
+    if d.parallel == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+            if mixed_precision == "bf16" else MixedPrecisionPolicy()
+        for layer in _decoder_layers(model):
+            fully_shard(layer, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+        return model
+    return model
+
+
+def _decoder_layers(model) -> list:
+    layers = getattr(getattr(model, "model", model), "layers", None)
+    if layers is None:
+        raise RapidError(f"train.parallel=fsdp: cannot find the decoder layers of {type(model).__name__}; use train.parallel=ddp")
+    return list(layers)
+
+
+def full_state_dict(model) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer as a full tensor, whether `model` is plain, DDP or FSDP2-sharded.
+    With FSDP2 this is a collective: every rank must call it."""
+    module = getattr(model, "module", model)
+    out = {}
+    for name, value in module.state_dict().items():
+        out[name] = value.full_tensor() if hasattr(value, "full_tensor") else value
+    return out
+
+
+def mean_metrics(d: Dist, metrics: dict[str, float]) -> dict[str, float]:
+    """Averages each metric over ranks (`*_max` keys: the maximum), so logs describe the whole batch.
+    Keys some rank lacks keep their local value."""
+    if d.world == 1 or not metrics:
+        return metrics
+    every = [None] * d.world
+    dist.all_gather_object(every, sorted(metrics))
+    keys = sorted(set.intersection(*(set(k) for k in every)))  # e.g. time/eval exists on rank 0 only: kept local
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    means = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=device)
+    maxes = means.clone()
+    dist.all_reduce(means, op=dist.ReduceOp.SUM)
+    dist.all_reduce(maxes, op=dist.ReduceOp.MAX)
+    return {**metrics, **{k: (maxes[i] if k.endswith(("_max", "/max")) else means[i] / d.world).item() for i, k in enumerate(keys)}}
+
+
+def broadcast(d: Dist, value):
+    """Rank 0's `value` on every rank (e.g. its run directory: the other ranks' Hydra dirs are throwaway)."""
+    if d.world == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(d: Dist) -> None:
+    if d.world > 1:
+        dist.barrier()
+
+
+def shutdown(d: Dist) -> None:
+    if d.active and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,148 @@
+"""Data-parallel RAPID on CPU with the gloo backend: 2 processes started by torchrun give the same
+losses and weights over 4 rounds as 1 process with the same global batch (DDP and FSDP2), and a rank that dies
+ends the job with torchrun's failure report instead of a hang."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import RAPID, REPO, TINY, compose
+
+pytestmark = pytest.mark.slow
+
+
+ROUNDS = 4
+QUESTION = "What is 45 + 3?"
+
+
+def learnable_data(folder: Path) -> str:
+    """One question whose reference answer is the number the random tiny model writes most often, so
+    some rewards are 1 and the update really moves the weights (a random model rarely hits "48")."""
+    import collections
+
+    from rapid_cli.policy import load_policy
+    from rapid_cli.rewards.answers import extract_answer
+    from rapid_cli.samplers.hf import HFSampler
+    from rapid_cli.tasks import make_task
+    from rapid_cli.types import SamplingParams
+
+    path = folder / "mode.jsonl"
+    if not path.exists():
+        path.write_text(json.dumps({"question": QUESTION, "answer": "#### 0"}) + "\n")
+        cfg = compose([o for o in TINY if not o.startswith("task=")] + ["task=gsm8k", f"task.data_path={path}"])
+        model, tok, _ = load_policy(cfg.model, torch.device("cpu"))
+        prompt = make_task(cfg.task).prompt_ids(make_task(cfg.task).train[0], tok)
+        texts = HFSampler(model, tok).generate([prompt], SamplingParams(n=128, temperature=1.0, max_tokens=16, seed=7)).texts
+        answer = collections.Counter(a for a in map(extract_answer, texts) if a).most_common(1)[0][0]
+        path.write_text("".join(json.dumps({"question": QUESTION, "answer": f"#### {answer}"}) + "\n" for _ in range(40)))
+    return str(path)
+
+
+def overrides(tmp_path, rounds=ROUNDS) -> list[str]:
+    keep = [o for o in TINY if not o.startswith(("task=", "train.rounds", "algo.group_size", "algo.micro_batch_size",
+                                                  "sampler.max_tokens"))]
+    return keep + ["task=gsm8k", f"task.data_path={learnable_data(tmp_path)}", "algo.group_size=8", "algo.micro_batch_size=8",
+                   "sampler.max_tokens=16", f"train.rounds={rounds}", "optimizer.lr=1e-3", "train.save_every=0", "device=cpu"]
+
+
+def env():
+    return {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+
+
+def torchrun(nproc: int, args: list[str], **kw) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "rapid_cli",
+           "train", *args]
+    return subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "checkpoints" / f"round-{ROUNDS:06d}" / "model" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The reference: one plain process, same global batch."""
+    tmp = tmp_path_factory.mktemp("single")
+    run_dir = tmp / "run"
+    proc = subprocess.run([RAPID, "train", *overrides(tmp), f"hydra.run.dir={run_dir}"], cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return tmp, run_dir
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_match_one(single, parallel):
+    tmp, ref_dir = single
+    run_dir = tmp / f"two-{parallel}"
+    proc = torchrun(2, [*overrides(tmp), f"train.parallel={parallel}", f"hydra.run.dir={run_dir}"])
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out
+    a, b = rows(ref_dir), rows(run_dir)
+    assert [r["round"] for r in a] == [r["round"] for r in b]
+    assert sum(r.get("reward/mean", 0) for r in a) > 0  # real learning signal went through the update
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("train/loss", "reward/mean", "train/grad_norm", "iw/mean", "eval/pass@1", "perf/samples"):
+            if key in ra:
+                assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-5), (ra["round"], key)
+    wa, wb = weights(ref_dir), weights(run_dir)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-5), k
+
+
+def _worker(torchrun_pid: int, rank: int) -> int:
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            status = (proc / "status").read_text()
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        ppid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+        if ppid == torchrun_pid and f"RANK={rank}\0".encode() in environ and b"LOCAL_RANK" in environ:
+            return int(proc.name)
+    raise AssertionError(f"no rank-{rank} worker under torchrun {torchrun_pid}")
+
+
+def test_a_dead_rank_ends_the_job_with_a_clear_message(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = torchrun(2, [*overrides(tmp_path, rounds=200), "train.parallel=ddp", "train.dist_timeout_s=60",
+                        f"hydra.run.dir={run_dir}"])
+    start = time.time()
+    while not (run_dir / "metrics.jsonl").exists() or len(rows(run_dir)) < 2:
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() - start < 300
+        time.sleep(0.1)
+    os.kill(_worker(proc.pid, 1), signal.SIGKILL)
+    out = proc.communicate(timeout=180)[0]  # torchrun notices and stops rank 0: no hang
+    assert proc.returncode != 0
+    assert "rank" in out.lower() and ("SIGKILL" in out or "exitcode" in out), out[-2000:]
+
+
+def test_launch_mistakes_are_one_line(monkeypatch):
+    from rapid_cli import distributed
+    from rapid_cli.config import RapidError
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(RapidError, match="torchrun --nproc-per-node"):
+        distributed.setup(compose(["train.parallel=ddp"]))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RapidError, match="train.parallel=none"):
+        distributed.setup(compose([]))
+    assert distributed.owned_rows(distributed.Dist(0, 2), 8, 4) == [0, 1, 4, 5]
