@@ -153,11 +153,6 @@ def broadcast(d: Dist, value):
     return box[0]
 
 
-def barrier(d: Dist) -> None:
-    if d.world > 1:
-        dist.barrier()
-
-
 def shutdown(d: Dist) -> None:
     if d.active and dist.is_initialized():
         dist.destroy_process_group()
