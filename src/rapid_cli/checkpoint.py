@@ -107,7 +107,7 @@ def save(root: Path, rnd: int, model, tokenizer, state: dict, cfg, keep: int | N
             raise
         previous = checkpoints(root)
         kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
-        why = getattr(err, "strerror", None) or str(err).splitlines()[0] if str(err) else type(err).__name__
+        why = getattr(err, "strerror", None) or (str(err).splitlines() or [type(err).__name__])[0]
         raise RapidError(f"could not save the round-{rnd} checkpoint ({why}); {kept}") from None
     if keep:
         for old in checkpoints(root)[:-keep]:

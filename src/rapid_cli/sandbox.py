@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -203,8 +204,6 @@ class Sandbox:
             resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))
 
     def run(self, code: str) -> Outcome:
-        import time
-
         start = time.perf_counter()
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             fds: tuple[int, ...] = ()

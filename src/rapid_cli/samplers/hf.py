@@ -61,8 +61,9 @@ class HFSampler:
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> Generations:
         rows = [p for p in prompts for _ in range(params.n)]  # n completions per prompt, grouped
-        gen = torch.Generator().manual_seed(params.seed)
-        if params.prompt_seeds is not None:
+        if params.prompt_seeds is None:
+            gen = torch.Generator().manual_seed(params.seed)
+        else:  # one generator per row, so a prompt's samples do not depend on its batch
             gens = [torch.Generator().manual_seed(s * 1009 + k) for s in params.prompt_seeds for k in range(params.n)]
         out = Generations([], [], [], [])
         was_training = self.model.training
