@@ -154,5 +154,8 @@ def broadcast(d: Dist, value):
 
 
 def shutdown(d: Dist) -> None:
+    """Leaves the process group once every rank is done: a rank that tears gloo down while rank 0 is
+    still saving or plotting can abort (std::terminate in gloo's connection threads)."""
     if d.active and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
