@@ -27,6 +27,9 @@ def test_cli_trains_tiny_arith_for_two_rounds(tmp_path):
                 "time/update", "time/sync", "time/elapsed", "perf/gen_tokens_per_s", "iw/sampler_logprob_gap_mean"):
         assert key in rounds[0], key
     assert rounds[0]["iw/first_step_mean"] == pytest.approx(1.0, abs=1e-4)  # pi_theta == pi_old on step 1
+    # algo.old_logprobs=auto: round 1 showed the fp32 HF sampler agrees with the trainer, round 2 trusts it
+    assert rounds[0]["iw/sampler_logprob_gap_max"] <= 1e-3
+    assert "iw/sampler_logprob_gap_max" not in rounds[1] and "using them from the next round on" in proc.stdout
     assert rounds[1]["perf/samples"] == 2 * 2 * 2 * 2  # rounds x A x M x G
     assert "eval/pass@1" in records[0] and "eval/pass@1" in rounds[-1]
     assert (tmp_path / "curves.png").stat().st_size > 1000
@@ -62,6 +65,36 @@ def test_micro_batching_gives_the_same_step_as_one_batch(tiny_policy):
     model.load_state_dict(state)
     assert grads[2].abs().sum() > 0
     assert torch.allclose(grads[2], grads[8], atol=1e-6, rtol=1e-4)
+
+
+def test_first_mini_batch_needs_no_recompute(tiny_policy):
+    """pi_old of the round's first mini-batch is the current policy: the step it takes with `None` rows
+    (its own detached log-probs) is the step it takes with recomputed ones."""
+    model, tok = tiny_policy
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = compose(TINY + ["algo.prompts_per_step=2", "algo.group_size=2", "algo.steps_per_generation=2"])
+    ro = _round(cfg, model, tok)
+    full = recompute_logprobs(model, ro, tok.pad_token_id, 8, 1.0, "cpu")
+    rest = recompute_logprobs(model, ro, tok.pad_token_id, 8, 1.0, "cpu", start=4)
+    assert len(rest) == len(full) - 4
+    assert all(a == pytest.approx(b, abs=1e-5) for ra, rb in zip(full[4:], rest) for a, b in zip(ra, rb))
+    grads = []
+    for old in (full, [None] * 4 + rest):
+        model.load_state_dict(state)
+        opt, sched = build_optimizer(cfg.optimizer, model, 1)
+        update_minibatch(model, opt, sched, ro, old, ro.group_slice(0, 2), cfg, LOSSES["rapid"], {"iw_clip": 2.0, "eps": 0.2},
+                         tok.pad_token_id, "cpu")
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    model.load_state_dict(state)
+    assert grads[0].abs().sum() > 0
+    assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+
+
+def test_recompute_mode_compares_every_round(tmp_path):
+    cfg = compose(TINY + ["train.rounds=2", "algo.old_logprobs=recompute", "eval.at_start=false"])
+    train(cfg, tmp_path, run_name="unit")
+    rounds = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all("iw/sampler_logprob_gap_max" in r for r in rounds if r["round"] > 0)
 
 
 def test_prompt_stream_covers_each_epoch_once():

@@ -22,6 +22,7 @@ class RapidError(Exception):
 class OldLogprobs(str, Enum):
     recompute = "recompute"  # trainer model recomputes log pi_old before the first update (authors)
     sampler = "sampler"  # take the sampler's per-token logprobs as they came out of generation
+    auto = "auto"  # recompute until a round shows the sampler's agree within algo.sampler_logprob_tol, then sampler
 
 
 @dataclass
@@ -97,7 +98,8 @@ class AlgoConfig:
     micro_batch_size: int = 8  # sequences per forward/backward; a multiple of G (whole groups)
     iw_clip: float | None = 2.0  # c: importance weights are clipped at c before the baseline
     eps: float | None = 0.2  # PPO ratio clip; null = unclipped importance-weighted PG
-    old_logprobs: OldLogprobs = OldLogprobs.recompute  # with A=1 (on-policy) recompute is skipped: ratio = 1
+    old_logprobs: OldLogprobs = OldLogprobs.auto  # with A=1 (on-policy) nothing is recomputed: ratio = 1
+    sampler_logprob_tol: float = 1e-3  # auto: largest per-token |sampler - trainer| log-prob gap trusted
     # Baselines (conf/algo/grpo|pg|dapo|dr_grpo.yaml); each loss takes only the options it names.
     kl_beta: float = 0.0  # grpo: weight of the k3 KL to the frozen initial policy (0.04); needs a reference copy
     eps_high: float | None = None  # dapo: upper PPO clip ("clip-higher", 0.28); null: eps
@@ -215,6 +217,8 @@ def validate(cfg) -> None:
         raise RapidError(f"algo.iw_clip={a.iw_clip} must be >= 1 (or null for no clipping)")
     if a.eps is not None and not 0 < a.eps < 1:
         raise RapidError(f"algo.eps={a.eps} must be in (0, 1) (or null for the unclipped loss)")
+    if a.sampler_logprob_tol < 0:
+        raise RapidError(f"algo.sampler_logprob_tol={a.sampler_logprob_tol} must be >= 0")
     from rapid_cli.algorithms import LOSSES
 
     if a.name not in LOSSES:

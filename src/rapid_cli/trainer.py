@@ -83,13 +83,14 @@ def _micro_batches(rows: slice, size: int):
 
 
 @torch.no_grad()
-def recompute_logprobs(model, ro: Rollouts, pad_id: int, micro: int, temperature: float, device) -> list[list[float]]:
-    """log pi_old per completion token, from the trainer's model before the round's first update."""
+def recompute_logprobs(model, ro: Rollouts, pad_id: int, micro: int, temperature: float, device,
+                       start: int = 0) -> list[list[float]]:
+    """log pi_old per completion token of rows `start`.., from the trainer's model before the round's first update."""
     was_training = model.training
     model.eval()
     out: list[list[float]] = []
     comp = ro.generations.completion_ids
-    for mb in _micro_batches(slice(0, len(comp)), micro):
+    for mb in _micro_batches(slice(start, len(comp)), micro):
         batch = pack(ro.row_prompts(mb), comp[mb], pad_id, device)
         lp = completion_logprobs(model, batch, temperature)  # [b, C]
         out += [row[: len(c)] for row, c in zip(lp.tolist(), comp[mb], strict=True)]
@@ -102,10 +103,43 @@ def logprob_gap(a: list[list[float]], b: list[list[float]]) -> dict[str, float]:
     return {"iw/sampler_logprob_gap_mean": sum(diffs) / max(1, len(diffs)), "iw/sampler_logprob_gap_max": max(diffs, default=0.0)}
 
 
+class BehaviourLogprobs:
+    """Where each round's log pi_old comes from (algo.old_logprobs).
+
+    `recompute` runs the trainer's model over the round (the authors' choice: an inference engine's
+    numerics differ from the trainer's). The first mini-batch needs none of it: nothing has been updated
+    yet, so its pi_old is the current policy (`None` rows; update_minibatch detaches its own log-probs).
+    `auto` recomputes until one round shows the sampler's log-probs agree with the trainer's within
+    `sampler_logprob_tol` on every rank (fp32 engines on CPU agree to ~1e-5; bf16 GPU engines usually
+    do not), then takes the sampler's and saves that forward pass. `trusted` is checkpointed so a resumed
+    run makes the same choice."""
+
+    def __init__(self, algo, d, trusted: bool = False):
+        self.mode, self.tol, self.d, self.trusted = algo.old_logprobs, algo.sampler_logprob_tol, d, trusted
+        self.first_rows = algo.prompts_per_step // d.world * algo.group_size
+
+    def __call__(self, policy, ro: Rollouts, pad_id: int, micro: int, temperature: float, device,
+                 on_policy: bool) -> tuple[list | None, dict]:
+        if on_policy:  # A=1: the single step's detached log-probs are pi_old
+            return None, {}
+        sampled = ro.generations.logprobs
+        if self.mode == OldLogprobs.sampler or self.trusted:
+            return sampled, {}
+        rest = recompute_logprobs(policy, ro, pad_id, micro, temperature, device, start=self.first_rows)
+        gap = logprob_gap(rest, sampled[self.first_rows :])
+        if self.mode == OldLogprobs.auto:
+            worst = distributed.mean_metrics(self.d, {"gap/max": gap["iw/sampler_logprob_gap_max"]})["gap/max"]
+            if worst <= self.tol:
+                self.trusted = True
+                console.print(f"[dim]algo.old_logprobs=auto: the sampler's log-probs match the trainer's (max gap "
+                              f"{worst:.1e} <= {self.tol:g}); using them from the next round on[/]")
+        return [None] * self.first_rows + rest, gap
+
+
 def update_minibatch(model, optimizer, scheduler, ro: Rollouts, old: list[list[float]] | None, rows: slice, cfg, loss_fn,
                      opts, pad_id: int, device, ref: list[list[float]] | None = None) -> dict:
     """One optimizer step on whole prompt groups `rows`, accumulated over micro-batches of whole groups.
-    `old=None` means on-policy: pi_old is the current policy, so its log-probs are the detached ones."""
+    `old=None` (or None rows) means pi_old is the current policy, so its log-probs are the detached ones."""
     a = cfg.algo
     B = rows.stop - rows.start
     optimizer.zero_grad(set_to_none=True)
@@ -116,7 +150,7 @@ def update_minibatch(model, optimizer, scheduler, ro: Rollouts, old: list[list[f
         C = batch.completion_ids.shape[1]
         rewards = torch.tensor(ro.rewards[mb], dtype=torch.float32, device=device)  # [b]
         logprobs = completion_logprobs(model, batch, cfg.sampler.temperature)  # [b, C]
-        old_lp = logprobs.detach() if old is None else _pad_rows(old[mb], C, device)  # [b, C]
+        old_lp = logprobs.detach() if old is None or old[mb.start] is None else _pad_rows(old[mb], C, device)  # [b, C]
         extra = {} if ref is None else {"ref_logprobs": _pad_rows(ref[mb], C, device)}
         loss, metrics = loss_fn(logprobs, old_lp, batch.completion_mask, rewards, a.group_size, **opts, **extra)
         share = (mb.stop - mb.start) / B  # the loss is a per-sequence mean: weight micro-batches by rows
@@ -219,6 +253,7 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
     amp = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
     optimizer, scheduler = build_optimizer(cfg.optimizer, policy, total_steps=cfg.train.rounds * a.steps_per_generation)
     stream = PromptStream(task.train, cfg.seed)
+    behaviour = BehaviourLogprobs(a, d, trusted=state.get("sampler_logprobs_trusted", False))
     to_ids = lambda p: task.prompt_ids(p, tokenizer, cfg.model.chat_template)  # noqa: E731
     eval_problems = task.test[: cfg.eval.limit] if cfg.eval.limit else task.test
     eval_prompts = [to_ids(p) for p in eval_problems]
@@ -249,7 +284,7 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
         optimizer_state = optimizer.state_dict() if d.parallel != "fsdp" else None  # sharded under FSDP: not saved
         trainer_state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "cursor": stream.cursor,
                          "totals": totals, "first_eval": first_eval, "elapsed": timer.elapsed, "phase_totals": timer.totals,
-                         "wandb_id": log.wandb_id}
+                         "wandb_id": log.wandb_id, "sampler_logprobs_trusted": behaviour.trusted}
         with console.status(f"saving checkpoint round {rnd}"):
             return checkpoint.save(run_dir / "checkpoints", rnd, model, tokenizer, trainer_state, cfg, cfg.train.keep_checkpoints,
                                    weights)
@@ -272,13 +307,8 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
                 rewards = task.rewards(gens.texts, [p for p in problems for _ in range(a.group_size)])
             ro = Rollouts(problems, prompt_ids, gens, rewards, a.group_size)
             with timer("old_logprobs"), amp():
-                if a.old_logprobs == OldLogprobs.sampler:
-                    old, gap = gens.logprobs, {}
-                elif a.steps_per_generation == 1:  # on-policy: the single step's detached log-probs are pi_old
-                    old, gap = None, {}
-                else:
-                    old = recompute_logprobs(policy, ro, pad_id, a.micro_batch_size, s.temperature, device)
-                    gap = logprob_gap(old, gens.logprobs)
+                old, gap = behaviour(policy, ro, pad_id, a.micro_batch_size, s.temperature, device,
+                                     on_policy=a.steps_per_generation == 1)
             ref = None
             if reference is not None:
                 with timer("ref_logprobs"), amp():
