@@ -91,7 +91,8 @@ def test_weight_sync_changes_outputs_exactly_as_the_trainer_weights(engine):
 
 @pytest.mark.slow
 def test_cli_trains_with_vllm(tmp_path):
-    overrides = [o for o in TINY if o != "sampler=hf"] + ["sampler=vllm", "sampler.kv_cache_gb=0.25", f"hydra.run.dir={tmp_path}"]
+    overrides = [o for o in TINY if o != "sampler=hf"] + ["sampler=vllm", "sampler.kv_cache_gb=0.25", "algo.old_logprobs=recompute",
+                                                             f"hydra.run.dir={tmp_path}"]
     proc = subprocess.run([RAPID, "train", *overrides], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     import json
@@ -99,7 +100,7 @@ def test_cli_trains_with_vllm(tmp_path):
     rounds = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     rounds = [r for r in rounds if r["round"] > 0]
     assert len(rounds) == 2
-    # the trainer's recomputed log-probs agree with the engine's behaviour log-probs
+    # after a weight sync, the trainer's recomputed log-probs still agree with the engine's behaviour log-probs
     assert rounds[-1]["iw/sampler_logprob_gap_max"] < 1e-3
     assert rounds[-1]["time/sync"] > 0
 
