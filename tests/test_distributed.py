@@ -104,6 +104,28 @@ def test_two_processes_match_one(single, parallel):
         assert torch.allclose(wa[k], wb[k], atol=1e-5), k
 
 
+@pytest.mark.vllm
+def test_two_processes_with_a_vllm_engine_each(tmp_path):
+    """Each rank runs its own in-process vLLM engine next to the DDP trainer, and every engine follows
+    its rank's weights: the trainer's recomputed log-probs match the engine's after each sync."""
+    from rapid_cli.samplers.vllm import vllm_available
+
+    if not vllm_available():
+        pytest.skip("vLLM not installed")
+    run_dir = tmp_path / "run"
+    args = [o for o in overrides(tmp_path, rounds=3) if o != "sampler=hf"]
+    proc = torchrun(2, [*args, "sampler=vllm", "sampler.kv_cache_gb=0.25", "algo.old_logprobs=recompute",
+                        "train.parallel=ddp", f"hydra.run.dir={run_dir}"])
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-4000:]
+    rounds = [r for r in rows(run_dir) if r["round"] > 0]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert rounds[-1]["perf/samples"] == 3 * 2 * 2 * 8  # rounds x A x M x G over both ranks
+    for r in rounds:  # the max over both ranks' engines
+        assert r["iw/sampler_logprob_gap_max"] < 1e-3, r
+    assert sum(r["reward/mean"] for r in rounds) > 0
+
+
 def _worker(torchrun_pid: int, rank: int) -> int:
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():

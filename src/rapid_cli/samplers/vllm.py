@@ -69,6 +69,14 @@ class VLLMSampler:
             kwargs["gpu_memory_utilization"] = sampler_cfg.gpu_memory_utilization
         if sampler_cfg.sleep_between_rounds:
             kwargs["enable_sleep_mode"] = True
+        import torch.distributed as dist
+
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            # torchrun: one engine per rank. Left to itself vLLM would treat the ranks as one engine's
+            # workers (and put every rank on device 0); as an external launcher it joins the existing
+            # process group as an outer data-parallel dimension and each rank generates on its own.
+            kwargs["distributed_executor_backend"] = "external_launcher"
+            seed += dist.get_rank()
         try:
             self.llm = vllm.LLM(
                 model=model_path,
