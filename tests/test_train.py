@@ -77,7 +77,7 @@ def test_first_mini_batch_needs_no_recompute(tiny_policy):
     full = recompute_logprobs(model, ro, tok.pad_token_id, 8, 1.0, "cpu")
     rest = recompute_logprobs(model, ro, tok.pad_token_id, 8, 1.0, "cpu", start=4)
     assert len(rest) == len(full) - 4
-    assert all(a == pytest.approx(b, abs=1e-5) for ra, rb in zip(full[4:], rest) for a, b in zip(ra, rb))
+    assert all(a == pytest.approx(b, abs=1e-5) for ra, rb in zip(full[4:], rest, strict=True) for a, b in zip(ra, rb, strict=True))
     grads = []
     for old in (full, [None] * 4 + rest):
         model.load_state_dict(state)
