@@ -104,6 +104,27 @@ def test_two_processes_match_one(single, parallel):
         assert torch.allclose(wa[k], wb[k], atol=1e-5), k
 
 
+def test_fsdp_run_resumes_exactly(single):
+    """2 FSDP rounds, a checkpoint (optimizer state gathered from the shards), then a resumed run to round
+    4: the same losses and final weights as one process running all 4 rounds."""
+    tmp, ref_dir = single
+    run_dir = tmp / "fsdp-resumed"
+    for rounds, extra in ((2, []), (ROUNDS, ["train.resume=auto"])):
+        proc = torchrun(2, [*overrides(tmp, rounds=rounds), "train.parallel=fsdp", *extra, f"hydra.run.dir={run_dir}"])
+        out = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, out[-4000:]
+    assert "resuming" in out
+    a, b = rows(ref_dir), rows(run_dir)
+    assert [r["round"] for r in b] == [r["round"] for r in a]
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("train/loss", "reward/mean", "train/grad_norm", "eval/pass@1"):
+            if key in ra:
+                assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-5), (ra["round"], key)
+    wa, wb = weights(ref_dir), weights(run_dir)
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-5), k
+
+
 @pytest.mark.vllm
 def test_two_processes_with_a_vllm_engine_each(tmp_path):
     """Each rank runs its own in-process vLLM engine next to the DDP trainer, and every engine follows

@@ -128,6 +128,25 @@ def full_state_dict(model) -> dict[str, torch.Tensor]:
     return out
 
 
+def optimizer_state(model, optimizer) -> dict:
+    """The optimizer's full state keyed by parameter name, the same for plain, DDP and FSDP2 models (so a
+    checkpoint resumes in any mode). With FSDP2 this is a collective: every rank calls it, rank 0 gets
+    the gathered state and the others an empty dict."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model, optimizer, state: dict) -> None:
+    """Loads `optimizer_state`'s output on every rank (FSDP2 keeps each rank's shard of it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))
+    for group, kernel in zip(optimizer.param_groups, kernels, strict=True):
+        group.update(kernel)  # which kernel runs belongs to this run's parameters, not to the saving run's
+
+
 def mean_metrics(d: Dist, metrics: dict[str, float]) -> dict[str, float]:
     """Averages each metric over ranks (`*_max` keys: the maximum), so logs describe the whole batch.
     Keys some rank lacks keep their local value."""

@@ -214,9 +214,6 @@ def resume_point(cfg, run_dir: Path) -> tuple[Path | None, dict]:
     """The checkpoint `train.resume` points at (None: a fresh run) and its trainer state."""
     if not cfg.train.resume:
         return None, {}
-    if cfg.train.parallel == "fsdp":
-        raise RapidError("train.resume is not supported with train.parallel=fsdp yet (its optimizer state is sharded); "
-                         "use train.parallel=ddp, or start afresh")
     path = checkpoint.find(cfg.train.resume, run_dir / "checkpoints")
     if path is None:
         console.print(f"[dim]train.resume={cfg.train.resume}: no checkpoint in {run_dir}, starting afresh[/]")
@@ -269,7 +266,7 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
     totals = state.get("totals", {"perf/samples": 0, "perf/gen_tokens": 0})
     first_eval = state.get("first_eval", {})
     if resumed_from:
-        optimizer.load_state_dict(state["optimizer"])
+        distributed.load_optimizer_state(policy, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         stream.cursor = state["cursor"]
         checkpoint.set_rng_state(state["rng"])
@@ -282,10 +279,10 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
         log.log({**first_eval, **timer.pop_round(), "time/elapsed": timer.elapsed}, step=0)
 
     def save(rnd: int) -> Path:
-        weights = distributed.full_state_dict(policy) if d.parallel == "fsdp" else None  # a collective: all ranks
+        weights = distributed.full_state_dict(policy) if d.parallel == "fsdp" else None  # collectives: all ranks
+        optimizer_state = distributed.optimizer_state(policy, optimizer)
         if not d.main:
             return run_dir / "checkpoints"
-        optimizer_state = optimizer.state_dict() if d.parallel != "fsdp" else None  # sharded under FSDP: not saved
         trainer_state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "cursor": stream.cursor,
                          "totals": totals, "first_eval": first_eval, "elapsed": timer.elapsed, "phase_totals": timer.totals,
                          "wandb_id": log.wandb_id, "sampler_logprobs_trusted": behaviour.trusted}
