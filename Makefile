@@ -28,7 +28,7 @@ test: ## run the test suite (CPU, a few minutes)
 test-fast: ## unit tests only (no subprocess or pretrained model)
 	$(PY) -m pytest -q -m "not slow" tests
 
-demo: ## RAPID on SmolLM2-135M, one-digit arithmetic, about 10 minutes on 2 CPU cores
+demo: ## RAPID on SmolLM2-135M, one-digit arithmetic, about 7 minutes on 2 CPU cores
 	$(VENV)/bin/rapid train experiment=cpu-demo
 
 lint: ## ruff
