@@ -121,10 +121,10 @@ class BehaviourLogprobs:
     def __init__(self, algo, d, trusted: bool = False):
         self.mode, self.tol, self.d, self.trusted = algo.old_logprobs, algo.sampler_logprob_tol, d, trusted
         self.first_rows = algo.prompts_per_step // d.world * algo.group_size
+        self.on_policy = algo.steps_per_generation == 1  # A=1: the single step's detached log-probs are pi_old
 
-    def __call__(self, policy, ro: Rollouts, pad_id: int, micro: int, temperature: float, device,
-                 on_policy: bool) -> tuple[list | None, dict]:
-        if on_policy:  # A=1: the single step's detached log-probs are pi_old
+    def __call__(self, policy, ro: Rollouts, pad_id: int, micro: int, temperature: float, device) -> tuple[list | None, dict]:
+        if self.on_policy:
             return None, {}
         sampled = ro.generations.logprobs
         if self.mode == OldLogprobs.sampler or self.trusted:
@@ -308,8 +308,7 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
                 rewards = task.rewards(gens.texts, [p for p in problems for _ in range(a.group_size)])
             ro = Rollouts(problems, prompt_ids, gens, rewards, a.group_size)
             with timer("old_logprobs"), amp():
-                old, gap = behaviour(policy, ro, pad_id, a.micro_batch_size, s.temperature, device,
-                                     on_policy=a.steps_per_generation == 1)
+                old, gap = behaviour(policy, ro, pad_id, a.micro_batch_size, s.temperature, device)
             ref = None
             if reference is not None:
                 with timer("ref_logprobs"), amp():
