@@ -51,3 +51,16 @@ def tiny_policy():
     cfg = compose(TINY)
     model, tok, _ = load_policy(cfg.model, __import__("torch").device("cpu"))
     return model, tok
+
+
+@pytest.fixture(scope="session")
+def hub_home(tmp_path_factory):
+    """An HF_HOME holding tiny stand-ins under the real repo ids of every preset (tests/hubcache.py)."""
+    from hubcache import build
+
+    return build(tmp_path_factory.mktemp("hf-home"))
+
+
+def offline_hub_env(hub_home) -> dict:
+    """The environment of a user whose hub cache holds the presets, with the hub unreachable."""
+    return {**os.environ, "HF_HOME": str(hub_home), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}

@@ -26,10 +26,11 @@ def hub_error() -> str | None:
     return unreachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
 
 
-def offline_unless_reachable() -> None:
+def offline_unless_reachable() -> str | None:
     """Switch huggingface_hub to its local cache when the hub cannot be reached, so loads fail (or
-    succeed from the cache) at once instead of retrying."""
-    if hub_error() is not None:
+    succeed from the cache) at once instead of retrying. Returns why it is offline, or None."""
+    why = hub_error()
+    if why is not None:
         os.environ["HF_HUB_OFFLINE"] = "1"
         try:
             import huggingface_hub.constants as c
@@ -37,3 +38,4 @@ def offline_unless_reachable() -> None:
             c.HF_HUB_OFFLINE = True
         except ImportError:
             pass
+    return why

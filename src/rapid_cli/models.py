@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -37,9 +38,22 @@ def resolve_model(model_cfg, cache_dir: str | None = None) -> str:
         if not (local / "config.json").exists():
             raise RapidError(f"model.path={path} is a directory without config.json; point it at a Hugging Face model directory")
         return str(local)
-    if local.suffix or path.startswith((".", "/", "~")):
+    if not looks_like_hub_id(path):
         raise RapidError(f"model.path={path} does not exist; give a local model directory or a hub id")
     return path  # a hub id: checked when it loads
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def looks_like_hub_id(path: str) -> bool:
+    """`org/name` or `name` as the hub spells them; dots are allowed (`Qwen/Qwen2.5-0.5B`), while a path
+    with more than one slash, or one starting with `.`, `/` or `~`, is a local path.
+
+    >>> looks_like_hub_id("Qwen/Qwen2.5-0.5B"), looks_like_hub_id("./model"), looks_like_hub_id("runs/a/model")
+    (True, False, False)
+    """
+    return bool(_HUB_ID.match(path)) and ".." not in path
 
 
 def _gguf_file(path: str) -> Path:

@@ -91,20 +91,23 @@ def local_split(data_path: str, split: str, required: list[str]) -> list[dict]:
 
 
 def hub_split(hub_id: str, config: str | None, split: str) -> list[dict]:
-    """Raises ConnectionError when the hub is unreachable, so `auto` can fall back."""
-    from rapid_cli.hub import hub_error
+    """Records of a hub data set; from the local `datasets` cache when the hub is unreachable or
+    HF_HUB_OFFLINE=1 (what a user who loaded it once has). Raises ConnectionError when neither works,
+    so `auto` can fall back."""
+    from rapid_cli.hub import offline_unless_reachable
 
-    reason = hub_error()
-    if reason:
-        raise ConnectionError(reason)
+    offline = offline_unless_reachable()
     try:
         import datasets
     except ImportError as err:
         raise ConnectionError("the `datasets` package is not installed") from err
+    if offline:
+        datasets.config.HF_HUB_OFFLINE = True  # read once at import; the hub check may have come later
     try:
         ds = datasets.load_dataset(hub_id, config, split=split)
     except Exception as err:  # datasets wraps network failures in many exception types
-        raise ConnectionError(str(err).splitlines()[0] if str(err) else type(err).__name__) from err
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConnectionError(f"{why} (hub: {offline})" if offline else why) from err
     return [dict(r) for r in ds]
 
 
