@@ -162,3 +162,87 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert [p.name for p in root.iterdir()] == ["round-000001"]  # no half-written round 2, round 1 kept
     checkpoint.verify(root / "round-000001")
+
+
+def _wait_rounds(run_dir, proc, n: int) -> None:
+    wait_for(run_dir / "metrics.jsonl", proc)
+    while len(records(run_dir)) < n + 1:  # the at-start eval, then n rounds
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_round_saves_and_resumes_to_the_same_weights(tmp_path):
+    """What SLURM, `timeout`, docker and Kubernetes send: the round finishes, is saved, and the resumed run
+    ends bit-identical to an uninterrupted one."""
+    args = overrides(tmp_path, rounds=6) + ["train.save_every=3"]
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    proc = cli(*args, f"hydra.run.dir={whole}")
+    assert proc.wait(600) == 0, proc.stdout.read()
+
+    proc = cli(*args, f"hydra.run.dir={stopped}")
+    _wait_rounds(stopped, proc, 1)  # round 1 done, no checkpoint yet (save_every=3): all of it is at stake
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    last = records(stopped)[-1]["round"]
+    assert 1 <= last < 6 and "Traceback" not in out
+    assert (stopped / "checkpoints" / f"round-{last:06d}" / "manifest.json").exists()
+    assert (stopped / "curves.png").exists()
+    assert f"hydra.run.dir={stopped} train.resume=auto" in out.replace("\n", " ")
+
+    resumed = cli(*args, f"hydra.run.dir={stopped}", "train.resume=auto")
+    out = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, out
+    assert comparable(records(whole)) == comparable(records(stopped))
+    wa = load_file(whole / "checkpoints" / "round-000006" / "model" / "model.safetensors")
+    wb = load_file(stopped / "checkpoints" / "round-000006" / "model" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["second-ctrl-c", "sigterm-grace-expired"])
+def test_an_abandoned_round_is_one_line_and_keeps_the_last_checkpoint(tmp_path, how):
+    run_dir = tmp_path / "run"
+    extra = ["train.stop_grace_s=0.001"] if how == "sigterm-grace-expired" else []
+    proc = cli(*overrides(tmp_path, rounds=200), f"hydra.run.dir={run_dir}", *extra)
+    _wait_rounds(run_dir, proc, 2)
+    if how == "second-ctrl-c":
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=300)[0]
+    sig = signal.SIGINT if how == "second-ctrl-c" else signal.SIGTERM
+    assert proc.returncode == 128 + sig, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "is intact; resume with: rapid train" in errors[0], out
+    for ckpt in checkpoint.checkpoints(run_dir / "checkpoints"):
+        checkpoint.verify(ckpt)  # every checkpoint on disk is whole
+    assert checkpoint.checkpoints(run_dir / "checkpoints")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_ctrl_c_before_any_round_is_one_line(tmp_path, command):
+    """During the at-start evaluation of `rapid train`, or while `rapid eval` generates."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    args = [o for o in overrides(tmp_path) if not o.startswith("eval.")] + ["eval.limit=40", "eval.n=4",
+                                                                           "sampler.max_tokens=64"]
+    proc = subprocess.Popen([RAPID, command, *args, f"hydra.run.dir={run_dir}"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = ""
+    while "rapid" not in seen.lower() or "->" not in seen:  # the header line: loading is done, evaluation starts
+        line = proc.stdout.readline()
+        assert line, seen
+        seen += line
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out = seen + proc.communicate(timeout=300)[0]
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    assert [line for line in out.splitlines() if line.startswith("error:")], out
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "eval.json").exists()

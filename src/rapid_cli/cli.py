@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -98,51 +99,37 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def _same_run_dir(run_dir: Path, overrides: list[str]) -> Path:
-    """For `train.resume=auto`: this run directory if it has checkpoints, else the newest earlier run
-    under the same output root that was started with the same overrides and saved a checkpoint."""
-    if any((run_dir / "checkpoints").glob("round-*")):
-        return run_dir
-    from omegaconf import OmegaConf
-
-    def key(items) -> list[str]:
-        return sorted(o for o in items if not o.startswith(("train.resume=", "hydra.", "logger.")))
-
-    wanted = key(overrides)
-    candidates = []
-    for other in run_dir.parent.parent.glob("*/*"):
-        saved = other / ".hydra" / "overrides.yaml"
-        if other != run_dir and saved.exists() and any((other / "checkpoints").glob("round-*")):
-            if key(OmegaConf.load(saved)) == wanted:
-                candidates.append(other)
-    if not candidates:
-        return run_dir
-    found = max(candidates, key=lambda p: p.stat().st_mtime)
-    from rapid_cli.console import console
-
-    console.print(f"[dim]train.resume=auto: continuing the run in {found}[/]")
-    return found
-
-
 def _train_job(cfg) -> float:
     from hydra.core.hydra_config import HydraConfig
 
+    from rapid_cli import checkpoint
     from rapid_cli.config import RapidError
     from rapid_cli.console import console
-    from rapid_cli.trainer import Interrupted, train
+    from rapid_cli.rundir import RunLock, holds_a_run, same_run
+    from rapid_cli.stopping import Abandoned, Interrupted
+    from rapid_cli.trainer import train
 
     hc = HydraConfig.get()
     name = hc.job.override_dirname or "default"
     run_dir = Path(hc.runtime.output_dir)
-    if cfg.train.resume == "auto" and hc.mode.name == "RUN":
-        run_dir = _same_run_dir(run_dir, list(hc.overrides.task))
+    if cfg.train.resume == "auto" and hc.mode.name == "RUN" and not holds_a_run(run_dir):
+        found = same_run(run_dir, list(hc.overrides.task))
+        if found != run_dir:  # continue that run in its own directory; this fresh one stays unused
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir = found
+    again = " ".join(o for o in hc.overrides.task if not o.startswith(("train.resume=", "hydra.run.dir=")))
+    resume = f"rapid train {again} hydra.run.dir={run_dir} train.resume=auto".replace("  ", " ")
     try:
-        result = train(cfg, run_dir, run_name=name)
+        with RunLock(run_dir):
+            result = train(cfg, run_dir, run_name=name)
     except Interrupted as stop:
-        again = " ".join(o for o in hc.overrides.task if not o.startswith(("train.resume=", "hydra.run.dir=")))
-        console.print(f"stopped after round {stop.round}; checkpoint saved in {stop.checkpoint}\n"
-                      f"resume with: rapid train {again} hydra.run.dir={run_dir} train.resume=auto", soft_wrap=True)
-        sys.exit(130)
+        console.print(f"stopped after round {stop.round}; checkpoint saved in {stop.checkpoint}\nresume with: {resume}",
+                      soft_wrap=True)
+        sys.exit(128 + stop.signum)
+    except Abandoned as stop:
+        last = (checkpoint.checkpoints(run_dir / "checkpoints") or [None])[-1]
+        kept = f"the last checkpoint, {last}, is intact; resume with: {resume}" if last else "no checkpoint was written yet"
+        _fail(f"{stop}; nothing of the unfinished round was saved, {kept}", code=128 + stop.signum)
     except RapidError as err:
         _fail(str(err))
     # The value a sweeper (Optuna) optimises: final eval accuracy, else the last round's reward.
@@ -159,6 +146,8 @@ def _eval_job(cfg) -> None:
         run_eval(cfg, Path(HydraConfig.get().runtime.output_dir))
     except RapidError as err:
         _fail(str(err))
+    except KeyboardInterrupt:
+        _fail("interrupted; the evaluation was not finished and nothing was written", code=130)
 
 
 def run_hydra(job, argv: list[str]) -> None:
@@ -202,6 +191,35 @@ def _report(args: list[str]) -> None:
         _fail(str(err))
 
 
+def _value(rest: list[str], key: str) -> str | None:
+    found = [a.split("=", 1)[1] for a in rest if a.startswith(f"{key}=")]
+    return found[-1] if found else None
+
+
+def _run_dirs(command: str, rest: list[str]) -> list[str]:
+    """Run directories are claimed here, before Hydra writes into them: a fresh one per run (never shared
+    with a run started in the same second), and a named one only when it holds no run or is resumed."""
+    from rapid_cli.config import RapidError
+    from rapid_cli.rundir import claim, refuse_reuse
+
+    if os.environ.get("RANK", "0") != "0":  # torchrun's other ranks: rank 0 owns the run directory
+        import tempfile
+
+        return [*rest, f"hydra.run.dir={tempfile.mkdtemp(prefix='rapid-rank-')}", "hydra.output_subdir=null"]
+    sub = "eval/" if command == "eval" else ""
+    try:
+        if {"-m", "--multirun"} & set(rest):
+            if _value(rest, "hydra.sweep.dir") is None:
+                rest = [*rest, f"hydra.sweep.dir={claim(f'multirun/{sub}'.rstrip('/'))}"]
+        elif _value(rest, "hydra.run.dir") is None:
+            rest = [*rest, f"hydra.run.dir={claim(f'outputs/{sub}'.rstrip('/'))}"]
+        elif command == "train":
+            refuse_reuse(Path(_value(rest, "hydra.run.dir")).expanduser(), _value(rest, "train.resume") not in (None, "null", ""))
+    except (RapidError, OSError) as err:
+        _fail(str(err) if isinstance(err, RapidError) else f"cannot create the run directory: {err}")
+    return rest
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     sys.stdout.reconfigure(line_buffering=True)  # vLLM's exit path can skip flushing a redirected stdout
@@ -214,13 +232,8 @@ def main(argv: list[str] | None = None) -> None:
         hydra_flags = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-m", "--multirun", "--shell-completion", "-sc"}
         if not hydra_flags.intersection(rest):
             precheck([a for a in rest if not a.startswith("-")])
-        if os.environ.get("RANK", "0") != "0":  # torchrun's other ranks: rank 0 owns the run directory
-            import tempfile
-
-            rest = [*rest, f"hydra.run.dir={tempfile.mkdtemp(prefix='rapid-rank-')}", "hydra.output_subdir=null"]
-        if command == "eval" and not any(a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in rest):
-            stamp = "${now:%Y-%m-%d}/${now:%H-%M-%S}"
-            rest = [*rest, f"hydra.run.dir=outputs/eval/{stamp}", f"hydra.sweep.dir=multirun/eval/{stamp}"]
+        if not {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--shell-completion", "-sc"} & set(rest):
+            rest = _run_dirs(command, rest)
         run_hydra(_train_job if command == "train" else _eval_job, rest)
     elif command == "prepare":
         prepare()

@@ -117,6 +117,9 @@ class TrainConfig:
     parallel: str = "none"  # none | ddp | fsdp: data parallel over the processes torchrun starts
     mixed_precision: str = "none"  # none | bf16: autocast (ddp/none) or FSDP2 bf16 params with fp32 reduction
     dist_timeout_s: int = 600  # a collective waiting longer than this (a rank died) ends the job
+    # SIGTERM (SLURM, docker stop, Kubernetes): seconds to finish the round and save before abandoning it
+    # (the last checkpoint stays). Ctrl-C and SIGUSR1 wait for the round; a second signal abandons it.
+    stop_grace_s: float | None = 25.0
 
 
 @dataclass

@@ -163,6 +163,11 @@ def mean_metrics(d: Dist, metrics: dict[str, float]) -> dict[str, float]:
     return {**metrics, **{k: (maxes[i] if k.endswith(("_max", "/max")) else means[i] / d.world).item() for i, k in enumerate(keys)}}
 
 
+def any_rank(d: Dist, flag: bool) -> bool:
+    """True on every rank when it is True on any (a signal may reach one rank only; all must stop together)."""
+    return bool(flag) if d.world == 1 else mean_metrics(d, {"flag/max": float(flag)})["flag/max"] > 0
+
+
 def broadcast(d: Dist, value):
     """Rank 0's `value` on every rank (e.g. its run directory: the other ranks' Hydra dirs are throwaway)."""
     if d.world == 1:

@@ -152,6 +152,9 @@ class RunLogger:
                 warn(f"W&B samples table failed, continuing ({err})")
 
     def close(self, summary: dict | None = None) -> None:
+        """Safe to call again (the run's cleanup closes whatever an early exit left open)."""
+        if self._jsonl.closed:
+            return
         if self.progress is not None:
             self.progress.stop()
         self._jsonl.close()

@@ -13,11 +13,11 @@ Run it with `rapid train` (see conf/config.yaml); tests call `train(cfg, run_dir
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
 import signal
-import threading
 from pathlib import Path
 
 import torch
@@ -31,6 +31,7 @@ from rapid_cli.evaluate import eval_params, evaluate
 from rapid_cli.logger import NullLogger, RunLogger
 from rapid_cli.policy import completion_logprobs, load_policy, pack
 from rapid_cli.samplers import make_sampler
+from rapid_cli.stopping import Interrupted, StopOnSignal
 from rapid_cli.tasks import make_task
 from rapid_cli.timing import PhaseTimer
 from rapid_cli.types import Rollouts, SamplingParams
@@ -179,37 +180,6 @@ IW_KEYS = {"iw_mean": "iw/mean", "iw_max": "iw/max", "iw_clipped_mean": "iw/clip
            "ess": "iw/ess", "staleness": "iw/staleness", "log_ratio_abs_mean": "iw/log_ratio_abs_mean"}
 
 
-class Interrupted(Exception):
-    """Ctrl-C stopped the run after a round; `checkpoint` holds everything needed to resume it."""
-
-    def __init__(self, rnd: int, checkpoint: Path):
-        super().__init__(f"interrupted after round {rnd}")
-        self.round, self.checkpoint = rnd, checkpoint
-
-
-class GracefulStop:
-    """First Ctrl-C: finish the current round, save, stop. Second Ctrl-C: abandon the round at once
-    (the last checkpoint stays as it was)."""
-
-    def __init__(self):
-        self.requested = False
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            raise KeyboardInterrupt
-        self.requested = True
-        console.print("[yellow]Ctrl-C: finishing this round, then saving a checkpoint (Ctrl-C again abandons the round)[/]")
-
-    def __enter__(self):
-        self._previous = signal.signal(signal.SIGINT, self._handle) if threading.current_thread() is threading.main_thread() else None
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
 def resume_point(cfg, run_dir: Path) -> tuple[Path | None, dict]:
     """The checkpoint `train.resume` points at (None: a fresh run) and its trainer state."""
     if not cfg.train.resume:
@@ -226,7 +196,13 @@ def resume_point(cfg, run_dir: Path) -> tuple[Path | None, dict]:
 
 
 def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
-    """Runs cfg.train.rounds RAPID rounds; returns the last logged metrics plus the final eval."""
+    """Runs cfg.train.rounds RAPID rounds; returns the last logged metrics plus the final eval.
+    A signal stops it after the round with a checkpoint (`Interrupted`) or abandons the round (`Abandoned`)."""
+    with StopOnSignal(cfg.train.stop_grace_s) as stop, contextlib.ExitStack() as cleanup:
+        return _train(cfg, run_dir, run_name, stop, cleanup)
+
+
+def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: contextlib.ExitStack) -> dict:
     validate(cfg)
     d = distributed.setup(cfg)
     run_dir = Path(distributed.broadcast(d, str(run_dir)))  # other ranks' Hydra dirs are throwaway
@@ -262,6 +238,15 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
 
     log = RunLogger(cfg, run_dir, cfg.train.rounds, run_name, resume_round=state.get("round"),
                     wandb_id=state.get("wandb_id")) if d.main else NullLogger()
+
+    @cleanup.callback
+    def _close_files():  # on every way out: the curves so far, the progress bar and W&B closed
+        if d.main and log.history:
+            from rapid_cli.plots import plot_run
+
+            plot_run(log.history, run_dir / "curves.png", title=run_name)
+        log.close()
+
     timer = PhaseTimer(elapsed=state.get("elapsed", 0.0), totals=state.get("phase_totals"))
     totals = state.get("totals", {"perf/samples": 0, "perf/gen_tokens": 0})
     first_eval = state.get("first_eval", {})
@@ -286,13 +271,14 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
         trainer_state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "cursor": stream.cursor,
                          "totals": totals, "first_eval": first_eval, "elapsed": timer.elapsed, "phase_totals": timer.totals,
                          "wandb_id": log.wandb_id, "sampler_logprobs_trusted": behaviour.trusted}
+        stop.saving()
         with console.status(f"saving checkpoint round {rnd}"):
             return checkpoint.save(run_dir / "checkpoints", rnd, model, tokenizer, trainer_state, cfg, cfg.train.keep_checkpoints,
                                    weights)
 
     metrics: dict = {}
     model.train()
-    with GracefulStop() as stop:
+    with stop.rounds():
         for rnd in range(state.get("round", 0) + 1, cfg.train.rounds + 1):
             with timer("generate"):
                 drawn = stream.next(a.steps_per_generation * a.prompts_per_step)  # the same on every rank
@@ -336,18 +322,14 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
             G = a.group_size
             log.samples([(problems[i // G].question, gens.texts[i], rewards[i]) for i in range(0, len(gens), G)], rnd,
                         printed=cfg.train.log_samples)
-            if stop.requested or rnd == cfg.train.rounds or (cfg.train.save_every and rnd % cfg.train.save_every == 0):
+            stopping = distributed.any_rank(d, bool(stop.requested))
+            if stopping or rnd == cfg.train.rounds or (cfg.train.save_every and rnd % cfg.train.save_every == 0):
                 saved = save(rnd)
-            if stop.requested:
-                log.close()
-                raise Interrupted(rnd, saved)
+            if stopping:
+                raise Interrupted(rnd, saved, stop.requested or signal.SIGTERM)
 
     summary = summarize(log.history, first_eval, timer)
     log.close(summary)
-    if d.main:
-        from rapid_cli.plots import plot_run
-
-        plot_run(log.history, run_dir / "curves.png", title=run_name)
     distributed.shutdown(d)
     return {**metrics, **summary}
 

@@ -103,6 +103,7 @@ def hub_split(hub_id: str, config: str | None, split: str) -> list[dict]:
         raise ConnectionError("the `datasets` package is not installed") from err
     if offline:
         datasets.config.HF_HUB_OFFLINE = True  # read once at import; the hub check may have come later
+        datasets.logging.set_verbosity_error()  # "using the cached version" twice per split: expected offline
     try:
         ds = datasets.load_dataset(hub_id, config, split=split)
     except Exception as err:  # datasets wraps network failures in many exception types

@@ -1,0 +1,126 @@
+"""Run directories: one directory belongs to one run.
+
+- `claim`: a fresh `outputs/<date>/<time>` is created atomically (with `-2`, `-3`, ... when another run
+  started in the same second), before Hydra writes anything into it;
+- `refuse_reuse`: a directory that already holds a run's metrics or checkpoints is only entered to
+  resume it (`train.resume=...`), never to start over on top of it;
+- `RunLock`: a process holds an exclusive lock on its run directory while it trains, so a second process
+  (a resume started while the run still lives, a copy of the same command) stops with one line;
+- `same_run`: `train.resume=auto` without a named directory continues only a run started with the same
+  overrides AND the same composed config, and only from an intact checkpoint.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import os
+from pathlib import Path
+
+from rapid_cli.config import RapidError
+
+LOCK = ".rapid.lock"
+RUN_FILES = ("metrics.jsonl", "checkpoints")
+claimed: set[Path] = set()  # directories this process created for its run (not named by the user)
+
+
+def claim(root: str | Path, now: _dt.datetime | None = None) -> Path:
+    """Creates and returns `<root>/<date>/<time>`, or `<time>-N` when that exists already."""
+    now = now or _dt.datetime.now()
+    base = Path(root) / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S")
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            path.mkdir()
+            claimed.add(path.resolve())
+            return path
+        except FileExistsError:
+            continue
+    raise RapidError(f"could not create a run directory under {base.parent}")
+
+
+def holds_a_run(path: Path) -> bool:
+    return any((path / f).exists() for f in RUN_FILES)
+
+
+def refuse_reuse(path: Path, resuming: bool) -> None:
+    if holds_a_run(path) and not resuming:
+        raise RapidError(f"{path} already holds a run (metrics.jsonl, checkpoints); continue it with "
+                         "train.resume=auto, or start a new one in another hydra.run.dir")
+
+
+class RunLock:
+    """An exclusive advisory lock on `<run_dir>/.rapid.lock`, held while the run trains."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK
+        self._fd: int | None = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RapidError(f"{self.path.parent} is in use by another rapid process (pid {owner}); wait for it to "
+                             "end, or use another hydra.run.dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock
+            self._fd = None
+
+
+def _comparable_config(run_dir: Path):
+    """The run's composed config without the keys that may differ between a run and its resumption."""
+    from omegaconf import OmegaConf
+
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.exists():
+        return None
+    cfg = OmegaConf.to_container(OmegaConf.load(path))
+    cfg.get("train", {}).pop("resume", None)
+    cfg.pop("logger", None)
+    return cfg
+
+
+def same_run(run_dir: Path, overrides: list[str]) -> Path:
+    """For `train.resume=auto` in a directory `claim` made: the newest earlier run under the same output
+    root that was started with the same overrides and config and has an intact checkpoint; else `run_dir`.
+    A directory the user named (hydra.run.dir=) is the run to resume, never a reason to look elsewhere."""
+    if run_dir.resolve() not in claimed:
+        return run_dir
+    from omegaconf import OmegaConf
+
+    from rapid_cli import checkpoint
+
+    def key(items) -> list[str]:
+        return sorted(o for o in items if not o.startswith(("train.resume=", "hydra.", "logger.")))
+
+    wanted, config = key(overrides), _comparable_config(run_dir)
+    candidates = []
+    for other in run_dir.parent.parent.glob("*/*"):
+        saved = other / ".hydra" / "overrides.yaml"
+        if other == run_dir or not saved.exists() or not checkpoint.checkpoints(other / "checkpoints"):
+            continue
+        if key(OmegaConf.load(saved)) != wanted or _comparable_config(other) != config:
+            continue
+        try:
+            checkpoint.find("auto", other / "checkpoints")
+        except RapidError:
+            continue  # no intact checkpoint: not a run to continue
+        candidates.append(other)
+    if not candidates:
+        return run_dir
+    found = max(candidates, key=lambda p: p.stat().st_mtime)
+    from rapid_cli.console import console
+
+    console.print(f"[dim]train.resume=auto: continuing the run in {found}[/]", soft_wrap=True)
+    return found

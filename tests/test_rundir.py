@@ -1,0 +1,90 @@
+"""A run directory belongs to one run: never shared, never restarted on top of, resumed only when it is
+provably the same run."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import RAPID, REPO, TINY, compose
+from rapid_cli.config import RapidError
+from rapid_cli.rundir import RunLock, claim, same_run
+from rapid_cli.trainer import train
+
+
+def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
+    now = datetime.datetime(2026, 11, 24, 10, 0, 0)
+    dirs = [claim(tmp_path / "outputs", now) for _ in range(3)]
+    assert [d.name for d in dirs] == ["10-00-00", "10-00-00-2", "10-00-00-3"]
+    assert all(d.is_dir() for d in dirs)
+
+
+def cli(*args, cwd=REPO):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    return subprocess.run([RAPID, "train", *TINY, "train.rounds=1", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_never_restarted_on_top_of(tmp_path):
+    run_dir = tmp_path / "run"
+    assert cli(f"hydra.run.dir={run_dir}").returncode == 0
+    before = {p: p.read_bytes() for p in [run_dir / "metrics.jsonl", run_dir / ".hydra" / "config.yaml"]}
+    proc = cli(f"hydra.run.dir={run_dir}", "seed=5")
+    assert proc.returncode == 2
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and "already holds a run" in lines[0] and "train.resume=auto" in lines[0], proc.stdout
+    assert {p: p.read_bytes() for p in before} == before  # its metrics and config untouched
+
+
+@pytest.mark.slow
+def test_a_run_dir_in_use_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    with RunLock(run_dir):
+        proc = cli(f"hydra.run.dir={run_dir}", "train.resume=auto")
+    assert proc.returncode == 2 and f"in use by another rapid process (pid {os.getpid()})" in proc.stdout, proc.stdout
+    assert not (run_dir / "metrics.jsonl").exists()
+
+
+def _fake_hydra_run(run_dir, overrides: list[str]) -> None:
+    """What Hydra writes into a run directory, beside the run the trainer wrote."""
+    from omegaconf import OmegaConf
+
+    train(compose(overrides), run_dir)
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    OmegaConf.save(compose(overrides), run_dir / ".hydra" / "config.yaml")
+
+
+def test_resume_auto_continues_only_a_provably_same_run(tmp_path):
+    day = tmp_path / "outputs" / "2026-11-24"
+    same, other, damaged = day / "09-00-00", day / "09-30-00", day / "09-45-00"
+    args = [*TINY, "train.rounds=1"]
+    _fake_hydra_run(same, args)
+    _fake_hydra_run(other, [*args, "seed=3"])
+    _fake_hydra_run(damaged, args)
+    weights = next((damaged / "checkpoints").glob("round-*")) / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated by a crash or a full disk
+    os.utime(damaged, (2e9, 2e9))  # the newest candidate by time: it must still be passed over
+    new = claim(tmp_path / "outputs", datetime.datetime(2026, 11, 24, 10, 0, 0))
+    (new / ".hydra").mkdir()
+    from omegaconf import OmegaConf
+
+    OmegaConf.save(compose([*args, "train.resume=auto"]), new / ".hydra" / "config.yaml")
+    assert same_run(new, [*args, "train.resume=auto"]) == same
+    # a config that differs without an override saying so (e.g. an edited preset) is a different run
+    OmegaConf.save(compose([*args, "train.resume=auto", "optimizer.lr=0.5"]), new / ".hydra" / "config.yaml")
+    assert same_run(new, [*args, "train.resume=auto"]) == new
+    assert same_run(day / "named-by-the-user", [*args, "train.resume=auto"]) == day / "named-by-the-user"
+
+
+def test_lock_is_released_when_the_run_ends(tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(RapidError, match="in use"):
+            RunLock(tmp_path).__enter__()
+    with RunLock(tmp_path):
+        pass
