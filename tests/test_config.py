@@ -44,11 +44,17 @@ def test_typo_and_wrong_type_fail_at_compose_time():
         ("eval.k=[1,8]", "eval.k"),
         ("task.ops=[/]", "task.ops"),
         ("optimizer.schedule=linear", "optimizer.schedule"),
+        ("eval.limit=-5", r"eval.limit=-5 must be at least 1"),
+        ("eval.limit=0", r"eval.limit=0 must be at least 1"),
+        ("task.max_test=-190", r"task.max_test=-190 must be at least 1"),
+        ("task.max_train=0", r"task.max_train=0 must be at least 1"),
+        ("task.data_path=problems.jsonl", "no effect with task=arith"),
+        ("model=tiny model.tiny_hidden=129", "multiple of model.tiny_heads"),
     ],
 )
 def test_cross_field_checks(override, needle):
     with pytest.raises(RapidError, match=needle):
-        validate(compose([override]))
+        validate(compose(override.split()))
 
 
 def test_prompts_per_round_must_fit_the_data():

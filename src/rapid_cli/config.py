@@ -266,6 +266,17 @@ def validate(cfg) -> None:
         raise RapidError("reward.timeout_s and reward.math_timeout_s must be > 0")
     if cfg.task.digits < 1:
         raise RapidError("task.digits must be at least 1")
+    # Python slices would quietly turn 0 into "all" and -5 into "all but 5": refuse them.
+    for key in ("eval.limit", "task.max_train", "task.max_test", "eval.max_tokens"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < 1:
+            raise RapidError(f"{key}={value} must be at least 1 (or null for no limit)")
+    if cfg.task.name == "arith" and cfg.task.data_path:
+        raise RapidError("task.data_path has no effect with task=arith (its problems are generated); "
+                         "use task=gsm8k for a file of word problems, or drop task.data_path")
+    m = cfg.model
+    if m.path == "tiny" and (m.tiny_hidden % m.tiny_heads or m.tiny_heads < 1):
+        raise RapidError(f"model.tiny_hidden={m.tiny_hidden} must be a multiple of model.tiny_heads={m.tiny_heads}")
 
 
 def validate_data(cfg, n_train: int) -> None:
