@@ -132,6 +132,8 @@ def _train_job(cfg) -> float:
         _fail(f"{stop}; nothing of the unfinished round was saved, {kept}", code=128 + stop.signum)
     except RapidError as err:
         _fail(str(err))
+    except OSError as err:  # a full disk, a read-only cache: checkpoints already written are intact
+        _fail(_os_error(err))
     # The value a sweeper (Optuna) optimises: final eval accuracy, else the last round's reward.
     return float(result.get("eval/pass@1_after", result.get("reward/last_round", 0.0)))
 
@@ -148,6 +150,14 @@ def _eval_job(cfg) -> None:
         _fail(str(err))
     except KeyboardInterrupt:
         _fail("interrupted; the evaluation was not finished and nothing was written", code=130)
+    except OSError as err:
+        _fail(_os_error(err))
+
+
+def _os_error(err: OSError) -> str:
+    where = f" ({err.filename})" if err.filename else ""
+    return (f"{err.strerror or err}{where}; free disk space or fix permissions there (cache_dir=, hydra.run.dir= or "
+            "$RAPID_CACHE move rapid's files)")
 
 
 def run_hydra(job, argv: list[str]) -> None:
@@ -200,7 +210,7 @@ def _run_dirs(command: str, rest: list[str]) -> list[str]:
     """Run directories are claimed here, before Hydra writes into them: a fresh one per run (never shared
     with a run started in the same second), and a named one only when it holds no run or is resumed."""
     from rapid_cli.config import RapidError
-    from rapid_cli.rundir import claim, refuse_reuse
+    from rapid_cli.rundir import claim, refuse_reuse, writable
 
     if os.environ.get("RANK", "0") != "0":  # torchrun's other ranks: rank 0 owns the run directory
         import tempfile
@@ -213,10 +223,16 @@ def _run_dirs(command: str, rest: list[str]) -> list[str]:
                 rest = [*rest, f"hydra.sweep.dir={claim(f'multirun/{sub}'.rstrip('/'))}"]
         elif _value(rest, "hydra.run.dir") is None:
             rest = [*rest, f"hydra.run.dir={claim(f'outputs/{sub}'.rstrip('/'))}"]
-        elif command == "train":
-            refuse_reuse(Path(_value(rest, "hydra.run.dir")).expanduser(), _value(rest, "train.resume") not in (None, "null", ""))
-    except (RapidError, OSError) as err:
-        _fail(str(err) if isinstance(err, RapidError) else f"cannot create the run directory: {err}")
+        else:
+            named = Path(_value(rest, "hydra.run.dir")).expanduser()
+            if command == "train":
+                refuse_reuse(named, _value(rest, "train.resume") not in (None, "null", ""))
+            writable(named)
+    except RapidError as err:
+        _fail(str(err))
+    except OSError as err:
+        _fail(f"cannot create the run directory {Path(err.filename or '.').absolute()} ({err.strerror}); run from a "
+              "writable directory or set hydra.run.dir=<writable dir>")
     return rest
 
 

@@ -72,7 +72,7 @@ def run_eval(cfg, run_dir: Path) -> dict:
 
     from rapid_cli.config import validate
     from rapid_cli.console import console
-    from rapid_cli.policy import load_policy, pick_device
+    from rapid_cli.policy import check_fits, load_policy, pick_device
     from rapid_cli.samplers import make_sampler, resolve_name
     from rapid_cli.tasks import make_task
 
@@ -86,6 +86,8 @@ def run_eval(cfg, run_dir: Path) -> dict:
     params = eval_params(cfg)
     ks = sorted({k for k in cfg.eval.k} | {params.n})
     prompts = [task.prompt_ids(p, tokenizer, cfg.model.chat_template) for p in problems]
+    check_fits(model, params.max_tokens, max(len(p) for p in prompts), "eval.max_tokens" if cfg.eval.max_tokens else
+               "sampler.max_tokens")
     console.print(f"[bold]rapid eval[/] {cfg.model.path} on {cfg.task.name}: {len(problems)} problems x {params.n} samples "
                   f"at T={params.temperature} ({resolve_name(cfg.sampler.name)} sampler) -> {run_dir}")
     start = time.perf_counter()

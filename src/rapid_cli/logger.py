@@ -45,7 +45,10 @@ class RunLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = run_dir / "metrics.jsonl"
         self.history: list[dict] = self._resume_history(resume_round) if resume_round is not None else []
-        self._jsonl = self.metrics_path.open("a", encoding="utf-8")
+        self._fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._good_size = os.fstat(self._fd).st_size
+        self._pending: list[str] = []
+        self._warned_write = False
         self.samples_every = cfg.logger.wandb.samples_every
         self.wandb = self._init_wandb(cfg, run_name, wandb_id)
         self.progress = None
@@ -82,6 +85,26 @@ class RunLogger:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
             os.replace(tmp, self.metrics_path)
         return kept
+
+    def _write_pending(self) -> None:
+        """Appends the rows not yet on disk. A full disk or a quota keeps them in memory (said once) and
+        cuts the file back to its last whole row, so metrics.jsonl never holds half a record."""
+        data = "".join(self._pending).encode("utf-8")
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+            self._good_size += len(data)
+            self._pending.clear()
+        except OSError as err:
+            try:
+                os.ftruncate(self._fd, self._good_size)
+            except OSError:
+                pass
+            if not self._warned_write:
+                warn(f"could not write {self.metrics_path} ({err.strerror or err}); keeping the rows in memory and "
+                     "retrying each round")
+                self._warned_write = True
 
     @property
     def wandb_id(self) -> str | None:
@@ -120,8 +143,8 @@ class RunLogger:
     def log(self, metrics: dict, step: int) -> None:
         record = {"round": step, **metrics}
         self.history.append(record)
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        self._pending.append(json.dumps(record) + "\n")
+        self._write_pending()
         if self.wandb is not None:
             try:
                 self.wandb.log(metrics, step=step)
@@ -153,11 +176,19 @@ class RunLogger:
 
     def close(self, summary: dict | None = None) -> None:
         """Safe to call again (the run's cleanup closes whatever an early exit left open)."""
-        if self._jsonl.closed:
+        if self._fd is None:
             return
         if self.progress is not None:
             self.progress.stop()
-        self._jsonl.close()
+        if self._pending:
+            self._write_pending()
+        os.close(self._fd)
+        self._fd = None
+        if self._pending:
+            from rapid_cli.config import RapidError
+
+            raise RapidError(f"{len(self._pending)} rounds of metrics could not be written to {self.metrics_path} (disk "
+                             "full or not writable); the checkpoints hold the run: free space and resume with train.resume=auto")
         if summary:
             table = Table(title="run summary", show_header=True)
             table.add_column("metric")

@@ -29,7 +29,9 @@ def load_policy(model_cfg, device: torch.device, cache_dir: str | None = None):
 
     hf_logging.disable_progress_bar()
     path = resolve_model(model_cfg, cache_dir)
-    if not Path(path).is_dir():
+    if Path(path).is_dir():
+        check_model_files(Path(path))
+    else:
         offline_unless_reachable()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
@@ -37,6 +39,8 @@ def load_policy(model_cfg, device: torch.device, cache_dir: str | None = None):
             path, dtype=DTYPES[model_cfg.dtype], trust_remote_code=model_cfg.trust_remote_code
         )
     except OSError as err:
+        if Path(path).is_dir():  # the hub was never involved: the local files are at fault
+            raise RapidError(f"could not load the model in {path}: {str(err).splitlines()[0]}") from None
         hub = hub_error()
         why = f"the hub is not reachable: {hub}" if hub else str(err).splitlines()[0]
         raise RapidError(
@@ -50,6 +54,39 @@ def load_policy(model_cfg, device: torch.device, cache_dir: str | None = None):
         model.gradient_checkpointing_enable()
     model.config.use_cache = True
     return model.to(device), tokenizer, path
+
+
+def check_model_files(path: Path) -> None:
+    """A broken config.json or a truncated / overwritten weights file, named before transformers trips on it."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise RapidError(f"{path / 'config.json'} is not a valid model config ({err}); restore it or point model.path "
+                         "at an intact model directory") from None
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(weights, "pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise RapidError(f"{weights} is damaged ({err}); restore it, or use a checkpoint from before the "
+                             "damage") from None
+
+
+def context_length(model) -> int | None:
+    """Tokens the model can attend over (max_position_embeddings), if its config says."""
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def check_fits(model, max_tokens: int, longest_prompt: int, key: str) -> None:
+    """A prompt plus `max_tokens` must fit the model's context: past it, decoding runs on garbage positions."""
+    limit = context_length(model)
+    if limit is not None and longest_prompt + max_tokens > limit:
+        raise RapidError(f"{key}={max_tokens} plus the longest prompt ({longest_prompt} tokens) exceeds the model's "
+                         f"context of {limit} tokens; lower {key} to at most {max(1, limit - longest_prompt)}")
 
 
 def stop_token_ids(model, tokenizer) -> set[int]:

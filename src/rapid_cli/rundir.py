@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import fcntl
 import os
+import tempfile
 from pathlib import Path
 
 from rapid_cli.config import RapidError
@@ -38,6 +39,18 @@ def claim(root: str | Path, now: _dt.datetime | None = None) -> Path:
         except FileExistsError:
             continue
     raise RapidError(f"could not create a run directory under {base.parent}")
+
+
+def writable(path: Path) -> None:
+    """Creates `path` if needed and checks a file can be written in it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".rapid-probe-")
+        probe.close()
+    except OSError as err:
+        where = path if path.exists() else next((p for p in path.parents if p.exists()), path)
+        raise RapidError(f"hydra.run.dir={path} cannot be written ({err.strerror}, at {where}); choose a writable "
+                         "directory") from None
 
 
 def holds_a_run(path: Path) -> bool:

@@ -29,7 +29,7 @@ from rapid_cli.config import OldLogprobs, RapidError, validate, validate_data
 from rapid_cli.console import console
 from rapid_cli.evaluate import eval_params, evaluate
 from rapid_cli.logger import NullLogger, RunLogger
-from rapid_cli.policy import completion_logprobs, load_policy, pack
+from rapid_cli.policy import check_fits, completion_logprobs, load_policy, pack
 from rapid_cli.samplers import make_sampler
 from rapid_cli.stopping import Interrupted, StopOnSignal
 from rapid_cli.tasks import make_task
@@ -218,6 +218,9 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     validate_data(cfg, len(task.train))
     model_cfg = OmegaConf.merge(cfg.model, {"path": str(resumed_from / "model")}) if resumed_from else cfg.model
     model, tokenizer, model_path = load_policy(model_cfg, device, cfg.cache_dir)
+    longest = task.longest_prompt(tokenizer, cfg.model.chat_template)
+    check_fits(model, s.max_tokens, longest, "sampler.max_tokens")
+    check_fits(model, eval_params(cfg).max_tokens, longest, "eval.max_tokens")
     pad_id = tokenizer.pad_token_id
     # FSDP shards the trainer's weights, so the sampler gets its own full copy (refreshed at each sync).
     sampler = make_sampler(cfg, copy.deepcopy(model) if d.parallel == "fsdp" else model, tokenizer, model_path)

@@ -67,5 +67,9 @@ class Task:
         text = "\n\n".join(m["content"] for m in msgs) + "\n"
         return tokenizer(text, add_special_tokens=True)["input_ids"]
 
+    def longest_prompt(self, tokenizer, chat_template: bool = True, sample: int = 256) -> int:
+        """Tokens in the longest prompt among the first `sample` training and test problems."""
+        return max(len(self.prompt_ids(p, tokenizer, chat_template)) for p in [*self.train[:sample], *self.test[:sample]])
+
     def rewards(self, completions: list[str], problems: list[Problem]) -> list[float]:
         return [self.reward(c, p) for c, p in zip(completions, problems, strict=True)]
