@@ -117,3 +117,26 @@ def test_cfg_job_prints_the_composed_config():
     assert proc.returncode == 0, proc.stderr
     cfg = OmegaConf.create(proc.stdout)
     assert cfg.train.rounds == 3 and cfg.seed == 1 and cfg.model.name == "tiny"
+
+
+def _rapid(*args, cwd=REPO):
+    return subprocess.run([RAPID, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "trian.rounds=3"], "did you mean train.rounds?"),
+    (["train", "algo.stepz_per_generation=3"], "did you mean algo.steps_per_generation?"),
+    (["train", "--cfg", "job", "algo.group_size=1"], "at least 2 completions"),
+    (["eval", "--cfg", "job", "eval.limit=0"], "eval.limit=0 must be at least 1"),
+])
+def test_bad_overrides_are_one_line_in_every_mode(args, needle):
+    proc = _rapid(*args)
+    assert proc.returncode == 2 and needle in proc.stdout, proc.stdout + proc.stderr
+    assert len(proc.stdout.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_a_sweep_checks_every_combination_before_the_first_job(tmp_path):
+    proc = _rapid("train", "-m", "model=tiny", "algo.group_size=2,4,1", "train.rounds=1", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "(sweep job model=tiny algo.group_size=1 train.rounds=1)" in proc.stdout
+    assert not (tmp_path / "multirun").exists()  # no job ran, no directory was claimed

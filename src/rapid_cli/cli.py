@@ -80,16 +80,54 @@ def compose_config(overrides: list[str]):
         GlobalHydra.instance().clear()
 
 
-def precheck(overrides: list[str]) -> None:
-    """Compose and validate before Hydra starts, so a bad override ends in one line, not a traceback."""
+def precheck(overrides: list[str], sweep: bool = False) -> None:
+    """Compose and validate before Hydra starts, so a bad override ends in one line, not a traceback.
+    For a sweep, every combination is checked before the first job runs."""
     from rapid_cli.config import RapidError, validate
 
     try:
-        validate(compose_config(overrides))
+        for job in sweep_jobs(overrides) if sweep else [overrides]:
+            validate(compose_config(job))
     except RapidError as err:
-        _fail(str(err))
+        _fail(str(err) if not sweep else f"{err} (sweep job {' '.join(job)})")
     except Exception as err:  # composition errors: unknown key, wrong type, missing group option
-        _fail(f"{_one_line(err)} ({_hint(str(err))})")
+        message = _one_line(err)
+        _fail(f"{message} ({_did_you_mean(message) or _hint(str(err))})")
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The override lists of a sweep's jobs (Hydra's basic sweeper: the product of comma lists and ranges).
+    Other sweepers (Optuna) choose values as they go: their fixed overrides are what can be checked."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    if any(o.key_or_group == "hydra/sweeper" for o in parsed):
+        return [[o.input_line for o in parsed if not o.is_sweep_override()]]
+    return BasicSweeper.split_arguments(parsed, None)[0]
+
+
+def _did_you_mean(message: str) -> str | None:
+    """For an unknown key: the closest keys of the schema, e.g. trian.rounds -> train.rounds."""
+    import difflib
+
+    from omegaconf import OmegaConf
+
+    from rapid_cli.config import Config
+
+    wrong = re.search(r"Could not override '([\w.]+)'", message) or re.search(r"Key '([\w.]+)' is not in struct", message)
+    if not wrong:
+        return None
+
+    def keys(node, prefix=""):
+        for k, v in node.items():
+            yield f"{prefix}{k}"
+            if isinstance(v, dict):
+                yield from keys(v, f"{prefix}{k}.")
+
+    schema = OmegaConf.to_container(OmegaConf.structured(Config), throw_on_missing=False)
+    close = difflib.get_close_matches(wrong.group(1), list(keys(schema)), n=2, cutoff=0.7)
+    return f"did you mean {' or '.join(close)}?" if close else None
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -245,10 +283,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     if command in ("train", "eval"):
-        hydra_flags = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-m", "--multirun", "--shell-completion", "-sc"}
-        if not hydra_flags.intersection(rest):
-            precheck([a for a in rest if not a.startswith("-")])
-        if not {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--shell-completion", "-sc"} & set(rest):
+        informative = {"--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc"} & set(rest)
+        if not informative:
+            values = [a for i, a in enumerate(rest) if not a.startswith("-") and rest[i - 1 : i] not in (["--cfg"], ["-c"])]
+            precheck(values, sweep=bool({"-m", "--multirun"} & set(rest)))
+        if not informative and not {"--cfg", "-c"} & set(rest):
             rest = _run_dirs(command, rest)
         run_hydra(_train_job if command == "train" else _eval_job, rest)
     elif command == "prepare":
