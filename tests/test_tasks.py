@@ -60,10 +60,13 @@ def test_gsm8k_offline_gold_answers_score_one():
 
 def test_gsm8k_local_file_and_malformed_data(tmp_path):
     good = tmp_path / "train.jsonl"
-    good.write_text(json.dumps({"question": "1+1?", "answer": "2 #### 2"}) + "\n")
+    good.write_text("".join(json.dumps({"question": f"{a}+1?", "answer": f"#### {a + 1}"}) + "\n" for a in range(10)))
     cfg = compose(["task=gsm8k", f"task.data_path={good}"])
     task = make_task(cfg.task)
-    assert task.train[0].answer == "2" and task.test == task.train
+    # one file: a seeded 70/30 split, so evaluation never sees the training problems
+    assert (len(task.train), len(task.test)) == (7, 3)
+    assert not {p.question for p in task.train} & {p.question for p in task.test}
+    assert sorted(int(p.answer) for p in task.train + task.test) == list(range(1, 11))
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "q", "answer": "#### 1"}) + "\n" + json.dumps({"question": "q"}) + "\n")
@@ -86,3 +89,14 @@ def test_gsm8k_local_file_and_malformed_data(tmp_path):
 def test_reference_answer():
     assert reference_answer("so #### 1,000") == "1000"
     assert reference_answer("no marker") is None
+
+
+def test_training_on_a_test_only_task_says_so(tmp_path, capsys):
+    from conftest import TINY
+    from rapid_cli.trainer import train
+    from test_code_tasks import ROOMY  # generous sandbox limits: a loaded CI machine must not fail gold code
+
+    cfg = compose([o for o in TINY if not o.startswith("task=")] + ["task=humaneval", "train.rounds=1", "eval.limit=1",
+                                                                   "sampler.max_tokens=4", *ROOMY])
+    train(cfg, tmp_path / "run")
+    assert "trains on its 164 test problems" in capsys.readouterr().out.replace("\n", " ")

@@ -52,7 +52,7 @@ def test_a_damaged_model_directory_is_named(model_copy, tmp_path, damage):
 @pytest.mark.slow
 def test_max_tokens_past_the_model_context_is_refused(tmp_path):
     line = one_error_line(rapid("train", *TINY, "sampler.max_tokens=5000", f"hydra.run.dir={tmp_path / 'run'}"))
-    assert "sampler.max_tokens=5000" in line and "context of 1024 tokens" in line, line
+    assert "sampler.max_tokens=5000" in line and "context of 4096 tokens" in line, line
 
 
 def as_user(argv: list[str]) -> list[str]:

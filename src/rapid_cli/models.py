@@ -166,6 +166,7 @@ def build_tiny_model(model_cfg, cache_dir: str | None = None) -> Path:
         "hidden": model_cfg.tiny_hidden,
         "heads": model_cfg.tiny_heads,
         "vocab": model_cfg.tiny_vocab,
+        "context": 4096,  # room for a HumanEval stub in the tiny tokenizer's short tokens
     }
     key = hashlib.sha1(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:10]
     target = cache_root(cache_dir) / "models" / f"tiny-{key}"
@@ -182,7 +183,7 @@ def build_tiny_model(model_cfg, cache_dir: str | None = None) -> Path:
         num_hidden_layers=shape["layers"],
         num_attention_heads=shape["heads"],
         num_key_value_heads=shape["heads"],
-        max_position_embeddings=1024,
+        max_position_embeddings=shape["context"],
         tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from rapid_cli import checkpoint, distributed
 from rapid_cli.algorithms import LOSSES, loss_options, needs_reference
 from rapid_cli.config import OldLogprobs, RapidError, validate, validate_data
-from rapid_cli.console import console
+from rapid_cli.console import console, warn
 from rapid_cli.evaluate import eval_params, evaluate
 from rapid_cli.logger import NullLogger, RunLogger
 from rapid_cli.policy import check_fits, completion_logprobs, load_policy, pack
@@ -216,6 +216,9 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
 
     task = make_task(cfg.task, seed=cfg.seed, cache_dir=cfg.cache_dir, reward_cfg=cfg.reward)
     validate_data(cfg, len(task.train))
+    if task.train is task.test:
+        warn(f"task={cfg.task.name} has no training split: it trains on its {len(task.test)} test problems, so eval/ "
+             "metrics measure problems the model trained on")
     model_cfg = OmegaConf.merge(cfg.model, {"path": str(resumed_from / "model")}) if resumed_from else cfg.model
     model, tokenizer, model_path = load_policy(model_cfg, device, cfg.cache_dir)
     longest = task.longest_prompt(tokenizer, cfg.model.chat_template)

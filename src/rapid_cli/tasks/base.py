@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rapid_cli.config import RapidError
 from rapid_cli.types import Problem
 
 
@@ -24,10 +25,21 @@ class Task:
     # -- what a task implements: `load`, or `_split` for tasks with train/test files -----------
     def load(self) -> tuple[list[Problem], list[Problem]]:
         """Returns (train, test) problems. Default: the `train` and `test` splits; a single local file
-        (`task.data_path=<file>`) serves as both, so evaluation runs on the training problems."""
+        (`task.data_path=<file>`) is cut into both with a seeded shuffle (task.test_fraction, task.split_seed),
+        so evaluation never runs on the problems trained on."""
         train = self._split("train")
         if self.cfg.data_path and Path(self.cfg.data_path).expanduser().is_file():
-            return train, train
+            from rapid_cli.console import console
+            from rapid_cli.tasks.code import split_records
+
+            if len(train) < 2:
+                raise RapidError(f"task.data_path={self.cfg.data_path} has {len(train)} problem; a train/test split needs "
+                                 "at least 2 (or give a directory with train.jsonl and test.jsonl)")
+            train, test = split_records(train, self.cfg.test_fraction, self.cfg.split_seed)
+            console.print(f"[dim]{self.name}: one data file, so {len(test)} of {len(train) + len(test)} problems are held "
+                          f"out for evaluation (task.test_fraction={self.cfg.test_fraction:g}, task.split_seed="
+                          f"{self.cfg.split_seed}); a directory with train.jsonl and test.jsonl sets the split[/]", soft_wrap=True)
+            return train, test
         return train, self._split("test")
 
     def _split(self, split: str) -> list[Problem]:
