@@ -140,3 +140,12 @@ def test_a_sweep_checks_every_combination_before_the_first_job(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "(sweep job model=tiny algo.group_size=1 train.rounds=1)" in proc.stdout
     assert not (tmp_path / "multirun").exists()  # no job ran, no directory was claimed
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "prepare"])
+def test_each_command_has_its_own_help(command):
+    proc = _rapid(command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"rapid {command}:")
+    if command != "prepare":  # every key with its description from config.py
+        assert "algo.steps_per_generation" in proc.stdout and "A: optimizer steps per generation round" in proc.stdout

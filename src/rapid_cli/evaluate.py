@@ -41,12 +41,24 @@ class EvalResult:
     completion_tokens: int
 
 
-def sample_and_score(task, problems, prompt_ids, sampler, params: SamplingParams) -> EvalResult:
-    gens = sampler.generate(prompt_ids, params)
-    rewards = task.rewards(gens.texts, [p for p in problems for _ in range(params.n)])
+def sample_and_score(task, problems, prompt_ids, sampler, params: SamplingParams, progress=None) -> EvalResult:
+    """With `progress(done, total)`, generates and scores in about 20 chunks (of at least 32 problems, so an
+    engine still sees large batches) to show a long evaluation move; each chunk gets its own seed (one seed
+    for all would replay the same random draws). Without it, one batch."""
+    from dataclasses import replace
+
     n = params.n
+    chunk = max(32, -(-len(problems) // 20)) if progress is not None else max(1, len(problems))
+    texts, rewards, tokens = [], [], 0
+    for start in range(0, len(problems), chunk):
+        gens = sampler.generate(prompt_ids[start : start + chunk], replace(params, seed=params.seed + start))
+        rewards += task.rewards(gens.texts, [p for p in problems[start : start + chunk] for _ in range(n)])
+        texts += gens.texts
+        tokens += gens.num_tokens
+        if progress is not None:
+            progress(min(start + chunk, len(problems)), len(problems))
     correct = [sum(r >= 1.0 for r in rewards[i * n : (i + 1) * n]) for i in range(len(problems))]
-    return EvalResult(gens.texts, rewards, correct, gens.num_tokens)
+    return EvalResult(texts, rewards, correct, tokens)
 
 
 def summarize(result: EvalResult, n: int, ks) -> dict[str, float]:
@@ -71,7 +83,7 @@ def run_eval(cfg, run_dir: Path) -> dict:
     from rich.table import Table
 
     from rapid_cli.config import validate
-    from rapid_cli.console import console
+    from rapid_cli.console import console, progress_bar
     from rapid_cli.policy import check_fits, load_policy, pick_device
     from rapid_cli.samplers import make_sampler, resolve_name
     from rapid_cli.tasks import make_task
@@ -91,8 +103,8 @@ def run_eval(cfg, run_dir: Path) -> dict:
     console.print(f"[bold]rapid eval[/] {cfg.model.path} on {cfg.task.name}: {len(problems)} problems x {params.n} samples "
                   f"at T={params.temperature} ({resolve_name(cfg.sampler.name)} sampler) -> {run_dir}")
     start = time.perf_counter()
-    with console.status("generating and scoring"):
-        result = sample_and_score(task, problems, prompts, sampler, params)
+    with progress_bar("evaluating", len(problems), "problems") as advance:
+        result = sample_and_score(task, problems, prompts, sampler, params, progress=advance)
     seconds = time.perf_counter() - start
     metrics = summarize(result, params.n, ks)
 

@@ -64,7 +64,7 @@ class RunLogger:
                 transient=False,
             )
             self.progress.start()
-            self._bar = self.progress.add_task("rounds", total=total_rounds, status="generating...")
+            self._bar = self.progress.add_task("rounds", total=total_rounds, status="starting")
 
     def _resume_history(self, resume_round: int) -> list[dict]:
         """Records up to the checkpoint's round; later ones (the rounds being redone) move to a backup file."""
@@ -152,12 +152,26 @@ class RunLogger:
                 warn(f"W&B log failed, continuing without it ({err})")
                 self.wandb = None
 
-    def round_done(self, metrics: dict, rnd: int) -> None:
-        line = status_line(metrics)
+    def phase(self, name: str) -> None:
+        """The bar shows what runs now (the round's numbers go on their own line when it ends)."""
         if self.progress is not None:
-            self.progress.update(self._bar, completed=rnd, status=line)
-        else:
-            console.print(f"round {rnd}: {line}", soft_wrap=True)
+            self.progress.update(self._bar, status=f"[dim]{name}[/]")
+
+    def round_done(self, metrics: dict, rnd: int) -> None:
+        # One line per round that stays on screen (above the bar in a terminal), never cut to the width.
+        console.print(f"round {rnd}: {status_line(metrics)}", soft_wrap=True)
+        if self.progress is not None:
+            self.progress.update(self._bar, completed=rnd)
+
+    def where(self, checkpoint: Path | None, task_args: str) -> None:
+        """Where the run's results are, and the command to try the trained model."""
+        files = [("metrics", self.metrics_path), ("curves", self.run_dir / "curves.png")]
+        if checkpoint is not None:
+            files.append(("checkpoint", checkpoint))
+        for label, path in files:
+            console.print(f"{label + ':':<12}{path}")
+        if checkpoint is not None:
+            console.print(f"{'try it:':<12}rapid eval model.path={checkpoint / 'model'} {task_args}")
 
     def samples(self, rows: list[tuple[str, str, float]], rnd: int, printed: int) -> None:
         """Prints `printed` completions; every `logger.wandb.samples_every` rounds a W&B table of up to 16."""
@@ -214,7 +228,13 @@ class NullLogger:
     def log(self, metrics: dict, step: int) -> None:
         pass
 
+    def phase(self, name: str) -> None:
+        pass
+
     def round_done(self, metrics: dict, rnd: int) -> None:
+        pass
+
+    def where(self, checkpoint, task_args: str) -> None:
         pass
 
     def samples(self, rows, rnd: int, printed: int) -> None:

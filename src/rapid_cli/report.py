@@ -140,7 +140,9 @@ def plot(runs: list[Run], path: Path) -> Path:
             if not curves:
                 continue
             color = f"C{i % 10}"
-            end = min(c[-1][0] for c in curves)
+            # Up to the slowest seed: a finished run holds its last value (np.interp clamps at the ends),
+            # so the mean does not stop where the fastest seed ended.
+            end = max(c[-1][0] for c in curves)
             grid = np.linspace(min(c[0][0] for c in curves), end, 50) if end > 0 else np.array([0.0])
             ys = np.array([np.interp(grid, [t for t, _ in c], [v for _, v in c]) for c in curves])
             ax.plot(grid / 60, ys.mean(0), color=color, label=f"{label} (n={len(curves)})")
@@ -148,12 +150,12 @@ def plot(runs: list[Run], path: Path) -> Path:
                 ax.fill_between(grid / 60, ys.min(0), ys.max(0), color=color, alpha=0.2)
             for c in curves:  # the points themselves, faint, so short runs are visible
                 ax.plot([t / 60 for t, _ in c], [v for _, v in c], ".", color=color, alpha=0.35, ms=4)
-        ax.set_title(f"{title}: mean over seeds, band = min..max", fontsize=9)
+        ax.set_title(f"{title}: mean over seeds, band = min..max (a finished seed holds its last value)", fontsize=9)
         ax.set_xlabel("training wall-clock, evaluation excluded (minutes)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("reward / accuracy")
     axes[0].set_ylim(-0.02, 1.02)
-    axes[1].legend(fontsize=7, loc="lower right")
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # outside: low curves stay visible
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

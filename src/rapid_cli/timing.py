@@ -7,14 +7,18 @@ from contextlib import contextmanager
 
 
 class PhaseTimer:
-    def __init__(self, elapsed: float = 0.0, totals: dict[str, float] | None = None):
-        """`elapsed` and `totals` carry a resumed run's clock forward."""
+    def __init__(self, elapsed: float = 0.0, totals: dict[str, float] | None = None, on_start=None):
+        """`elapsed` and `totals` carry a resumed run's clock forward; `on_start(phase)` is told when a phase
+        begins (the console shows it)."""
+        self.on_start = on_start
         self.start = time.perf_counter() - elapsed
         self._round: dict[str, float] = {}
         self.totals: dict[str, float] = dict(totals or {})
 
     @contextmanager
     def __call__(self, phase: str):
+        if self.on_start is not None:
+            self.on_start(phase)
         t0 = time.perf_counter()
         try:
             yield

@@ -253,7 +253,7 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
             plot_run(log.history, run_dir / "curves.png", title=run_name)
         log.close()
 
-    timer = PhaseTimer(elapsed=state.get("elapsed", 0.0), totals=state.get("phase_totals"))
+    timer = PhaseTimer(elapsed=state.get("elapsed", 0.0), totals=state.get("phase_totals"), on_start=log.phase)
     totals = state.get("totals", {"perf/samples": 0, "perf/gen_tokens": 0})
     first_eval = state.get("first_eval", {})
     if resumed_from:
@@ -336,6 +336,9 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
 
     summary = summarize(log.history, first_eval, timer)
     log.close(summary)
+    if d.main:
+        last = (checkpoint.checkpoints(run_dir / "checkpoints") or [None])[-1]
+        log.where(last, f"task={cfg.task.name}" + (f" task.data_path={cfg.task.data_path}" if cfg.task.data_path else ""))
     distributed.shutdown(d)
     return {**metrics, **summary}
 
