@@ -114,3 +114,20 @@ def test_metrics_survive_a_full_disk(tmp_path, tiny_cfg, capsys):
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3, 4]
     assert capsys.readouterr().out.count("could not write") == 1
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_start_is_one_line(tmp_path):
+    """Writes past a few KB fail (EFBIG, as ENOSPC would): the run stops with one line before any round."""
+    import resource
+    import signal
+
+    def full_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+
+    build_tiny_model(compose(["model=tiny"]).model)  # the model cache is already there; the run's own files are not
+    proc = subprocess.run([RAPID, "train", *TINY, f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "WANDB_MODE": "disabled"}, preexec_fn=full_disk)
+    line = one_error_line(proc)
+    assert "File too large" in line or "No space" in line, line

@@ -204,6 +204,9 @@ def run_hydra(job, argv: list[str]) -> None:
     from rapid_cli.config import register_configs
 
     register_configs()
+    # Hydra prints its own multi-line report of an exception and exits; let them reach `main`, which turns
+    # the ones a user can cause into one line (everything else keeps its full traceback for a bug report).
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv = [sys.argv[0]] + argv
     hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")(job)()
 
@@ -323,7 +326,10 @@ def main(argv: list[str] | None = None) -> None:
             precheck(values, sweep=bool({"-m", "--multirun"} & set(rest)))
         if not informative and not {"--cfg", "-c"} & set(rest):
             rest = _run_dirs(command, rest)
-        run_hydra(_train_job if command == "train" else _eval_job, rest)
+        try:
+            run_hydra(_train_job if command == "train" else _eval_job, rest)
+        except OSError as err:  # Hydra writing the run's config into a full or read-only directory
+            _fail(_os_error(err))
     elif command == "prepare":
         prepare()
     elif command == "report":
