@@ -24,7 +24,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rapid_cli import checkpoint, distributed
-from rapid_cli.algorithms import LOSSES, loss_options, needs_reference
+from rapid_cli.algorithms import LOSSES, loss_denominator, loss_options, needs_reference
 from rapid_cli.config import OldLogprobs, RapidError, validate, validate_data
 from rapid_cli.console import console
 from rapid_cli.evaluate import eval_params, evaluate
@@ -141,25 +141,32 @@ class BehaviourLogprobs:
 
 
 def update_minibatch(model, optimizer, scheduler, ro: Rollouts, old: list[list[float]] | None, rows: slice, cfg, loss_fn,
-                     opts, pad_id: int, device, ref: list[list[float]] | None = None) -> dict:
+                     opts, pad_id: int, device, ref: list[list[float]] | None = None, d: distributed.Dist = distributed.Dist()
+                     ) -> dict:
     """One optimizer step on whole prompt groups `rows`, accumulated over micro-batches of whole groups.
     `old=None` (or None rows) means pi_old is the current policy, so its log-probs are the detached ones."""
     a = cfg.algo
     B = rows.stop - rows.start
+    # The loss's denominator (rows, kept tokens, rows x norm_len) belongs to the whole mini-batch: every
+    # micro-batch's loss is its part of that one sum, so the gradient does not depend on how it is cut.
+    # DDP averages gradients over ranks, so each rank divides by the mean of the ranks' denominators.
+    comp = ro.generations.completion_ids[rows]
+    rewards = torch.tensor(ro.rewards[rows], dtype=torch.float32)  # [B]
+    local = loss_denominator(loss_fn, completion_mask(comp), rewards, a.group_size, opts)
+    denominator = distributed.mean_metrics(d, {"denominator": local})["denominator"] or 1.0  # 0: nothing kept, loss 0
     optimizer.zero_grad(set_to_none=True)
-    sums: dict[str, float] = {}
+    sums: dict[str, float] = {"loss": 0.0}
     for mb in _micro_batches(rows, a.micro_batch_size):
-        comp = ro.generations.completion_ids[mb]
-        batch = pack(ro.row_prompts(mb), comp, pad_id, device)
+        batch = pack(ro.row_prompts(mb), ro.generations.completion_ids[mb], pad_id, device)
         C = batch.completion_ids.shape[1]
-        rewards = torch.tensor(ro.rewards[mb], dtype=torch.float32, device=device)  # [b]
         logprobs = completion_logprobs(model, batch, cfg.sampler.temperature)  # [b, C]
         old_lp = logprobs.detach() if old is None or old[mb.start] is None else _pad_rows(old[mb], C, device)  # [b, C]
         extra = {} if ref is None else {"ref_logprobs": _pad_rows(ref[mb], C, device)}
-        loss, metrics = loss_fn(logprobs, old_lp, batch.completion_mask, rewards, a.group_size, **opts, **extra)
-        share = (mb.stop - mb.start) / B  # the loss is a per-sequence mean: weight micro-batches by rows
-        (loss * share).backward()
-        metrics["loss"] = loss.item()
+        loss, metrics = loss_fn(logprobs, old_lp, batch.completion_mask, rewards[mb.start - rows.start : mb.stop - rows.start].to(device),
+                                a.group_size, **opts, **extra, denominator=denominator)
+        loss.backward()
+        sums["loss"] += loss.item()  # the parts add up to the mini-batch's loss
+        share = (mb.stop - mb.start) / B  # other metrics: means over rows
         for k, v in metrics.items():
             sums[k] = max(sums.get(k, v), v) if k.endswith("_max") else sums.get(k, 0.0) + v * share
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optimizer.max_grad_norm or float("inf"))
@@ -168,6 +175,12 @@ def update_minibatch(model, optimizer, scheduler, ro: Rollouts, old: list[list[f
     scheduler.step()
     sums["grad_norm"] = grad_norm.item()
     return sums
+
+
+def completion_mask(completions: list[list[int]]) -> torch.Tensor:
+    """1 on each completion's tokens, 0 past its end: [B, longest]."""
+    lengths = torch.tensor([len(c) for c in completions])
+    return (torch.arange(max(1, int(lengths.max()))) < lengths[:, None]).float()
 
 
 def _mean_dicts(dicts: list[dict]) -> dict:
@@ -316,7 +329,7 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
             with timer("update"), amp():
                 steps = [
                     update_minibatch(policy, optimizer, scheduler, ro, old, ro.group_slice(i * M, M), cfg, loss_fn, opts,
-                                     pad_id, device, ref)
+                                     pad_id, device, ref, d)
                     for i in range(a.steps_per_generation)
                 ]
             with timer("sync"):

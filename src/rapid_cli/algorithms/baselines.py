@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import torch
 
+from rapid_cli.algorithms.aggregate import aggregate as aggregate_loss
+from rapid_cli.algorithms.aggregate import aggregated, informative_rows
+
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool) -> torch.Tensor:
     """r - group mean, divided by (group std + 1e-4) when `scale` (GRPO's z-score). [B] -> [B]
@@ -44,26 +47,16 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return d.exp() - d - 1
 
 
-def _aggregate(token_loss: torch.Tensor, mask: torch.Tensor, how: str, norm_len: int | None) -> torch.Tensor:
-    if how == "seq_mean":
-        return ((token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
-    if how == "token_mean":
-        return (token_loss * mask).sum() / mask.sum().clamp(min=1)
-    return (token_loss * mask).sum() / (token_loss.shape[0] * (norm_len or token_loss.shape[1]))  # "token_sum"
-
-
 def _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, *, scale: bool, eps: float,
                      eps_high: float | None, aggregate: str, kl_beta: float, ref_logprobs, drop_equal_groups: bool,
-                     norm_len: int | None = None):
+                     norm_len: int | None = None, denominator: float | None = None):
     B = logprobs.shape[0]
     if B % group_size:
         raise ValueError(f"batch of {B} rows is not a whole number of groups of {group_size}")
     mask = mask.to(logprobs.dtype)
     r = rewards.to(logprobs.dtype)
-    groups = r.view(-1, group_size)
-    informative = (groups.max(-1).values > groups.min(-1).values).repeat_interleave(group_size)  # [B]
-    if drop_equal_groups:
-        mask = mask * informative[:, None].to(mask.dtype)
+    informative = informative_rows(r, group_size)  # [B]
+    keep = informative if drop_equal_groups else None
     adv = group_advantages(r, group_size, scale)
     log_ratio = (logprobs - old_logprobs) * mask
     ratio = log_ratio.exp()
@@ -74,7 +67,9 @@ def _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, *, scale
             raise ValueError("kl_beta > 0 needs ref_logprobs from the reference model")
         kl = kl_k3(logprobs, ref_logprobs)
         token_loss = token_loss + kl_beta * kl
-    loss = _aggregate(token_loss, mask, aggregate, norm_len)
+    loss = aggregate_loss(token_loss, mask, aggregate, denominator, keep, norm_len)
+    if keep is not None:
+        mask = mask * keep[:, None].to(mask.dtype)  # the metrics below describe the kept tokens only
     with torch.no_grad():
         n_tok = mask.sum().clamp(min=1)
         w = log_ratio.detach().sum(-1).clamp(max=60).exp()
@@ -90,25 +85,31 @@ def _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, *, scale
     return loss, metrics
 
 
+@aggregated("seq_mean")
 def grpo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | None = 0.2, kl_beta: float = 0.04,
-              ref_logprobs=None):
+              ref_logprobs=None, denominator: float | None = None):
     """GRPO: z-scored group advantages, PPO clip, k3 KL to the reference (beta), per-sequence token mean.
     With kl_beta = 0 this is the paper's PG baseline."""
     return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=True, eps=eps or 0.2, eps_high=None,
-                            aggregate="seq_mean", kl_beta=kl_beta, ref_logprobs=ref_logprobs, drop_equal_groups=False)
+                            aggregate=grpo_loss.aggregation, kl_beta=kl_beta, ref_logprobs=ref_logprobs, drop_equal_groups=False,
+                            denominator=denominator)
 
 
+@aggregated("token_mean")
 def dapo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | None = 0.2, eps_high: float | None = 0.28,
-              drop_equal_groups: bool = True):
+              drop_equal_groups: bool = True, denominator: float | None = None):
     """DAPO: one token-level mean over the batch, clip-higher (eps_high), groups with equal rewards dropped, no KL."""
     return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=True, eps=eps or 0.2,
-                            eps_high=eps_high, aggregate="token_mean", kl_beta=0.0, ref_logprobs=None,
-                            drop_equal_groups=drop_equal_groups)
+                            eps_high=eps_high, aggregate=dapo_loss.aggregation, kl_beta=0.0, ref_logprobs=None,
+                            drop_equal_groups=drop_equal_groups, denominator=denominator)
 
 
-def dr_grpo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | None = 0.2, norm_len: int | None = None):
+@aggregated("token_sum")
+def dr_grpo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | None = 0.2, norm_len: int | None = None,
+                 denominator: float | None = None):
     """Dr. GRPO: group-centred advantages without std scaling, token sum over a constant length (norm_len,
     the generation budget), so neither long nor short answers are favoured by the normalisation."""
     return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=False, eps=eps or 0.2, eps_high=None,
-                            aggregate="token_sum", kl_beta=0.0, ref_logprobs=None, drop_equal_groups=False,
-                            norm_len=norm_len)
+                            aggregate=dr_grpo_loss.aggregation, kl_beta=0.0, ref_logprobs=None,
+                            drop_equal_groups=False, norm_len=norm_len, denominator=denominator)
+

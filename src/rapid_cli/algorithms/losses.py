@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import torch
 
+from rapid_cli.algorithms.aggregate import aggregate, aggregated
+
 # exp() of a sequence log-ratio overflows float32 past ~88; weights are clipped long before that.
 _MAX_LOG_W = 60.0
 
 
-def _masked_seq_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-sequence mean over its own completion tokens: [B, T] -> [B]."""
-    return (x * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-
-
+@aggregated("seq_mean")
 def rapid_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -25,12 +23,14 @@ def rapid_loss(
     group_size: int,
     iw_clip: float | None = 2.0,
     eps: float | None = 0.2,
+    denominator: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """RAPID's off-policy loss with an importance-weighted group baseline (RAPID.md, "Loss").
 
     w_i = exp(sum_t m_it (logp - old_logp)) is the detached sequence weight of completion i; the group
     baseline b_g = mean_j min(w_j, c) r_j re-weights the group's rewards toward the current policy, and
-    A_i = r_i - b_g drives a PPO-clipped token loss averaged per sequence, then over the batch.
+    A_i = r_i - b_g drives a PPO-clipped token loss averaged per sequence, then over the batch (or divided
+    by `denominator`, the row count of the whole mini-batch this batch is a piece of: algorithms/aggregate.py).
 
     >>> B, T = 4, 3
     >>> lp = torch.zeros(B, T); m = torch.ones(B, T); r = torch.tensor([1., 0., 1., 1.])
@@ -58,7 +58,7 @@ def rapid_loss(
     else:
         token_loss = -surrogate
         ppo_clipped = torch.zeros_like(mask)
-    loss = _masked_seq_mean(token_loss, mask).mean()
+    loss = aggregate(token_loss, mask, rapid_loss.aggregation, denominator)
 
     with torch.no_grad():
         n_tok = mask.sum().clamp(min=1)
