@@ -141,7 +141,7 @@ class BehaviourLogprobs:
 
 
 def update_minibatch(model, optimizer, scheduler, ro: Rollouts, old: list[list[float]] | None, rows: slice, cfg, loss_fn,
-                     opts, pad_id: int, device, ref: list[list[float]] | None = None, d: distributed.Dist = distributed.Dist()
+                     opts, pad_id: int, device, ref: list[list[float]] | None = None, d: distributed.Dist | None = None
                      ) -> dict:
     """One optimizer step on whole prompt groups `rows`, accumulated over micro-batches of whole groups.
     `old=None` (or None rows) means pi_old is the current policy, so its log-probs are the detached ones."""
@@ -153,7 +153,7 @@ def update_minibatch(model, optimizer, scheduler, ro: Rollouts, old: list[list[f
     comp = ro.generations.completion_ids[rows]
     rewards = torch.tensor(ro.rewards[rows], dtype=torch.float32)  # [B]
     local = loss_denominator(loss_fn, completion_mask(comp), rewards, a.group_size, opts)
-    denominator = distributed.mean_metrics(d, {"denominator": local})["denominator"] or 1.0  # 0: nothing kept, loss 0
+    denominator = distributed.mean_metrics(d or distributed.Dist(), {"denominator": local})["denominator"] or 1.0  # 0: nothing kept, loss 0
     optimizer.zero_grad(set_to_none=True)
     sums: dict[str, float] = {"loss": 0.0}
     for mb in _micro_batches(rows, a.micro_batch_size):
