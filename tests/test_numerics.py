@@ -72,3 +72,81 @@ def test_unclipped_gradient_does_not_depend_on_the_micro_batch_size(tiny_policy,
         rel = ((grads[micro] - grads[8]).norm() / grads[8].norm()).item()
         assert rel < 2e-6, (algo, micro, rel)
         assert torch.allclose(grads[micro], grads[8], rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("junk", [-100.0, float("-inf")])
+def test_padding_never_turns_a_loss_or_its_gradient_into_nan(algo, junk):
+    """Reference and old log-probs are padded with 0 while the policy's log-prob of a pad target can be
+    -100 (SmolLM2 at temperature 0.2) or -inf: exp(0 - (-100)) overflows, and inf * 0 = NaN."""
+    cfg = compose([f"algo={algo}"])
+    loss_fn = LOSSES[cfg.algo.name]
+    opts = loss_options(loss_fn, cfg.algo)
+    torch.manual_seed(0)
+    real = -torch.rand(4, 3) * 2
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.float32)
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    extra = lambda: {"ref_logprobs": torch.full((4, 3), -0.5) * mask} if cfg.algo.kl_beta else {}  # noqa: E731
+    clean = real.clone().requires_grad_(True)
+    want, _ = loss_fn(clean, real * mask - 0.1 * mask, mask, rewards, 2, **opts, **extra())
+    want.backward()
+    padded = torch.where(mask > 0, real, torch.full_like(real, junk)).requires_grad_(True)
+    got, metrics = loss_fn(padded, real * mask - 0.1 * mask, mask, rewards, 2, **opts, **extra())
+    got.backward()
+    assert torch.isfinite(got) and torch.isfinite(padded.grad).all()
+    assert got.item() == pytest.approx(want.item(), rel=1e-6, abs=1e-8)
+    assert torch.allclose(padded.grad, clean.grad * mask, atol=1e-8)
+    assert all(v == v for v in metrics.values())  # no NaN metric either
+
+
+def test_a_non_finite_step_is_skipped_and_leaves_weights_and_optimizer_alone(tiny_policy):
+    """A broken engine hands NaN log-probs: the loss is NaN, the step is skipped (no weight, optimizer or
+    schedule change) and counted; the next finite step goes through."""
+    model, tok = tiny_policy
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = compose(TINY + ["algo.group_size=2", "algo.prompts_per_step=2", "algo.steps_per_generation=1"])
+    ro = rollouts(cfg, model, tok)
+    good = recompute_logprobs(model, ro, tok.pad_token_id, 8, 1.0, "cpu")
+    broken = [[float("nan")] * len(r) for r in good]
+    loss_fn = LOSSES["rapid"]
+    opts = loss_options(loss_fn, cfg.algo)
+    opt, sched = build_optimizer(cfg.optimizer, model, 4)
+    try:
+        out = update_minibatch(model, opt, sched, ro, broken, ro.group_slice(0, 2), cfg, loss_fn, opts, tok.pad_token_id, "cpu")
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, state[k]), k
+        assert out["skipped"] == 1 and out["loss"] != out["loss"]
+        assert not opt.state and sched.last_epoch == 0
+        out = update_minibatch(model, opt, sched, ro, shifted(good, 0.1), ro.group_slice(0, 2), cfg, loss_fn, opts,
+                               tok.pad_token_id, "cpu")
+        assert out["skipped"] == 0 and sched.last_epoch == 1
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+        assert any(not torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    finally:
+        model.load_state_dict(state)
+
+
+def test_skipped_steps_in_a_row_stop_the_run_naming_the_round():
+    from rapid_cli.config import RapidError
+    from rapid_cli.trainer import SkipGuard
+
+    guard = SkipGuard(limit=3)
+    guard.check([{"skipped": 1.0}, {"skipped": 0.0}, {"skipped": 1.0}], rnd=1)  # a good step resets the count
+    guard.check([{"skipped": 1.0}], rnd=2)
+    with pytest.raises(RapidError, match=r"^round 3: 3 optimizer steps in a row .*optimizer.max_skipped_steps"):
+        guard.check([{"skipped": 1.0}, {"skipped": 0.0}], rnd=3)
+
+
+def test_a_run_whose_steps_keep_failing_stops_before_saving_anything(tmp_path):
+    """A learning rate of 1e30 turns the weights into +-1e30 on the first step that has a gradient; every
+    later step's loss is NaN. The run stops with one line naming the round, before the round's checkpoint
+    or metrics row is written, so nothing from the dead model reaches the disk."""
+    from rapid_cli.config import RapidError
+    from rapid_cli.trainer import train
+
+    cfg = compose(TINY + ["algo.steps_per_generation=4", "train.rounds=2", "train.save_every=1", "eval.at_start=false",
+                          "optimizer.lr=1e30", "optimizer.max_skipped_steps=2"])
+    with pytest.raises(RapidError, match=r"^round 1: 2 optimizer steps in a row .*non-finite"):
+        train(cfg, tmp_path)
+    assert not list((tmp_path / "checkpoints").glob("round-*"))
+    assert not (tmp_path / "metrics.jsonl").exists() or "\"round\": 1" not in (tmp_path / "metrics.jsonl").read_text()

@@ -87,6 +87,7 @@ class OptimizerConfig:
     max_grad_norm: float | None = 1.0  # gradient clipping; null disables it
     warmup_steps: int = 0  # linear warm-up in optimizer steps
     schedule: str = "constant"  # constant | cosine (decay over all optimizer steps of the run)
+    max_skipped_steps: int = 3  # steps with a non-finite loss/gradient are skipped; this many in a row stop the run
 
 
 @dataclass
@@ -243,6 +244,8 @@ def validate(cfg) -> None:
         raise RapidError("train.save_every and train.keep_checkpoints must be >= 0")
     if cfg.optimizer.lr <= 0:
         raise RapidError(f"optimizer.lr={cfg.optimizer.lr} must be > 0")
+    if cfg.optimizer.max_skipped_steps < 1:
+        raise RapidError(f"optimizer.max_skipped_steps={cfg.optimizer.max_skipped_steps} must be at least 1")
     if len(cfg.optimizer.betas) != 2:
         raise RapidError("optimizer.betas takes two numbers, e.g. optimizer.betas=[0.9,0.999]")
     e = cfg.eval

@@ -171,10 +171,32 @@ def update_minibatch(model, optimizer, scheduler, ro: Rollouts, old: list[list[f
             sums[k] = max(sums.get(k, v), v) if k.endswith("_max") else sums.get(k, 0.0) + v * share
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optimizer.max_grad_norm or float("inf"))
     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
-    optimizer.step()
-    scheduler.step()
     sums["grad_norm"] = grad_norm.item()
+    # One NaN in the gradient would reach every weight through AdamW: such a step is skipped on every rank.
+    bad = not (math.isfinite(sums["loss"]) and math.isfinite(sums["grad_norm"]))
+    sums["skipped"] = distributed.mean_metrics(d or distributed.Dist(), {"skipped_max": float(bad)})["skipped_max"]
+    if sums["skipped"]:
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        optimizer.step()
+        scheduler.step()
     return sums
+
+
+class SkipGuard:
+    """Counts skipped (non-finite) optimizer steps in a row across rounds and stops the run after `limit`:
+    the weights are still the last good ones, so is the checkpoint on disk (written only after a round)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.streak = limit, 0
+
+    def check(self, steps: list[dict], rnd: int) -> None:
+        for step in steps:
+            self.streak = self.streak + 1 if step["skipped"] else 0
+            if self.streak >= self.limit:
+                raise RapidError(f"round {rnd}: {self.streak} optimizer steps in a row had a non-finite loss or gradient "
+                                 "norm and were skipped (weights and checkpoints kept from before them); lower optimizer.lr, "
+                                 "keep model.dtype=float32, or raise optimizer.max_skipped_steps")
 
 
 def completion_mask(completions: list[list[int]]) -> torch.Tensor:
@@ -267,6 +289,7 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
     amp = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
     optimizer, scheduler = build_optimizer(cfg.optimizer, policy, total_steps=cfg.train.rounds * a.steps_per_generation)
     stream = PromptStream(task.train, cfg.seed)
+    skips = SkipGuard(cfg.optimizer.max_skipped_steps)
     behaviour = BehaviourLogprobs(a, d, trusted=state.get("sampler_logprobs_trusted", False))
     to_ids = lambda p: task.prompt_ids(p, tokenizer, cfg.model.chat_template)  # noqa: E731
     eval_problems = task.test[: cfg.eval.limit] if cfg.eval.limit else task.test
@@ -332,6 +355,7 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
                                      pad_id, device, ref, d)
                     for i in range(a.steps_per_generation)
                 ]
+            skips.check(steps, rnd)
             with timer("sync"):
                 sampler.sync_weights(policy)
             eval_metrics = {}
@@ -378,6 +402,7 @@ def round_metrics(ro: Rollouts, steps: list[dict], timer: PhaseTimer) -> dict:
         "reward/groups_all_equal_frac": sum(len(set(g)) == 1 for g in groups) / len(groups),
         "train/loss": step["loss"],
         "train/grad_norm": step["grad_norm"],
+        "train/skipped_steps": sum(st["skipped"] for st in steps),
         "train/adv_abs_mean": step["adv_abs_mean"],
         "train/ppo_clip_frac": step["ppo_clip_frac"],
         "train/completion_len": gens.num_tokens / len(gens),

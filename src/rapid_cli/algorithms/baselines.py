@@ -41,9 +41,13 @@ def clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, eps: float, eps_hi
     return -torch.minimum(surrogate, clipped), (clipped < surrogate)
 
 
-def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """Schulman's k3 estimator of KL(pi_theta || pi_ref) per token: exp(d) - d - 1, d = ref - logp (>= 0)."""
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(pi_theta || pi_ref) per token: exp(d) - d - 1, d = ref - logp (>= 0);
+    0 where `mask` is 0. The mask goes in before exp(): at padding the reference log-prob is a 0 placeholder
+    while the policy's log-prob of the pad target can be below -88, where exp overflows and inf * 0 is NaN."""
     d = ref_logprobs - logprobs
+    if mask is not None:
+        d = torch.where(mask > 0, d, torch.zeros_like(d))
     return d.exp() - d - 1
 
 
@@ -58,14 +62,14 @@ def _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, *, scale
     informative = informative_rows(r, group_size)  # [B]
     keep = informative if drop_equal_groups else None
     adv = group_advantages(r, group_size, scale)
-    log_ratio = (logprobs - old_logprobs) * mask
+    log_ratio = torch.where(mask > 0, logprobs - old_logprobs, torch.zeros_like(logprobs))  # inf * 0 would be NaN
     ratio = log_ratio.exp()
     token_loss, cut = clipped_objective(ratio, adv, eps, eps_high)
     kl = None
     if kl_beta:
         if ref_logprobs is None:
             raise ValueError("kl_beta > 0 needs ref_logprobs from the reference model")
-        kl = kl_k3(logprobs, ref_logprobs)
+        kl = kl_k3(logprobs, ref_logprobs, mask)
         token_loss = token_loss + kl_beta * kl
     loss = aggregate_loss(token_loss, mask, aggregate, denominator, keep, norm_len)
     if keep is not None:

@@ -42,7 +42,8 @@ def rapid_loss(
     if B % group_size:
         raise ValueError(f"batch of {B} rows is not a whole number of groups of {group_size}")
     mask = mask.to(logprobs.dtype)
-    log_ratio = (logprobs - old_logprobs) * mask  # [B, T], 0 on padding
+    # where(), not a product: padding may hold -inf or junk, and inf * 0 is NaN (forward and backward)
+    log_ratio = torch.where(mask > 0, logprobs - old_logprobs, torch.zeros_like(logprobs))  # [B, T], 0 on padding
     seq_log_w = log_ratio.detach().sum(-1).clamp(max=_MAX_LOG_W)  # [B]
     w = seq_log_w.exp()  # [B]
     w_used = w.clamp(max=iw_clip) if iw_clip is not None else w  # [B]
