@@ -150,3 +150,63 @@ def test_a_run_whose_steps_keep_failing_stops_before_saving_anything(tmp_path):
         train(cfg, tmp_path)
     assert not list((tmp_path / "checkpoints").glob("round-*"))
     assert not (tmp_path / "metrics.jsonl").exists() or "\"round\": 1" not in (tmp_path / "metrics.jsonl").read_text()
+
+
+def test_ess_is_that_of_the_whole_mini_batch(tiny_policy):
+    """iw/ess is (sum w)^2 / sum w^2 over every row of the mini-batch, whatever the micro-batch size."""
+    import math
+
+    model, tok = tiny_policy
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = compose(TINY + ["algo.group_size=2", "algo.prompts_per_step=4", "algo.steps_per_generation=1"])
+    ro = rollouts(cfg, model, tok)
+    now = recompute_logprobs(model, ro, tok.pad_token_id, 8, 1.0, "cpu")
+    old = shifted(now, 0.4)
+    w = [math.exp(sum(a - b for a, b in zip(rn, ro_, strict=True))) for rn, ro_ in zip(now, old, strict=True)]
+    want = sum(w) ** 2 / sum(x * x for x in w)
+    loss_fn = LOSSES["rapid"]
+    try:
+        for micro in (2, 8):
+            model.load_state_dict(state)
+            cfg.algo.micro_batch_size = micro
+            opt, sched = build_optimizer(cfg.optimizer, model, 1)
+            out = update_minibatch(model, opt, sched, ro, old, ro.group_slice(0, 4), cfg, loss_fn,
+                                   loss_options(loss_fn, cfg.algo), tok.pad_token_id, "cpu")
+            assert out["ess"] == pytest.approx(want, rel=1e-4), micro
+    finally:
+        model.load_state_dict(state)
+    assert want < 7.5  # the weights are uneven enough for the per-micro-batch mean to differ
+
+
+def test_staleness_stays_finite_when_a_weight_underflows():
+    from rapid_cli.algorithms.losses import rapid_loss
+
+    old = torch.tensor([[0.0, 0.0], [50.0, 60.0]])  # row 1: log w = -110, w = exp(-110) underflows to 0 in float32
+    lp = torch.zeros(2, 2)
+    _, m = rapid_loss(lp, old, torch.ones(2, 2), torch.tensor([1.0, 0.0]), group_size=2)
+    assert m["staleness"] == pytest.approx(110 / 2)  # mean |log w~| of [0, -110]
+
+
+def test_logged_learning_rate_is_the_one_the_last_step_used(tmp_path):
+    """Cosine over 2 steps: step 0 uses lr, step 1 uses lr/2, and after it the scheduler points at 0."""
+    from rapid_cli.trainer import train
+
+    cfg = compose(TINY + ["train.rounds=1", "optimizer.schedule=cosine", "optimizer.lr=1e-4", "eval.at_start=false",
+                          "train.save_every=0"])
+    out = train(cfg, tmp_path)
+    assert out["train/lr"] == pytest.approx(0.5e-4)
+
+
+@pytest.mark.parametrize("algo", ["grpo", "pg", "dapo", "dr_grpo"])
+def test_baselines_honour_eps_null_as_no_clip(algo):
+    """algo.eps=null is the unclipped objective for the baselines too (it used to become 0.2)."""
+    cfg = compose([f"algo={algo}", "algo.eps=null", "algo.eps_high=null"])
+    loss_fn = LOSSES[cfg.algo.name]
+    opts = loss_options(loss_fn, cfg.algo)
+    if "kl_beta" in opts:
+        opts["kl_beta"] = 0.0  # the clip alone is under test
+    lp = torch.full((2, 1), 0.5, requires_grad=True)  # ratio e^0.5 = 1.65, far outside a 0.2 clip
+    loss, metrics = loss_fn(lp, torch.zeros(2, 1), torch.ones(2, 1), torch.tensor([1.0, 0.0]), 2, **opts)
+    loss.backward()
+    assert lp.grad[0, 0] < 0 and lp.grad[1, 0] > 0  # both still pushed by their advantages
+    assert metrics["ppo_clip_frac"] == 0

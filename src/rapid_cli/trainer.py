@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 
 from rapid_cli import checkpoint, distributed
 from rapid_cli.algorithms import LOSSES, loss_denominator, loss_options, needs_reference
+from rapid_cli.algorithms.aggregate import effective_sample_size
 from rapid_cli.config import OldLogprobs, RapidError, validate, validate_data
 from rapid_cli.console import console
 from rapid_cli.evaluate import eval_params, evaluate
@@ -155,7 +156,7 @@ def update_minibatch(model, optimizer, scheduler, ro: Rollouts, old: list[list[f
     local = loss_denominator(loss_fn, completion_mask(comp), rewards, a.group_size, opts)
     denominator = distributed.mean_metrics(d or distributed.Dist(), {"denominator": local})["denominator"] or 1.0  # 0: nothing kept, loss 0
     optimizer.zero_grad(set_to_none=True)
-    sums: dict[str, float] = {"loss": 0.0}
+    sums: dict[str, float] = {}
     for mb in _micro_batches(rows, a.micro_batch_size):
         batch = pack(ro.row_prompts(mb), ro.generations.completion_ids[mb], pad_id, device)
         C = batch.completion_ids.shape[1]
@@ -165,10 +166,17 @@ def update_minibatch(model, optimizer, scheduler, ro: Rollouts, old: list[list[f
         loss, metrics = loss_fn(logprobs, old_lp, batch.completion_mask, rewards[mb.start - rows.start : mb.stop - rows.start].to(device),
                                 a.group_size, **opts, **extra, denominator=denominator)
         loss.backward()
-        sums["loss"] += loss.item()  # the parts add up to the mini-batch's loss
+        metrics["loss"] = loss.item()  # the parts add up to the mini-batch's loss
         share = (mb.stop - mb.start) / B  # other metrics: means over rows
         for k, v in metrics.items():
-            sums[k] = max(sums.get(k, v), v) if k.endswith("_max") else sums.get(k, 0.0) + v * share
+            if k.endswith("_max"):
+                sums[k] = max(sums.get(k, v), v)
+            else:
+                sums[k] = sums.get(k, 0.0) + (v if k == "loss" or k.endswith("_sum") else v * share)
+    if "iw_sum" in sums:  # over the whole mini-batch, every rank's rows included, not a mean of micro-batch ESSs
+        total = distributed.mean_metrics(d or distributed.Dist(), {"iw_sum": sums["iw_sum"], "iw_sq_sum": sums["iw_sq_sum"]})
+        sums["ess"] = effective_sample_size(total["iw_sum"], total["iw_sq_sum"]) * (d.world if d else 1)
+    sums["lr"] = optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler moves on after it)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optimizer.max_grad_norm or float("inf"))
     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
     sums["grad_norm"] = grad_norm.item()
@@ -367,7 +375,7 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
                                                  "perf/tokens": gens.num_tokens})  # whole-batch view
             totals["perf/samples"] += round(local.pop("perf/n") * d.world)
             totals["perf/gen_tokens"] += round(local.pop("perf/tokens") * d.world)
-            metrics = {**local, **eval_metrics, **totals, "train/lr": scheduler.get_last_lr()[0], "time/elapsed": timer.elapsed}
+            metrics = {**local, **eval_metrics, **totals, "time/elapsed": timer.elapsed}
             log.log(metrics, step=rnd)
             log.round_done(metrics, rnd)
             G = a.group_size
@@ -403,6 +411,7 @@ def round_metrics(ro: Rollouts, steps: list[dict], timer: PhaseTimer) -> dict:
         "train/loss": step["loss"],
         "train/grad_norm": step["grad_norm"],
         "train/skipped_steps": sum(st["skipped"] for st in steps),
+        "train/lr": steps[-1]["lr"],  # the rate of the round's last step
         "train/adv_abs_mean": step["adv_abs_mean"],
         "train/ppo_clip_frac": step["ppo_clip_frac"],
         "train/completion_len": gens.num_tokens / len(gens),

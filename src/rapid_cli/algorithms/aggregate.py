@@ -80,3 +80,20 @@ def aggregate(token_loss: torch.Tensor, mask: torch.Tensor, how: str, denominato
     if denominator is None:
         denominator = row_weights(how, mask, keep, norm_len).sum().clamp(min=1)
     return rows.sum() / denominator
+
+
+def weight_sums(w: torch.Tensor) -> dict[str, float]:
+    """Sequence weights [B] -> the sums their effective sample size is made of, which add up over
+    micro-batches and ranks, and the ESS of this batch alone (1..B)."""
+    w = w.double()  # w <= e^60: its square overflows float32
+    total, squares = w.sum().item(), (w**2).sum().item()
+    return {"iw_sum": total, "iw_sq_sum": squares, "ess": effective_sample_size(total, squares)}
+
+
+def effective_sample_size(total: float, squares: float) -> float:
+    """(sum w)^2 / sum w^2 (Kish), from the summed weights and squared weights.
+
+    >>> effective_sample_size(4.0, 4.0), effective_sample_size(1.0, 1.0)
+    (4.0, 1.0)
+    """
+    return total**2 / squares if squares > 0 else 0.0

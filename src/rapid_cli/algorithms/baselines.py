@@ -15,10 +15,12 @@ They are on-policy methods: their presets take one optimizer step per generation
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from rapid_cli.algorithms.aggregate import aggregate as aggregate_loss
-from rapid_cli.algorithms.aggregate import aggregated, informative_rows
+from rapid_cli.algorithms.aggregate import aggregated, informative_rows, weight_sums
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool) -> torch.Tensor:
@@ -34,10 +36,12 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool) -> tor
     return adv.view(-1)
 
 
-def clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, eps: float, eps_high: float | None):
-    """-min(rho A, clip(rho, 1-eps, 1+eps_high) A) per token, and which tokens the clip cut off."""
+def clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, eps: float | None, eps_high: float | None):
+    """-min(rho A, clip(rho, 1-eps, 1+eps_high) A) per token, and which tokens the clip cut off.
+    eps=None: no lower clip; eps_high=None: the upper clip is eps too (none when eps is None as well)."""
     surrogate = ratio * adv[:, None]
-    clipped = ratio.clamp(1 - eps, 1 + (eps_high if eps_high is not None else eps)) * adv[:, None]
+    upper = eps_high if eps_high is not None else eps
+    clipped = ratio.clamp(-math.inf if eps is None else 1 - eps, math.inf if upper is None else 1 + upper) * adv[:, None]
     return -torch.minimum(surrogate, clipped), (clipped < surrogate)
 
 
@@ -78,7 +82,7 @@ def _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, *, scale
         n_tok = mask.sum().clamp(min=1)
         w = log_ratio.detach().sum(-1).clamp(max=60).exp()
         metrics = {
-            "iw_mean": w.mean().item(), "iw_max": w.max().item(), "ess": (w.sum() ** 2 / (w**2).sum()).item(),
+            "iw_mean": w.mean().item(), "iw_max": w.max().item(), **weight_sums(w),
             "ppo_clip_frac": ((cut.to(mask.dtype) * mask).sum() / n_tok).item(),
             "adv_mean": adv.mean().item(), "adv_abs_mean": adv.abs().mean().item(),
             "log_ratio_abs_mean": ((log_ratio.detach().abs() * mask).sum() / n_tok).item(),
@@ -94,7 +98,7 @@ def grpo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | No
               ref_logprobs=None, denominator: float | None = None):
     """GRPO: z-scored group advantages, PPO clip, k3 KL to the reference (beta), per-sequence token mean.
     With kl_beta = 0 this is the paper's PG baseline."""
-    return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=True, eps=eps or 0.2, eps_high=None,
+    return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=True, eps=eps, eps_high=None,
                             aggregate=grpo_loss.aggregation, kl_beta=kl_beta, ref_logprobs=ref_logprobs, drop_equal_groups=False,
                             denominator=denominator)
 
@@ -103,7 +107,7 @@ def grpo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | No
 def dapo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | None = 0.2, eps_high: float | None = 0.28,
               drop_equal_groups: bool = True, denominator: float | None = None):
     """DAPO: one token-level mean over the batch, clip-higher (eps_high), groups with equal rewards dropped, no KL."""
-    return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=True, eps=eps or 0.2,
+    return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=True, eps=eps,
                             eps_high=eps_high, aggregate=dapo_loss.aggregation, kl_beta=0.0, ref_logprobs=None,
                             drop_equal_groups=drop_equal_groups, denominator=denominator)
 
@@ -113,7 +117,7 @@ def dr_grpo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float |
                  denominator: float | None = None):
     """Dr. GRPO: group-centred advantages without std scaling, token sum over a constant length (norm_len,
     the generation budget), so neither long nor short answers are favoured by the normalisation."""
-    return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=False, eps=eps or 0.2, eps_high=None,
+    return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=False, eps=eps, eps_high=None,
                             aggregate=dr_grpo_loss.aggregation, kl_beta=0.0, ref_logprobs=None,
                             drop_equal_groups=False, norm_len=norm_len, denominator=denominator)
 

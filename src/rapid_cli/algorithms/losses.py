@@ -6,9 +6,11 @@ rewards: [B]; rows are grouped, B = n_groups * group_size, group g = rows g*G ..
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from rapid_cli.algorithms.aggregate import aggregate, aggregated
+from rapid_cli.algorithms.aggregate import aggregate, aggregated, weight_sums
 
 # exp() of a sequence log-ratio overflows float32 past ~88; weights are clipped long before that.
 _MAX_LOG_W = 60.0
@@ -68,8 +70,9 @@ def rapid_loss(
             "iw_max": w.max().item(),
             "iw_clipped_mean": w_used.mean().item(),
             "iw_clip_frac": (w > iw_clip).float().mean().item() if iw_clip is not None else 0.0,
-            "ess": (w.sum() ** 2 / (w**2).sum()).item(),  # effective sample size, 1..B
-            "staleness": w_used.log().abs().mean().item(),  # mean |log w~|
+            **weight_sums(w),
+            # mean |log w~| from the log-weights: log() of a weight that underflowed to 0 would be -inf
+            "staleness": (seq_log_w.clamp(max=math.log(iw_clip)) if iw_clip is not None else seq_log_w).abs().mean().item(),
             "ppo_clip_frac": ((ppo_clipped * mask).sum() / n_tok).item(),
             "adv_mean": adv.mean().item(),
             "adv_abs_mean": adv.abs().mean().item(),
