@@ -210,3 +210,25 @@ def test_baselines_honour_eps_null_as_no_clip(algo):
     loss.backward()
     assert lp.grad[0, 0] < 0 and lp.grad[1, 0] > 0  # both still pushed by their advantages
     assert metrics["ppo_clip_frac"] == 0
+
+
+def test_a_model_with_dropout_trains_without_it(tmp_path):
+    """A checkpoint saved with dropout > 0: the loaded policy gives the same log-probs in train mode (the
+    update) as in eval mode (the sampler and the pi_old recompute), so the first step's weights are 1."""
+    from rapid_cli.policy import completion_logprobs, load_policy, pack
+
+    cfg = compose(TINY)
+    model, tok, _ = load_policy(cfg.model, torch.device("cpu"))
+    model.config.attention_dropout = 0.5
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    cfg.model.path = str(tmp_path)
+    model, tok, _ = load_policy(cfg.model, torch.device("cpu"))
+    batch = pack([[5, 6, 7, 8]] * 2, [[9, 10, 11, 12, 13]] * 2, tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        model.eval()
+        evaluated = completion_logprobs(model, batch, 1.0)
+        model.train()
+        trained = [completion_logprobs(model, batch, 1.0) for _ in range(3)]
+    for lp in trained:
+        assert torch.equal(lp, evaluated)
