@@ -232,3 +232,27 @@ def test_a_model_with_dropout_trains_without_it(tmp_path):
         trained = [completion_logprobs(model, batch, 1.0) for _ in range(3)]
     for lp in trained:
         assert torch.equal(lp, evaluated)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_training_low_precision_weights_is_refused_in_one_line(tmp_path, dtype):
+    """AdamW on bf16 weights at lr 1e-6 rounds most updates away: `rapid train` refuses it and names the fix."""
+    from rapid_cli.config import RapidError
+    from rapid_cli.trainer import train
+
+    with pytest.raises(RapidError, match=rf"^model.dtype={dtype} .*train.mixed_precision=bf16") as err:
+        train(compose(TINY + [f"model.dtype={dtype}", "train.rounds=1"]), tmp_path)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_precision_defaults_resolve_to_fp32_masters_with_bf16_compute_on_cuda():
+    from rapid_cli.config import resolve_precision
+
+    cfg = compose(TINY)
+    assert (cfg.train.mixed_precision, cfg.sampler.dtype) == ("auto", "auto")
+    assert resolve_precision(cfg, cuda=True) == ("bf16", "bfloat16")
+    assert resolve_precision(cfg, cuda=False) == ("none", "float32")
+    explicit = compose(TINY + ["train.mixed_precision=none", "sampler.dtype=float32"])
+    assert resolve_precision(explicit, cuda=True) == ("none", "float32")
+    assert resolve_precision(compose(TINY + ["train.mixed_precision=bf16"]), cuda=False) == ("bf16", "float32")

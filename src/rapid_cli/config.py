@@ -29,7 +29,7 @@ class OldLogprobs(str, Enum):
 class ModelConfig:
     name: str = MISSING  # preset name, used in run names
     path: str = MISSING  # hub id, local HF directory, a .gguf file, `pkg:<module>/<file>.gguf`, or `tiny`
-    dtype: str = "float32"  # float32 | bfloat16 | float16 (training dtype)
+    dtype: str = "float32"  # float32 | bfloat16 | float16: weights as loaded; `rapid train` needs float32 (mixed precision: train.mixed_precision)
     chat_template: bool = True  # wrap prompts in the tokenizer's chat template when it has one
     gradient_checkpointing: bool = False  # trade compute for activation memory
     trust_remote_code: bool = False
@@ -74,7 +74,7 @@ class SamplerConfig:
     kv_cache_gb: float | None = None  # fixed KV-cache size instead of gpu_memory_utilization
     enforce_eager: bool = True  # skip CUDA-graph capture / compilation (faster start, small models)
     max_model_len: int | None = 2048  # prompt + completion tokens per sequence; null: the model's maximum
-    dtype: str = "auto"  # auto: model.dtype
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, else model.dtype
     sleep_between_rounds: bool = False  # free the KV cache during the update (GPU), wake before sync
 
 
@@ -116,7 +116,9 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept in <run dir>/checkpoints (0: all)
     resume: str | None = None  # auto (newest intact checkpoint of this run) | a checkpoint or run directory
     parallel: str = "none"  # none | ddp | fsdp: data parallel over the processes torchrun starts
-    mixed_precision: str = "none"  # none | bf16: autocast (ddp/none) or FSDP2 bf16 params with fp32 reduction
+    # auto (bf16 on CUDA, none on CPU) | none | bf16: fp32 master weights with bf16 autocast (ddp/none) or FSDP2 bf16
+    # compute with fp32 reduction
+    mixed_precision: str = "auto"
     dist_timeout_s: int = 600  # a collective waiting longer than this (a rank died) ends the job
 
 
@@ -189,7 +191,7 @@ _CHOICES = {
     "sampler.dtype": ("auto", "float32", "bfloat16", "float16"),
     "reward.sandbox": ("bwrap", "none"),
     "train.parallel": ("none", "ddp", "fsdp"),
-    "train.mixed_precision": ("none", "bf16"),
+    "train.mixed_precision": ("auto", "none", "bf16"),
 }
 
 
@@ -266,6 +268,27 @@ def validate(cfg) -> None:
         raise RapidError("reward.timeout_s and reward.math_timeout_s must be > 0")
     if cfg.task.digits < 1:
         raise RapidError("task.digits must be at least 1")
+
+
+def validate_training(cfg) -> None:
+    """Checks that only `rapid train` needs (`rapid eval` may load any dtype)."""
+    if cfg.model.dtype != "float32":
+        # AdamW on bf16/fp16 weights rounds most small updates away (at lr 1e-6 about 2% of the weights
+        # change per step, against all of them in fp32): keep fp32 master weights and compute in bf16.
+        raise RapidError(f"model.dtype={cfg.model.dtype} would train {cfg.model.dtype} weights, whose small updates round "
+                         "away; keep model.dtype=float32 and use train.mixed_precision=bf16 (the default on CUDA) for speed")
+
+
+def resolve_precision(cfg, cuda: bool) -> tuple[str, str]:
+    """(train.mixed_precision, vLLM engine dtype) with `auto` resolved. On CUDA: fp32 master weights, bf16
+    autocast and a bf16 engine (fast, and the weights still take every small update); on CPU fp32 throughout."""
+    mixed = cfg.train.mixed_precision
+    engine = cfg.sampler.dtype
+    if mixed == "auto":
+        mixed = "bf16" if cuda else "none"
+    if engine == "auto":
+        engine = "bfloat16" if cuda else cfg.model.dtype
+    return mixed, engine
 
 
 def validate_data(cfg, n_train: int) -> None:

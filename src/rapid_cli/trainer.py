@@ -26,7 +26,14 @@ from omegaconf import OmegaConf
 from rapid_cli import checkpoint, distributed
 from rapid_cli.algorithms import LOSSES, loss_denominator, loss_options, needs_reference
 from rapid_cli.algorithms.aggregate import effective_sample_size
-from rapid_cli.config import OldLogprobs, RapidError, validate, validate_data
+from rapid_cli.config import (
+    OldLogprobs,
+    RapidError,
+    resolve_precision,
+    validate,
+    validate_data,
+    validate_training,
+)
 from rapid_cli.console import console
 from rapid_cli.evaluate import eval_params, evaluate
 from rapid_cli.logger import NullLogger, RunLogger
@@ -271,6 +278,7 @@ def resume_point(cfg, run_dir: Path) -> tuple[Path | None, dict]:
 def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
     """Runs cfg.train.rounds RAPID rounds; returns the last logged metrics plus the final eval."""
     validate(cfg)
+    validate_training(cfg)
     d = distributed.setup(cfg)
     run_dir = Path(distributed.broadcast(d, str(run_dir)))  # other ranks' Hydra dirs are throwaway
     console.quiet = console.quiet or not d.main
@@ -292,8 +300,9 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
     loss_fn = LOSSES[a.name]
     opts = loss_options(loss_fn, a)
     reference = copy.deepcopy(model).eval().requires_grad_(False) if needs_reference(loss_fn, a) else None
-    policy = distributed.wrap(d, model, cfg.train.mixed_precision)  # what forward/backward go through
-    bf16 = cfg.train.mixed_precision == "bf16" and d.parallel != "fsdp"  # FSDP2 casts in its own policy
+    precision, _ = resolve_precision(cfg, device.type == "cuda")
+    policy = distributed.wrap(d, model, precision)  # what forward/backward go through
+    bf16 = precision == "bf16" and d.parallel != "fsdp"  # FSDP2 casts in its own policy
     amp = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
     optimizer, scheduler = build_optimizer(cfg.optimizer, policy, total_steps=cfg.train.rounds * a.steps_per_generation)
     stream = PromptStream(task.train, cfg.seed)

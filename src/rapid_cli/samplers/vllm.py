@@ -57,7 +57,7 @@ def _max_len(model_path: str, wanted: int | None) -> int | None:
 
 
 class VLLMSampler:
-    def __init__(self, sampler_cfg, model_path: str, model_dtype: str, seed: int, trust_remote_code: bool = False):
+    def __init__(self, sampler_cfg, model_path: str, dtype: str, seed: int, trust_remote_code: bool = False):
         vllm, self._TokensPrompt = _import_vllm()
         self._vllm = vllm
         self.cfg = sampler_cfg
@@ -80,7 +80,7 @@ class VLLMSampler:
         try:
             self.llm = vllm.LLM(
                 model=model_path,
-                dtype=sampler_cfg.dtype if sampler_cfg.dtype != "auto" else model_dtype,
+                dtype=dtype,
                 enforce_eager=sampler_cfg.enforce_eager,
                 max_model_len=_max_len(model_path, sampler_cfg.max_model_len),
                 logprobs_mode="processed_logprobs",
