@@ -256,3 +256,12 @@ def test_precision_defaults_resolve_to_fp32_masters_with_bf16_compute_on_cuda():
     explicit = compose(TINY + ["train.mixed_precision=none", "sampler.dtype=float32"])
     assert resolve_precision(explicit, cuda=True) == ("none", "float32")
     assert resolve_precision(compose(TINY + ["train.mixed_precision=bf16"]), cuda=False) == ("bf16", "float32")
+
+
+def test_vllm_sampler_logprobs_at_top_p_below_one_are_refused_in_one_line():
+    from rapid_cli.config import RapidError, validate
+
+    with pytest.raises(RapidError, match=r"^algo.old_logprobs=sampler with sampler=vllm and sampler.top_p=0.9: "):
+        validate(compose(TINY + ["sampler=vllm", "sampler.top_p=0.9", "algo.old_logprobs=sampler"]))
+    validate(compose(TINY + ["sampler=vllm", "sampler.top_p=1.0", "algo.old_logprobs=sampler"]))
+    validate(compose(TINY + ["sampler=hf", "sampler.top_p=0.9", "algo.old_logprobs=sampler"]))  # HF's are untruncated

@@ -220,6 +220,13 @@ def validate(cfg) -> None:
         raise RapidError(f"algo.iw_clip={a.iw_clip} must be >= 1 (or null for no clipping)")
     if a.eps is not None and not 0 < a.eps < 1:
         raise RapidError(f"algo.eps={a.eps} must be in (0, 1) (or null for the unclipped loss)")
+    if a.old_logprobs == OldLogprobs.sampler and a.steps_per_generation > 1 and cfg.sampler.top_p < 1:
+        from rapid_cli.samplers import resolve_name
+
+        if resolve_name(cfg.sampler.name) == "vllm":
+            raise RapidError(f"algo.old_logprobs=sampler with sampler=vllm and sampler.top_p={cfg.sampler.top_p}: vLLM's "
+                             "log-probs are then renormalised over the top-p nucleus, not the untruncated log softmax(logits/T) "
+                             "the trainer's ratio uses; use algo.old_logprobs=recompute, sampler=hf, or sampler.top_p=1")
     if a.sampler_logprob_tol < 0:
         raise RapidError(f"algo.sampler_logprob_tol={a.sampler_logprob_tol} must be >= 0")
     from rapid_cli.algorithms import LOSSES

@@ -138,6 +138,8 @@ class BehaviourLogprobs:
         if self.mode == OldLogprobs.sampler or self.trusted:
             return sampled, {}
         rest = recompute_logprobs(policy, ro, pad_id, micro, temperature, device, start=self.first_rows)
+        if sampled is None:  # the sampler reports none that match the trainer's (vLLM with top_p < 1)
+            return [None] * self.first_rows + rest, {}
         gap = logprob_gap(rest, sampled[self.first_rows :])
         if self.mode == OldLogprobs.auto:
             worst = distributed.mean_metrics(self.d, {"gap/max": gap["iw/sampler_logprob_gap_max"]})["gap/max"]
