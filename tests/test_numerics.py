@@ -265,3 +265,68 @@ def test_vllm_sampler_logprobs_at_top_p_below_one_are_refused_in_one_line():
         validate(compose(TINY + ["sampler=vllm", "sampler.top_p=0.9", "algo.old_logprobs=sampler"]))
     validate(compose(TINY + ["sampler=vllm", "sampler.top_p=1.0", "algo.old_logprobs=sampler"]))
     validate(compose(TINY + ["sampler=hf", "sampler.top_p=0.9", "algo.old_logprobs=sampler"]))  # HF's are untruncated
+
+
+def _trust(run_dir, rnd: int) -> dict:
+    from rapid_cli.checkpoint import load_state
+
+    return load_state(run_dir / "checkpoints" / f"round-{rnd:06d}")["sampler_trust"]
+
+
+def test_auto_audits_every_round_trusts_only_after_a_sync_and_forgets_on_changed_settings(tmp_path):
+    """algo.old_logprobs=auto with the fp32 HF sampler (log-probs equal to the trainer's): round 1 is
+    audited but cannot earn trust (nothing synced yet), round 2 earns it, every round logs the audit; a
+    resume with the same settings keeps the trust, one with another top_p drops it."""
+    import json
+
+    from rapid_cli.trainer import train
+
+    AUDIT_KEY = "iw/sampler_seq_logw_gap_max"  # noqa: N806
+    base = TINY + ["train.save_every=1", "train.keep_checkpoints=0", "eval.at_start=false", "eval.limit=2"]
+    train(compose(base + ["train.rounds=3"]), tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows if AUDIT_KEY in r] == [1, 2, 3]
+    assert all(r[AUDIT_KEY] < 1e-4 and r["iw/sampler_logprob_gap_max"] < 1e-5 for r in rows if r["round"])
+    assert [_trust(tmp_path, r)["trusted"] for r in (1, 2, 3)] == [False, True, True]
+    same = tmp_path / "same"
+    changed = tmp_path / "changed"
+    for run_dir, extra in ((same, []), (changed, ["sampler.top_p=0.95"])):
+        __import__("shutil").copytree(tmp_path / "checkpoints", run_dir / "checkpoints")
+        train(compose(base + ["train.rounds=4", "train.resume=auto", *extra]), run_dir)
+    assert _trust(same, 4)["trusted"] is True
+    assert _trust(changed, 4) == {"trusted": False, "settings": {**_trust(tmp_path, 3)["settings"], "top_p": 0.95}}
+
+
+def test_the_audit_measures_the_error_in_log_w_and_decides_on_it(tiny_policy):
+    """A one-signed per-token bias of 9e-4 (which a per-token check at 1e-3 lets through) is a log w error
+    of 9e-4 x length: the audit reports it per sequence, and auto refuses, or revokes, trust on it."""
+    from rapid_cli.distributed import Dist
+    from rapid_cli.trainer import AUDIT_KEY, BehaviourLogprobs, audit_metrics
+
+    model, tok = tiny_policy
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = compose(TINY + ["algo.group_size=2", "algo.prompts_per_step=2", "algo.sampler_logw_tol=5e-3"])
+    ro = rollouts(cfg, model, tok)
+    now = recompute_logprobs(model, ro, tok.pad_token_id, 8, 1.0, "cpu")
+    biased = [[x - 9e-4 for x in r] for r in now]
+    loss_fn = LOSSES["rapid"]
+    opt, sched = build_optimizer(cfg.optimizer, model, 1)
+    try:
+        step = update_minibatch(model, opt, sched, ro, None, ro.group_slice(0, 2), cfg, loss_fn, loss_options(loss_fn, cfg.algo),
+                                tok.pad_token_id, "cpu", audit=biased)
+    finally:
+        model.load_state_dict(state)
+    audit = audit_metrics(step)
+    longest = max(len(c) for c in ro.generations.completion_ids[:4])
+    assert audit[AUDIT_KEY] == pytest.approx(9e-4 * longest, rel=1e-2)
+    assert audit["iw/sampler_logprob_gap_max"] == pytest.approx(9e-4, rel=1e-2)
+    behaviour = BehaviourLogprobs(cfg.algo, Dist(), {"sampler": "hf"})
+    for _ in range(3):  # after syncs too: the sequence-level gap 9e-4 x 8 > 5e-3 keeps it untrusted
+        behaviour.after_round(audit)
+        assert not behaviour.trusted
+    trusted = BehaviourLogprobs(cfg.algo, Dist(), {"sampler": "hf"}, {"trusted": True, "settings": {"sampler": "hf"}})
+    assert trusted.trusted
+    trusted.after_round(audit)
+    assert not trusted.trusted  # revoked
+    trusted.after_round({AUDIT_KEY: 1e-4})
+    assert trusted.trusted  # earned back (a sync has happened since)

@@ -22,7 +22,7 @@ class RapidError(Exception):
 class OldLogprobs(str, Enum):
     recompute = "recompute"  # trainer model recomputes log pi_old before the first update (authors)
     sampler = "sampler"  # take the sampler's per-token logprobs as they came out of generation
-    auto = "auto"  # recompute until a round shows the sampler's agree within algo.sampler_logprob_tol, then sampler
+    auto = "auto"  # recompute until the per-round audit shows the sampler's agree within algo.sampler_logw_tol, then sampler
 
 
 @dataclass
@@ -100,7 +100,7 @@ class AlgoConfig:
     iw_clip: float | None = 2.0  # c: importance weights are clipped at c before the baseline
     eps: float | None = 0.2  # PPO ratio clip; null = unclipped importance-weighted PG
     old_logprobs: OldLogprobs = OldLogprobs.auto  # with A=1 (on-policy) nothing is recomputed: ratio = 1
-    sampler_logprob_tol: float = 1e-3  # auto: largest per-token |sampler - trainer| log-prob gap trusted
+    sampler_logw_tol: float = 1e-2  # auto: largest |sum_t (sampler - trainer)| of a sequence (error in log w) trusted
     # Baselines (conf/algo/grpo|pg|dapo|dr_grpo.yaml); each loss takes only the options it names.
     kl_beta: float = 0.0  # grpo: weight of the k3 KL to the frozen initial policy (0.04); needs a reference copy
     eps_high: float | None = None  # dapo: upper PPO clip ("clip-higher", 0.28); null: eps
@@ -227,8 +227,8 @@ def validate(cfg) -> None:
             raise RapidError(f"algo.old_logprobs=sampler with sampler=vllm and sampler.top_p={cfg.sampler.top_p}: vLLM's "
                              "log-probs are then renormalised over the top-p nucleus, not the untruncated log softmax(logits/T) "
                              "the trainer's ratio uses; use algo.old_logprobs=recompute, sampler=hf, or sampler.top_p=1")
-    if a.sampler_logprob_tol < 0:
-        raise RapidError(f"algo.sampler_logprob_tol={a.sampler_logprob_tol} must be >= 0")
+    if a.sampler_logw_tol < 0:
+        raise RapidError(f"algo.sampler_logw_tol={a.sampler_logw_tol} must be >= 0")
     from rapid_cli.algorithms import LOSSES
 
     if a.name not in LOSSES:
