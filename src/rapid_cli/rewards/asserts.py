@@ -40,6 +40,11 @@ class Rule:
     observe: str = "value"
     wrap: str | None = None
 
+    @property
+    def exact(self) -> bool:
+        """Equal values pass (for mbpp: at least): a large value may be reported by its digest."""
+        return self.compare in ("eq", "mbpp") and self.wrap is None and self.observe == "value"
+
 
 def _is_call(node: ast.AST, name: str) -> bool:
     return (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == name

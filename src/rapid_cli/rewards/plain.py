@@ -17,8 +17,10 @@ only). Inside the jail it is untrusted like everything else there; outside, only
 from __future__ import annotations
 
 import json
+from hashlib import sha256
 
 _MAX_DEPTH = 64  # deeper than any test value; keeps decode from recursing without bound
+_SCALARS = {bool, int, float, str, type(None)}
 
 
 def encode(value, depth: int = 0):
@@ -27,10 +29,11 @@ def encode(value, depth: int = 0):
     kind = type(value)
     if value is None or kind in (bool, int, float, str):
         return value
-    if kind is list:
-        return ["l", [encode(v, depth + 1) for v in value]]
-    if kind is tuple:
-        return ["t", [encode(v, depth + 1) for v in value]]
+    if kind is list or kind is tuple:
+        tag = "l" if kind is list else "t"
+        if set(map(type, value)) <= _SCALARS:  # the common case, without a call per element
+            return [tag, list(value)]
+        return [tag, [encode(v, depth + 1) for v in value]]
     if kind in (set, frozenset):
         return ["s" if kind is set else "f", [encode(v, depth + 1) for v in value]]
     if kind is dict or (isinstance(value, dict) and kind.__module__ == "collections"):  # Counter, OrderedDict, ...
@@ -72,6 +75,55 @@ def decode(data, depth: int = 0):
     if tag == "f":
         return frozenset(items)
     raise ValueError(f"unknown plain-data tag {tag!r}")
+
+
+def canonical(data) -> str:
+    """One string for all encoded values that Python's == calls equal (1, 1.0 and True; a set and a
+    frozenset; dicts in any order), different strings otherwise; ValueError for NaN, which equals
+    nothing. Each form is self-delimiting, so concatenations cannot collide."""
+    kind = type(data)
+    if data is None:
+        return "N"
+    if kind is bool or kind is int:
+        return f"i{int(data)}"
+    if kind is float:
+        if data != data:
+            raise ValueError("NaN has no canonical form")
+        return f"i{int(data)}" if data.is_integer() else f"f{data!r}"
+    if kind is str:
+        return json.dumps(data)
+    tag, body = data
+    if tag in ("l", "t"):
+        if set(map(type, body)) <= {int, str}:  # the common case, without a call per element
+            return tag + "[" + ",".join(json.dumps(x) if type(x) is str else f"i{x}" for x in body) + "]"
+        return tag + "[" + ",".join(canonical(x) for x in body) + "]"
+    if tag in ("s", "f"):
+        return "s{" + ",".join(sorted(canonical(x) for x in body)) + "}"
+    if tag == "d":
+        return "d{" + ",".join(sorted(canonical(k) + ":" + canonical(v) for k, v in body)) + "}"
+    if tag == "c":
+        return canonical(body[0]) if body[1] == 0 else f"c({canonical(body[0])},{canonical(body[1])})"
+    return f"b{body}"
+
+
+def fingerprint(data) -> tuple[int, str]:
+    """(length, sha256) of canonical(data), without building the whole string of a long list or tuple."""
+    h, n = sha256(), 0
+    if type(data) is list and data[0] in ("l", "t"):
+        parts = (("," if i else "") + canonical(x) for i, x in enumerate(data[1]))
+        parts = ([data[0] + "["], parts, ["]"])
+    else:
+        parts = ([canonical(data)],)
+    for group in parts:
+        for text in group:
+            h.update(text.encode())
+            n += len(text)
+    return n, h.hexdigest()
+
+
+def digest(data) -> str:
+    """The sha256 of an encoded value's canonical form: a large value is compared by its digest."""
+    return fingerprint(data)[1]
 
 
 def dumps(value) -> str:

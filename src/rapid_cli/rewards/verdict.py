@@ -25,12 +25,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 from rapid_cli.rewards import plain
 from rapid_cli.rewards.asserts import RECORD, Rule
 
 MARK = "\x1erapid-values "  # starts the line that carries the results; the last such line counts
-VERSION = 1  # part of the cache key: bump when the recording or the comparison changes
+BIG = 1 << 16  # an exactly-compared value larger than this (as JSON) is reported by its digest
+VERSION = 3  # part of the cache key: bump when the recording or the comparison changes
 
 
 @dataclass(frozen=True)
@@ -52,12 +54,29 @@ class TestSource:
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+class Digest(str):
+    """A value (expected or reported) given by its digest (plain.digest) instead of in full."""
+
+
 @dataclass(frozen=True)
 class Check:
     rule: Rule
     args: tuple
     expected: object
     param: object = None
+
+    @cached_property
+    def digest(self) -> str | None:
+        return _digest(self.expected)
+
+
+def _digest(value) -> str | None:
+    if type(value) is Digest:
+        return str(value)
+    try:
+        return plain.digest(plain.encode(value))
+    except (ValueError, TypeError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -78,14 +97,23 @@ exec(PLAIN, _p)
 _fn = NS.get(ENTRY)
 _out = []
 _stdout, _sys.stdout = _sys.stdout, _sys.stderr  # the function's prints must not split the results line
-for _args, _observe in _p["decode"](_json.loads(CALLS)):
+for _args, _observe, _exact in _p["decode"](_json.loads(CALLS)):
     try:
         _v = _fn(*_args)
         if _observe == "truth":
             _v = bool(_v)
         elif _observe == "not_none":
             _v = _v if isinstance(_v, bool) else _v is not None
-        _out.append([1, _p["encode"](_v)])
+        _v = _p["encode"](_v)
+        if _exact:  # compared exactly: if it is large, its digest says as much in 64 characters
+            try:
+                _size, _digest = _p["fingerprint"](_v)
+                if _size > BIG:
+                    _out.append([2, _digest])
+                    continue
+            except ValueError:  # NaN
+                pass
+        _out.append([1, _v])
     except BaseException as _e:  # SystemExit included: exiting inside a call fails the call
         _out.append([0, type(_e).__name__ + ": " + str(_e)[:200]])
         break  # the first failing call decides; the rest would only cost time
@@ -105,13 +133,21 @@ exec(PLAIN, _rapid_p)
 
 
 def _rapid_rec(k, args, expected, param=None):
-    _rapid_checks.append([k, _rapid_p["encode"](tuple(args)), _rapid_p["encode"](expected), _rapid_p["encode"](param)])
+    expected, digest = _rapid_p["encode"](expected), 0
+    if EXACT[k]:  # a large expected value is kept as its digest (the candidate's is compared by digest too)
+        try:
+            size, hexdigest = _rapid_p["fingerprint"](expected)
+            if size > BIG:
+                expected, digest = hexdigest, 1
+        except ValueError:
+            pass
+    _rapid_checks.append([k, _rapid_p["encode"](tuple(args)), expected, _rapid_p["encode"](param), digest])
 """
 
 _REFERENCE_END = """
 import json as _json
-_calls = _json.dumps(_rapid_p["encode"]([[_rapid_p["decode"](c[1]), OBSERVE[c[0]]] for c in _rapid_checks]))
-_ns = {"NS": globals(), "ENTRY": ENTRY, "CALLS": _calls, "PLAIN": PLAIN, "MARK": MARK}
+_calls = _json.dumps(_rapid_p["encode"]([[_rapid_p["decode"](c[1]), OBSERVE[c[0]], EXACT[c[0]]] for c in _rapid_checks]))
+_ns = {"NS": globals(), "ENTRY": ENTRY, "CALLS": _calls, "PLAIN": PLAIN, "MARK": MARK, "BIG": BIG}
 print(MARK + _json.dumps(_rapid_checks, separators=(",", ":")))
 exec(CALLER, _ns)
 """
@@ -124,15 +160,15 @@ def _constants(**values) -> str:
 def reference_program(src: TestSource) -> str:
     """Gold solution + recording test code: prints the recorded checks, then the gold outputs."""
     assert RECORD == "_rapid_rec"
-    head = _constants(PLAIN=plain.source(), MARK=MARK)
+    head = _constants(PLAIN=plain.source(), MARK=MARK, EXACT=[r.exact for r in src.rules], BIG=BIG)
     tail = _constants(ENTRY=src.entry, CALLER=_CALLER, OBSERVE=[r.observe for r in src.rules])
     return "\n".join([head + _RECORDER, src.context, "", src.record, "", tail + _REFERENCE_END])
 
 
 def candidate_program(code: str, entry: str, checks: tuple[Check, ...]) -> str:
     """The candidate's code followed by the caller: argument tuples go in, return values come out."""
-    calls = json.dumps(plain.encode([[c.args, c.rule.observe] for c in checks]))
-    caller = _constants(ENTRY=entry, CALLS=calls, PLAIN=plain.source(), MARK=MARK) + _CALLER
+    calls = json.dumps(plain.encode([[c.args, c.rule.observe, c.rule.exact] for c in checks]))
+    caller = _constants(ENTRY=entry, CALLS=calls, PLAIN=plain.source(), MARK=MARK, BIG=BIG) + _CALLER
     return f"{code}\n\n\nexec({caller!r}, {{'NS': globals()}})\n"
 
 
@@ -150,14 +186,20 @@ def _lines(stdout: str) -> list[list]:
 
 
 def reported_values(stdout: str, n: int) -> list | None:
-    """The n values a candidate run reported, or None when it did not report all of them as plain data."""
+    """The n values a candidate run reported (a Digest for a large exactly-compared one), or None when
+    it did not report all of them as plain data."""
     lines = _lines(stdout)
     if not lines or type(lines[-1]) is not list or len(lines[-1]) != n:
         return None
     values = []
     for item in lines[-1]:
-        if type(item) is not list or len(item) != 2 or item[0] != 1:
+        if type(item) is not list or len(item) != 2 or item[0] not in (1, 2):
             return None
+        if item[0] == 2:
+            if type(item[1]) is not str:
+                return None
+            values.append(Digest(item[1]))
+            continue
         try:
             values.append(plain.decode(item[1]))
         except (ValueError, TypeError, RecursionError):
@@ -171,7 +213,8 @@ def parse_reference(stdout: str, rules: tuple[Rule, ...]) -> Suite:
     if len(lines) < 2 or type(lines[-2]) is not list:
         return Suite((), "the reference run printed no checks")
     try:
-        checks = tuple(Check(rules[k], plain.decode(a), plain.decode(e), plain.decode(p)) for k, a, e, p in lines[-2])
+        checks = tuple(Check(rules[k], plain.decode(a), Digest(e) if d else plain.decode(e), plain.decode(p))
+                       for k, a, e, p, d in lines[-2])
     except (ValueError, TypeError, IndexError) as e:
         return Suite((), f"the reference run printed malformed checks ({e})")
     if not checks:
@@ -197,6 +240,8 @@ def passes(check: Check, out) -> bool:
     """Whether one reported value satisfies its check. Any error (an unhashable value for set(),
     a string where a number belongs) is a failure."""
     rule, exp = check.rule, check.expected
+    if type(out) is Digest or type(exp) is Digest:  # a large exactly-compared value: compare digests
+        return rule.exact and check.digest is not None and _digest(out) == check.digest
     try:
         if rule.compare == "mbpp":
             return mbpp_close(out, exp, check.param, as_set=rule.wrap == "set")
