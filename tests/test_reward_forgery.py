@@ -287,3 +287,19 @@ def test_mbpp_attacks_score_zero(tmp_path):
     rewards = task.rewards([block(p.answer), *map(block, MBPP_82.values())], [p] * (1 + len(MBPP_82)))
     assert rewards[0] == 1.0
     assert dict(zip(MBPP_82, rewards[1:], strict=True)) == dict.fromkeys(MBPP_82, 0.0)
+
+
+def test_property_checks_run_without_the_candidate(humaneval):
+    """HumanEval/32 (find_zero) asserts a property of the returned root, checked in a run that holds
+    only the dataset's code and the returned values: another correct root passes, a wrong one, NaN,
+    or a function that patches math before returning fails."""
+    task, _ = humaneval
+    p = next(p for p in task.test if p.id == "HumanEval/32")
+    bisect = ("def find_zero(xs):\n    lo, hi = -1.0, 1.0\n    while poly(xs, lo) * poly(xs, hi) > 0:\n"
+              "        lo, hi = lo * 2, hi * 2\n    for _ in range(200):\n        mid = (lo + hi) / 2\n"
+              "        if poly(xs, lo) * poly(xs, mid) <= 0:\n            hi = mid\n        else:\n            lo = mid\n"
+              "    return lo\n")
+    wrong = "def find_zero(xs):\n    return 0.0\n"
+    nan = "def find_zero(xs):\n    return float('nan')\n"
+    patched = "def find_zero(xs):\n    import math\n    math.fabs = lambda x: 0.0\n    return 0.0\n"
+    assert task.rewards([block(c) for c in (bisect, wrong, nan, patched)], [p] * 4) == [1.0, 0.0, 0.0, 0.0]

@@ -15,6 +15,9 @@ Converted forms (C is a call of the function under test with positional argument
   math.isclose(C, E, rel_tol=..., abs_tol=...)                        -> "isclose" with the tolerances
   C, not C                                                            -> "eq" on bool(C) against True/False
   True (a constant assert)                                            -> dropped
+  V = C followed by assert P(V), P not calling the function           -> "holds": P is evaluated on the
+      reported value in a separate jail run that holds only dataset code (rewards/verdict.py), with the
+      local variables P reads recorded as plain data and the function's imports repeated
 """
 
 from __future__ import annotations
@@ -36,9 +39,12 @@ class Rule:
     is, "truth": bool(value), "not_none": value if it is a bool else value is not None); `compare`,
     `wrap` and the recorded param are applied outside (rewards/verdict.py)."""
 
-    compare: str  # eq | is | abs_lt | isclose | mbpp
+    compare: str  # eq | is | abs_lt | isclose | mbpp | holds
     observe: str = "value"
     wrap: str | None = None
+    predicate: str | None = None  # holds: an expression over `var` and the recorded locals
+    var: str | None = None
+    setup: str = ""  # holds: the imports the predicate needs
 
     @property
     def exact(self) -> bool:
@@ -94,6 +100,43 @@ class _Rewriter(ast.NodeTransformer):
     def __init__(self, name: str):
         self.name, self.rules = name, []
 
+    def _record(self, rule: Rule, args: list[ast.expr], expected: ast.expr, param: ast.expr | None) -> ast.Expr:
+        self.rules.append(rule)
+        return ast.Expr(ast.Call(ast.Name(RECORD, ast.Load()), [ast.Constant(len(self.rules) - 1), ast.Tuple(args, ast.Load()),
+                                                               expected, param or ast.Constant(None)], []))
+
+    def visit_FunctionDef(self, node: ast.FunctionDef):
+        """Pairs `V = C` with the assert right after it that checks a property of V (before the
+        generic rewrite, which would otherwise find C outside an assert)."""
+        assigned = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        imports = [n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        imported = {(a.asname or a.name).split(".")[0] for n in imports for a in n.names}
+        for holder in ast.walk(node):
+            for field in ("body", "orelse"):
+                stmts = getattr(holder, field, None)
+                if isinstance(stmts, list):
+                    setattr(holder, field, self._pair(stmts, assigned - imported, ast.unparse(ast.Module(imports, []))))
+        self.generic_visit(node)
+        return node
+
+    def _pair(self, stmts: list[ast.stmt], local_names: set[str], setup: str) -> list[ast.stmt]:
+        out, i = [], 0
+        while i < len(stmts):
+            a, b = stmts[i], stmts[i + 1] if i + 1 < len(stmts) else None
+            if (isinstance(a, ast.Assign) and len(a.targets) == 1 and isinstance(a.targets[0], ast.Name)
+                    and _is_call(a.value, self.name) and isinstance(b, ast.Assert) and _uses(b.test, a.targets[0].id)
+                    and not _uses(b.test, self.name) and not any(_uses(x, self.name) for x in a.value.args)):
+                var = a.targets[0].id
+                reads = sorted({n.id for n in ast.walk(b.test) if isinstance(n, ast.Name)} & local_names - {var})
+                env = ast.Dict([ast.Constant(n) for n in reads], [ast.Name(n, ast.Load()) for n in reads])
+                out.append(self._record(Rule("holds", predicate=ast.unparse(b.test), var=var, setup=setup),
+                                        a.value.args, env, None))
+                i += 2
+                continue
+            out.append(a)
+            i += 1
+        return out
+
     def visit_Assert(self, node: ast.Assert):
         found = _match(node.test, self.name)
         if found is None:
@@ -101,11 +144,7 @@ class _Rewriter(ast.NodeTransformer):
         rule, call, expected, param = found
         if any(_uses(x, self.name) for x in (*call.args, expected, param)):
             raise Unconvertible(f"the expected value or arguments call the function: {ast.unparse(node.test)[:120]}")
-        self.rules.append(rule)
-        args = ast.Tuple(call.args, ast.Load())
-        rec = ast.Call(ast.Name(RECORD, ast.Load()), [ast.Constant(len(self.rules) - 1), args, expected,
-                                                      param or ast.Constant(None)], [])
-        return ast.Expr(rec)
+        return self._record(rule, call.args, expected, param)
 
 
 def record_asserts(tree: ast.AST, name: str, first_rule: int = 0) -> tuple[str, list[Rule]]:

@@ -222,17 +222,56 @@ def parse_reference(stdout: str, rules: tuple[Rule, ...]) -> Suite:
     gold = reported_values(stdout, len(checks))
     if gold is None:
         return Suite((), "the gold solution did not return plain data on every check")
-    failed = [i for i, (c, v) in enumerate(zip(checks, gold, strict=True)) if not passes(c, v)]
+    failed = [i for i, (c, v) in enumerate(zip(checks, gold, strict=True)) if c.rule.compare != "holds" and not passes(c, v)]
     if failed:
         return Suite((), f"the gold solution fails {len(failed)} of {len(checks)} checks (first: {failed[0]})")
     return Suite(checks)
 
 
-def verdict(stdout: str, suite: Suite) -> bool:
-    if suite.error or not suite.checks:
+def judge(suite: Suite, values: list | None, holds: list[bool] | None = None) -> bool:
+    """The verdict on a run's reported values; `holds`: the property checks' results, in order (from
+    `holds_program`)."""
+    if suite.error or not suite.checks or values is None:
         return False
-    values = reported_values(stdout, len(suite.checks))
-    return values is not None and all(passes(c, v) for c, v in zip(suite.checks, values, strict=True))
+    holds = iter(holds or [])
+    return all(next(holds, False) if c.rule.compare == "holds" else passes(c, v)
+               for c, v in zip(suite.checks, values, strict=True))
+
+
+def verdict(stdout: str, suite: Suite) -> bool:
+    return judge(suite, reported_values(stdout, len(suite.checks)))
+
+
+_HOLDS = """
+import json as _json
+_p = {}
+exec(PLAIN, _p)
+_ok = []
+for _setup, _predicate, _var, _env, _value in _p["decode"](_json.loads(ITEMS)):
+    _ns = dict(globals())
+    try:
+        exec(_setup, _ns)
+        _ns.update(_env)
+        _ns[_var] = _value
+        _ok.append(bool(eval(_predicate, _ns)))
+    except Exception:
+        _ok.append(False)
+print(MARK + _json.dumps(_ok))
+"""
+
+
+def holds_program(context: str, checks: tuple[Check, ...], values: list) -> str:
+    """The property checks (rule "holds") evaluated on reported values, in a run that holds only the
+    dataset's code (`context`) and the values as plain data: no candidate code is in that process."""
+    items = [[c.rule.setup, c.rule.predicate, c.rule.var, c.expected, v]
+             for c, v in zip(checks, values, strict=True) if c.rule.compare == "holds"]
+    return f"{context}\n\n{_constants(PLAIN=plain.source(), MARK=MARK, ITEMS=json.dumps(plain.encode(items)))}{_HOLDS}"
+
+
+def holds_results(stdout: str, n: int) -> list[bool] | None:
+    lines = _lines(stdout)
+    ok = lines[-1] if lines else None
+    return ok if type(ok) is list and len(ok) == n and all(type(x) is bool for x in ok) else None
 
 
 # -- comparison rules (pure, on plain data only) -------------------------------------------------
@@ -240,6 +279,8 @@ def passes(check: Check, out) -> bool:
     """Whether one reported value satisfies its check. Any error (an unhashable value for set(),
     a string where a number belongs) is a failure."""
     rule, exp = check.rule, check.expected
+    if rule.compare == "holds":  # decided by holds_program, never by the reported value alone
+        return False
     if type(out) is Digest or type(exp) is Digest:  # a large exactly-compared value: compare digests
         return rule.exact and check.digest is not None and _digest(out) == check.digest
     try:

@@ -20,9 +20,12 @@ from rapid_cli.rewards.verdict import (
     Suite,
     TestSource,
     candidate_program,
+    holds_program,
+    holds_results,
+    judge,
     parse_reference,
     reference_program,
-    verdict,
+    reported_values,
 )
 from rapid_cli.tasks.base import Task
 from rapid_cli.types import Problem
@@ -116,8 +119,12 @@ class CodeTask(Task):
                 todo.append(p)
         if todo:
             outcomes = self.reference_sandbox.run_many([reference_program(sources[p.id]) for p in todo])
-            for p, o in zip(todo, outcomes, strict=True):
-                suite = parse_reference(o.stdout, sources[p.id].rules)
+            suites = [parse_reference(o.stdout, sources[p.id].rules) for p, o in zip(todo, outcomes, strict=True)]
+            gold = [reported_values(o.stdout, len(s.checks)) for o, s in zip(outcomes, suites, strict=True)]
+            holds = self._holds(self.reference_sandbox, [sources[p.id] for p in todo], suites, gold)
+            for p, o, suite, ok in zip(todo, outcomes, suites, holds, strict=True):
+                if not suite.error and ok is not None and not all(ok):
+                    suite = Suite((), f"the gold solution fails {ok.count(False)} property checks")
                 if suite.error:
                     why = (o.stderr.strip().splitlines() or [o.status])[-1]
                     suite = Suite((), f"{suite.error}: {o.status}, {why}")
@@ -156,8 +163,25 @@ class CodeTask(Task):
         it = iter(runs)
         return [(next(it) if prog is not None else None, suite) for prog, suite in pairs]
 
+    def _holds(self, sandbox, sources: list[TestSource], suites: list[Suite], values: list) -> list[list[bool] | None]:
+        """Each run's property-check results (None where it has none or reported no values): one extra
+        run of dataset code per such completion."""
+        todo = [i for i, (s, v) in enumerate(zip(suites, values, strict=True))
+                if v is not None and not s.error and any(c.rule.compare == "holds" for c in s.checks)]
+        runs = sandbox.run_many([holds_program(sources[i].context, suites[i].checks, values[i]) for i in todo])
+        out: list[list[bool] | None] = [None] * len(suites)
+        for i, o in zip(todo, runs, strict=True):
+            n = sum(c.rule.compare == "holds" for c in suites[i].checks)
+            out[i] = holds_results(o.stdout, n) or [False] * n
+        return out
+
     def rewards(self, completions: list[str], problems: list[Problem]) -> list[float]:
-        return [float(o is not None and verdict(o.stdout, suite)) for o, suite in self.outcomes(completions, problems)]
+        runs = self.outcomes(completions, problems)
+        suites = [suite for _, suite in runs]
+        values = [reported_values(o.stdout, len(s.checks)) if o is not None else None for o, s in runs]
+        sources = [self.test_source(p) if not s.error else None for p, s in zip(problems, suites, strict=True)]
+        holds = self._holds(self.sandbox, sources, suites, values)
+        return [float(judge(s, v, h)) for s, v, h in zip(suites, values, holds, strict=True)]
 
     def reward(self, completion: str, problem: Problem) -> float:
         return self.rewards([completion], [problem])[0]
