@@ -17,6 +17,7 @@ only). Inside the jail it is untrusted like everything else there; outside, only
 from __future__ import annotations
 
 import json
+from functools import cache
 from hashlib import sha256
 
 _MAX_DEPTH = 64  # deeper than any test value; keeps decode from recursing without bound
@@ -138,6 +139,7 @@ def loads(text: str):
         raise ValueError(f"not plain data: {e}") from None
 
 
+@cache
 def source() -> str:
     """This module's code, for pasting into a jail program."""
     import inspect

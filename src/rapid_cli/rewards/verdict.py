@@ -31,7 +31,7 @@ from rapid_cli.rewards import plain
 from rapid_cli.rewards.asserts import RECORD, Rule
 
 MARK = "\x1erapid-values "  # starts the line that carries the results; the last such line counts
-BIG = 1 << 16  # an exactly-compared value larger than this (as JSON) is reported by its digest
+BIG = 1 << 16  # an exactly-compared value whose canonical form is longer than this travels as its digest
 VERSION = 3  # part of the cache key: bump when the recording or the comparison changes
 
 
@@ -144,6 +144,8 @@ def _rapid_rec(k, args, expected, param=None):
     _rapid_checks.append([k, _rapid_p["encode"](tuple(args)), expected, _rapid_p["encode"](param), digest])
 """
 
+assert f"def {RECORD}(" in _RECORDER  # the name the converted tests call
+
 _REFERENCE_END = """
 import json as _json
 _calls = _json.dumps(_rapid_p["encode"]([[_rapid_p["decode"](c[1]), OBSERVE[c[0]], EXACT[c[0]]] for c in _rapid_checks]))
@@ -159,7 +161,6 @@ def _constants(**values) -> str:
 
 def reference_program(src: TestSource) -> str:
     """Gold solution + recording test code: prints the recorded checks, then the gold outputs."""
-    assert RECORD == "_rapid_rec"
     head = _constants(PLAIN=plain.source(), MARK=MARK, EXACT=[r.exact for r in src.rules], BIG=BIG)
     tail = _constants(ENTRY=src.entry, CALLER=_CALLER, OBSERVE=[r.observe for r in src.rules])
     return "\n".join([head + _RECORDER, src.context, "", src.record, "", tail + _REFERENCE_END])

@@ -40,6 +40,11 @@ class CodeTask(Task):
     _sandbox = None
     _reference_sandbox = None
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._sources: dict[str, TestSource | Unconvertible] = {}
+        self._suites: dict[str, Suite] = {}
+
     def program(self, completion: str, problem: Problem) -> str:
         """The candidate's code (it must define the function the tests call)."""
         raise NotImplementedError
@@ -47,6 +52,18 @@ class CodeTask(Task):
     def test_source(self, problem: Problem) -> TestSource:
         """The problem's tests in recording form; raises Unconvertible when they cannot be."""
         raise NotImplementedError
+
+    def source(self, problem: Problem) -> TestSource:
+        """test_source, converted once per problem (an MBPP+ test script is up to hundreds of KB)."""
+        if problem.id not in self._sources:
+            try:
+                self._sources[problem.id] = self.test_source(problem)
+            except Unconvertible as e:
+                self._sources[problem.id] = e
+        found = self._sources[problem.id]
+        if isinstance(found, Unconvertible):
+            raise found
+        return found
 
     def splits(self):
         if self._splits is None:
@@ -58,7 +75,7 @@ class CodeTask(Task):
         kept, dropped = [], []
         for p in problems:
             try:
-                self.test_source(p)
+                self.source(p)
                 kept.append(p)
             except Unconvertible as e:
                 dropped.append(f"{p.id} ({e})")
@@ -101,14 +118,12 @@ class CodeTask(Task):
     # -- checks ---------------------------------------------------------------------------------
     def suites(self, problems: list[Problem]) -> list[Suite]:
         """Each problem's checks: from memory, the cache, or a reference run (all missing ones at once)."""
-        if not hasattr(self, "_suites"):
-            self._suites: dict[str, Suite] = {}
         sources, todo = {}, []
         for p in problems:
             if p.id in self._suites or p.id in sources:
                 continue
             try:
-                sources[p.id] = src = self.test_source(p)
+                sources[p.id] = src = self.source(p)
             except Unconvertible as e:
                 self._suites[p.id] = Suite((), f"tests cannot be converted: {e}")
                 continue
@@ -152,7 +167,7 @@ class CodeTask(Task):
     def candidate_programs(self, completions: list[str], problems: list[Problem]) -> list[tuple[str | None, Suite]]:
         out = []
         for c, p, suite in zip(completions, problems, self.suites(problems), strict=True):
-            program = None if suite.error else candidate_program(self.program(c, p), self.test_source(p).entry, suite.checks)
+            program = None if suite.error else candidate_program(self.program(c, p), self.source(p).entry, suite.checks)
             out.append((program, suite))
         return out
 
@@ -179,7 +194,7 @@ class CodeTask(Task):
         runs = self.outcomes(completions, problems)
         suites = [suite for _, suite in runs]
         values = [reported_values(o.stdout, len(s.checks)) if o is not None else None for o, s in runs]
-        sources = [self.test_source(p) if not s.error else None for p, s in zip(problems, suites, strict=True)]
+        sources = [self.source(p) if not s.error else None for p, s in zip(problems, suites, strict=True)]
         holds = self._holds(self.sandbox, sources, suites, values)
         return [float(judge(s, v, h)) for s, v, h in zip(suites, values, holds, strict=True)]
 
