@@ -111,7 +111,7 @@ class CodeTask(Task):
         outputs define the checks once, they are not scored."""
         if self._reference_sandbox is None:
             cfg = self.reward_cfg
-            self._reference_sandbox = self._make_sandbox(REFERENCE_CHARS, max(60.0, 2 * cfg.timeout_s),
+            self._reference_sandbox = self._make_sandbox(REFERENCE_CHARS, max(60.0, cfg.timeout_s),
                                                           max(4096, cfg.memory_mb), REFERENCE_CHARS >> 20)
         return self._reference_sandbox
 
