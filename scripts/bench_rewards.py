@@ -10,7 +10,8 @@
 3. Per-program cost, before and after, in the same run on the same problems: the old path (the
    tests' asserts appended to the program and run inside it, pass = exit status 0; ce3365c) against
    the new one (`task.rewards`: the function called on the inputs in the jail, the values compared
-   outside), for --programs MBPP+ gold programs and all HumanEval ones, and the ratio.
+   outside), on the gold programs of every MBPP+ problem (or --programs of them) and every HumanEval
+   one, with the passes of each and the ratio.
 4. The sandbox's parallel speed-up on the new path (one worker vs one per core).
 """
 
@@ -93,7 +94,7 @@ def main() -> None:
     ap.add_argument("--mbpp", help="MBPP+ jsonl(.gz) (hub evalplus/mbppplus when omitted)")
     ap.add_argument("--timeout", type=float, default=3.0)
     ap.add_argument("--memory-mb", type=int, default=1024)
-    ap.add_argument("--programs", type=int, default=256)
+    ap.add_argument("--programs", type=int, default=0, help="MBPP+ programs for the cost (0: one per problem)")
     ap.add_argument("--cache", help="cache dir for the recorded checks (default: a fresh temporary one)")
     args = ap.parse_args()
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
@@ -123,7 +124,7 @@ def main() -> None:
 
     print("per-program cost, same programs, same sandbox, one run")
     mbpp, mbpp_problems = tasks["mbpp"], code_problems["mbpp"]
-    rows = [mbpp_problems[i % len(mbpp_problems)] for i in range(args.programs)]
+    rows = [mbpp_problems[i % len(mbpp_problems)] for i in range(args.programs or len(mbpp_problems))]
     cost(mbpp, rows, gold_completions("mbpp", rows), f"{len(rows)} MBPP+ gold programs")
     humaneval, he_problems = tasks["humaneval"], code_problems["humaneval"]
     cost(humaneval, he_problems, gold_completions("humaneval", he_problems), f"{len(he_problems)} HumanEval gold programs")

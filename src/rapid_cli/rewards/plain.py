@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from hashlib import sha256
 
 _MAX_DEPTH = 64  # deeper than any test value; keeps decode from recursing without bound
 _SCALARS = {bool, int, float, str, type(None)}
@@ -95,7 +94,10 @@ def canonical(data) -> str:
         return json.dumps(data)
     tag, body = data
     if tag in ("l", "t"):
-        if set(map(type, body)) <= {int, str}:  # the common case, without a call per element
+        kinds = set(map(type, body))
+        if kinds == {int}:  # the common cases, without a call per element
+            return f"{tag}[i" + ",i".join(map(str, body)) + "]"
+        if kinds <= {int, str}:
             return tag + "[" + ",".join(json.dumps(x) if type(x) is str else f"i{x}" for x in body) + "]"
         return tag + "[" + ",".join(canonical(x) for x in body) + "]"
     if tag in ("s", "f"):
@@ -109,6 +111,8 @@ def canonical(data) -> str:
 
 def fingerprint(data) -> tuple[int, str]:
     """(length, sha256) of canonical(data), without building the whole string of a long list or tuple."""
+    from hashlib import sha256  # here: importing it costs a jail run more than most tests take
+
     h, n = sha256(), 0
     if type(data) is list and data[0] in ("l", "t"):
         parts = (("," if i else "") + canonical(x) for i, x in enumerate(data[1]))
