@@ -57,7 +57,7 @@ def _is_call(node: ast.AST, name: str) -> bool:
             and not node.keywords)
 
 
-def _uses(node: ast.AST | None, name: str) -> bool:
+def uses(node: ast.AST | None, name: str) -> bool:
     return node is not None and any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(node))
 
 
@@ -124,8 +124,8 @@ class _Rewriter(ast.NodeTransformer):
         while i < len(stmts):
             a, b = stmts[i], stmts[i + 1] if i + 1 < len(stmts) else None
             if (isinstance(a, ast.Assign) and len(a.targets) == 1 and isinstance(a.targets[0], ast.Name)
-                    and _is_call(a.value, self.name) and isinstance(b, ast.Assert) and _uses(b.test, a.targets[0].id)
-                    and not _uses(b.test, self.name) and not any(_uses(x, self.name) for x in a.value.args)):
+                    and _is_call(a.value, self.name) and isinstance(b, ast.Assert) and uses(b.test, a.targets[0].id)
+                    and not uses(b.test, self.name) and not any(uses(x, self.name) for x in a.value.args)):
                 var = a.targets[0].id
                 reads = sorted({n.id for n in ast.walk(b.test) if isinstance(n, ast.Name)} & local_names - {var})
                 env = ast.Dict([ast.Constant(n) for n in reads], [ast.Name(n, ast.Load()) for n in reads])
@@ -142,7 +142,7 @@ class _Rewriter(ast.NodeTransformer):
         if found is None:
             return ast.Pass()
         rule, call, expected, param = found
-        if any(_uses(x, self.name) for x in (*call.args, expected, param)):
+        if any(uses(x, self.name) for x in (*call.args, expected, param)):
             raise Unconvertible(f"the expected value or arguments call the function: {ast.unparse(node.test)[:120]}")
         return self._record(rule, call.args, expected, param)
 
@@ -157,8 +157,8 @@ def record_asserts(tree: ast.AST, name: str, first_rule: int = 0) -> tuple[str, 
     body = new.body if isinstance(new, ast.Module) else [new]
     for node in body:
         if isinstance(node, ast.FunctionDef):  # its parameter may carry the name (check(candidate))
-            if _uses(ast.Module(node.body, []), name):
+            if uses(ast.Module(node.body, []), name):
                 raise Unconvertible(f"{name!r} is used outside a supported assert")
-        elif _uses(node, name):
+        elif uses(node, name):
             raise Unconvertible(f"{name!r} is used outside a supported assert")
     return ast.unparse(new), rewriter.rules[first_rule:]

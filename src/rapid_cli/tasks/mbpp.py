@@ -15,7 +15,7 @@ import ast
 from pathlib import Path
 
 from rapid_cli.config import RapidError
-from rapid_cli.rewards.asserts import RECORD, Rule, Unconvertible, record_asserts
+from rapid_cli.rewards.asserts import RECORD, Rule, Unconvertible, record_asserts, uses
 from rapid_cli.rewards.code import extract_code
 from rapid_cli.rewards.verdict import TestSource
 from rapid_cli.tasks.code import CodeTask, split_records
@@ -70,17 +70,15 @@ def plus_tests(test: str) -> tuple[str, str, str, Rule]:
     there the rule checks that, `out is not None` or the bool). The loop records its checks as rule 0."""
     tree = ast.parse(test)
     loop = tree.body[-1] if tree.body else None
-    try:
-        assert isinstance(loop, ast.For) and len(loop.body) == 1 and isinstance(loop.body[0], ast.Expr)
-        call = loop.body[0].value
-        assert isinstance(call, ast.Call) and ast.unparse(call.func) == "assertion" and len(call.args) == 3
-        inner, expected, atol = call.args
-        assert isinstance(inner, ast.Call) and isinstance(inner.func, ast.Name) and len(inner.args) == 1
-        assert isinstance(inner.args[0], ast.Starred) and isinstance(ast.literal_eval(atol), (int, float))
-        assert not any(isinstance(n, ast.Name) and n.id == inner.func.id for n in ast.walk(expected))
-        (helper,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "assertion"]
-    except (AssertionError, ValueError, AttributeError, TypeError):
-        raise Unconvertible("the test script is not EvalPlus's inputs/results loop") from None
+    call = loop.body[0].value if isinstance(loop, ast.For) and len(loop.body) == 1 and isinstance(loop.body[0], ast.Expr) else None
+    inner, expected, atol = call.args if isinstance(call, ast.Call) and len(call.args) == 3 else (None, None, None)
+    helpers = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "assertion"]
+    if not (inner is not None and ast.unparse(call.func) == "assertion" and len(helpers) == 1
+            and isinstance(inner, ast.Call) and isinstance(inner.func, ast.Name) and len(inner.args) == 1
+            and isinstance(inner.args[0], ast.Starred) and isinstance(atol, ast.Constant)
+            and type(atol.value) in (int, float) and not uses(expected, inner.func.id)):
+        raise Unconvertible("the test script is not EvalPlus's inputs/results loop")
+    helper = helpers[0]
     nodes = list(ast.walk(helper))
     if not any(isinstance(n, ast.Assert) for n in nodes):
         rule = Rule("eq", observe="not_none")
