@@ -113,3 +113,110 @@ def test_opt_out_runs_without_isolation_but_with_limits():
 def test_exiting_early_with_status_zero_does_not_pass(sandbox, exit_call):
     out = sandbox.run(f"{exit_call}\nassert False, 'the tests would fail'")
     assert not out.passed, out
+
+
+# -- the attack suite of issue 13: the jail is not host root, cannot outlive its run, cannot take the
+# machine's memory or task table. Each program prints ESCAPED when it got through; every program also
+# prints its PID namespace first, so the test can look for leftovers of it on the host afterwards.
+_NS = "import os\nprint('pidns', os.readlink('/proc/self/ns/pid'), flush=True)\n"
+_CAP_MB = 300  # every memory attack stops at this much: far above the caps, far below the machine
+_FILL = """import os
+def fill(where, chunk=1 << 20, per_file=4 << 20):
+    got, n = 0, 0
+    while got < {cap} << 20:
+        try:
+            with open(os.path.join(where, f'fill{{n}}'), 'wb') as f:
+                for _ in range(per_file // chunk):
+                    f.write(b'x' * chunk); f.flush(); got += chunk
+        except OSError as e:
+            print(where, got >> 20, 'MiB', e)
+            return got
+        n += 1
+    print('ESCAPED', where, got >> 20, 'MiB')
+    return got
+""".format(cap=_CAP_MB)
+ATTACKS = {
+    # Host root: a global sysctl written back with its own value (harmless if it gets through), a host
+    # device node chmod-ed to its own mode, the uid the jail's user has on the host.
+    "host sysctl write": "for p in ('/proc/sys/kernel/printk_ratelimit', '/proc/sys/vm/overcommit_ratio'):\n"
+                         "    try:\n        v = open(p).read()\n        open(p, 'w').write(v)\n        print('ESCAPED', p)\n"
+                         "    except OSError as e:\n        print(p, e)",
+    "host device chmod": "import stat\nm = stat.S_IMODE(os.stat('/dev/null').st_mode)\ntry:\n    os.chmod('/dev/null', m)\n"
+                         "    print('ESCAPED chmod /dev/null')\nexcept OSError as e:\n    print(e)",
+    "host uid is root": "ids = [int(x) for x in open('/proc/self/status').read().split('Uid:')[1].split()[:4]]\n"
+                        "for line in open('/proc/self/uid_map'):\n    inside, outside, count = map(int, line.split())\n"
+                        "    if any(inside <= i < inside + count and outside + i - inside == 0 for i in ids):\n"
+                        "        print('ESCAPED host uid 0', line.split())\nprint('uids', ids, open('/proc/self/uid_map').read())",
+    "root-only kernel files": "for p in ('/proc/kpageflags', '/proc/slabinfo', '/proc/kcore'):\n    try:\n"
+                              "        open(p, 'rb').read(64)\n        print('ESCAPED read', p)\n    except OSError as e:\n"
+                              "        print(p, e)\nfor line in open('/proc/keys'):\n    if line.split()[5] == '0':\n"
+                              "        print('ESCAPED root key', line)",
+    # Memory outside RLIMIT_AS: the jail's root and /dev tmpfs, /dev/shm, /tmp past its size, memfds,
+    # SysV shared memory, socket buffers.
+    "fill the root": _FILL + "for d in ('/', '/dev', '/opt', '/usr', '/proc'):\n    fill(d)",
+    "fill /dev/shm": _FILL + "fill('/dev/shm')",
+    "fill /tmp past its size": _FILL + "fill('/tmp')",
+    "memfd flood": f"got = 0\ntry:\n    while got < {_CAP_MB} << 20:\n        fd = os.memfd_create('x')\n"
+                   "        for _ in range(4):\n            os.write(fd, b'x' * (1 << 20)); got += 1 << 20\n"
+                   f"    print('ESCAPED memfd', got >> 20, 'MiB')\nexcept OSError as e:\n    print('memfd', got >> 20, 'MiB', e)",
+    "SysV shm flood": "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.shmat.restype = ctypes.c_void_p\n"
+                      f"got = 0\nwhile got < {_CAP_MB} << 20:\n    i = libc.shmget(0, 32 << 20, 0o1600)\n    if i < 0:\n"
+                      "        print('shmget', got >> 20, 'MiB', ctypes.get_errno()); break\n    p = libc.shmat(i, None, 0)\n"
+                      "    ctypes.memset(p, 1, 32 << 20); libc.shmdt(ctypes.c_void_p(p)); got += 32 << 20\n"
+                      f"else:\n    print('ESCAPED SysV shm', got >> 20, 'MiB')",
+    "socket buffer flood": "import socket\nkeep, got = [], 0\ntry:\n"
+                           f"    while got < {_CAP_MB} << 20:\n        a, b = socket.socketpair()\n        keep += [a, b]\n"
+                           "        for s in (a, b):\n            try:\n                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 20)\n"
+                           "            except OSError:\n                pass\n            s.setblocking(False)\n            try:\n"
+                           "                while True:\n                    got += s.send(b'x' * 65536)\n"
+                           "            except BlockingIOError:\n                pass\n"
+                           f"    print('ESCAPED socket buffers', got >> 20, 'MiB')\nexcept OSError as e:\n"
+                           "    print('sockets', got >> 20, 'MiB', e)",
+    # Tasks: threads with small stacks get past RLIMIT_AS; they must hit a task cap.
+    "thread flood": "import threading, time\nthreading.stack_size(1 << 16)\nn = 0\ntry:\n    while n < 1000:\n"
+                    "        threading.Thread(target=time.sleep, args=(30,), daemon=True).start(); n += 1\n"
+                    "    print('ESCAPED threads', n)\nexcept RuntimeError as e:\n    print('threads', n, e)\nos._exit(0)",
+    # The reaper: detach from the parent, ignore signals, keep threads alive, and where pid 1's memory is
+    # writable, overwrite its code with a nop sled into prctl(PR_SET_PDEATHSIG, 0) and a spin (x86-64).
+    "outlive the run": "import ctypes, platform, signal, threading, time\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                       "libc.prctl(1, 0, 0, 0, 0)\nfor s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):\n"
+                       "    signal.signal(s, signal.SIG_IGN)\ntry:\n    os.setsid()\nexcept OSError:\n    pass\n"
+                       "code = bytes.fromhex('bf01000000' '31f6' 'b89d000000' '0f05' 'ebfe')\ntry:\n"
+                       "    assert platform.machine() == 'x86_64', 'no shellcode for this machine'\n"
+                       "    with open('/proc/1/mem', 'r+b', buffering=0) as mem:\n"
+                       "        for line in open('/proc/1/maps'):\n            addr, perms = line.split()[:2]\n"
+                       "            if 'x' in perms and '[v' not in line:\n"
+                       "                lo, hi = (int(a, 16) for a in addr.split('-'))\n"
+                       "                mem.seek(lo)\n                mem.write(b'\\x90' * (hi - lo - len(code)) + code)\n"
+                       "    print('pid 1 hijacked', flush=True)\nexcept (OSError, AssertionError) as e:\n"
+                       "    print('pid 1 memory:', e, flush=True)\n"
+                       "threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\ntime.sleep(3600)",
+}
+
+
+def _processes_in(pidns: str) -> list[int]:
+    """Host pids of the processes in a PID namespace (its `pid:[inode]` name)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/ns/pid") == pidns:
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def _pidns(out) -> str:
+    first = out.stdout.split("\n", 1)[0].split()
+    assert first[:1] == ["pidns"], out
+    return first[1]
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attack_is_contained(sandbox, name):
+    start = time.perf_counter()
+    out = sandbox.run(_NS + ATTACKS[name])
+    assert "ESCAPED" not in out.stdout, (name, out)
+    assert time.perf_counter() - start < 10
+    assert _processes_in(_pidns(out)) == [], f"{name}: a process of the run is still alive"
