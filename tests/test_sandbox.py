@@ -155,6 +155,8 @@ ATTACKS = {
     "host uid is root": "ids = [int(x) for x in open('/proc/self/status').read().split('Uid:')[1].split()[:4]]\n"
                         "host_ns = os.readlink('/proc/self/ns/user') == f'user:[{0xEFFFFFFD}]'\n"
                         "if host_ns and 0 in ids:\n    print('ESCAPED host uid 0')\n"
+                        "caps = [l for l in open('/proc/self/status') if l[:6] in ('CapPrm', 'CapEff', 'CapAmb')]\n"
+                        "if any(int(l.split()[1], 16) for l in caps):\n    print('ESCAPED capabilities', caps)\n"
                         "print('uids', ids, 'host namespace' if host_ns else 'own namespace')",
     "root-only kernel files": "for p in ('/proc/kpageflags', '/proc/slabinfo', '/proc/kcore'):\n    try:\n"
                               "        open(p, 'rb').read(64)\n        print('ESCAPED read', p)\n    except OSError as e:\n"
@@ -186,7 +188,8 @@ ATTACKS = {
                     "        threading.Thread(target=time.sleep, args=(30,), daemon=True).start(); n += 1\n"
                     "    print('ESCAPED threads', n)\nexcept RuntimeError as e:\n    print('threads', n, e)",
     # The reaper: detach from the parent, ignore signals, keep threads alive, and where pid 1's memory is
-    # writable, overwrite its code with a nop sled into prctl(PR_SET_PDEATHSIG, 0) and a spin (x86-64).
+    # writable (bwrap's own reaper before issue 13; now the program is pid 1 itself), overwrite its code
+    # with a nop sled into prctl(PR_SET_PDEATHSIG, 0) and a spin (x86-64).
     "outlive the run": "import ctypes, platform, signal, threading, time\nlibc = ctypes.CDLL(None, use_errno=True)\n"
                        "libc.prctl(1, 0, 0, 0, 0)\nfor s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):\n"
                        "    signal.signal(s, signal.SIG_IGN)\ntry:\n    os.setsid()\nexcept OSError:\n    pass\n"

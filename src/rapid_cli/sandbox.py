@@ -14,9 +14,10 @@ Every program gets a fresh process tree that
   RLIMIT_NPROC in its user namespace) and on memory (memory cgroup where one can be made, RLIMIT_AS);
 - has rlimits on CPU seconds, file size and open files; stdout/stderr go to files capped by the
   file-size limit, so a program printing forever is killed at the cap;
-- is killed from outside when its run ends, by handles the program cannot change: the PID
-  namespace's init through a pidfd (the kernel then kills every process in the namespace) and the
-  run's cgroup; the sandbox then checks that nothing of the run is left.
+- is the init of its PID namespace itself (bwrap --as-pid-1: no reaper process inside that a program
+  could take over), and is killed from outside when its run ends, by handles it cannot change: a
+  pidfd of that init (the kernel then kills every process in the namespace) and the run's cgroup;
+  the sandbox then checks that nothing of the run is left.
 
 `limits_in_force()` says which of these hold on this machine (cgroups need root or a delegated v2
 subtree). `reward.sandbox=none` runs programs as plain subprocesses with the rlimits only. It exists
@@ -25,6 +26,7 @@ for machines where user namespaces are disabled and the user trusts the model; i
 
 from __future__ import annotations
 
+import errno
 import functools
 import itertools
 import json
@@ -202,6 +204,22 @@ def _cgroup_dirs() -> tuple[dict[str, Path], Path | None]:
     return v1, where("")
 
 
+def _enable_v2_controllers(group: Path) -> None:
+    """Let `group`'s children have memory and pids limits. cgroup v2 allows that only in a group without
+    processes of its own, so when this process is alone in it (systemd-run --scope), it moves to a leaf."""
+    if {"memory", "pids"} <= set((group / "cgroup.subtree_control").read_text().split()):
+        return
+    try:
+        _write(group / "cgroup.subtree_control", "+memory +pids")
+    except OSError as e:
+        if e.errno != errno.EBUSY or (group / "cgroup.procs").read_text().split() != [str(os.getpid())]:
+            raise
+        leaf = group / "rapid-trainer"
+        leaf.mkdir(exist_ok=True)
+        _write(leaf / "cgroup.procs", str(os.getpid()))
+        _write(group / "cgroup.subtree_control", "+memory +pids")
+
+
 def _write(path: Path, value: str) -> None:
     fd = os.open(path, os.O_WRONLY)
     try:
@@ -229,14 +247,14 @@ class Cgroups:
         if v2 is not None and {"memory", "pids"} <= set((v2 / "cgroup.controllers").read_text().split()):
             parent = v2 / name
             try:
-                if not {"memory", "pids"} <= set((v2 / "cgroup.subtree_control").read_text().split()):
-                    _write(v2 / "cgroup.subtree_control", "+memory +pids")
+                _enable_v2_controllers(v2)
                 parent.mkdir()
                 _write(parent / "cgroup.subtree_control", "+memory +pids")
                 return cls(2, [parent]), ""
             except OSError as e:
                 _rmdir(parent)
-                why = f"cgroup v2 {v2} cannot be given memory and pids child groups ({e.strerror}; needs root or a delegated subtree)"
+                why = (f"cgroup v2 {v2} cannot get memory and pids child groups ({e.strerror}): run rapid as root, or "
+                       "alone in a delegated group: systemd-run --user --scope -p Delegate=yes rapid ...")
         if set(v1) == {"memory", "pids"}:
             made: list[Path] = []
             try:
@@ -346,7 +364,7 @@ def _in_force(limits: Limits, uid: int | None, cgroups: Cgroups | None, why: str
                        "run rapid as root to separate them")
     elif cgroups is None:
         held.append(f"RLIMIT_NPROC {limits.tasks * workers} shared by all runs of uid {uid}")
-    held.append("the PID namespace's init is killed by pidfd after every run")
+    held.append("the run's PID namespace is killed through a pidfd of its init after every run")
     return InForce(tuple(held), tuple(missing))
 
 
@@ -411,7 +429,7 @@ class Sandbox:
         else:  # root builds the namespaces, the boot code becomes `uid` (the only capabilities it keeps)
             argv = [_bwrap(), "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
                     "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-        argv += ["--die-with-parent", "--new-session", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
+        argv += ["--as-pid-1", "--die-with-parent", "--new-session", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
         for top in ("/bin", "/lib", "/lib64", "/lib32", "/sbin"):
             if os.path.islink(top):
                 argv += ["--symlink", os.readlink(top), top]
@@ -513,9 +531,9 @@ class Sandbox:
     def _reap(self, proc: subprocess.Popen, init: int | None, group: list[Path] | None) -> None:
         """Kill what is left of a run from outside, then check that nothing of it survives.
 
-        Neither handle can be changed from inside: the pidfd of the PID namespace's init (when it dies the
-        kernel kills every process of the namespace) and the run's cgroup. Killing the init first lets
-        bwrap reap it, so no zombie is left for the host's init."""
+        Neither handle can be changed from inside: the pidfd of the PID namespace's init (the program:
+        when it dies the kernel kills every process of the namespace) and the run's cgroup. Killing the
+        init before bwrap lets bwrap reap it, so no zombie is left for the host's init."""
         if init is not None:
             try:
                 signal.pidfd_send_signal(init, signal.SIGKILL)
