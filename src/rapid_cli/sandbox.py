@@ -547,7 +547,7 @@ class Sandbox:
             _kill_group(proc)
         deadline = time.monotonic() + 2
         while True:
-            alive = (init is not None and not select.select([init], [], [], 0)[0]) or bool(group and Cgroups.procs(group))
+            alive = (init is not None and not _readable(init, 0)) or bool(group and Cgroups.procs(group))
             if not alive:
                 return
             if time.monotonic() > deadline:
@@ -579,7 +579,7 @@ def _namespace_init(info_fd: int, timeout: float) -> int | None:
     """A pidfd of the PID namespace's init, from the JSON bwrap writes to --info-fd; None if bwrap died first."""
     data = b""
     deadline = time.monotonic() + timeout
-    while select.select([info_fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+    while _readable(info_fd, max(0.0, deadline - time.monotonic())):
         chunk = os.read(info_fd, 4096)
         if not chunk:
             break
@@ -593,6 +593,13 @@ def _namespace_init(info_fd: int, timeout: float) -> int | None:
         except ProcessLookupError:
             return None
     return None
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """poll, not select: a trainer with many open files can hand out descriptors above select's 1024."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
