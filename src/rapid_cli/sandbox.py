@@ -220,6 +220,13 @@ def _enable_v2_controllers(group: Path) -> None:
         _write(group / "cgroup.subtree_control", "+memory +pids")
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
 def _write(path: Path, value: str) -> None:
     fd = os.open(path, os.O_WRONLY)
     try:
@@ -244,7 +251,7 @@ class Cgroups:
             return None, f"no cgroup information ({e})"
         name = f"rapid-sandbox-{os.getpid()}-{secrets.token_hex(3)}"
         why = "no cgroup hierarchy with the memory and pids controllers"
-        if v2 is not None and {"memory", "pids"} <= set((v2 / "cgroup.controllers").read_text().split()):
+        if v2 is not None and {"memory", "pids"} <= set(_read(v2 / "cgroup.controllers").split()):
             parent = v2 / name
             try:
                 _enable_v2_controllers(v2)
@@ -390,6 +397,8 @@ class Sandbox:
         self._cgroups: Cgroups | None = None
         if kind == "none":
             self._argv = [self.python, "-I", "-S", "-c", boot_script(self._site_dir(binds))]
+            self.in_force = InForce((f"rlimits only (RLIMIT_AS {self.limits.memory_mb} MiB, CPU, file size, 1 process)",),
+                                    ("every isolation: reward.sandbox=none",))
             return
         if kind != "bwrap":
             raise RapidError(f"reward.sandbox={kind!r} is not one of bwrap, none")
