@@ -631,6 +631,8 @@ _REPORTED = threading.Event()
 
 def make_sandbox(reward_cfg) -> Sandbox:
     """The sandbox `reward` config asks for; `none` prints a warning, bwrap its limits in force, once per process."""
+    from rich.markup import escape
+
     from rapid_cli.console import console
 
     limits = Limits(timeout_s=reward_cfg.timeout_s, memory_mb=reward_cfg.memory_mb)
@@ -643,5 +645,5 @@ def make_sandbox(reward_cfg) -> Sandbox:
     if reward_cfg.sandbox == "bwrap" and not _REPORTED.is_set():
         _REPORTED.set()
         style = "yellow" if sandbox.in_force.missing else "dim"
-        console.print(f"[{style}]{sandbox.in_force.summary()}[/]", highlight=False)
+        console.print(f"[{style}]{escape(sandbox.in_force.summary())}[/]", highlight=False, soft_wrap=True)
     return sandbox
