@@ -40,22 +40,30 @@ def sandbox_at(rev: str) -> types.ModuleType:
     return module
 
 
-def cost_ratio(rev: str, programs: list[str], timeout: float, memory_mb: int, rounds: int = 3) -> None:
-    """Per-program cost of this sandbox against revision `rev`'s, one worker, rounds interleaved (best of each)."""
+def cost_ratio(rev: str, programs: list[str], timeout: float, memory_mb: int, rounds: int = 2) -> None:
+    """Per-program wall time of this sandbox against revision `rev`'s, one worker. The two sandboxes take
+    turns program by program (the order swapped each time), so both see the same load on a shared machine."""
+    import statistics
+
     import rapid_cli.sandbox as current
 
     old = sandbox_at(rev)
     boxes = {rev: old.Sandbox("bwrap", old.Limits(timeout_s=timeout, memory_mb=memory_mb), ["numpy"], 1),
              "current": current.Sandbox("bwrap", current.Limits(timeout_s=timeout, memory_mb=memory_mb), ["numpy"], 1)}
-    best = dict.fromkeys(boxes, float("inf"))
-    for _ in range(rounds):
-        for name, box in boxes.items():
+    seconds: dict[str, list[float]] = {name: [] for name in boxes}
+    passed = dict.fromkeys(boxes, 0)
+    for i, program in enumerate(programs * rounds):
+        for name in list(boxes)[:: 1 if i % 2 else -1]:
             start = time.perf_counter()
-            box.run_many(programs)
-            best[name] = min(best[name], (time.perf_counter() - start) / len(programs))
-    for name, seconds in best.items():
-        print(f"  sandbox {name:8s}: {1000 * seconds:6.1f} ms/program (best of {rounds} x {len(programs)}, 1 worker)")
-    print(f"  per-program cost, current / {rev}: {best['current'] / best[rev]:.2f}x")
+            passed[name] += boxes[name].run(program).passed
+            seconds[name].append(time.perf_counter() - start)
+    for name, times in seconds.items():
+        print(f"  sandbox {name:8s}: {1000 * statistics.mean(times):6.1f} ms/program mean, "
+              f"{1000 * statistics.median(times):6.1f} median, {passed[name]} / {len(times)} passed "
+              f"({len(times)} runs at {timeout} s, 1 worker)")
+    ratios = [new / was for new, was in zip(seconds["current"], seconds[rev], strict=True)]
+    print(f"  per-program cost, current / {rev}: {statistics.mean(seconds['current']) / statistics.mean(seconds[rev]):.2f}x "
+          f"of the mean, {statistics.median(ratios):.2f}x median of program-by-program ratios")
 
 
 def main() -> None:
