@@ -599,8 +599,8 @@ def _namespace_init(info_fd: int, timeout: float) -> int | None:
             continue
         try:
             return os.pidfd_open(pid)
-        except ProcessLookupError:
-            return None
+        except OSError:  # already gone; or a kernel before 5.3 (no pidfd): then the cgroup and bwrap's
+            return None  # --die-with-parent are what kill the run
     return None
 
 
