@@ -40,7 +40,7 @@ def sandbox_at(rev: str) -> types.ModuleType:
     return module
 
 
-def cost_ratio(rev: str, programs: list[str], timeout: float, memory_mb: int, rounds: int = 2) -> None:
+def cost_ratio(rev: str, programs: list[str], names: list[str], timeout: float, memory_mb: int, rounds: int = 2) -> None:
     """Per-program wall time of this sandbox against revision `rev`'s, one worker. The two sandboxes take
     turns program by program (the order swapped each time), so both see the same load on a shared machine."""
     import statistics
@@ -52,15 +52,21 @@ def cost_ratio(rev: str, programs: list[str], timeout: float, memory_mb: int, ro
              "current": current.Sandbox("bwrap", current.Limits(timeout_s=timeout, memory_mb=memory_mb), ["numpy"], 1)}
     seconds: dict[str, list[float]] = {name: [] for name in boxes}
     passed = dict.fromkeys(boxes, 0)
+    failing: dict[str, set[str]] = {name: set() for name in boxes}
     for i, program in enumerate(programs * rounds):
         for name in list(boxes)[:: 1 if i % 2 else -1]:
             start = time.perf_counter()
-            passed[name] += boxes[name].run(program).passed
+            ok = boxes[name].run(program).passed
             seconds[name].append(time.perf_counter() - start)
+            passed[name] += ok
+            if not ok:
+                failing[name].add(names[i % len(names)])
     for name, times in seconds.items():
         print(f"  sandbox {name:8s}: {1000 * statistics.mean(times):6.1f} ms/program mean, "
               f"{1000 * statistics.median(times):6.1f} median, {passed[name]} / {len(times)} passed "
               f"({len(times)} runs at {timeout} s, 1 worker)")
+    for name, ids in failing.items():
+        print(f"  failing in {name} at least once: {', '.join(sorted(ids)) or 'none'}")
     ratios = [new / was for new, was in zip(seconds["current"], seconds[rev], strict=True)]
     print(f"  per-program cost, current / {rev}: {statistics.mean(seconds['current']) / statistics.mean(seconds[rev]):.2f}x "
           f"of the mean, {statistics.median(ratios):.2f}x median of program-by-program ratios")
@@ -103,7 +109,7 @@ def main() -> None:
                   + (f"  failing: {', '.join(failed)}" if failed else ""))
         parallel_speedup(programs, args.timeout, args.memory_mb)
     if args.baseline:
-        cost_ratio(args.baseline, programs, args.timeout, args.memory_mb)
+        cost_ratio(args.baseline, programs, [p.id for p in rows], args.timeout, args.memory_mb)
 
 
 def parallel_speedup(programs: list[str], timeout: float, memory_mb: int) -> None:
