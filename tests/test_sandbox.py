@@ -252,9 +252,10 @@ def test_the_program_is_not_host_root(sandbox):
     done = {}
     runner = threading.Thread(target=lambda: done.update(out=sandbox.run(_NS + "import time\ntime.sleep(1.2)")))
     runner.start()
-    time.sleep(0.6)
-    seen = _boot_processes()
-    runner.join()
+    seen: dict[int, tuple[str, str, str]] = {}
+    while runner.is_alive():  # snapshots until it ends: a loaded machine may start it late
+        seen.update(_boot_processes())
+        time.sleep(0.1)
     ours = [v for v in seen.values() if v[0] == _pidns(done["out"])]
     assert ours, "the program was not seen running"
     for _ns, uids, uid_map in ours:
