@@ -146,7 +146,8 @@ ATTACKS = {
     # device node chmod-ed to its own mode, the uid the jail's user has on the host.
     "host sysctl write": "for p in ('/proc/sys/kernel/printk_ratelimit', '/proc/sys/vm/overcommit_ratio'):\n"
                          "    try:\n        v = open(p).read()\n        open(p, 'w').write(v)\n        print('ESCAPED', p)\n"
-                         "    except OSError as e:\n        print(p, e)",
+                         "    except OSError as e:\n        print(p, e)\n"
+                         "if not os.statvfs('/proc/sys/kernel').f_flag & os.ST_RDONLY:\n    print('ESCAPED /proc/sys is mounted rw')",
     "host device chmod": "import stat\nm = stat.S_IMODE(os.stat('/dev/null').st_mode)\ntry:\n    os.chmod('/dev/null', m)\n"
                          "    print('ESCAPED chmod /dev/null')\nexcept OSError as e:\n    print(e)",
     # uid 0 in the host's user namespace (inode 0xEFFFFFFD). In a user namespace of its own, the map seen

@@ -456,8 +456,10 @@ class Sandbox:
         for src, dst in binds:
             argv += ["--ro-bind", src, dst]
         tmpfs = ["--perms", "1777", "--size", str(lim.tmp_mb << 20), "--tmpfs"]
-        # /proc/sys, /proc/sysrq-trigger, /proc/irq and /proc/bus are bound read-only by bwrap's --proc.
-        argv += ["--proc", "/proc", "--dev", "/dev", *tmpfs, "/dev/shm", "--remount-ro", "/dev", *tmpfs, "/tmp",
+        # bwrap's --proc covers /proc/sys read-only only when its own access() check says it is writable,
+        # which it does not do as root nor in a user namespace: bind it (and sysrq-trigger) read-only here.
+        argv += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys", "--ro-bind-try", "/proc/sysrq-trigger",
+                 "/proc/sysrq-trigger", "--dev", "/dev", *tmpfs, "/dev/shm", "--remount-ro", "/dev", *tmpfs, "/tmp",
                  "--remount-ro", "/", "--chdir", "/tmp", "--clearenv"]
         for k, v in self._env.items():
             argv += ["--setenv", k, v]
