@@ -13,6 +13,8 @@
    outside), on the gold programs of every MBPP+ problem (or --programs of them) and every HumanEval
    one, with the passes of each and the ratio.
 4. The sandbox's parallel speed-up on the new path (one worker vs one per core).
+5. With `--baseline REV` (e.g. ce3365c, before issue 13): the jail itself against the one of git revision
+   REV on the same self-checking programs, one worker, taking turns program by program; prints the ratio.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import subprocess
 import sys
 import tempfile
 import time
+import types
 
 
 def gold_completions(name: str, problems) -> list[str]:
@@ -89,6 +93,49 @@ def cost(task, problems, completions, label: str) -> float:
     return t_new
 
 
+def sandbox_at(rev: str) -> types.ModuleType:
+    """rapid_cli.sandbox as it was at git revision `rev`, loaded beside the current one."""
+    repo = os.path.join(os.path.dirname(__file__), "..")
+    source = subprocess.run(["git", "-C", repo, "show", f"{rev}:src/rapid_cli/sandbox.py"], capture_output=True,
+                            text=True, check=True).stdout
+    module = types.ModuleType(f"sandbox_{rev}")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(source, f"{rev}:sandbox.py", "exec"), module.__dict__)
+    return module
+
+
+def cost_ratio(rev: str, programs: list[str], names: list[str], timeout: float, memory_mb: int, rounds: int = 2) -> None:
+    """Per-program wall time of this sandbox against revision `rev`'s, one worker. The two sandboxes take
+    turns program by program (the order swapped each time), so both see the same load on a shared machine."""
+    import statistics
+
+    import rapid_cli.sandbox as current
+
+    old = sandbox_at(rev)
+    boxes = {rev: old.Sandbox("bwrap", old.Limits(timeout_s=timeout, memory_mb=memory_mb), ["numpy"], 1),
+             "current": current.Sandbox("bwrap", current.Limits(timeout_s=timeout, memory_mb=memory_mb), ["numpy"], 1)}
+    seconds: dict[str, list[float]] = {name: [] for name in boxes}
+    passed = dict.fromkeys(boxes, 0)
+    failing: dict[str, set[str]] = {name: set() for name in boxes}
+    for i, program in enumerate(programs * rounds):
+        for name in list(boxes)[:: 1 if i % 2 else -1]:
+            start = time.perf_counter()
+            ok = boxes[name].run(program).passed
+            seconds[name].append(time.perf_counter() - start)
+            passed[name] += ok
+            if not ok:
+                failing[name].add(names[i % len(names)])
+    for name, times in seconds.items():
+        print(f"  sandbox {name:8s}: {1000 * statistics.mean(times):6.1f} ms/program mean, "
+              f"{1000 * statistics.median(times):6.1f} median, {passed[name]} / {len(times)} passed "
+              f"({len(times)} runs at {timeout} s, 1 worker)")
+    for name, ids in failing.items():
+        print(f"  failing in {name} at least once: {', '.join(sorted(ids)) or 'none'}")
+    ratios = [new / was for new, was in zip(seconds["current"], seconds[rev], strict=True)]
+    print(f"  per-program cost, current / {rev}: {statistics.mean(seconds['current']) / statistics.mean(seconds[rev]):.2f}x "
+          f"of the mean, {statistics.median(ratios):.2f}x median of program-by-program ratios")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mbpp", help="MBPP+ jsonl(.gz) (hub evalplus/mbppplus when omitted)")
@@ -96,6 +143,8 @@ def main() -> None:
     ap.add_argument("--memory-mb", type=int, default=1024)
     ap.add_argument("--programs", type=int, default=0, help="MBPP+ programs for the cost (0: one per problem)")
     ap.add_argument("--cache", help="cache dir for the recorded checks (default: a fresh temporary one)")
+    ap.add_argument("--baseline", metavar="REV", help="also time the jail of this git revision and print the ratio")
+    ap.add_argument("--only-cost", action="store_true", help="with --baseline: only the jail-vs-jail cost ratio")
     args = ap.parse_args()
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
     from rapid_cli.cli import compose_config
@@ -108,6 +157,14 @@ def main() -> None:
         extra = [f"task.data_path={args.mbpp}"] if name == "mbpp" and args.mbpp else []
         cfg = compose_config([f"task={name}", *limits, *extra])
         tasks[name] = make_task(cfg.task, cache_dir=cache, reward_cfg=cfg.reward)
+
+    if args.only_cost and args.baseline:
+        mbpp = tasks["mbpp"]
+        everything = mbpp.train + mbpp.test
+        rows = [everything[i % len(everything)] for i in range(args.programs or len(everything))]
+        programs = [legacy_program(mbpp, c, p) for c, p in zip(gold_completions("mbpp", rows), rows, strict=True)]
+        cost_ratio(args.baseline, programs, [p.id for p in rows], args.timeout, args.memory_mb)
+        return
 
     print(f"test conversion ({os.cpu_count()} cores, checks cached in {cache})")
     code_problems = {name: conversion(tasks[name]) for name in ("mbpp", "humaneval")}
@@ -140,6 +197,9 @@ def main() -> None:
     if len(times) == 2:
         one, many = times.values()
         print(f"  parallel speed-up: {one / many:.2f}x")
+    if args.baseline:
+        programs = [legacy_program(mbpp, c, p) for c, p in zip(gold_completions("mbpp", rows), rows, strict=True)]
+        cost_ratio(args.baseline, programs, [p.id for p in rows], args.timeout, args.memory_mb)
 
 
 if __name__ == "__main__":

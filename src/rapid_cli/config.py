@@ -150,9 +150,10 @@ class WandbConfig:
 class RewardConfig:
     sandbox: str = "bwrap"  # bwrap | none: how generated code runs (none = NO isolation; warned)
     timeout_s: float = 3.0  # wall-clock limit per program (the authors': 3 s)
-    memory_mb: int = 1024  # address-space limit per program
+    memory_mb: int = 1024  # address-space limit per program, and memory cgroup limit per run where one can be made
     workers: int | None = None  # programs run in parallel; null: one per CPU core
     sandbox_packages: list[str] = field(default_factory=lambda: ["numpy"])  # importable inside the sandbox
+    sandbox_uid: int = 65534  # host uid/gid generated code runs as when rapid runs as root (never 0)
     math_timeout_s: float = 5.0  # limit for one math-verify parse/compare
 
 
