@@ -5,7 +5,8 @@ in one shared working directory (like a user's shell session, so `train.resume=a
 previous command started), against an offline hub cache holding stand-ins under the real repo ids
 (tests/hubcache.py). What changes from the README text, and why:
 - BUDGET keys the command does not set itself are appended (one short round, tiny batches, the HF sampler;
-  the vLLM path of the mission command is run by tests/test_hub_presets.py);
+  the vLLM path of the mission command is run by tests/test_hub_presets.py); a sweep without a model
+  trains the tiny model (it runs many jobs);
 - placeholders the README leaves to the user (`/path/to/...`, `<run>`, dates) become real paths;
 - NOT_RUN lists the commands that cannot run on this machine, with the reason.
 """
@@ -71,7 +72,8 @@ def with_budget(argv: list[str]) -> list[str]:
     if argv[:1] == ["make"] or not {"train", "eval"} & set(argv) or {"--help", "--cfg"} & set(argv):
         return argv
     given = {_key(a) for a in argv if "=" in a}
-    return argv + [b for b in BUDGET if _key(b) not in given]
+    sweep = [] if "-m" not in argv or "model" in given else ["model=tiny"]  # many jobs: the tiny model stands in
+    return argv + sweep + [b for b in BUDGET if _key(b) not in given]
 
 
 @pytest.fixture(scope="module")

@@ -99,4 +99,4 @@ def test_training_on_a_test_only_task_says_so(tmp_path, capsys):
     cfg = compose([o for o in TINY if not o.startswith("task=")] + ["task=humaneval", "train.rounds=1", "eval.limit=1",
                                                                    "sampler.max_tokens=4", *ROOMY])
     train(cfg, tmp_path / "run")
-    assert "trains on its 164 test problems" in capsys.readouterr().out.replace("\n", " ")
+    assert "trains on 164 of its 164 test problems" in capsys.readouterr().out.replace("\n", " ")

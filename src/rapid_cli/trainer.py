@@ -311,8 +311,9 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
 
     task = make_task(cfg.task, seed=cfg.seed, cache_dir=cfg.cache_dir, reward_cfg=cfg.reward)
     validate_data(cfg, len(task.train))
-    if task.train is task.test:
-        warn(f"task={cfg.task.name} has no training split: it trains on its {len(task.test)} test problems, so eval/ "
+    shared = {p.id for p in task.train} & {p.id for p in task.test}
+    if shared:  # humaneval has no training split; a user's data may overlap too
+        warn(f"task={cfg.task.name}: it trains on {len(shared)} of its {len(task.test)} test problems, so eval/ "
              "metrics measure problems the model trained on")
     model_cfg = OmegaConf.merge(cfg.model, {"path": str(resumed_from / "model")}) if resumed_from else cfg.model
     model, tokenizer, model_path = load_policy(model_cfg, device, cfg.cache_dir)
