@@ -54,21 +54,43 @@ def test_mbpp_split_and_prompt_follow_the_paper():
 def test_every_mbpp_gold_solution_passes_and_wrong_code_fails():
     task = mbpp(*ROOMY)
     problems = task.train + task.test
+    assert len(problems) == 378  # every test converts to (inputs, expected, rule) form
+    # Mbpp/255's gold solution needs more than 2 GiB and minutes for EvalPlus's extra inputs: its
+    # reference run may not finish within the reference limits, and then it scores 0 for everyone.
+    broken = [p.id for p, s in zip(problems, task.suites(problems), strict=True) if s.error]
+    assert broken in ([], ["Mbpp/255"])
+    assert sum(len(s.checks) for s in task.suites(problems)) > 30000  # test_list + EvalPlus's inputs
     gold = task.rewards([f"Here you go:\n```python\n{p.answer}\n```" for p in problems], problems)
     failed = [p.id for p, r in zip(problems, gold, strict=True) if r != 1.0]
-    assert len(problems) == 378 and failed == []
+    assert failed == broken
     shifted = [problems[(i + 1) % len(problems)].answer for i in range(len(problems))]  # another problem's code
     assert sum(task.rewards(shifted, problems)) == 0
     assert sum(task.rewards(["", "I don't know.", "```python\nimport sys\nsys.exit(0)\n```"], problems[:3])) == 0
 
 
-def test_every_humaneval_gold_solution_passes_and_wrong_code_fails():
+def test_every_humaneval_gold_solution_passes_and_wrong_code_fails(tmp_path):
     cfg = compose(["task=humaneval"])
-    task = make_task(cfg.task, reward_cfg=cfg.reward)
+    task = make_task(cfg.task, cache_dir=str(tmp_path), reward_cfg=cfg.reward)
     problems = task.test
-    assert len(problems) == 164
+    assert len(problems) == 164  # every check() converts
     assert task.rewards([p.answer for p in problems], problems) == [1.0] * 164
     assert sum(task.rewards(["    return None\n"] * 164, problems)) == 0
+    # The expected values were recorded once, by reference runs, and cached: a new task reads them.
+    again = make_task(cfg.task, cache_dir=str(tmp_path), reward_cfg=cfg.reward)
+    assert [s.checks for s in again.suites(problems)] == [s.checks for s in task.suites(problems)]
+    assert again._reference_sandbox is None and len(list((tmp_path / "code-checks" / "humaneval").glob("*.txt"))) == 164
+
+
+@needs_mbpp
+def test_mbpp_problem_whose_tests_cannot_be_converted_is_left_out(tmp_path, capsys):
+    records = [json.loads(line) for line in gzip.open(MBPP_FILE, "rt")][:3]
+    records[1]["test"] += "\nprint('checked')\n"  # no longer ends in EvalPlus's loop
+    records[2]["test_list"] = [records[2]["test_list"][0], "assert sorted(x for x in [1]) == [1]"]
+    task = mbpp(f"task.data_path={_write(tmp_path / 'odd.jsonl.gz', records)}", "task.test_fraction=0.5")
+    kept = {p.id for p in task.train + task.test}
+    assert kept == {f"Mbpp/{records[0]['task_id']}"}
+    out = " ".join(capsys.readouterr().out.split())
+    assert "left out" in out and "not EvalPlus's inputs/results loop" in out and "assert form not supported" in out
 
 
 def test_humaneval_programs_from_chat_and_base_style_completions():

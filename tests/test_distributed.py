@@ -69,8 +69,8 @@ def rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "checkpoints" / f"round-{ROUNDS:06d}" / "model" / "model.safetensors")
+def weights(run_dir: Path, rounds: int = ROUNDS) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "checkpoints" / f"round-{rounds:06d}" / "model" / "model.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +102,30 @@ def test_two_processes_match_one(single, parallel):
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-5), k
+
+
+def test_dapo_on_two_ranks_matches_one_process_taking_the_whole_mini_batch(tmp_path):
+    """DAPO's token mean spans the whole mini-batch: 2 DDP ranks holding one group each take the same step
+    as one process that puts both groups through a single forward pass, even when one rank's group is
+    dropped (all rewards equal) or holds fewer tokens than the other."""
+    rounds = 2
+    dapo = [o for o in overrides(tmp_path, rounds=rounds) if not o.startswith("algo.steps_per_generation")] + ["algo=dapo"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    proc = subprocess.run([RAPID, "train", *dapo, "algo.micro_batch_size=16", f"hydra.run.dir={one}"], cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = torchrun(2, [*dapo, "train.parallel=ddp", f"hydra.run.dir={two}"])
+    out = run.communicate(timeout=600)[0]
+    assert run.returncode == 0, out[-4000:]
+    a, b = rows(one), rows(two)
+    assert any(0 < r.get("train/groups_dropped_frac", 0) < 1 for r in a)  # a round where one rank's group is dropped
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("train/loss", "reward/mean", "train/grad_norm"):
+            if key in ra:
+                assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-6), (ra["round"], key)
+    wa, wb = weights(one, rounds), weights(two, rounds)
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
 
 
 def test_fsdp_run_resumes_exactly(single):

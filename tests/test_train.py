@@ -1,4 +1,5 @@
-"""The real CLI trains the tiny model end to end; the update is exact under gradient accumulation."""
+"""The real CLI trains the tiny model end to end; the first mini-batch's pi_old is the current policy.
+(Micro-batch invariance of the raw gradient, for every loss: tests/test_numerics.py.)"""
 
 import json
 import subprocess
@@ -27,9 +28,10 @@ def test_cli_trains_tiny_arith_for_two_rounds(tmp_path):
                 "time/update", "time/sync", "time/elapsed", "perf/gen_tokens_per_s", "iw/sampler_logprob_gap_mean"):
         assert key in rounds[0], key
     assert rounds[0]["iw/first_step_mean"] == pytest.approx(1.0, abs=1e-4)  # pi_theta == pi_old on step 1
-    # algo.old_logprobs=auto: round 1 showed the fp32 HF sampler agrees with the trainer, round 2 trusts it
-    assert rounds[0]["iw/sampler_logprob_gap_max"] <= 1e-3
-    assert "iw/sampler_logprob_gap_max" not in rounds[1] and "using them from the next round on" in proc.stdout
+    # algo.old_logprobs=auto: every round audits the fp32 HF sampler against the trainer; round 1 cannot
+    # earn trust (no weight sync yet), round 2 does
+    assert all(r["iw/sampler_seq_logw_gap_max"] <= 1e-3 for r in rounds)
+    assert proc.stdout.count("using them from the next round on") == 1
     assert rounds[1]["perf/samples"] == 2 * 2 * 2 * 2  # rounds x A x M x G
     assert "eval/pass@1" in records[0] and "eval/pass@1" in rounds[-1]
     assert (tmp_path / "curves.png").stat().st_size > 1000
@@ -48,31 +50,13 @@ def _round(cfg, model, tok):
     return Rollouts(problems, prompts, gens, rewards, a.group_size)
 
 
-def test_micro_batching_gives_the_same_step_as_one_batch(tiny_policy):
-    model, tok = tiny_policy
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = compose(TINY + ["algo.prompts_per_step=4", "algo.group_size=2", "algo.steps_per_generation=1"])
-    ro = _round(cfg, model, tok)
-    old = [[x - 0.05 for x in row] for row in recompute_logprobs(model, ro, tok.pad_token_id, 8, 1.0, "cpu")]
-    grads = {}
-    for micro in (2, 8):  # 4 micro-batches of one group each vs the whole mini-batch at once
-        model.load_state_dict(state)
-        cfg.algo.micro_batch_size = micro
-        opt, sched = build_optimizer(cfg.optimizer, model, 1)
-        update_minibatch(model, opt, sched, ro, old, ro.group_slice(0, 4), cfg, LOSSES["rapid"], {"iw_clip": 2.0, "eps": 0.2},
-                         tok.pad_token_id, "cpu")
-        grads[micro] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-    model.load_state_dict(state)
-    assert grads[2].abs().sum() > 0
-    assert torch.allclose(grads[2], grads[8], atol=1e-6, rtol=1e-4)
-
-
 def test_first_mini_batch_needs_no_recompute(tiny_policy):
     """pi_old of the round's first mini-batch is the current policy: the step it takes with `None` rows
     (its own detached log-probs) is the step it takes with recomputed ones."""
     model, tok = tiny_policy
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = compose(TINY + ["algo.prompts_per_step=2", "algo.group_size=2", "algo.steps_per_generation=2"])
+    cfg = compose(TINY + ["algo.prompts_per_step=2", "algo.group_size=2", "algo.steps_per_generation=2",
+                          "optimizer.max_grad_norm=null"])  # raw gradients: clipping would hide a scale error
     ro = _round(cfg, model, tok)
     full = recompute_logprobs(model, ro, tok.pad_token_id, 8, 1.0, "cpu")
     rest = recompute_logprobs(model, ro, tok.pad_token_id, 8, 1.0, "cpu", start=4)
@@ -108,5 +92,5 @@ def test_train_function_runs_and_returns_summary(tmp_path):
     cfg = compose(TINY + ["train.rounds=1", "algo.old_logprobs=sampler", "eval.at_start=false"])
     out = train(cfg, tmp_path, run_name="unit")
     assert out["reward/first_round"] == out["reward/mean"]
-    assert "iw/sampler_logprob_gap_mean" not in out  # nothing recomputed, nothing to compare
+    assert out["iw/sampler_seq_logw_gap_max"] < 1e-4  # audited even when nothing is recomputed
     assert (tmp_path / "metrics.jsonl").exists()

@@ -65,6 +65,24 @@ def test_sampled_logprobs_are_log_softmax_at_the_temperature(engine):
         assert reason == ("stop" if ids[-1] == tok.eos_token_id else "length")
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_with_top_p_below_one_no_truncated_logprobs_are_reported(engine, temperature):
+    """vLLM's log-probs at top_p < 1 are renormalised over the nucleus (first-step weight 0.29 instead of 1
+    at top_p 0.9 on SmolLM2); the trainer's ratio needs the untruncated ones. The sampler reports only
+    log-probs that are the trainer's quantity: none at top_p < 1, so the trainer recomputes them."""
+    model, tok, vs = engine
+    prompts = prompts_of(tok, TEXTS[:2])
+    gens = vs.generate(prompts, SamplingParams(n=4, temperature=temperature, top_p=0.9, max_tokens=12))
+    assert len(gens) == 8 and all(gens.completion_ids)
+    if gens.logprobs is not None:  # what any reported log-prob must equal: untruncated log softmax(logits / T)
+        rows = [p for p in prompts for _ in range(4)]
+        with torch.no_grad():
+            lp = completion_logprobs(model, pack(rows, gens.completion_ids, tok.pad_token_id, "cpu"), temperature)
+        for i, (ids, b) in enumerate(zip(gens.completion_ids, gens.logprobs, strict=True)):
+            assert torch.allclose(lp[i, : len(ids)], torch.tensor(b), atol=1e-4), i
+    assert gens.logprobs is None
+
+
 def test_weight_sync_changes_outputs_exactly_as_the_trainer_weights(engine):
     model, tok, vs = engine
     prompts = prompts_of(tok, TEXTS)

@@ -22,14 +22,14 @@ class RapidError(Exception):
 class OldLogprobs(str, Enum):
     recompute = "recompute"  # trainer model recomputes log pi_old before the first update (authors)
     sampler = "sampler"  # take the sampler's per-token logprobs as they came out of generation
-    auto = "auto"  # recompute until a round shows the sampler's agree within algo.sampler_logprob_tol, then sampler
+    auto = "auto"  # recompute until the per-round audit shows the sampler's agree within algo.sampler_logw_tol, then sampler
 
 
 @dataclass
 class ModelConfig:
     name: str = MISSING  # preset name, used in run names
     path: str = MISSING  # hub id, local HF directory, a .gguf file, `pkg:<module>/<file>.gguf`, or `tiny`
-    dtype: str = "float32"  # float32 | bfloat16 | float16 (training dtype)
+    dtype: str = "float32"  # float32 | bfloat16 | float16: weights as loaded; `rapid train` needs float32 (mixed precision: train.mixed_precision)
     chat_template: bool = True  # wrap prompts in the tokenizer's chat template when it has one
     gradient_checkpointing: bool = False  # trade compute for activation memory
     trust_remote_code: bool = False  # run the model repo's own Python code (only for repos you trust)
@@ -74,7 +74,7 @@ class SamplerConfig:
     kv_cache_gb: float | None = None  # fixed KV-cache size instead of gpu_memory_utilization
     enforce_eager: bool = True  # skip CUDA-graph capture / compilation (faster start, small models)
     max_model_len: int | None = 2048  # prompt + completion tokens per sequence; null: the model's maximum
-    dtype: str = "auto"  # auto: model.dtype
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, else model.dtype
     sleep_between_rounds: bool = False  # free the KV cache during the update (GPU), wake before sync
 
 
@@ -87,6 +87,7 @@ class OptimizerConfig:
     max_grad_norm: float | None = 1.0  # gradient clipping; null disables it
     warmup_steps: int = 0  # linear warm-up in optimizer steps
     schedule: str = "constant"  # constant | cosine (decay over all optimizer steps of the run)
+    max_skipped_steps: int = 3  # steps with a non-finite loss/gradient are skipped; this many in a row stop the run
 
 
 @dataclass
@@ -99,7 +100,7 @@ class AlgoConfig:
     iw_clip: float | None = 2.0  # c: importance weights are clipped at c before the baseline
     eps: float | None = 0.2  # PPO ratio clip; null = unclipped importance-weighted PG
     old_logprobs: OldLogprobs = OldLogprobs.auto  # with A=1 (on-policy) nothing is recomputed: ratio = 1
-    sampler_logprob_tol: float = 1e-3  # auto: largest per-token |sampler - trainer| log-prob gap trusted
+    sampler_logw_tol: float = 1e-2  # auto: largest |sum_t (sampler - trainer)| of a sequence (error in log w) trusted
     # Baselines (conf/algo/grpo|pg|dapo|dr_grpo.yaml); each loss takes only the options it names.
     kl_beta: float = 0.0  # grpo: weight of the k3 KL to the frozen initial policy (0.04); needs a reference copy
     eps_high: float | None = None  # dapo: upper PPO clip ("clip-higher", 0.28); null: eps
@@ -115,7 +116,9 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept in <run dir>/checkpoints (0: all)
     resume: str | None = None  # auto (newest intact checkpoint of this run) | a checkpoint or run directory
     parallel: str = "none"  # none | ddp | fsdp: data parallel over the processes torchrun starts
-    mixed_precision: str = "none"  # none | bf16: autocast (ddp/none) or FSDP2 bf16 params with fp32 reduction
+    # auto (bf16 on CUDA, none on CPU) | none | bf16: fp32 master weights with bf16 autocast (ddp/none) or FSDP2 bf16
+    # compute with fp32 reduction
+    mixed_precision: str = "auto"
     dist_timeout_s: int = 600  # a collective waiting longer than this (a rank died) ends the job
     # SIGTERM (SLURM, docker stop, Kubernetes): seconds to finish the round and save before abandoning it
     # (the last checkpoint stays). Ctrl-C and SIGUSR1 wait for the round; a second signal abandons it.
@@ -147,9 +150,10 @@ class WandbConfig:
 class RewardConfig:
     sandbox: str = "bwrap"  # bwrap | none: how generated code runs (none = NO isolation; warned)
     timeout_s: float = 3.0  # wall-clock limit per program (the authors': 3 s)
-    memory_mb: int = 1024  # address-space limit per program
+    memory_mb: int = 1024  # address-space limit per program, and memory cgroup limit per run where one can be made
     workers: int | None = None  # programs run in parallel; null: one per CPU core
     sandbox_packages: list[str] = field(default_factory=lambda: ["numpy"])  # importable inside the sandbox
+    sandbox_uid: int = 65534  # host uid/gid generated code runs as when rapid runs as root (never 0)
     math_timeout_s: float = 5.0  # limit for one math-verify parse/compare
 
 
@@ -220,7 +224,7 @@ _CHOICES = {
     "sampler.dtype": ("auto", "float32", "bfloat16", "float16"),
     "reward.sandbox": ("bwrap", "none"),
     "train.parallel": ("none", "ddp", "fsdp"),
-    "train.mixed_precision": ("none", "bf16"),
+    "train.mixed_precision": ("auto", "none", "bf16"),
 }
 
 
@@ -249,8 +253,15 @@ def validate(cfg) -> None:
         raise RapidError(f"algo.iw_clip={a.iw_clip} must be >= 1 (or null for no clipping)")
     if a.eps is not None and not 0 < a.eps < 1:
         raise RapidError(f"algo.eps={a.eps} must be in (0, 1) (or null for the unclipped loss)")
-    if a.sampler_logprob_tol < 0:
-        raise RapidError(f"algo.sampler_logprob_tol={a.sampler_logprob_tol} must be >= 0")
+    if a.old_logprobs == OldLogprobs.sampler and a.steps_per_generation > 1 and cfg.sampler.top_p < 1:
+        from rapid_cli.samplers import resolve_name
+
+        if resolve_name(cfg.sampler.name) == "vllm":
+            raise RapidError(f"algo.old_logprobs=sampler with sampler=vllm and sampler.top_p={cfg.sampler.top_p}: vLLM's "
+                             "log-probs are then renormalised over the top-p nucleus, not the untruncated log softmax(logits/T) "
+                             "the trainer's ratio uses; use algo.old_logprobs=recompute, sampler=hf, or sampler.top_p=1")
+    if a.sampler_logw_tol < 0:
+        raise RapidError(f"algo.sampler_logw_tol={a.sampler_logw_tol} must be >= 0")
     from rapid_cli.algorithms import LOSSES
 
     if a.name not in LOSSES:
@@ -275,6 +286,8 @@ def validate(cfg) -> None:
         raise RapidError("train.save_every and train.keep_checkpoints must be >= 0")
     if cfg.optimizer.lr <= 0:
         raise RapidError(f"optimizer.lr={cfg.optimizer.lr} must be > 0")
+    if cfg.optimizer.max_skipped_steps < 1:
+        raise RapidError(f"optimizer.max_skipped_steps={cfg.optimizer.max_skipped_steps} must be at least 1")
     if len(cfg.optimizer.betas) != 2:
         raise RapidError("optimizer.betas takes two numbers, e.g. optimizer.betas=[0.9,0.999]")
     e = cfg.eval
@@ -306,6 +319,27 @@ def validate(cfg) -> None:
     m = cfg.model
     if m.path == "tiny" and (m.tiny_hidden % m.tiny_heads or m.tiny_heads < 1):
         raise RapidError(f"model.tiny_hidden={m.tiny_hidden} must be a multiple of model.tiny_heads={m.tiny_heads}")
+
+
+def validate_training(cfg) -> None:
+    """Checks that only `rapid train` needs (`rapid eval` may load any dtype)."""
+    if cfg.model.dtype != "float32":
+        # AdamW on bf16/fp16 weights rounds most small updates away (at lr 1e-6 about 2% of the weights
+        # change per step, against all of them in fp32): keep fp32 master weights and compute in bf16.
+        raise RapidError(f"model.dtype={cfg.model.dtype} would train {cfg.model.dtype} weights, whose small updates round "
+                         "away; keep model.dtype=float32 and use train.mixed_precision=bf16 (the default on CUDA) for speed")
+
+
+def resolve_precision(cfg, cuda: bool) -> tuple[str, str]:
+    """(train.mixed_precision, vLLM engine dtype) with `auto` resolved. On CUDA: fp32 master weights, bf16
+    autocast and a bf16 engine (fast, and the weights still take every small update); on CPU fp32 throughout."""
+    mixed = cfg.train.mixed_precision
+    engine = cfg.sampler.dtype
+    if mixed == "auto":
+        mixed = "bf16" if cuda else "none"
+    if engine == "auto":
+        engine = "bfloat16" if cuda else cfg.model.dtype
+    return mixed, engine
 
 
 def validate_data(cfg, n_train: int) -> None:

@@ -50,6 +50,7 @@ def load_policy(model_cfg, device: torch.device, cache_dir: str | None = None):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
+    disable_dropout(model)
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.config.use_cache = True
@@ -87,6 +88,21 @@ def check_fits(model, max_tokens: int, longest_prompt: int, key: str) -> None:
     if limit is not None and longest_prompt + max_tokens > limit:
         raise RapidError(f"{key}={max_tokens} plus the longest prompt ({longest_prompt} tokens) exceeds the model's "
                          f"context of {limit} tokens; lower {key} to at most {max(1, limit - longest_prompt)}")
+
+
+def disable_dropout(model) -> None:
+    """Sets every dropout probability of `model` to 0, in its config and in its modules. pi_old is taken
+    in eval mode (sampler, recompute) and the update runs in train mode: with dropout on, the policy being
+    trained would not be the one that sampled, and the first step's weights would not be 1. (Transformers'
+    attention reads the rate from a float attribute, not an nn.Dropout, so both are reset; train mode itself
+    stays on, since gradient checkpointing needs it.)"""
+    configs = [model.config, *(v for v in vars(model.config).values() if hasattr(v, "to_dict"))]  # sub-configs too
+    for obj in (*configs, *model.modules()):
+        if isinstance(obj, torch.nn.modules.dropout._DropoutNd):
+            obj.p = 0.0
+        for key, value in list(vars(obj).items()):
+            if "dropout" in key and isinstance(value, float):
+                setattr(obj, key, 0.0)
 
 
 def stop_token_ids(model, tokenizer) -> set[int]:

@@ -24,13 +24,21 @@ import torch
 from omegaconf import OmegaConf
 
 from rapid_cli import checkpoint, distributed
-from rapid_cli.algorithms import LOSSES, loss_options, needs_reference
-from rapid_cli.config import OldLogprobs, RapidError, validate, validate_data
+from rapid_cli.algorithms import LOSSES, loss_denominator, loss_options, needs_reference
+from rapid_cli.algorithms.aggregate import effective_sample_size
+from rapid_cli.config import (
+    OldLogprobs,
+    RapidError,
+    resolve_precision,
+    validate,
+    validate_data,
+    validate_training,
+)
 from rapid_cli.console import console, warn
 from rapid_cli.evaluate import eval_params, evaluate
 from rapid_cli.logger import NullLogger, RunLogger
 from rapid_cli.policy import check_fits, completion_logprobs, load_policy, pack
-from rapid_cli.samplers import make_sampler
+from rapid_cli.samplers import make_sampler, resolve_name
 from rapid_cli.stopping import Interrupted, StopOnSignal
 from rapid_cli.tasks import make_task
 from rapid_cli.timing import PhaseTimer
@@ -103,76 +111,162 @@ def recompute_logprobs(model, ro: Rollouts, pad_id: int, micro: int, temperature
     return out
 
 
-def logprob_gap(a: list[list[float]], b: list[list[float]]) -> dict[str, float]:
-    diffs = [abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True)]
-    return {"iw/sampler_logprob_gap_mean": sum(diffs) / max(1, len(diffs)), "iw/sampler_logprob_gap_max": max(diffs, default=0.0)}
+AUDIT_KEY = "iw/sampler_seq_logw_gap_max"
+
+
+def logprob_audit(trainer: torch.Tensor, sampler: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """How far the sampler's behaviour log-probs are from the trainer's for the same tokens. All [B, T].
+    What the importance weight feels is the gap summed over a sequence (its error in log w), so that is
+    the one `auto` decides on; a per-token gap of 5e-4 of one sign is log w = -1 over 2048 tokens."""
+    gap = torch.where(mask > 0, trainer.float() - sampler, torch.zeros_like(sampler))  # [B, T]
+    return {"audit_seq_logw_gap_max": gap.sum(-1).abs().max().item(), "audit_logprob_gap_max": gap.abs().max().item(),
+            "audit_logprob_gap_sum": gap.abs().sum().item(), "audit_tokens_sum": mask.sum().item()}
+
+
+def audit_metrics(step: dict) -> dict[str, float]:
+    """The `iw/` metrics of the audit taken in the round's first step (none when there was nothing to compare)."""
+    if "audit_tokens_sum" not in step:
+        return {}
+    return {AUDIT_KEY: step["audit_seq_logw_gap_max"], "iw/sampler_logprob_gap_max": step["audit_logprob_gap_max"],
+            "iw/sampler_logprob_gap_mean": step["audit_logprob_gap_sum"] / max(1.0, step["audit_tokens_sum"])}
 
 
 class BehaviourLogprobs:
-    """Where each round's log pi_old comes from (algo.old_logprobs).
+    """Where each round's log pi_old comes from (algo.old_logprobs), and whether the sampler's may stand in.
 
-    `recompute` runs the trainer's model over the round (the authors' choice: an inference engine's
-    numerics differ from the trainer's). The first mini-batch needs none of it: nothing has been updated
-    yet, so its pi_old is the current policy (`None` rows; update_minibatch detaches its own log-probs).
-    `auto` recomputes until one round shows the sampler's log-probs agree with the trainer's within
-    `sampler_logprob_tol` on every rank (fp32 engines on CPU agree to ~1e-5; bf16 GPU engines usually
-    do not), then takes the sampler's and saves that forward pass. `trusted` is checkpointed so a resumed
-    run makes the same choice."""
+    `recompute` runs the trainer's model over the round before the first update (the authors' choice: an
+    inference engine's numerics differ from the trainer's). The first mini-batch needs none of it: nothing
+    has been updated yet, so its pi_old is the current policy (`None` rows; update_minibatch detaches its
+    own log-probs). `sampler` takes the sampler's log-probs for every row. `auto` recomputes until the
+    sampler has passed the audit, then takes the sampler's for the rows past the first mini-batch.
 
-    def __init__(self, algo, d, trusted: bool = False):
-        self.mode, self.tol, self.d, self.trusted = algo.old_logprobs, algo.sampler_logprob_tol, d, trusted
+    The audit costs nothing: the round's first step runs the policy, still pi_old, over the first
+    mini-batch, and update_minibatch compares those log-probs with the sampler's for the same rows, every
+    round and in every mode (`iw/sampler_seq_logw_gap_max`, the worst |sum_t gap| of a sequence, over all
+    ranks). `auto` trusts the sampler after a round whose audit is within `algo.sampler_logw_tol`, but only
+    a round sampled after one of this run's weight syncs (a sync that drops or garbles weights shows only
+    then); an audit that fails later revokes the trust. The trust is checkpointed with the settings it was
+    earned under (`settings`: sampler, engine dtype, precision, parallel layout, temperature, top_p) and
+    dropped on a resume that changed any of them."""
+
+    def __init__(self, algo, d, settings: dict, saved: dict | None = None):
+        self.mode, self.tol, self.settings = algo.old_logprobs, algo.sampler_logw_tol, settings
         self.first_rows = algo.prompts_per_step // d.world * algo.group_size
         self.on_policy = algo.steps_per_generation == 1  # A=1: the single step's detached log-probs are pi_old
+        self.trusted = bool(saved and saved.get("trusted") and saved.get("settings") == settings)
+        self.synced = False  # whether this run has synced updated weights into the sampler yet
+        if saved and saved.get("trusted") and not self.trusted and self.mode == OldLogprobs.auto:
+            console.print("[dim]algo.old_logprobs=auto: sampler/precision/parallel settings changed since the checkpoint; "
+                          "recomputing pi_old until the sampler passes the audit again[/]")
 
-    def __call__(self, policy, ro: Rollouts, pad_id: int, micro: int, temperature: float, device) -> tuple[list | None, dict]:
+    def __call__(self, policy, ro: Rollouts, pad_id: int, micro: int, temperature: float, device) -> list | None:
         if self.on_policy:
-            return None, {}
-        sampled = ro.generations.logprobs
-        if self.mode == OldLogprobs.sampler or self.trusted:
-            return sampled, {}
-        rest = recompute_logprobs(policy, ro, pad_id, micro, temperature, device, start=self.first_rows)
-        gap = logprob_gap(rest, sampled[self.first_rows :])
-        if self.mode == OldLogprobs.auto:
-            worst = distributed.mean_metrics(self.d, {"gap/max": gap["iw/sampler_logprob_gap_max"]})["gap/max"]
-            if worst <= self.tol:
+            return None
+        sampled = ro.generations.logprobs  # None: the sampler reports none that are the trainer's quantity
+        if self.mode == OldLogprobs.sampler:
+            return sampled
+        if self.trusted and sampled is not None:
+            return [None] * self.first_rows + sampled[self.first_rows :]
+        return [None] * self.first_rows + recompute_logprobs(policy, ro, pad_id, micro, temperature, device,
+                                                             start=self.first_rows)
+
+    def after_round(self, audit: dict) -> None:
+        """Takes the round's audit (the same on every rank: maxed over ranks), once its weights were synced."""
+        gap = audit.get(AUDIT_KEY)
+        if self.mode == OldLogprobs.auto and not self.on_policy and gap is not None:
+            if self.trusted and gap > self.tol:
+                self.trusted = False
+                console.print(f"[yellow]algo.old_logprobs=auto: the sampler's log-probs drifted from the trainer's (log w "
+                              f"gap {gap:.1e} > {self.tol:g}); recomputing pi_old again from the next round on[/]")
+            elif not self.trusted and self.synced and gap <= self.tol:
                 self.trusted = True
-                console.print(f"[dim]algo.old_logprobs=auto: the sampler's log-probs match the trainer's (max gap "
-                              f"{worst:.1e} <= {self.tol:g}); using them from the next round on[/]")
-        return [None] * self.first_rows + rest, gap
+                console.print(f"[dim]algo.old_logprobs=auto: the sampler's log-probs match the trainer's (log w gap "
+                              f"{gap:.1e} <= {self.tol:g}); using them from the next round on, audited every round[/]")
+        self.synced = True
+
+    def state(self) -> dict:
+        return {"trusted": self.trusted, "settings": self.settings}
 
 
 def update_minibatch(model, optimizer, scheduler, ro: Rollouts, old: list[list[float]] | None, rows: slice, cfg, loss_fn,
-                     opts, pad_id: int, device, ref: list[list[float]] | None = None) -> dict:
+                     opts, pad_id: int, device, ref: list[list[float]] | None = None, d: distributed.Dist | None = None,
+                     audit: list[list[float]] | None = None) -> dict:
     """One optimizer step on whole prompt groups `rows`, accumulated over micro-batches of whole groups.
-    `old=None` (or None rows) means pi_old is the current policy, so its log-probs are the detached ones."""
+    `old=None` (or None rows) means pi_old is the current policy, so its log-probs are the detached ones.
+    `audit`: the sampler's log-probs, compared with this step's own (the round's first step, where the
+    policy is still the one that sampled: BehaviourLogprobs)."""
     a = cfg.algo
+    d = d or distributed.Dist()
     B = rows.stop - rows.start
+    # The loss's denominator (rows, kept tokens, rows x norm_len) belongs to the whole mini-batch: every
+    # micro-batch's loss is its part of that one sum, so the gradient does not depend on how it is cut.
+    # DDP averages gradients over ranks, so each rank divides by the mean of the ranks' denominators.
+    comp = ro.generations.completion_ids[rows]
+    rewards = torch.tensor(ro.rewards[rows], dtype=torch.float32)  # [B]
+    local = loss_denominator(loss_fn, completion_mask(comp), rewards, a.group_size, opts)
+    denominator = distributed.mean_metrics(d, {"denominator": local})["denominator"] or 1.0  # 0: nothing kept, loss 0
     optimizer.zero_grad(set_to_none=True)
     sums: dict[str, float] = {}
     for mb in _micro_batches(rows, a.micro_batch_size):
-        comp = ro.generations.completion_ids[mb]
-        batch = pack(ro.row_prompts(mb), comp, pad_id, device)
+        batch = pack(ro.row_prompts(mb), ro.generations.completion_ids[mb], pad_id, device)
         C = batch.completion_ids.shape[1]
-        rewards = torch.tensor(ro.rewards[mb], dtype=torch.float32, device=device)  # [b]
         logprobs = completion_logprobs(model, batch, cfg.sampler.temperature)  # [b, C]
         old_lp = logprobs.detach() if old is None or old[mb.start] is None else _pad_rows(old[mb], C, device)  # [b, C]
         extra = {} if ref is None else {"ref_logprobs": _pad_rows(ref[mb], C, device)}
-        loss, metrics = loss_fn(logprobs, old_lp, batch.completion_mask, rewards, a.group_size, **opts, **extra)
-        share = (mb.stop - mb.start) / B  # the loss is a per-sequence mean: weight micro-batches by rows
-        (loss * share).backward()
-        metrics["loss"] = loss.item()
+        loss, metrics = loss_fn(logprobs, old_lp, batch.completion_mask, rewards[mb.start - rows.start : mb.stop - rows.start].to(device),
+                                a.group_size, **opts, **extra, denominator=denominator)
+        loss.backward()
+        metrics["loss"] = loss.item()  # the parts add up to the mini-batch's loss
+        if audit is not None:
+            metrics |= logprob_audit(logprobs.detach(), _pad_rows(audit[mb], C, device), batch.completion_mask)
+        share = (mb.stop - mb.start) / B  # other metrics: means over rows
         for k, v in metrics.items():
-            sums[k] = max(sums.get(k, v), v) if k.endswith("_max") else sums.get(k, 0.0) + v * share
+            if k.endswith("_max"):
+                sums[k] = max(sums.get(k, v), v)
+            else:
+                sums[k] = sums.get(k, 0.0) + (v if k == "loss" or k.endswith("_sum") else v * share)
+    if "iw_sum" in sums:  # over the whole mini-batch, every rank's rows included, not a mean of micro-batch ESSs
+        total = distributed.mean_metrics(d, {"iw_sum": sums["iw_sum"], "iw_sq_sum": sums["iw_sq_sum"]})
+        sums["ess"] = effective_sample_size(total["iw_sum"], total["iw_sq_sum"]) * d.world
+    sums["lr"] = optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler moves on after it)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optimizer.max_grad_norm or float("inf"))
     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
-    optimizer.step()
-    scheduler.step()
     sums["grad_norm"] = grad_norm.item()
+    # One NaN in the gradient would reach every weight through AdamW: such a step is skipped on every rank.
+    bad = not (math.isfinite(sums["loss"]) and math.isfinite(sums["grad_norm"]))
+    sums["skipped"] = distributed.mean_metrics(d, {"skipped_max": float(bad)})["skipped_max"]
+    if sums["skipped"]:
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        optimizer.step()
+        scheduler.step()
     return sums
 
 
+class SkipGuard:
+    """Counts skipped (non-finite) optimizer steps in a row across rounds and stops the run after `limit`:
+    the weights are still the last good ones, so is the checkpoint on disk (written only after a round)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.streak = limit, 0
+
+    def check(self, steps: list[dict], rnd: int) -> None:
+        for step in steps:
+            self.streak = self.streak + 1 if step["skipped"] else 0
+            if self.streak >= self.limit:
+                raise RapidError(f"round {rnd}: {self.streak} optimizer steps in a row had a non-finite loss or gradient "
+                                 "norm and were skipped (weights and checkpoints kept from before them); lower optimizer.lr, "
+                                 "keep model.dtype=float32, or raise optimizer.max_skipped_steps")
+
+
+def completion_mask(completions: list[list[int]]) -> torch.Tensor:
+    """1 on each completion's tokens, 0 past its end: [B, longest]."""
+    lengths = torch.tensor([len(c) for c in completions])
+    return (torch.arange(max(1, int(lengths.max()))) < lengths[:, None]).float()
+
+
 def _mean_dicts(dicts: list[dict]) -> dict:
-    keys = dicts[0].keys()
+    keys = [k for k in dicts[0] if all(k in d for d in dicts)]  # the first step's audit is its own
     return {k: (max if k.endswith("_max") else lambda v: sum(v) / len(v))([d[k] for d in dicts]) for k in keys}
 
 
@@ -204,6 +298,7 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
 
 def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: contextlib.ExitStack) -> dict:
     validate(cfg)
+    validate_training(cfg)
     d = distributed.setup(cfg)
     run_dir = Path(distributed.broadcast(d, str(run_dir)))  # other ranks' Hydra dirs are throwaway
     console.quiet = console.quiet or not d.main
@@ -232,12 +327,18 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     loss_fn = LOSSES[a.name]
     opts = loss_options(loss_fn, a)
     reference = copy.deepcopy(model).eval().requires_grad_(False) if needs_reference(loss_fn, a) else None
-    policy = distributed.wrap(d, model, cfg.train.mixed_precision)  # what forward/backward go through
-    bf16 = cfg.train.mixed_precision == "bf16" and d.parallel != "fsdp"  # FSDP2 casts in its own policy
+    precision, engine_dtype = resolve_precision(cfg, device.type == "cuda")
+    policy = distributed.wrap(d, model, precision)  # what forward/backward go through
+    bf16 = precision == "bf16" and d.parallel != "fsdp"  # FSDP2 casts in its own policy
     amp = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
     optimizer, scheduler = build_optimizer(cfg.optimizer, policy, total_steps=cfg.train.rounds * a.steps_per_generation)
     stream = PromptStream(task.train, cfg.seed)
-    behaviour = BehaviourLogprobs(a, d, trusted=state.get("sampler_logprobs_trusted", False))
+    skips = SkipGuard(cfg.optimizer.max_skipped_steps)
+    # what the sampler's log-probs were audited under: trust earned with other settings does not carry over
+    trust_settings = {"sampler": resolve_name(s.name), "engine_dtype": engine_dtype, "mixed_precision": precision,
+                      "parallel": d.parallel, "world": d.world, "device": device.type, "temperature": s.temperature,
+                      "top_p": s.top_p}
+    behaviour = BehaviourLogprobs(a, d, trust_settings, state.get("sampler_trust"))
     to_ids = lambda p: task.prompt_ids(p, tokenizer, cfg.model.chat_template)  # noqa: E731
     eval_problems = task.test[: cfg.eval.limit] if cfg.eval.limit else task.test
     eval_prompts = [to_ids(p) for p in eval_problems]
@@ -277,7 +378,7 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
             return run_dir / "checkpoints"
         trainer_state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "cursor": stream.cursor,
                          "totals": totals, "first_eval": first_eval, "elapsed": timer.elapsed, "phase_totals": timer.totals,
-                         "wandb_id": log.wandb_id, "sampler_logprobs_trusted": behaviour.trusted}
+                         "wandb_id": log.wandb_id, "sampler_trust": behaviour.state()}
         stop.saving()
         with console.status(f"saving checkpoint round {rnd}"):
             return checkpoint.save(run_dir / "checkpoints", rnd, model, tokenizer, trainer_state, cfg, cfg.train.keep_checkpoints,
@@ -301,7 +402,7 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
                 rewards = task.rewards(gens.texts, [p for p in problems for _ in range(a.group_size)])
             ro = Rollouts(problems, prompt_ids, gens, rewards, a.group_size)
             with timer("old_logprobs"), amp():
-                old, gap = behaviour(policy, ro, pad_id, a.micro_batch_size, s.temperature, device)
+                old = behaviour(policy, ro, pad_id, a.micro_batch_size, s.temperature, device)
             ref = None
             if reference is not None:
                 with timer("ref_logprobs"), amp():
@@ -309,21 +410,24 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
             with timer("update"), amp():
                 steps = [
                     update_minibatch(policy, optimizer, scheduler, ro, old, ro.group_slice(i * M, M), cfg, loss_fn, opts,
-                                     pad_id, device, ref)
+                                     pad_id, device, ref, d, audit=gens.logprobs if i == 0 else None)
                     for i in range(a.steps_per_generation)
                 ]
+            skips.check(steps, rnd)
             with timer("sync"):
                 sampler.sync_weights(policy)
+            audit = distributed.mean_metrics(d, audit_metrics(steps[0]))  # *_max over ranks: every rank decides alike
+            behaviour.after_round(audit)
             eval_metrics = {}
             if d.main and ((cfg.eval.every and rnd % cfg.eval.every == 0) or rnd == cfg.train.rounds):
                 with timer("eval"):
                     eval_metrics = run_eval()
 
-            local = distributed.mean_metrics(d, {**round_metrics(ro, steps, timer), **gap, "perf/n": len(gens),
+            local = distributed.mean_metrics(d, {**round_metrics(ro, steps, timer), **audit, "perf/n": len(gens),
                                                  "perf/tokens": gens.num_tokens})  # whole-batch view
             totals["perf/samples"] += round(local.pop("perf/n") * d.world)
             totals["perf/gen_tokens"] += round(local.pop("perf/tokens") * d.world)
-            metrics = {**local, **eval_metrics, **totals, "train/lr": scheduler.get_last_lr()[0], "time/elapsed": timer.elapsed}
+            metrics = {**local, **eval_metrics, **totals, "time/elapsed": timer.elapsed}
             log.log(metrics, step=rnd)
             log.round_done(metrics, rnd)
             G = a.group_size
@@ -357,6 +461,8 @@ def round_metrics(ro: Rollouts, steps: list[dict], timer: PhaseTimer) -> dict:
         "reward/groups_all_equal_frac": sum(len(set(g)) == 1 for g in groups) / len(groups),
         "train/loss": step["loss"],
         "train/grad_norm": step["grad_norm"],
+        "train/skipped_steps": sum(st["skipped"] for st in steps),
+        "train/lr": steps[-1]["lr"],  # the rate of the round's last step
         "train/adv_abs_mean": step["adv_abs_mean"],
         "train/ppo_clip_frac": step["ppo_clip_frac"],
         "train/completion_len": gens.num_tokens / len(gens),

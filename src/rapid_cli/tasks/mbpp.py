@@ -3,17 +3,21 @@
 Sources: hub `evalplus/mbppplus` (one split, `test`), or `task.data_path=` (the jsonl/jsonl.gz/parquet
 file, or a directory with train.jsonl and test.jsonl already split). A single split is shuffled with
 `task.split_seed` (42) and cut 70/30 like the paper: 264 train / 114 test. The prompt is the paper's:
-the description and the first assert inside a docstring. Reward: the extracted code (rewards/code.py)
-followed by `test_imports`, every assert of `test_list` and the `test` script passes in the sandbox
-within `reward.timeout_s` (3 s).
+the description and the first assert inside a docstring. Reward: the extracted code (rewards/code.py),
+after `test_imports`, is called in the sandbox on the inputs of every `test_list` assert and of the
+`test` script's `inputs`, within `reward.timeout_s` (3 s); the values it returns are compared outside
+with the expected ones by the dataset's rules (exact, or MBPP+'s float tolerance; tasks/code.py).
 """
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 from rapid_cli.config import RapidError
+from rapid_cli.rewards.asserts import RECORD, Rule, Unconvertible, record_asserts, uses
 from rapid_cli.rewards.code import extract_code
+from rapid_cli.rewards.verdict import TestSource
 from rapid_cli.tasks.code import CodeTask, split_records
 from rapid_cli.tasks.sources import load_split
 from rapid_cli.types import Problem
@@ -47,5 +51,43 @@ class MBPPTask(CodeTask):
         return [to_problem(r, f"mbpp record {i + 1} (task_id {r['task_id']})") for i, r in enumerate(records)]
 
     def program(self, completion: str, problem: Problem) -> str:
+        return "\n".join([*problem.meta["test_imports"], extract_code(completion)])
+
+    def test_source(self, problem: Problem) -> TestSource:
         m = problem.meta
-        return "\n".join([*m["test_imports"], extract_code(completion), "", *m["test_list"], "", m["test"], ""])
+        entry, header, loop, rule = plus_tests(m["test"])
+        listed, rules = record_asserts(ast.parse("\n".join(m["test_list"])), entry, first_rule=1)
+        context = "\n".join([*m["test_imports"], problem.answer])
+        return TestSource(entry, context, f"{listed}\n\n{header}\n\n{loop}\n", (rule, *rules))
+
+
+def plus_tests(test: str) -> tuple[str, str, str, Rule]:
+    """The EvalPlus `test` script as (function name, the script without its final loop, that loop
+    recording instead of asserting, rule). The loop must be EvalPlus's: one call
+    `assertion(f(*inp), expected, atol)` per input (expected: `exp` from `results`, or `ref_func(*inp)`),
+    and `assertion` one of its three helpers: allclose-or-equal, the same on set(out) / set(exp), or
+    one that asserts nothing (three problems whose expected values say whether a match was found:
+    there the rule checks that, `out is not None` or the bool). The loop records its checks as rule 0."""
+    tree = ast.parse(test)
+    loop = tree.body[-1] if tree.body else None
+    call = loop.body[0].value if isinstance(loop, ast.For) and len(loop.body) == 1 and isinstance(loop.body[0], ast.Expr) else None
+    inner, expected, atol = call.args if isinstance(call, ast.Call) and len(call.args) == 3 else (None, None, None)
+    helpers = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "assertion"]
+    if not (inner is not None and ast.unparse(call.func) == "assertion" and len(helpers) == 1
+            and isinstance(inner, ast.Call) and isinstance(inner.func, ast.Name) and len(inner.args) == 1
+            and isinstance(inner.args[0], ast.Starred) and isinstance(atol, ast.Constant)
+            and type(atol.value) in (int, float) and not uses(expected, inner.func.id)):
+        raise Unconvertible("the test script is not EvalPlus's inputs/results loop")
+    helper = helpers[0]
+    nodes = list(ast.walk(helper))
+    if not any(isinstance(n, ast.Assert) for n in nodes):
+        rule = Rule("eq", observe="not_none")
+    elif any(isinstance(n, ast.Attribute) and n.attr == "allclose" for n in nodes):
+        as_set = any(isinstance(n, ast.Assign) and ast.unparse(n) == "out = set(out)" for n in nodes)
+        rule = Rule("mbpp", wrap="set" if as_set else None)
+    else:
+        raise Unconvertible("unknown assertion helper in the test script")
+    loop.body[0].value = ast.Call(ast.Name(RECORD, ast.Load()), [ast.Constant(0), inner.args[0].value,
+                                                                 expected, atol], [])
+    header = "\n".join(test.splitlines()[: loop.lineno - 1])
+    return inner.func.id, header, ast.unparse(ast.fix_missing_locations(loop)), rule

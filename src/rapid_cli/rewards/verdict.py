@@ -1,0 +1,320 @@
+"""Code rewards decided outside the jail, from plain data.
+
+A code task describes its tests as a `TestSource`: the dataset's test code rewritten to *record*
+checks (argument tuple, expected value, rule) instead of asserting them (rewards/asserts.py, or a
+task's own converter). The pass/fail decision never happens where the candidate runs:
+
+1. Reference run (once per problem, cached on disk): the gold solution and the recording test code
+   run in the jail; it prints the checks, and the gold solution's own outputs on them, as plain data
+   (rewards/plain.py). The checks are valid only if the gold solution passes every one of them.
+2. Candidate run (every completion): the jail gets the candidate's code and the argument tuples only,
+   never the expected values or the test code; it calls the function on each tuple and prints the
+   return values as plain data. A value that is not plain data (a custom class, an object whose
+   __eq__ lies) cannot be encoded, and that call fails.
+3. Verdict (outside, `passes`): the printed values are parsed with json and rebuilt by plain.decode,
+   then compared with the cached expected values by each check's rule.
+
+Whatever the candidate does inside its process (patching the encoder, tracing hooks, fake modules,
+printing a forged result line, exiting early) it can only change the values it reports, and it
+passes only if those values satisfy the dataset's rule for inputs whose expected outputs it never
+saw: that is solving the test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+from rapid_cli.rewards import plain
+from rapid_cli.rewards.asserts import RECORD, Rule
+
+MARK = "\x1erapid-values "  # starts the line that carries the results; the last such line counts
+BIG = 1 << 16  # an exactly-compared value whose canonical form is longer than this travels as its digest
+VERSION = 3  # part of the cache key: bump when the recording or the comparison changes
+
+
+@dataclass(frozen=True)
+class TestSource:
+    """A problem's tests, ready for the reference run. `context` (the gold solution and the dataset's
+    helper code) and `record` (test code calling `_rapid_rec(k, args, expected, param)`) run only in
+    the reference jail; `rules[k]` judges the checks recorded with index k; `entry` is the function
+    the checks call."""
+
+    entry: str
+    context: str
+    record: str
+    rules: tuple[Rule, ...]
+
+    def key(self) -> str:
+        import hashlib
+
+        text = json.dumps([VERSION, self.entry, self.context, self.record, [vars(r) for r in self.rules]])
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class Digest(str):
+    """A value (expected or reported) given by its digest (plain.digest) instead of in full."""
+
+
+@dataclass(frozen=True)
+class Check:
+    rule: Rule
+    args: tuple
+    expected: object
+    param: object = None
+
+    @cached_property
+    def digest(self) -> str | None:
+        return _digest(self.expected)
+
+
+def _digest(value) -> str | None:
+    if type(value) is Digest:
+        return str(value)
+    try:
+        return plain.digest(plain.encode(value))
+    except (ValueError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class Suite:
+    """The checks of one problem (empty with `error` set when the reference run failed)."""
+
+    checks: tuple[Check, ...]
+    error: str | None = None
+
+
+# -- programs ----------------------------------------------------------------------------------
+# Both run after other code in one module (the candidate's, or the gold solution). Their own names
+# live in a separate namespace, so a candidate defining `encode` or `json` does not break them.
+_CALLER = """
+import json as _json, os as _os, sys as _sys
+_p = {}
+exec(PLAIN, _p)
+_fn = NS.get(ENTRY)
+_out = []
+_stdout, _sys.stdout = _sys.stdout, _sys.stderr  # the function's prints must not split the results line
+for _args, _observe, _exact in _p["decode"](_json.loads(CALLS)):
+    try:
+        _v = _fn(*_args)
+        if _observe == "truth":
+            _v = bool(_v)
+        elif _observe == "not_none":
+            _v = _v if isinstance(_v, bool) else _v is not None
+        _v = _p["encode"](_v)
+        if _exact:  # compared exactly: if it is large, its digest says as much in 64 characters
+            try:
+                _size, _digest = _p["fingerprint"](_v)
+                if _size > BIG:
+                    _out.append([2, _digest])
+                    continue
+            except ValueError:  # NaN
+                pass
+        _out.append([1, _v])
+    except BaseException as _e:  # SystemExit included: exiting inside a call fails the call
+        _out.append([0, type(_e).__name__ + ": " + str(_e)[:200]])
+        break  # the first failing call decides; the rest would only cost time
+_sys.stdout = _stdout
+_sys.stdout.flush()
+_data = ("\\n" + MARK + _json.dumps(_out, separators=(",", ":")) + "\\n").encode()
+while _data:
+    _data = _data[_os.write(1, _data):]
+"""
+
+_RECORDER = """
+import random as _random
+_random.seed(0)  # tests that draw random inputs get the same ones every time; they are cached anyway
+_rapid_checks = []
+_rapid_p = {}
+exec(PLAIN, _rapid_p)
+
+
+def _rapid_rec(k, args, expected, param=None):
+    expected, digest = _rapid_p["encode"](expected), 0
+    if EXACT[k]:  # a large expected value is kept as its digest (the candidate's is compared by digest too)
+        try:
+            size, hexdigest = _rapid_p["fingerprint"](expected)
+            if size > BIG:
+                expected, digest = hexdigest, 1
+        except ValueError:
+            pass
+    _rapid_checks.append([k, _rapid_p["encode"](tuple(args)), expected, _rapid_p["encode"](param), digest])
+"""
+
+assert f"def {RECORD}(" in _RECORDER  # the name the converted tests call
+
+_REFERENCE_END = """
+import json as _json
+_calls = _json.dumps(_rapid_p["encode"]([[_rapid_p["decode"](c[1]), OBSERVE[c[0]], EXACT[c[0]]] for c in _rapid_checks]))
+_ns = {"NS": globals(), "ENTRY": ENTRY, "CALLS": _calls, "PLAIN": PLAIN, "MARK": MARK, "BIG": BIG}
+print(MARK + _json.dumps(_rapid_checks, separators=(",", ":")))
+exec(CALLER, _ns)
+"""
+
+
+def _constants(**values) -> str:
+    return "".join(f"{k} = {v!r}\n" for k, v in values.items())
+
+
+def reference_program(src: TestSource) -> str:
+    """Gold solution + recording test code: prints the recorded checks, then the gold outputs."""
+    head = _constants(PLAIN=plain.source(), MARK=MARK, EXACT=[r.exact for r in src.rules], BIG=BIG)
+    tail = _constants(ENTRY=src.entry, CALLER=_CALLER, OBSERVE=[r.observe for r in src.rules])
+    return "\n".join([head + _RECORDER, src.context, "", src.record, "", tail + _REFERENCE_END])
+
+
+def candidate_program(code: str, entry: str, checks: tuple[Check, ...]) -> str:
+    """The candidate's code followed by the caller: argument tuples go in, return values come out."""
+    calls = json.dumps(plain.encode([[c.args, c.rule.observe, c.rule.exact] for c in checks]))
+    caller = _constants(ENTRY=entry, CALLS=calls, PLAIN=plain.source(), MARK=MARK, BIG=BIG) + _CALLER
+    return f"{code}\n\n\nexec({caller!r}, {{'NS': globals()}})\n"
+
+
+# -- reading what came back --------------------------------------------------------------------
+def _lines(stdout: str) -> list[list]:
+    """Every results line, parsed as JSON (only the structure; values are decoded by the caller)."""
+    found = []
+    for line in stdout.split("\n"):
+        if line.startswith(MARK):
+            try:
+                found.append(json.loads(line[len(MARK):]))
+            except (ValueError, RecursionError):
+                found.append(None)
+    return found
+
+
+def reported_values(stdout: str, n: int) -> list | None:
+    """The n values a candidate run reported (a Digest for a large exactly-compared one), or None when
+    it did not report all of them as plain data."""
+    lines = _lines(stdout)
+    if not lines or type(lines[-1]) is not list or len(lines[-1]) != n:
+        return None
+    values = []
+    for item in lines[-1]:
+        if type(item) is not list or len(item) != 2 or item[0] not in (1, 2):
+            return None
+        if item[0] == 2:
+            if type(item[1]) is not str:
+                return None
+            values.append(Digest(item[1]))
+            continue
+        try:
+            values.append(plain.decode(item[1]))
+        except (ValueError, TypeError, RecursionError):
+            return None
+    return values
+
+
+def parse_reference(stdout: str, rules: tuple[Rule, ...]) -> Suite:
+    """The checks a reference run recorded, kept only if the gold solution passes all of them."""
+    lines = _lines(stdout)
+    if len(lines) < 2 or type(lines[-2]) is not list:
+        return Suite((), "the reference run printed no checks")
+    try:
+        checks = tuple(Check(rules[k], plain.decode(a), Digest(e) if d else plain.decode(e), plain.decode(p))
+                       for k, a, e, p, d in lines[-2])
+    except (ValueError, TypeError, IndexError) as e:
+        return Suite((), f"the reference run printed malformed checks ({e})")
+    if not checks:
+        return Suite((), "the tests recorded no checks")
+    gold = reported_values(stdout, len(checks))
+    if gold is None:
+        return Suite((), "the gold solution did not return plain data on every check")
+    failed = [i for i, (c, v) in enumerate(zip(checks, gold, strict=True)) if c.rule.compare != "holds" and not passes(c, v)]
+    if failed:
+        return Suite((), f"the gold solution fails {len(failed)} of {len(checks)} checks (first: {failed[0]})")
+    return Suite(checks)
+
+
+def judge(suite: Suite, values: list | None, holds: list[bool] | None = None) -> bool:
+    """The verdict on a run's reported values; `holds`: the property checks' results, in order (from
+    `holds_program`)."""
+    if suite.error or not suite.checks or values is None:
+        return False
+    holds = iter(holds or [])
+    return all(next(holds, False) if c.rule.compare == "holds" else passes(c, v)
+               for c, v in zip(suite.checks, values, strict=True))
+
+
+def verdict(stdout: str, suite: Suite) -> bool:
+    return judge(suite, reported_values(stdout, len(suite.checks)))
+
+
+_HOLDS = """
+import json as _json
+_p = {}
+exec(PLAIN, _p)
+_ok = []
+for _setup, _predicate, _var, _env, _value in _p["decode"](_json.loads(ITEMS)):
+    _ns = dict(globals())
+    try:
+        exec(_setup, _ns)
+        _ns.update(_env)
+        _ns[_var] = _value
+        _ok.append(bool(eval(_predicate, _ns)))
+    except Exception:
+        _ok.append(False)
+print(MARK + _json.dumps(_ok))
+"""
+
+
+def holds_program(context: str, checks: tuple[Check, ...], values: list) -> str:
+    """The property checks (rule "holds") evaluated on reported values, in a run that holds only the
+    dataset's code (`context`) and the values as plain data: no candidate code is in that process."""
+    items = [[c.rule.setup, c.rule.predicate, c.rule.var, c.expected, v]
+             for c, v in zip(checks, values, strict=True) if c.rule.compare == "holds"]
+    return f"{context}\n\n{_constants(PLAIN=plain.source(), MARK=MARK, ITEMS=json.dumps(plain.encode(items)))}{_HOLDS}"
+
+
+def holds_results(stdout: str, n: int) -> list[bool] | None:
+    lines = _lines(stdout)
+    ok = lines[-1] if lines else None
+    return ok if type(ok) is list and len(ok) == n and all(type(x) is bool for x in ok) else None
+
+
+# -- comparison rules (pure, on plain data only) -------------------------------------------------
+def passes(check: Check, out) -> bool:
+    """Whether one reported value satisfies its check. Any error (an unhashable value for set(),
+    a string where a number belongs) is a failure."""
+    rule, exp = check.rule, check.expected
+    if rule.compare == "holds":  # decided by holds_program, never by the reported value alone
+        return False
+    if type(out) is Digest or type(exp) is Digest:  # a large exactly-compared value: compare digests
+        return rule.exact and check.digest is not None and _digest(out) == check.digest
+    try:
+        if rule.compare == "mbpp":
+            return mbpp_close(out, exp, check.param, as_set=rule.wrap == "set")
+        if rule.wrap:
+            out = {"set": set, "sorted": sorted, "list": list, "tuple": tuple, "frozenset": frozenset}[rule.wrap](out)
+        if rule.compare == "eq":
+            return bool(out == exp)
+        if rule.compare == "is":
+            return out is exp
+        if rule.compare == "abs_lt":
+            return bool(abs(out - exp) < check.param)
+        if rule.compare == "isclose":
+            return math.isclose(out, exp, **check.param)
+    except Exception:
+        return False
+    raise ValueError(f"unknown comparison {rule.compare!r}")
+
+
+def _floats(x) -> bool:
+    return type(x) is float or (type(x) in (list, tuple) and all(type(i) is float for i in x))
+
+
+def mbpp_close(out, exp, atol: float, as_set: bool = False) -> bool:
+    """MBPP+'s own rule (its `assertion` helper): exact, unless the expected value is made of floats
+    (then atol 1e-6 at least) or the test gives an atol: then numpy.allclose with rtol 1e-7."""
+    if atol == 0 and _floats(exp):
+        atol = 1e-6
+    if as_set:
+        out, exp = set(out), set(exp)
+    if out != exp and atol != 0:
+        import numpy as np
+
+        return bool(np.allclose(out, exp, rtol=1e-07, atol=atol))
+    return bool(out == exp)
