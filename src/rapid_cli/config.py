@@ -19,7 +19,7 @@ class RapidError(Exception):
     """An error the user can fix; the CLI prints its message as one line and exits 2."""
 
 
-class OldLogprobs(str, Enum):
+class OldLogprobs(str, Enum):  # noqa: UP042 (OmegaConf stores the Enum member; str() stays its qualified name)
     recompute = "recompute"  # trainer model recomputes log pi_old before the first update (authors)
     sampler = "sampler"  # take the sampler's per-token logprobs as they came out of generation
     auto = "auto"  # recompute until the per-round audit shows the sampler's agree within algo.sampler_logw_tol, then sampler
