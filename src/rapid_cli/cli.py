@@ -29,6 +29,8 @@ commands:
   report    aggregate a sweep (rapid train -m ...) into report.md + report.png, mean and spread over seeds
               rapid report multirun/2026-11-24/10-00-00 [--target 0.8]
   prepare   convert the offline SmolLM2-135M model and fetch the offline GSM8K copy into the cache
+  doctor    check this machine first: versions, GPU and driver, vLLM, the sandbox, disk, then one RAPID
+            round and a verified weight sync on the real device (`--quick` skips those two)
 """
 
 
@@ -316,8 +318,9 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]
-    if command in ("train", "eval", "prepare") and {"-h", "--help"} & set(rest):
-        print(command_help(command) if command != "prepare" else PREPARE_HELP)
+    if command in ("train", "eval", "prepare", "doctor") and {"-h", "--help"} & set(rest):
+        print(command_help(command) if command in ("train", "eval") else PREPARE_HELP if command == "prepare" else
+              USAGE.split("  doctor    ")[1].split('"""')[0].join(["rapid doctor: ", ""]).strip())
         return
     if command in ("train", "eval"):
         informative = {"--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc"} & set(rest)
@@ -332,6 +335,12 @@ def main(argv: list[str] | None = None) -> None:
             _fail(_os_error(err))
     elif command == "prepare":
         prepare()
+    elif command == "doctor":
+        from rapid_cli.doctor import run_doctor
+
+        values = [a for a in rest if not a.startswith("-")]
+        precheck(values)
+        sys.exit(run_doctor(values, quick="--quick" in rest))
     elif command == "report":
         _report(rest)
     else:
