@@ -200,7 +200,7 @@ def run_doctor(overrides: list[str], quick: bool = False) -> int:
     checks = platform_checks(cfg) + [sandbox_check(cfg)] + storage_checks(cfg)
     if not quick:
         with console.status("one RAPID round of the tiny model (child process)"):
-            keep = [o for o in overrides if not o.split("=")[0].split(".")[0] in ("sampler", "device", "model", "task")]
+            keep = [o for o in overrides if o.split("=")[0].split(".")[0] not in ("sampler", "device", "model", "task")]
             checks.append(round_check(cfg, keep))
         with console.status("weight sync"):
             checks.append(sync_check(cfg))
