@@ -82,14 +82,17 @@ def compose_config(overrides: list[str]):
         GlobalHydra.instance().clear()
 
 
-def precheck(overrides: list[str], sweep: bool = False) -> None:
+def precheck(overrides: list[str], sweep: bool = False, training: bool = False) -> None:
     """Compose and validate before Hydra starts, so a bad override ends in one line, not a traceback.
     For a sweep, every combination is checked before the first job runs."""
-    from rapid_cli.config import RapidError, validate
+    from rapid_cli.config import RapidError, validate, validate_training
 
     try:
         for job in sweep_jobs(overrides) if sweep else [overrides]:
-            validate(compose_config(job))
+            cfg = compose_config(job)
+            validate(cfg)
+            if training:
+                validate_training(cfg)
     except RapidError as err:
         _fail(str(err) if not sweep else f"{err} (sweep job {' '.join(job)})")
     except Exception as err:  # composition errors: unknown key, wrong type, missing group option
@@ -326,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
         informative = {"--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc"} & set(rest)
         if not informative:
             values = [a for i, a in enumerate(rest) if not a.startswith("-") and rest[i - 1 : i] not in (["--cfg"], ["-c"])]
-            precheck(values, sweep=bool({"-m", "--multirun"} & set(rest)))
+            precheck(values, sweep=bool({"-m", "--multirun"} & set(rest)), training=command == "train")
         if not informative and not {"--cfg", "-c"} & set(rest):
             rest = _run_dirs(command, rest)
         try:
