@@ -246,3 +246,13 @@ def test_ctrl_c_before_any_round_is_one_line(tmp_path, command):
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
     assert [line for line in out.splitlines() if line.startswith("error:")], out
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "eval.json").exists()
+
+
+def test_a_new_learning_rate_applies_on_resume(tmp_path):
+    args = overrides(tmp_path, rounds=1)
+    train(compose(args), tmp_path / "run")
+    resumed = train(compose([*[o for o in args if not o.startswith("train.rounds")], "train.rounds=2",
+                             "optimizer.lr=5e-4", "train.resume=auto"]), tmp_path / "run")
+    rows = records(tmp_path / "run")
+    assert rows[1]["train/lr"] == pytest.approx(1e-3) and rows[2]["train/lr"] == pytest.approx(5e-4)
+    assert resumed["train/lr"] == pytest.approx(5e-4)

@@ -83,6 +83,19 @@ def build_optimizer(opt_cfg, model, total_steps: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def set_base_lr(optimizer, scheduler, lr: float) -> None:
+    """A resumed run takes `optimizer.lr` as given now; the saved schedule state would otherwise bring back
+    the old rate silently. The schedule's position (warm-up, cosine) is kept."""
+    old = scheduler.base_lrs[0]
+    if old == lr:
+        return
+    console.print(f"[yellow]optimizer.lr: {old:g} in the checkpoint, {lr:g} from here on[/]")
+    scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group in optimizer.param_groups:
+        group["initial_lr"], group["lr"] = lr, lr * factor
+
+
 def _pad_rows(rows: list[list[float]], width: int, device) -> torch.Tensor:
     out = torch.zeros((len(rows), width), dtype=torch.float32)
     for i, r in enumerate(rows):
@@ -361,6 +374,7 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     if resumed_from:
         distributed.load_optimizer_state(policy, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        set_base_lr(optimizer, scheduler, cfg.optimizer.lr)
         stream.cursor = state["cursor"]
         checkpoint.set_rng_state(state["rng"])
         console.print(f"[bold]resuming[/] from {resumed_from} (round {state['round']} of {cfg.train.rounds})")
