@@ -147,3 +147,32 @@ def test_humaneval_whole_function_without_an_opening_fence():
            "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1:])\n" \
            "```\n\nIn this code, the function compares every pair.\n"
     assert task.rewards([bare], [p]) == [1.0]
+
+
+def test_a_new_code_task_only_describes_its_tests(tmp_path):
+    """The generic interface: a task gives the candidate's code and its tests as rows of (arguments,
+    expected value, rule); the reference run, the cache, the candidate run and the outside verdict
+    are CodeTask's."""
+    from rapid_cli.rewards.asserts import Rule
+    from rapid_cli.rewards.verdict import table_source
+    from rapid_cli.tasks.code import CodeTask
+    from rapid_cli.types import Problem
+
+    class Square(CodeTask):
+        name = "square"
+
+        def program(self, completion, problem):
+            return extract_code(completion)
+
+        def test_source(self, problem):
+            rows = [((x,), x * x, Rule("eq"), None) for x in range(-3, 4)] + [((0.1,), 0.01, Rule("abs_lt"), 1e-9)]
+            return table_source("square", problem.answer, rows)
+
+    cfg = compose(["task=humaneval"])
+    task = Square(cfg.task, cache_dir=str(tmp_path), reward_cfg=cfg.reward)
+    p = Problem("square/1", "Write square(x).", "def square(x):\n    return x * x\n")
+    wrong = "def square(x):\n    return abs(x) * 2\n"  # right for 0 and 2 only
+    forged = "class Yes(int):\n    def __eq__(s, o): return True\n    __hash__ = int.__hash__\n" \
+             "def square(x):\n    return Yes(0)\n"
+    assert task.rewards([p.answer, wrong, forged], [p] * 3) == [1.0, 0.0, 0.0]
+    assert len(task.suites([p])[0].checks) == 8

@@ -54,6 +54,15 @@ class TestSource:
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def table_source(entry: str, context: str, rows: list[tuple[tuple, object, Rule, object]]) -> TestSource:
+    """Tests given as data, for a code task whose dataset lists (arguments, expected value, rule, param)
+    rows instead of asserts; `context` is the gold solution, which must pass every row."""
+    rules = list(dict.fromkeys(row[2] for row in rows))
+    data = json.dumps(plain.encode([[rules.index(rule), tuple(args), expected, param] for args, expected, rule, param in rows]))
+    record = f"import json as _json\nfor _k, _a, _e, _p in _rapid_p['decode'](_json.loads({data!r})):\n    _rapid_rec(_k, _a, _e, _p)\n"
+    return TestSource(entry, context, record, tuple(rules))
+
+
 class Digest(str):
     """A value (expected or reported) given by its digest (plain.digest) instead of in full."""
 
