@@ -24,9 +24,12 @@ from rapid_cli.trainer import train
 def learnable_data(tmp_path) -> str:
     """GSM8K-format problems whose answer (90) the random tiny model sometimes writes, so rewards are
     not all zero and the update really moves the weights."""
-    path = tmp_path / "nineties.jsonl"
-    path.write_text("".join(json.dumps({"question": f"What is {a} + {90 - a}?", "answer": "#### 90"}) + "\n" for a in range(40)))
-    return str(path)
+    folder = tmp_path / "nineties"
+    folder.mkdir(exist_ok=True)
+    rows = "".join(json.dumps({"question": f"What is {a} + {90 - a}?", "answer": "#### 90"}) + "\n" for a in range(40))
+    for split in ("train", "test"):  # train on all 40 (a single file would hold 12 out)
+        (folder / f"{split}.jsonl").write_text(rows)
+    return str(folder)
 
 
 def overrides(tmp_path, rounds: int = 5) -> list[str]:

@@ -33,8 +33,9 @@ class Interrupted(Exception):
         self.round, self.checkpoint, self.signum = rnd, checkpoint, signum
 
 
-class Abandoned(Exception):
-    """A signal stopped the run mid-round (or before the first); nothing of that round was saved."""
+class Abandoned(BaseException):
+    """A signal stopped the run mid-round (or before the first); nothing of that round was saved. A
+    BaseException, like KeyboardInterrupt: code that turns errors into messages (a failed save) lets it pass."""
 
     def __init__(self, signum: int, why: str):
         super().__init__(f"{signal.Signals(signum).name}: {why}")
