@@ -34,17 +34,19 @@ def learnable_data(folder: Path) -> str:
     from rapid_cli.rewards.answers import extract_answer
     from rapid_cli.samplers.hf import HFSampler
     from rapid_cli.tasks import make_task
-    from rapid_cli.types import SamplingParams
+    from rapid_cli.types import Problem, SamplingParams
 
-    path = folder / "mode.jsonl"
+    path = folder / "mode"  # train.jsonl and test.jsonl: every row trains (a single file would be split)
     if not path.exists():
-        path.write_text(json.dumps({"question": QUESTION, "answer": "#### 0"}) + "\n")
-        cfg = compose([o for o in TINY if not o.startswith("task=")] + ["task=gsm8k", f"task.data_path={path}"])
+        cfg = compose([o for o in TINY if not o.startswith("task=")] + ["task=gsm8k"])
         model, tok, _ = load_policy(cfg.model, torch.device("cpu"))
-        prompt = make_task(cfg.task).prompt_ids(make_task(cfg.task).train[0], tok)
+        prompt = make_task(cfg.task).prompt_ids(Problem("q", QUESTION, "0"), tok)
         texts = HFSampler(model, tok).generate([prompt], SamplingParams(n=128, temperature=1.0, max_tokens=16, seed=7)).texts
         answer = collections.Counter(a for a in map(extract_answer, texts) if a).most_common(1)[0][0]
-        path.write_text("".join(json.dumps({"question": QUESTION, "answer": f"#### {answer}"}) + "\n" for _ in range(40)))
+        path.mkdir()
+        for split in ("train", "test"):
+            (path / f"{split}.jsonl").write_text("".join(json.dumps({"question": QUESTION, "answer": f"#### {answer}"}) + "\n"
+                                                        for _ in range(40)))
     return str(path)
 
 
