@@ -49,17 +49,9 @@ def legacy_program(task, completion: str, problem) -> str:
 
 def conversion(task) -> list:
     """Prints what converts; returns every problem whose tests convert."""
-    from rapid_cli.rewards.asserts import Unconvertible
-
     train, test = task.load()
     problems = list({p.id: p for p in train + test}.values())
-    kept, dropped = [], []
-    for p in problems:
-        try:
-            task.test_source(p)
-            kept.append(p)
-        except Unconvertible as e:
-            dropped.append(f"{p.id}: {e}")
+    kept, dropped = task.convertible(problems)
     start = time.perf_counter()
     suites = task.suites(kept)
     seconds = time.perf_counter() - start

@@ -71,7 +71,8 @@ class CodeTask(Task):
             self._splits = (self._convertible(train, "train"), self._convertible(test, "test"))
         return self._splits
 
-    def _convertible(self, problems: list[Problem], split: str) -> list[Problem]:
+    def convertible(self, problems: list[Problem]) -> tuple[list[Problem], list[str]]:
+        """(the problems whose tests convert, '<id> (why not)' for the others)."""
         kept, dropped = [], []
         for p in problems:
             try:
@@ -79,6 +80,10 @@ class CodeTask(Task):
                 kept.append(p)
             except Unconvertible as e:
                 dropped.append(f"{p.id} ({e})")
+        return kept, dropped
+
+    def _convertible(self, problems: list[Problem], split: str) -> list[Problem]:
+        kept, dropped = self.convertible(problems)
         if dropped:
             from rapid_cli.console import console
 
