@@ -137,3 +137,18 @@ def test_missing_vllm_is_one_line(tmp_path):
     assert len(errors) == 1 and "pip install" in errors[0] and "sampler=hf" in errors[0], proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing half-written
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_one_vllm_engine_after_another_in_one_process(tmp_path):
+    """The first job's engine is shut down and its KV cache freed before the next job starts its own (the
+    second failed on memory before); a user's VLLM_ENABLE_V1_MULTIPROCESSING=1 would move the engine out
+    of reach of the in-memory weight sync, so it is overridden with a warning."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    args = [o for o in TINY if not o.startswith("sampler=")] + ["sampler=vllm", "train.rounds=1", "seed=0,1"]
+    proc = subprocess.run([RAPID, "train", "-m", *args, f"hydra.sweep.dir={tmp_path}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert len(list(tmp_path.glob("*/metrics.jsonl"))) == 2, out
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING is set" in out

@@ -175,7 +175,10 @@ def sync_check(cfg) -> Check:
     prompts = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True)["input_ids"]
                for t in ("What is 3 + 4?", "Hi")]
     greedy = SamplingParams(n=1, temperature=0, max_tokens=12)
-    theirs, ours = sampler.generate(prompts, greedy), HFSampler(model, tok).generate(prompts, greedy)
+    try:
+        theirs, ours = sampler.generate(prompts, greedy), HFSampler(model, tok).generate(prompts, greedy)
+    finally:
+        sampler.close()
     if theirs.completion_ids != ours.completion_ids:
         return Check("weight sync", FAIL, "after a sync the sampler's greedy tokens differ from the trainer's: "
                                           "weights did not reach the engine")

@@ -103,8 +103,11 @@ def run_eval(cfg, run_dir: Path) -> dict:
     console.print(f"[bold]rapid eval[/] {cfg.model.path} on {cfg.task.name}: {len(problems)} problems x {params.n} samples "
                   f"at T={params.temperature} ({resolve_name(cfg.sampler.name)} sampler) -> {run_dir}")
     start = time.perf_counter()
-    with progress_bar("evaluating", len(problems), "problems") as advance:
-        result = sample_and_score(task, problems, prompts, sampler, params, progress=advance)
+    try:
+        with progress_bar("evaluating", len(problems), "problems") as advance:
+            result = sample_and_score(task, problems, prompts, sampler, params, progress=advance)
+    finally:
+        sampler.close()
     seconds = time.perf_counter() - start
     metrics = summarize(result, params.n, ks)
 

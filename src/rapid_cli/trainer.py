@@ -336,6 +336,7 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     pad_id = tokenizer.pad_token_id
     # FSDP shards the trainer's weights, so the sampler gets its own full copy (refreshed at each sync).
     sampler = make_sampler(cfg, copy.deepcopy(model) if d.parallel == "fsdp" else model, tokenizer, model_path)
+    cleanup.callback(sampler.close)  # on every way out, so the next job of a sweep finds the memory free
     torch.manual_seed(cfg.seed)  # an inference engine may have reseeded the global generators
     loss_fn = LOSSES[a.name]
     opts = loss_options(loss_fn, a)

@@ -21,6 +21,9 @@ class Sampler(Protocol):
     def release_memory(self) -> None:
         """Called once generation for the round is done; a sampler may free memory until the next sync."""
 
+    def close(self) -> None:
+        """The job is over (or failed): free everything, since the next job may run in this process."""
+
 
 def resolve_name(name: str) -> str:
     """`auto` means vLLM where it is installed, else transformers."""

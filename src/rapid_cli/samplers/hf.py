@@ -58,6 +58,9 @@ class HFSampler:
     def release_memory(self) -> None:
         pass  # the KV cache lives only inside generate()
 
+    def close(self) -> None:
+        pass  # the trainer's own model: nothing of the sampler's to free
+
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> Generations:
         rows = [p for p in prompts for _ in range(params.n)]  # n completions per prompt, grouped

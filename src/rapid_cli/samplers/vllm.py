@@ -37,7 +37,13 @@ def vllm_available() -> bool:
 
 def _import_vllm():
     # In-process engine: the trainer and the engine share one process (and on GPU one device).
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0") != "0":
+        # An engine in a subprocess cannot take the trainer's weights in memory: syncs would silently fail.
+        from rapid_cli.console import warn
+
+        warn("VLLM_ENABLE_V1_MULTIPROCESSING is set; rapid runs vLLM in its own process (weight sync needs it), so "
+             "it is ignored")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
     try:
@@ -81,7 +87,8 @@ class VLLMSampler:
             kwargs["enable_sleep_mode"] = True
         import torch.distributed as dist
 
-        if dist.is_initialized() and dist.get_world_size() > 1:
+        self._external = dist.is_initialized() and dist.get_world_size() > 1
+        if self._external:
             # torchrun: one engine per rank. Left to itself vLLM would treat the ranks as one engine's
             # workers (and put every rank on device 0); as an external launcher it joins the existing
             # process group as an outer data-parallel dimension and each rank generates on its own.
@@ -138,6 +145,25 @@ class VLLMSampler:
         if self.cfg.sleep_between_rounds and not self.sleeping:
             self.llm.sleep(level=1)
             self.sleeping = True
+
+    def close(self) -> None:
+        """Shuts the engine down and frees its memory: a sweep (`rapid train -m`, Optuna) starts the next
+        job's engine in this same process, and the first one's KV cache would leave it no room."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None or self._external:
+            return  # under torchrun the engine's shutdown would tear down the trainer's process group; the job's
+            # process ends with the job anyway
+        import gc
+
+        import torch
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        cleanup_dist_env_and_memory()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _wake(self) -> None:
         if self.sleeping:
