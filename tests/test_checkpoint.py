@@ -259,3 +259,26 @@ def test_a_new_learning_rate_applies_on_resume(tmp_path):
     rows = records(tmp_path / "run")
     assert rows[1]["train/lr"] == pytest.approx(1e-3) and rows[2]["train/lr"] == pytest.approx(5e-4)
     assert resumed["train/lr"] == pytest.approx(5e-4)
+
+
+def test_rng_state_restores_with_fewer_gpus_visible(monkeypatch):
+    """A checkpoint saved with 8 GPUs visible resumes on a machine (or a rank) that sees 1. CUDA cannot run
+    here, so a stand-in for torch.cuda that refuses device indices it does not have, as the real one does."""
+    restored = []
+
+    def set_rng_state(new_state, device="cuda"):
+        index = 0 if device == "cuda" else int(device)
+        if index >= 1:
+            raise IndexError(f"no CUDA device {index}")
+        restored.append(new_state)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.tensor([7], dtype=torch.uint8))
+    saved_on_eight = {**checkpoint.rng_state(), "cuda": [torch.tensor([i], dtype=torch.uint8) for i in range(8)]}
+    saved_on_eight.pop("cuda_device", None)
+    checkpoint.set_rng_state(saved_on_eight)  # an older checkpoint: a list over 8 devices
+    checkpoint.set_rng_state(checkpoint.rng_state())  # a new one: this device's state only
+    assert [int(t[0]) for t in restored] == [0, 7]

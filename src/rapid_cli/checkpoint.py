@@ -34,17 +34,24 @@ FIXED_GROUPS = ("model", "task")
 
 
 def rng_state() -> dict:
+    """This process's generators: Python's, torch's CPU one, and the one of the CUDA device it trains on
+    (a rank uses one device; saving every visible GPU's state made resuming with fewer GPUs fail)."""
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda_device"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if not torch.cuda.is_available():
+        return
+    if "cuda_device" in state:
+        torch.cuda.set_rng_state(state["cuda_device"])
+    elif state.get("cuda"):  # a checkpoint from before: one state per GPU visible then; ours is the current one
+        saved = state["cuda"]
+        torch.cuda.set_rng_state(saved[min(torch.cuda.current_device(), len(saved) - 1)])
 
 
 def _sha256(path: Path) -> str:
