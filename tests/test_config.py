@@ -142,7 +142,7 @@ def test_a_sweep_checks_every_combination_before_the_first_job(tmp_path):
     assert not (tmp_path / "multirun").exists()  # no job ran, no directory was claimed
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "prepare"])
+@pytest.mark.parametrize("command", ["train", "eval", "prepare", "doctor"])
 def test_each_command_has_its_own_help(command):
     proc = _rapid(command, "--help")
     assert proc.returncode == 0, proc.stderr

