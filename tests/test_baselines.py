@@ -10,7 +10,7 @@ import torch
 from conftest import TINY, compose
 from rapid_cli.algorithms import LOSSES, loss_options
 from rapid_cli.algorithms.baselines import dapo_loss, dr_grpo_loss, grpo_loss, kl_k3
-from rapid_cli.config import RapidError
+from rapid_cli.errors import RapidError
 from rapid_cli.trainer import train
 
 R = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0])  # groups of 3: [1,0,0] informative, [0,1,1] informative

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from conftest import RAPID, REPO, TINY, compose
 from rapid_cli import checkpoint
-from rapid_cli.config import RapidError
+from rapid_cli.errors import RapidError
 from rapid_cli.trainer import train
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, compose
-from rapid_cli.config import RapidError
+from rapid_cli.errors import RapidError
 from rapid_cli.rewards.code import extract_code
 from rapid_cli.tasks import make_task
 

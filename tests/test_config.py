@@ -6,7 +6,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import RAPID, REPO, compose
-from rapid_cli.config import RapidError, validate, validate_data
+from rapid_cli.config import validate, validate_data
+from rapid_cli.errors import RapidError
 
 GROUPS = ["model", "task", "sampler", "optimizer", "algo", "experiment"]
 

@@ -205,7 +205,7 @@ def test_a_dead_rank_ends_the_job_with_a_clear_message(tmp_path):
 
 def test_launch_mistakes_are_one_line(monkeypatch):
     from rapid_cli import distributed
-    from rapid_cli.config import RapidError
+    from rapid_cli.errors import RapidError
 
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)

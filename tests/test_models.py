@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import compose
-from rapid_cli.config import RapidError
+from rapid_cli.errors import RapidError
 from rapid_cli.models import build_tiny_model, resolve_model
 from rapid_cli.policy import load_policy
 from rapid_cli.samplers.hf import HFSampler

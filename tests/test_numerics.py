@@ -127,7 +127,7 @@ def test_a_non_finite_step_is_skipped_and_leaves_weights_and_optimizer_alone(tin
 
 
 def test_skipped_steps_in_a_row_stop_the_run_naming_the_round():
-    from rapid_cli.config import RapidError
+    from rapid_cli.errors import RapidError
     from rapid_cli.trainer import SkipGuard
 
     guard = SkipGuard(limit=3)
@@ -141,7 +141,7 @@ def test_a_run_whose_steps_keep_failing_stops_before_saving_anything(tmp_path):
     """A learning rate of 1e30 turns the weights into +-1e30 on the first step that has a gradient; every
     later step's loss is NaN. The run stops with one line naming the round, before the round's checkpoint
     or metrics row is written, so nothing from the dead model reaches the disk."""
-    from rapid_cli.config import RapidError
+    from rapid_cli.errors import RapidError
     from rapid_cli.trainer import train
 
     cfg = compose(TINY + ["algo.steps_per_generation=4", "train.rounds=2", "train.save_every=1", "eval.at_start=false",
@@ -237,7 +237,7 @@ def test_a_model_with_dropout_trains_without_it(tmp_path):
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_training_low_precision_weights_is_refused_in_one_line(tmp_path, dtype):
     """AdamW on bf16 weights at lr 1e-6 rounds most updates away: `rapid train` refuses it and names the fix."""
-    from rapid_cli.config import RapidError
+    from rapid_cli.errors import RapidError
     from rapid_cli.trainer import train
 
     with pytest.raises(RapidError, match=rf"^model.dtype={dtype} .*train.mixed_precision=bf16") as err:
@@ -259,7 +259,8 @@ def test_precision_defaults_resolve_to_fp32_masters_with_bf16_compute_on_cuda():
 
 
 def test_vllm_sampler_logprobs_at_top_p_below_one_are_refused_in_one_line():
-    from rapid_cli.config import RapidError, validate
+    from rapid_cli.config import validate
+    from rapid_cli.errors import RapidError
 
     with pytest.raises(RapidError, match=r"^algo.old_logprobs=sampler with sampler=vllm and sampler.top_p=0.9: "):
         validate(compose(TINY + ["sampler=vllm", "sampler.top_p=0.9", "algo.old_logprobs=sampler"]))

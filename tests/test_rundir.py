@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import RAPID, REPO, TINY, compose
-from rapid_cli.config import RapidError
+from rapid_cli.errors import RapidError
 from rapid_cli.rundir import RunLock, claim, same_run
 from rapid_cli.trainer import train
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from rapid_cli.config import RapidError
+from rapid_cli.errors import RapidError
 from rapid_cli.sandbox import Limits, Sandbox, seccomp_filter
 
 

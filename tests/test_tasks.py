@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import compose
-from rapid_cli.config import RapidError
+from rapid_cli.errors import RapidError
 from rapid_cli.rewards.answers import extract_answer, numeric_reward
 from rapid_cli.tasks import make_task
 from rapid_cli.tasks.gsm8k import reference_answer

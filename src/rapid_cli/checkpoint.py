@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from rapid_cli.config import RapidError
+from rapid_cli.errors import RapidError
 
 _NAME = re.compile(r"^round-(\d{6})$")
 # Keys whose change makes a checkpoint a different experiment: resuming across them is refused.

@@ -85,7 +85,8 @@ def compose_config(overrides: list[str]):
 def precheck(overrides: list[str], sweep: bool = False, training: bool = False) -> None:
     """Compose and validate before Hydra starts, so a bad override ends in one line, not a traceback.
     For a sweep, every combination is checked before the first job runs."""
-    from rapid_cli.config import RapidError, validate, validate_training
+    from rapid_cli.config import validate, validate_training
+    from rapid_cli.errors import RapidError
 
     try:
         for job in sweep_jobs(overrides) if sweep else [overrides]:
@@ -146,8 +147,8 @@ def _train_job(cfg) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     from rapid_cli import checkpoint
-    from rapid_cli.config import RapidError
     from rapid_cli.console import console
+    from rapid_cli.errors import RapidError
     from rapid_cli.rundir import RunLock, holds_a_run, same_run
     from rapid_cli.stopping import Abandoned, Interrupted
     from rapid_cli.trainer import train
@@ -184,7 +185,7 @@ def _train_job(cfg) -> float:
 def _eval_job(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from rapid_cli.config import RapidError
+    from rapid_cli.errors import RapidError
     from rapid_cli.evaluate import run_eval
 
     try:
@@ -217,8 +218,8 @@ def run_hydra(job, argv: list[str]) -> None:
 
 
 def prepare() -> None:
-    from rapid_cli.config import RapidError
     from rapid_cli.console import console
+    from rapid_cli.errors import RapidError
     from rapid_cli.models import _gguf_file, convert_gguf
     from rapid_cli.tasks.gsm8k import OFFLINE
     from rapid_cli.tasks.sources import fetch_wheel
@@ -234,7 +235,7 @@ def prepare() -> None:
 def _report(args: list[str]) -> None:
     import argparse
 
-    from rapid_cli.config import RapidError
+    from rapid_cli.errors import RapidError
     from rapid_cli.report import report
 
     ap = argparse.ArgumentParser(prog="rapid report", description="Aggregate a sweep into report.md and report.png.")
@@ -292,7 +293,7 @@ def _value(rest: list[str], key: str) -> str | None:
 def _run_dirs(command: str, rest: list[str]) -> list[str]:
     """Run directories are claimed here, before Hydra writes into them: a fresh one per run (never shared
     with a run started in the same second), and a named one only when it holds no run or is resumed."""
-    from rapid_cli.config import RapidError
+    from rapid_cli.errors import RapidError
     from rapid_cli.rundir import claim, refuse_reuse, writable
 
     if os.environ.get("RANK", "0") != "0":  # torchrun's other ranks: rank 0 owns the run directory

@@ -14,9 +14,7 @@ from enum import Enum
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-
-class RapidError(Exception):
-    """An error the user can fix; the CLI prints its message as one line and exits 2."""
+from rapid_cli.errors import RapidError
 
 
 class OldLogprobs(str, Enum):  # noqa: UP042 (OmegaConf stores the Enum member; str() stays its qualified name)

@@ -20,7 +20,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from rapid_cli.config import RapidError
+from rapid_cli.errors import RapidError
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ def platform_checks(cfg) -> list[Check]:
 
 
 def sandbox_check(cfg) -> Check:
-    from rapid_cli.config import RapidError
+    from rapid_cli.errors import RapidError
     from rapid_cli.sandbox import make_sandbox
 
     try:
@@ -153,7 +153,7 @@ def sync_check(cfg) -> Check:
     import torch
 
     from rapid_cli.cli import compose_config
-    from rapid_cli.config import RapidError
+    from rapid_cli.errors import RapidError
     from rapid_cli.policy import completion_logprobs, load_policy, pack, pick_device
     from rapid_cli.samplers import make_sampler
     from rapid_cli.samplers.hf import HFSampler

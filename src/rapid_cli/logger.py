@@ -199,7 +199,7 @@ class RunLogger:
         os.close(self._fd)
         self._fd = None
         if self._pending:
-            from rapid_cli.config import RapidError
+            from rapid_cli.errors import RapidError
 
             raise RapidError(f"{len(self._pending)} rounds of metrics could not be written to {self.metrics_path} (disk "
                              "full or not writable); the checkpoints hold the run: free space and resume with train.resume=auto")

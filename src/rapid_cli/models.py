@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rapid_cli.config import RapidError
+from rapid_cli.errors import RapidError
 
 PKG_PREFIX = "pkg:"
 TINY = "tiny"

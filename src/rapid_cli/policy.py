@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from rapid_cli.config import RapidError
+from rapid_cli.errors import RapidError
 from rapid_cli.hub import hub_error, offline_unless_reachable
 from rapid_cli.models import resolve_model
 

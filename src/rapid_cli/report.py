@@ -15,7 +15,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from rapid_cli.config import RapidError
+from rapid_cli.errors import RapidError
 from rapid_cli.logger import PHASES
 
 IGNORED = ("seed=", "hydra.", "logger.", "train.resume=")

@@ -18,7 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from rapid_cli.config import RapidError
+from rapid_cli.errors import RapidError
 
 LOCK = ".rapid.lock"
 RUN_FILES = ("metrics.jsonl", "checkpoints")

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 
-from rapid_cli.config import RapidError
+from rapid_cli.errors import RapidError
 
 SITE = "/opt/rapid-site"  # where allowed packages appear inside the sandbox
 NOBODY = 65534

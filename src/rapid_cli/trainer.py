@@ -28,13 +28,13 @@ from rapid_cli.algorithms import LOSSES, loss_denominator, loss_options, needs_r
 from rapid_cli.algorithms.aggregate import effective_sample_size
 from rapid_cli.config import (
     OldLogprobs,
-    RapidError,
     resolve_precision,
     validate,
     validate_data,
     validate_training,
 )
 from rapid_cli.console import console, warn
+from rapid_cli.errors import RapidError
 from rapid_cli.evaluate import eval_params, evaluate
 from rapid_cli.logger import NullLogger, RunLogger
 from rapid_cli.policy import check_fits, completion_logprobs, load_policy, pack

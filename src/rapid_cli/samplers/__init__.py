@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from rapid_cli.config import RapidError, resolve_precision
+from rapid_cli.config import resolve_precision
+from rapid_cli.errors import RapidError
 from rapid_cli.types import Generations, SamplingParams
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import warnings
 
-from rapid_cli.config import RapidError
+from rapid_cli.errors import RapidError
 from rapid_cli.types import Generations, SamplingParams
 
 INSTALL_HINT = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rapid_cli.config import RapidError
+from rapid_cli.errors import RapidError
 from rapid_cli.types import Problem
 
 

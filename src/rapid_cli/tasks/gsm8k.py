@@ -9,7 +9,7 @@ the last number) equals it.
 
 from __future__ import annotations
 
-from rapid_cli.config import RapidError
+from rapid_cli.errors import RapidError
 from rapid_cli.rewards.answers import numeric_reward, to_number
 from rapid_cli.tasks.base import Task
 from rapid_cli.tasks.sources import WheelData, load_split

@@ -9,7 +9,7 @@ completion's LAST \\boxed{} is equivalent to it under math-verify (rewards/math_
 
 from __future__ import annotations
 
-from rapid_cli.config import RapidError
+from rapid_cli.errors import RapidError
 from rapid_cli.rewards.answers import last_boxed
 from rapid_cli.rewards.math_answers import boxed_reward
 from rapid_cli.tasks.base import Task

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from rapid_cli.config import RapidError
+from rapid_cli.errors import RapidError
 from rapid_cli.rewards.asserts import RECORD, Rule, Unconvertible, record_asserts, uses
 from rapid_cli.rewards.code import extract_code
 from rapid_cli.rewards.verdict import TestSource

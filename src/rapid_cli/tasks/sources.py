@@ -15,7 +15,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from rapid_cli.config import RapidError
+from rapid_cli.errors import RapidError
 from rapid_cli.models import cache_root
 
 
