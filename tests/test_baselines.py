@@ -102,7 +102,7 @@ def test_presets_train_the_tiny_model(tmp_path, algo):
 
 
 def test_kl_beta_on_a_loss_without_a_reference_is_refused():
-    from rapid_cli.config import validate
+    from rapid_cli.validation import validate
 
     with pytest.raises(RapidError, match="algo.kl_beta"):
         validate(compose(["algo=rapid", "algo.kl_beta=0.1"]))

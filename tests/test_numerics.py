@@ -259,8 +259,8 @@ def test_precision_defaults_resolve_to_fp32_masters_with_bf16_compute_on_cuda():
 
 
 def test_vllm_sampler_logprobs_at_top_p_below_one_are_refused_in_one_line():
-    from rapid_cli.config import validate
     from rapid_cli.errors import RapidError
+    from rapid_cli.validation import validate
 
     with pytest.raises(RapidError, match=r"^algo.old_logprobs=sampler with sampler=vllm and sampler.top_p=0.9: "):
         validate(compose(TINY + ["sampler=vllm", "sampler.top_p=0.9", "algo.old_logprobs=sampler"]))

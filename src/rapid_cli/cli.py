@@ -85,8 +85,8 @@ def compose_config(overrides: list[str]):
 def precheck(overrides: list[str], sweep: bool = False, training: bool = False) -> None:
     """Compose and validate before Hydra starts, so a bad override ends in one line, not a traceback.
     For a sweep, every combination is checked before the first job runs."""
-    from rapid_cli.config import validate, validate_training
     from rapid_cli.errors import RapidError
+    from rapid_cli.validation import validate, validate_training
 
     try:
         for job in sweep_jobs(overrides) if sweep else [overrides]:

@@ -82,11 +82,11 @@ def run_eval(cfg, run_dir: Path) -> dict:
     import torch
     from rich.table import Table
 
-    from rapid_cli.config import validate
     from rapid_cli.console import console, progress_bar
     from rapid_cli.policy import check_fits, load_policy, pick_device
     from rapid_cli.samplers import make_sampler, resolve_name
     from rapid_cli.tasks import make_task
+    from rapid_cli.validation import validate
 
     validate(cfg)
     torch.manual_seed(cfg.seed)

@@ -26,13 +26,7 @@ from omegaconf import OmegaConf
 from rapid_cli import checkpoint, distributed
 from rapid_cli.algorithms import LOSSES, loss_denominator, loss_options, needs_reference
 from rapid_cli.algorithms.aggregate import effective_sample_size
-from rapid_cli.config import (
-    OldLogprobs,
-    resolve_precision,
-    validate,
-    validate_data,
-    validate_training,
-)
+from rapid_cli.config import OldLogprobs, resolve_precision
 from rapid_cli.console import console, warn
 from rapid_cli.errors import RapidError
 from rapid_cli.evaluate import eval_params, evaluate
@@ -43,6 +37,7 @@ from rapid_cli.stopping import Interrupted, StopOnSignal
 from rapid_cli.tasks import make_task
 from rapid_cli.timing import PhaseTimer
 from rapid_cli.types import Rollouts, SamplingParams
+from rapid_cli.validation import validate, validate_data, validate_training
 
 
 class PromptStream:

@@ -16,9 +16,19 @@ import torch
 from rapid_cli.algorithms.aggregate import denominator
 from rapid_cli.algorithms.baselines import dapo_loss, dr_grpo_loss, grpo_loss
 from rapid_cli.algorithms.losses import rapid_loss
+from rapid_cli.errors import RapidError
 
 # pg is GRPO's loss with its preset's kl_beta = 0 (conf/algo/pg.yaml).
 LOSSES = {"rapid": rapid_loss, "grpo": grpo_loss, "pg": grpo_loss, "dapo": dapo_loss, "dr_grpo": dr_grpo_loss}
+
+
+def check(algo_cfg) -> None:
+    """`algo.name` is registered, and its options are ones that loss takes."""
+    if algo_cfg.name not in LOSSES:
+        raise RapidError(f"algo.name={algo_cfg.name!r} is unknown; choose one of {', '.join(sorted(LOSSES))}")
+    if algo_cfg.kl_beta and "ref_logprobs" not in inspect.signature(LOSSES[algo_cfg.name]).parameters:
+        raise RapidError(f"algo.kl_beta={algo_cfg.kl_beta} has no effect with algo.name={algo_cfg.name}; use algo=grpo, "
+                         "or set it to 0")
 
 
 def loss_options(fn, algo_cfg) -> dict:

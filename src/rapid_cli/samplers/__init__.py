@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from rapid_cli.config import resolve_precision
+from rapid_cli.config import OldLogprobs, resolve_precision
 from rapid_cli.errors import RapidError
 from rapid_cli.types import Generations, SamplingParams
 
@@ -33,6 +33,17 @@ def resolve_name(name: str) -> str:
     from rapid_cli.samplers.vllm import vllm_available
 
     return "vllm" if vllm_available() else "hf"
+
+
+def check(sampler_cfg, algo_cfg) -> None:
+    """Settings a sampler cannot serve. vLLM renormalises its log-probs over the top-p nucleus, which is not
+    the untruncated log softmax(logits/T) the trainer's importance ratio uses."""
+    off_policy = algo_cfg.steps_per_generation > 1
+    if algo_cfg.old_logprobs == OldLogprobs.sampler and off_policy and sampler_cfg.top_p < 1:
+        if resolve_name(sampler_cfg.name) == "vllm":
+            raise RapidError(f"algo.old_logprobs=sampler with sampler=vllm and sampler.top_p={sampler_cfg.top_p}: vLLM's "
+                             "log-probs are then renormalised over the top-p nucleus, not the untruncated log softmax(logits/T) "
+                             "the trainer's ratio uses; use algo.old_logprobs=recompute, sampler=hf, or sampler.top_p=1")
 
 
 def make_sampler(cfg, model, tokenizer, model_path: str) -> Sampler:

@@ -5,6 +5,7 @@ A task module defines a `Task` subclass and registers it in TASKS. `make_task(cf
 
 from __future__ import annotations
 
+from rapid_cli.errors import RapidError
 from rapid_cli.tasks.arith import ArithTask
 from rapid_cli.tasks.base import Task
 from rapid_cli.tasks.gsm8k import GSM8KTask
@@ -16,8 +17,14 @@ TASKS: dict[str, type[Task]] = {"arith": ArithTask, "gsm8k": GSM8KTask, "math": 
                                 "humaneval": HumanEvalTask}
 
 
+def check(task_cfg) -> None:
+    """The task name is one registered here (a choice that grows with the registry, so not an Enum)."""
+    if task_cfg.name not in TASKS:
+        raise RapidError(f"task.name={task_cfg.name!r} is unknown; choose one of {', '.join(sorted(TASKS))}")
+
+
 def make_task(task_cfg, seed: int = 0, cache_dir: str | None = None, reward_cfg=None) -> Task:
     return TASKS[task_cfg.name](task_cfg, seed=seed, cache_dir=cache_dir, reward_cfg=reward_cfg)
 
 
-__all__ = ["TASKS", "Task", "make_task"]
+__all__ = ["TASKS", "Task", "check", "make_task"]
