@@ -30,7 +30,7 @@ def main() -> None:
     import torch
 
     from rapid_cli.algorithms import LOSSES, loss_options
-    from rapid_cli.cli import compose_config as compose
+    from rapid_cli.config import compose_config as compose
     from rapid_cli.policy import load_policy
     from rapid_cli.samplers import make_sampler
     from rapid_cli.samplers.hf import HFSampler

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -286,3 +287,26 @@ def resolve_precision(cfg, cuda: bool) -> tuple[str, str]:
     if engine == "auto":
         engine = "bfloat16" if cuda else cfg.model.dtype
     return mixed, engine
+
+
+def config_dir() -> str:
+    """conf/ inside an installed wheel, else the repository's top-level conf/ (editable install)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent.parent / "conf"):
+        if (candidate / "config.yaml").exists():
+            return str(candidate)
+    raise SystemExit("error: rapid's conf/ directory is missing from the installation; reinstall with `make install`")
+
+
+def compose_config(overrides: list[str]):
+    """The config `rapid train <overrides>` would run with (for tests, scripts and the pre-check)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            return compose("config", overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()

@@ -13,6 +13,7 @@ own full copy of the weights, gathered after each round).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,6 +21,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from rapid_cli.config import TrainConfig
 from rapid_cli.errors import RapidError
 
 
@@ -49,11 +51,11 @@ def _from_slurm() -> None:
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
-def setup(cfg) -> Dist:
+def setup(train: TrainConfig, prompts_per_step: int, device: str) -> Dist:
     """Joins the process group when launched with several processes; a plain run returns Dist()."""
     _from_slurm()
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    parallel = cfg.train.parallel
+    parallel = train.parallel
     if world > 1 and parallel == "none":
         raise RapidError(f"started with {world} processes but train.parallel=none; set train.parallel=ddp or fsdp")
     if parallel == "none":
@@ -61,14 +63,13 @@ def setup(cfg) -> Dist:
     if "RANK" not in os.environ:
         raise RapidError(f"train.parallel={parallel} needs a distributed launch: torchrun --nproc-per-node N -m rapid_cli train ...")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    cuda = torch.cuda.is_available() and device != "cpu"
     if cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=cfg.train.dist_timeout_s))
-    a = cfg.algo
-    if a.prompts_per_step % world:
-        raise RapidError(f"algo.prompts_per_step={a.prompts_per_step} must be a multiple of the {world} processes "
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=train.dist_timeout_s))
+    if prompts_per_step % world:
+        raise RapidError(f"algo.prompts_per_step={prompts_per_step} must be a multiple of the {world} processes "
                          "(each rank owns whole prompt groups of every mini-batch)")
     return Dist(rank, world, local_rank, parallel)
 
@@ -175,6 +176,24 @@ def broadcast(d: Dist, value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+@contextlib.contextmanager
+def process_group(train: TrainConfig, prompts_per_step: int, device: str):
+    """`setup` for the length of a job: the group is left however the job ends. After an error no barrier
+    is waited on, since the other ranks may be gone or stuck; the group is only destroyed. An exception
+    every rank raises at the same point (`every_rank`, e.g. a signal stop all ranks agreed on) ends as a
+    normal job does."""
+    d = setup(train, prompts_per_step, device)
+    try:
+        yield d
+    except BaseException as err:
+        if getattr(err, "every_rank", False):
+            shutdown(d)
+        elif d.active and dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    shutdown(d)
 
 
 def shutdown(d: Dist) -> None:

@@ -152,7 +152,7 @@ def sync_check(cfg) -> Check:
     """After the trainer's weights change and a sync, the sampler decodes as the trainer's model does."""
     import torch
 
-    from rapid_cli.cli import compose_config
+    from rapid_cli.config import compose_config
     from rapid_cli.errors import RapidError
     from rapid_cli.policy import completion_logprobs, load_policy, pack, pick_device
     from rapid_cli.samplers import make_sampler
@@ -196,7 +196,7 @@ def sync_check(cfg) -> Check:
 def run_doctor(overrides: list[str], quick: bool = False) -> int:
     from rich.table import Table
 
-    from rapid_cli.cli import compose_config
+    from rapid_cli.config import compose_config
     from rapid_cli.console import console
 
     cfg = compose_config(overrides)

@@ -98,7 +98,7 @@ def _stat(values: list[float], fmt: str = "{:.3f}") -> str:
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
-def summarize(runs: list[Run], target: float) -> tuple[list[str], list[list[str]]]:
+def sweep_table(runs: list[Run], target: float) -> tuple[list[str], list[list[str]]]:
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.label, []).append(run)
@@ -168,7 +168,7 @@ def report(root: Path, target: float = 0.5) -> Path:
     from rapid_cli.console import console
 
     runs = load_runs(root)
-    header, rows = summarize(runs, target)
+    header, rows = sweep_table(runs, target)
     out = root / "report.md"
     out.write_text(f"# Sweep report: {root}\n\n{len(runs)} runs; all of them used: `{common_settings(runs)}`\n\n"
                    f"{markdown(header, rows)}\n![curves](report.png)\n")

@@ -1,4 +1,4 @@
-"""The RAPID training loop (arXiv 2510.03515; ../shared/RAPID.md).
+"""The RAPID training loop (arXiv 2510.03515; docs/algorithm.md).
 
 Unlike GRPO, which generates for one optimizer step at a time, each round generates G completions for
 A*M prompts at once (generation is cheapest in large batches), then takes A optimizer steps on disjoint
@@ -32,6 +32,7 @@ from rapid_cli.errors import RapidError
 from rapid_cli.evaluate import eval_params, evaluate
 from rapid_cli.logger import NullLogger, RunLogger
 from rapid_cli.policy import check_fits, completion_logprobs, load_policy, pack
+from rapid_cli.resume import TrainerState, resume_point
 from rapid_cli.samplers import make_sampler, resolve_name
 from rapid_cli.stopping import Interrupted, StopOnSignal
 from rapid_cli.tasks import make_task
@@ -282,21 +283,6 @@ IW_KEYS = {"iw_mean": "iw/mean", "iw_max": "iw/max", "iw_clipped_mean": "iw/clip
            "ess": "iw/ess", "staleness": "iw/staleness", "log_ratio_abs_mean": "iw/log_ratio_abs_mean"}
 
 
-def resume_point(cfg, run_dir: Path) -> tuple[Path | None, dict]:
-    """The checkpoint `train.resume` points at (None: a fresh run) and its trainer state."""
-    if not cfg.train.resume:
-        return None, {}
-    path = checkpoint.find(cfg.train.resume, run_dir / "checkpoints")
-    if path is None:
-        console.print(f"[dim]train.resume={cfg.train.resume}: no checkpoint in {run_dir}, starting afresh[/]")
-        return None, {}
-    conflicts = checkpoint.config_conflicts(path, cfg)
-    if conflicts:
-        raise RapidError(f"cannot resume from {path}: the model/task config differs ({'; '.join(conflicts)}); "
-                         "drop those overrides, or start a new run without train.resume")
-    return path, checkpoint.load_state(path)
-
-
 def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
     """Runs cfg.train.rounds RAPID rounds; returns the last logged metrics plus the final eval.
     A signal stops it after the round with a checkpoint (`Interrupted`) or abandons the round (`Abandoned`)."""
@@ -307,10 +293,10 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
 def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: contextlib.ExitStack) -> dict:
     validate(cfg)
     validate_training(cfg)
-    d = distributed.setup(cfg)
+    d = cleanup.enter_context(distributed.process_group(cfg.train, cfg.algo.prompts_per_step, cfg.device))  # left last, however the job ends
     run_dir = Path(distributed.broadcast(d, str(run_dir)))  # other ranks' Hydra dirs are throwaway
     console.quiet = console.quiet or not d.main
-    resumed_from, state = resume_point(cfg, run_dir)
+    resumed_from, state = resume_point(cfg, run_dir)  # a fresh run: TrainerState()
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     a, s = cfg.algo, cfg.sampler
@@ -327,7 +313,7 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     model, tokenizer, model_path = load_policy(model_cfg, device, cfg.cache_dir)
     longest = task.longest_prompt(tokenizer, cfg.model.chat_template)
     check_fits(model, s.max_tokens, longest, "sampler.max_tokens")
-    check_fits(model, eval_params(cfg).max_tokens, longest, "eval.max_tokens")
+    check_fits(model, eval_params(cfg.eval, cfg.sampler.max_tokens, cfg.seed).max_tokens, longest, "eval.max_tokens")
     pad_id = tokenizer.pad_token_id
     # FSDP shards the trainer's weights, so the sampler gets its own full copy (refreshed at each sync).
     sampler = make_sampler(cfg, copy.deepcopy(model) if d.parallel == "fsdp" else model, tokenizer, model_path)
@@ -347,14 +333,14 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     trust_settings = {"sampler": resolve_name(s.name), "engine_dtype": engine_dtype, "mixed_precision": precision,
                       "parallel": d.parallel, "world": d.world, "device": device.type, "temperature": s.temperature,
                       "top_p": s.top_p}
-    behaviour = BehaviourLogprobs(a, d, trust_settings, state.get("sampler_trust"))
+    behaviour = BehaviourLogprobs(a, d, trust_settings, state.sampler_trust)
     to_ids = lambda p: task.prompt_ids(p, tokenizer, cfg.model.chat_template)  # noqa: E731
     eval_problems = task.test[: cfg.eval.limit] if cfg.eval.limit else task.test
     eval_prompts = [to_ids(p) for p in eval_problems]
-    run_eval = lambda: evaluate(task, eval_problems, eval_prompts, sampler, eval_params(cfg), cfg.eval.k)  # noqa: E731
+    run_eval = lambda: evaluate(task, eval_problems, eval_prompts, sampler, eval_params(cfg.eval, cfg.sampler.max_tokens, cfg.seed), cfg.eval.k)  # noqa: E731
 
-    log = RunLogger(cfg, run_dir, cfg.train.rounds, run_name, resume_round=state.get("round"),
-                    wandb_id=state.get("wandb_id")) if d.main else NullLogger()
+    log = RunLogger(cfg, run_dir, cfg.train.rounds, run_name, resume_round=state.round if resumed_from else None,
+                    wandb_id=state.wandb_id) if d.main else NullLogger()
 
     @cleanup.callback
     def _close_files():  # on every way out: the curves so far, the progress bar and W&B closed
@@ -364,16 +350,15 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
             plot_run(log.history, run_dir / "curves.png", title=run_name)
         log.close()
 
-    timer = PhaseTimer(elapsed=state.get("elapsed", 0.0), totals=state.get("phase_totals"), on_start=log.phase)
-    totals = state.get("totals", {"perf/samples": 0, "perf/gen_tokens": 0})
-    first_eval = state.get("first_eval", {})
+    timer = PhaseTimer(elapsed=state.elapsed, totals=state.phase_totals, on_start=log.phase)
+    totals, first_eval = state.totals, state.first_eval
     if resumed_from:
-        distributed.load_optimizer_state(policy, optimizer, state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        distributed.load_optimizer_state(policy, optimizer, state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
         set_base_lr(optimizer, scheduler, cfg.optimizer.lr)
-        stream.cursor = state["cursor"]
-        checkpoint.set_rng_state(state["rng"])
-        console.print(f"[bold]resuming[/] from {resumed_from} (round {state['round']} of {cfg.train.rounds})")
+        stream.cursor = state.cursor
+        checkpoint.set_rng_state(state.rng)
+        console.print(f"[bold]resuming[/] from {resumed_from} (round {state.round} of {cfg.train.rounds})")
     console.print(f"[bold]rapid[/] {run_name}: {cfg.train.rounds} rounds x {a.steps_per_generation} steps x "
                   f"{a.prompts_per_step} prompts x {a.group_size} completions, {len(task.train)} training problems -> {run_dir}")
     if cfg.eval.at_start and not resumed_from and d.main:
@@ -386,18 +371,19 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
         optimizer_state = distributed.optimizer_state(policy, optimizer)
         if not d.main:
             return run_dir / "checkpoints"
-        trainer_state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "cursor": stream.cursor,
-                         "totals": totals, "first_eval": first_eval, "elapsed": timer.elapsed, "phase_totals": timer.totals,
-                         "wandb_id": log.wandb_id, "sampler_trust": behaviour.state()}
+        trainer_state = TrainerState(round=rnd, cursor=stream.cursor, optimizer=optimizer_state,
+                                     scheduler=scheduler.state_dict(), rng=checkpoint.rng_state(), totals=totals,
+                                     first_eval=first_eval, elapsed=timer.elapsed, phase_totals=timer.totals,
+                                     wandb_id=log.wandb_id, sampler_trust=behaviour.state())
         stop.saving()
         with console.status(f"saving checkpoint round {rnd}"):
-            return checkpoint.save(run_dir / "checkpoints", rnd, model, tokenizer, trainer_state, cfg, cfg.train.keep_checkpoints,
+            return checkpoint.save(run_dir / "checkpoints", rnd, model, tokenizer, trainer_state.to_dict(), cfg, cfg.train.keep_checkpoints,
                                    weights)
 
     metrics: dict = {}
     model.train()
     with stop.rounds():
-        for rnd in range(state.get("round", 0) + 1, cfg.train.rounds + 1):
+        for rnd in range(state.round + 1, cfg.train.rounds + 1):
             with timer("generate"):
                 drawn = stream.next(a.steps_per_generation * a.prompts_per_step)  # the same on every rank
                 mine = distributed.owned_rows(d, len(drawn), a.prompts_per_step)
@@ -449,12 +435,11 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
             if stopping:
                 raise Interrupted(rnd, saved, stop.requested or signal.SIGTERM)
 
-    summary = summarize(log.history, first_eval, timer)
+    summary = run_summary(log.history, first_eval, timer)
     log.close(summary)
     if d.main:
         last = (checkpoint.checkpoints(run_dir / "checkpoints") or [None])[-1]
         log.where(last, f"task={cfg.task.name}" + (f" task.data_path={cfg.task.data_path}" if cfg.task.data_path else ""))
-    distributed.shutdown(d)
     return {**metrics, **summary}
 
 
@@ -488,7 +473,7 @@ def round_metrics(ro: Rollouts, steps: list[dict], timer: PhaseTimer) -> dict:
     return out
 
 
-def summarize(history: list[dict], first_eval: dict, timer: PhaseTimer) -> dict:
+def run_summary(history: list[dict], first_eval: dict, timer: PhaseTimer) -> dict:
     rounds = [h for h in history if h.get("round", 0) > 0]
     out = {"time/total_s": timer.elapsed}
     out.update({f"time/total_{k}_s": v for k, v in timer.totals.items()})

@@ -1,4 +1,4 @@
-"""The baselines RAPID is compared with (RAPID.md, "Baselines"), as pure losses with the same contract
+"""The baselines RAPID is compared with (docs/algorithm.md, "The baselines"), as pure losses with the same contract
 as `rapid_loss`, built from a few shared pieces:
 
 - advantages: group z-score (GRPO, PG, DAPO) or group-centred only (Dr. GRPO);

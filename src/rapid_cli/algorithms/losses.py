@@ -27,7 +27,7 @@ def rapid_loss(
     eps: float | None = 0.2,
     denominator: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """RAPID's off-policy loss with an importance-weighted group baseline (RAPID.md, "Loss").
+    """RAPID's off-policy loss with an importance-weighted group baseline (docs/algorithm.md, "The loss of one step").
 
     w_i = exp(sum_t m_it (logp - old_logp)) is the detached sequence weight of completion i; the group
     baseline b_g = mean_j min(w_j, c) r_j re-weights the group's rewards toward the current policy, and
