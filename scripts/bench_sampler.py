@@ -29,7 +29,7 @@ def main() -> None:
 
     import torch
 
-    from rapid_cli.algorithms import LOSSES, loss_options
+    from rapid_cli.algorithms import ALGORITHMS
     from rapid_cli.cli import compose_config as compose
     from rapid_cli.policy import load_policy
     from rapid_cli.samplers import make_sampler
@@ -85,11 +85,11 @@ def main() -> None:
     old = recompute_logprobs(model, ro, tok.pad_token_id, a.micro_batch_size, 1.0, "cpu")
     phases["old_logprobs"] = time.perf_counter() - t
     opt, sched = build_optimizer(cfg.optimizer, model, a.steps_per_generation)
-    loss_fn = LOSSES[a.name]
+    loss_fn = ALGORITHMS[a.name].loss
     t = time.perf_counter()
     for i in range(a.steps_per_generation):
         update_minibatch(model, opt, sched, ro, old, ro.group_slice(i * a.prompts_per_step, a.prompts_per_step), cfg,
-                         loss_fn, loss_options(loss_fn, a), tok.pad_token_id, "cpu")
+                         loss_fn, ALGORITHMS[a.name].loss_options(a), tok.pad_token_id, "cpu")
     phases["update"] = time.perf_counter() - t
     t = time.perf_counter()
     vllm_sampler.sync_weights(model)

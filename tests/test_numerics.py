@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import TINY, compose
-from rapid_cli.algorithms import LOSSES, loss_options
+from rapid_cli.algorithms import ALGORITHMS
 from rapid_cli.samplers.hf import HFSampler
 from rapid_cli.tasks import make_task
 from rapid_cli.trainer import PromptStream, build_optimizer, recompute_logprobs, update_minibatch
@@ -41,10 +41,10 @@ def raw_gradient(model, cfg, ro, old, ref, micro: int, pad_id: int) -> torch.Ten
     """The accumulated gradient of one real `update_minibatch` call, read before any clipping could act
     (optimizer.max_grad_norm=null) and after the step (which does not touch .grad)."""
     cfg.algo.micro_batch_size = micro
-    loss_fn = LOSSES[cfg.algo.name]
+    loss_fn = ALGORITHMS[cfg.algo.name].loss
     opt, sched = build_optimizer(cfg.optimizer, model, 1)
     update_minibatch(model, opt, sched, ro, old, ro.group_slice(0, cfg.algo.prompts_per_step), cfg, loss_fn,
-                     loss_options(loss_fn, cfg.algo), pad_id, "cpu", ref)
+                     ALGORITHMS[cfg.algo.name].loss_options(cfg.algo), pad_id, "cpu", ref)
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
@@ -80,8 +80,8 @@ def test_padding_never_turns_a_loss_or_its_gradient_into_nan(algo, junk):
     """Reference and old log-probs are padded with 0 while the policy's log-prob of a pad target can be
     -100 (SmolLM2 at temperature 0.2) or -inf: exp(0 - (-100)) overflows, and inf * 0 = NaN."""
     cfg = compose([f"algo={algo}"])
-    loss_fn = LOSSES[cfg.algo.name]
-    opts = loss_options(loss_fn, cfg.algo)
+    loss_fn = ALGORITHMS[cfg.algo.name].loss
+    opts = ALGORITHMS[cfg.algo.name].loss_options(cfg.algo)
     torch.manual_seed(0)
     real = -torch.rand(4, 3) * 2
     mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.float32)
@@ -108,8 +108,8 @@ def test_a_non_finite_step_is_skipped_and_leaves_weights_and_optimizer_alone(tin
     ro = rollouts(cfg, model, tok)
     good = recompute_logprobs(model, ro, tok.pad_token_id, 8, 1.0, "cpu")
     broken = [[float("nan")] * len(r) for r in good]
-    loss_fn = LOSSES["rapid"]
-    opts = loss_options(loss_fn, cfg.algo)
+    loss_fn = ALGORITHMS["rapid"].loss
+    opts = ALGORITHMS[cfg.algo.name].loss_options(cfg.algo)
     opt, sched = build_optimizer(cfg.optimizer, model, 4)
     try:
         out = update_minibatch(model, opt, sched, ro, broken, ro.group_slice(0, 2), cfg, loss_fn, opts, tok.pad_token_id, "cpu")
@@ -164,14 +164,14 @@ def test_ess_is_that_of_the_whole_mini_batch(tiny_policy):
     old = shifted(now, 0.4)
     w = [math.exp(sum(a - b for a, b in zip(rn, ro_, strict=True))) for rn, ro_ in zip(now, old, strict=True)]
     want = sum(w) ** 2 / sum(x * x for x in w)
-    loss_fn = LOSSES["rapid"]
+    loss_fn = ALGORITHMS["rapid"].loss
     try:
         for micro in (2, 8):
             model.load_state_dict(state)
             cfg.algo.micro_batch_size = micro
             opt, sched = build_optimizer(cfg.optimizer, model, 1)
             out = update_minibatch(model, opt, sched, ro, old, ro.group_slice(0, 4), cfg, loss_fn,
-                                   loss_options(loss_fn, cfg.algo), tok.pad_token_id, "cpu")
+                                   ALGORITHMS[cfg.algo.name].loss_options(cfg.algo), tok.pad_token_id, "cpu")
             assert out["ess"] == pytest.approx(want, rel=1e-4), micro
     finally:
         model.load_state_dict(state)
@@ -201,8 +201,8 @@ def test_logged_learning_rate_is_the_one_the_last_step_used(tmp_path):
 def test_baselines_honour_eps_null_as_no_clip(algo):
     """algo.eps=null is the unclipped objective for the baselines too (it used to become 0.2)."""
     cfg = compose([f"algo={algo}", "algo.eps=null", "algo.eps_high=null"])
-    loss_fn = LOSSES[cfg.algo.name]
-    opts = loss_options(loss_fn, cfg.algo)
+    loss_fn = ALGORITHMS[cfg.algo.name].loss
+    opts = ALGORITHMS[cfg.algo.name].loss_options(cfg.algo)
     if "kl_beta" in opts:
         opts["kl_beta"] = 0.0  # the clip alone is under test
     lp = torch.full((2, 1), 0.5, requires_grad=True)  # ratio e^0.5 = 1.65, far outside a 0.2 clip
@@ -310,10 +310,10 @@ def test_the_audit_measures_the_error_in_log_w_and_decides_on_it(tiny_policy):
     ro = rollouts(cfg, model, tok)
     now = recompute_logprobs(model, ro, tok.pad_token_id, 8, 1.0, "cpu")
     biased = [[x - 9e-4 for x in r] for r in now]
-    loss_fn = LOSSES["rapid"]
+    loss_fn = ALGORITHMS["rapid"].loss
     opt, sched = build_optimizer(cfg.optimizer, model, 1)
     try:
-        step = update_minibatch(model, opt, sched, ro, None, ro.group_slice(0, 2), cfg, loss_fn, loss_options(loss_fn, cfg.algo),
+        step = update_minibatch(model, opt, sched, ro, None, ro.group_slice(0, 2), cfg, loss_fn, ALGORITHMS[cfg.algo.name].loss_options(cfg.algo),
                                 tok.pad_token_id, "cpu", audit=biased)
     finally:
         model.load_state_dict(state)

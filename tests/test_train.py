@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import RAPID, REPO, TINY, compose
-from rapid_cli.algorithms import LOSSES
+from rapid_cli.algorithms import ALGORITHMS
 from rapid_cli.samplers.hf import HFSampler
 from rapid_cli.tasks import make_task
 from rapid_cli.trainer import PromptStream, build_optimizer, recompute_logprobs, train, update_minibatch
@@ -66,7 +66,7 @@ def test_first_mini_batch_needs_no_recompute(tiny_policy):
     for old in (full, [None] * 4 + rest):
         model.load_state_dict(state)
         opt, sched = build_optimizer(cfg.optimizer, model, 1)
-        update_minibatch(model, opt, sched, ro, old, ro.group_slice(0, 2), cfg, LOSSES["rapid"], {"iw_clip": 2.0, "eps": 0.2},
+        update_minibatch(model, opt, sched, ro, old, ro.group_slice(0, 2), cfg, ALGORITHMS["rapid"].loss, {"iw_clip": 2.0, "eps": 0.2},
                          tok.pad_token_id, "cpu")
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     model.load_state_dict(state)

@@ -260,14 +260,9 @@ def validate(cfg) -> None:
                              "the trainer's ratio uses; use algo.old_logprobs=recompute, sampler=hf, or sampler.top_p=1")
     if a.sampler_logw_tol < 0:
         raise RapidError(f"algo.sampler_logw_tol={a.sampler_logw_tol} must be >= 0")
-    from rapid_cli.algorithms import LOSSES
+    from rapid_cli.algorithms import check as check_algorithm
 
-    if a.name not in LOSSES:
-        raise RapidError(f"algo.name={a.name!r} is unknown; choose one of {', '.join(sorted(LOSSES))}")
-    import inspect
-
-    if a.kl_beta and "ref_logprobs" not in inspect.signature(LOSSES[a.name]).parameters:
-        raise RapidError(f"algo.kl_beta={a.kl_beta} has no effect with algo.name={a.name}; use algo=grpo, or set it to 0")
+    check_algorithm(a)
     if a.kl_beta < 0:
         raise RapidError("algo.kl_beta must be >= 0")
     if cfg.sampler.temperature <= 0:

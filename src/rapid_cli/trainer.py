@@ -23,8 +23,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from rapid_cli import checkpoint, distributed
-from rapid_cli.algorithms import LOSSES, loss_denominator, loss_options, needs_reference
+from rapid_cli import algorithms, checkpoint, distributed
 from rapid_cli.algorithms.aggregate import effective_sample_size
 from rapid_cli.config import (
     OldLogprobs,
@@ -216,7 +215,7 @@ def update_minibatch(model, optimizer, scheduler, ro: Rollouts, old: list[list[f
     # DDP averages gradients over ranks, so each rank divides by the mean of the ranks' denominators.
     comp = ro.generations.completion_ids[rows]
     rewards = torch.tensor(ro.rewards[rows], dtype=torch.float32)  # [B]
-    local = loss_denominator(loss_fn, completion_mask(comp), rewards, a.group_size, opts)
+    local = algorithms.get(a.name).denominator(completion_mask(comp), rewards, a.group_size, opts)
     denominator = distributed.mean_metrics(d, {"denominator": local})["denominator"] or 1.0  # 0: nothing kept, loss 0
     optimizer.zero_grad(set_to_none=True)
     sums: dict[str, float] = {}
@@ -338,9 +337,9 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     sampler = make_sampler(cfg, copy.deepcopy(model) if d.parallel == "fsdp" else model, tokenizer, model_path)
     cleanup.callback(sampler.close)  # on every way out, so the next job of a sweep finds the memory free
     torch.manual_seed(cfg.seed)  # an inference engine may have reseeded the global generators
-    loss_fn = LOSSES[a.name]
-    opts = loss_options(loss_fn, a)
-    reference = copy.deepcopy(model).eval().requires_grad_(False) if needs_reference(loss_fn, a) else None
+    algorithm = algorithms.get(a.name)
+    loss_fn, opts = algorithm.loss, algorithm.loss_options(a)
+    reference = copy.deepcopy(model).eval().requires_grad_(False) if algorithm.needs_reference(a) else None
     precision, engine_dtype = resolve_precision(cfg, device.type == "cuda")
     policy = distributed.wrap(d, model, precision)  # what forward/backward go through
     bf16 = precision == "bf16" and d.parallel != "fsdp"  # FSDP2 casts in its own policy
