@@ -40,7 +40,7 @@ from rapid_cli.policy import check_fits, completion_logprobs, load_policy, pack
 from rapid_cli.samplers import make_sampler, resolve_name
 from rapid_cli.stopping import Interrupted, StopOnSignal
 from rapid_cli.tasks import make_task
-from rapid_cli.timing import PhaseTimer
+from rapid_cli.timing import Phase, PhaseTimer
 from rapid_cli.types import Rollouts, SamplingParams
 
 
@@ -381,7 +381,7 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     console.print(f"[bold]rapid[/] {run_name}: {cfg.train.rounds} rounds x {a.steps_per_generation} steps x "
                   f"{a.prompts_per_step} prompts x {a.group_size} completions, {len(task.train)} training problems -> {run_dir}")
     if cfg.eval.at_start and not resumed_from and d.main:
-        with timer("eval"):
+        with timer(Phase.EVAL):
             first_eval = run_eval()
         log.log({**first_eval, **timer.pop_round(), "time/elapsed": timer.elapsed}, step=0)
 
@@ -402,7 +402,7 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     model.train()
     with stop.rounds():
         for rnd in range(state.get("round", 0) + 1, cfg.train.rounds + 1):
-            with timer("generate"):
+            with timer(Phase.GENERATE):
                 drawn = stream.next(a.steps_per_generation * a.prompts_per_step)  # the same on every rank
                 mine = distributed.owned_rows(d, len(drawn), a.prompts_per_step)
                 problems = [drawn[i] for i in mine]
@@ -412,29 +412,29 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
                                         seed=round_seed, prompt_seeds=[round_seed * 4099 + i for i in mine])
                 gens = sampler.generate(prompt_ids, params)
                 sampler.release_memory()
-            with timer("reward"):
+            with timer(Phase.REWARD):
                 rewards = task.rewards(gens.texts, [p for p in problems for _ in range(a.group_size)])
             ro = Rollouts(problems, prompt_ids, gens, rewards, a.group_size)
-            with timer("old_logprobs"), amp():
+            with timer(Phase.OLD_LOGPROBS), amp():
                 old = behaviour(policy, ro, pad_id, a.micro_batch_size, s.temperature, device)
             ref = None
             if reference is not None:
-                with timer("ref_logprobs"), amp():
+                with timer(Phase.REF_LOGPROBS), amp():
                     ref = recompute_logprobs(reference, ro, pad_id, a.micro_batch_size, s.temperature, device)
-            with timer("update"), amp():
+            with timer(Phase.UPDATE), amp():
                 steps = [
                     update_minibatch(policy, optimizer, scheduler, ro, old, ro.group_slice(i * M, M), cfg, loss_fn, opts,
                                      pad_id, device, ref, d, audit=gens.logprobs if i == 0 else None)
                     for i in range(a.steps_per_generation)
                 ]
             skips.check(steps, rnd)
-            with timer("sync"):
+            with timer(Phase.SYNC):
                 sampler.sync_weights(policy)
             audit = distributed.mean_metrics(d, audit_metrics(steps[0]))  # *_max over ranks: every rank decides alike
             behaviour.after_round(audit)
             eval_metrics = {}
             if d.main and ((cfg.eval.every and rnd % cfg.eval.every == 0) or rnd == cfg.train.rounds):
-                with timer("eval"):
+                with timer(Phase.EVAL):
                     eval_metrics = run_eval()
 
             local = distributed.mean_metrics(d, {**round_metrics(ro, steps, timer), **audit, "perf/n": len(gens),
@@ -487,8 +487,8 @@ def round_metrics(ro: Rollouts, steps: list[dict], timer: PhaseTimer) -> dict:
         **{f"train/{k}": step[k] for k in ("kl", "groups_dropped_frac") if k in step},
         **times,
     }
-    if "time/generate" in times:
-        out["perf/gen_tokens_per_s"] = gens.num_tokens / max(1e-9, times["time/generate"])
+    if Phase.GENERATE.key in times:
+        out["perf/gen_tokens_per_s"] = gens.num_tokens / max(1e-9, times[Phase.GENERATE.key])
     return out
 
 
