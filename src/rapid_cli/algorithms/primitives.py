@@ -14,6 +14,11 @@ from rapid_cli.algorithms.aggregate import weight_sums
 # exp() of a sequence log-ratio overflows float32 past ~88; weights are clipped long before that.
 MAX_LOG_W = 60.0
 
+# How a loss's metrics combine over the pieces of one mini-batch (its micro-batches, then its ranks):
+# these by their maximum or their sum, every other one as a mean over rows.
+MAXIMA = frozenset({"iw_max"})
+SUMS = frozenset({"iw_sum", "iw_sq_sum"})  # what the whole mini-batch's effective sample size is made of
+
 
 def masked_log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """log pi_theta - log pi_old per token, 0 on padding. [B, T] -> [B, T], with gradient.
