@@ -148,25 +148,33 @@ def load_optimizer_state(model, optimizer, state: dict) -> None:
         group.update(kernel)  # which kernel runs belongs to this run's parameters, not to the saving run's
 
 
-def mean_metrics(d: Dist, metrics: dict[str, float]) -> dict[str, float]:
-    """Averages each metric over ranks (`*_max` keys: the maximum), so logs describe the whole batch.
-    Keys some rank lacks keep their local value."""
-    if d.world == 1 or not metrics:
-        return metrics
+def reduce_metrics(d: Dist, mean: dict[str, float] | None = None, max: dict[str, float] | None = None,
+                   sum: dict[str, float] | None = None) -> dict[str, float]:
+    """Combines each rank's numbers into the whole batch's, by the rule of the argument they are passed in:
+    `mean` averaged over ranks, `max` their maximum, `sum` added up. One flat dict comes back; a key some
+    rank lacks (e.g. time/eval, rank 0's alone) keeps this rank's value."""
+    mean, maxes, sums = mean or {}, max or {}, sum or {}
+    if d.world == 1:
+        return {**mean, **maxes, **sums}
     every = [None] * d.world
-    dist.all_gather_object(every, sorted(metrics))
-    keys = sorted(set.intersection(*(set(k) for k in every)))  # e.g. time/eval exists on rank 0 only: kept local
+    dist.all_gather_object(every, (sorted(mean), sorted(maxes), sorted(sums)))
+    common = [sorted(set.intersection(*(set(keys[i]) for keys in every))) for i in range(3)]
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    means = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=device)
-    maxes = means.clone()
-    dist.all_reduce(means, op=dist.ReduceOp.SUM)
-    dist.all_reduce(maxes, op=dist.ReduceOp.MAX)
-    return {**metrics, **{k: (maxes[i] if k.endswith(("_max", "/max")) else means[i] / d.world).item() for i, k in enumerate(keys)}}
+    added = torch.tensor([mean[k] for k in common[0]] + [sums[k] for k in common[2]], dtype=torch.float64, device=device)
+    maxed = torch.tensor([maxes[k] for k in common[1]], dtype=torch.float64, device=device)
+    dist.all_reduce(added, op=dist.ReduceOp.SUM)
+    dist.all_reduce(maxed, op=dist.ReduceOp.MAX)
+    added, maxed = added.tolist(), maxed.tolist()
+    out = {**mean, **maxes, **sums}
+    out.update({k: added[i] / d.world for i, k in enumerate(common[0])})
+    out.update({k: added[len(common[0]) + i] for i, k in enumerate(common[2])})
+    out.update({k: maxed[i] for i, k in enumerate(common[1])})
+    return out
 
 
 def any_rank(d: Dist, flag: bool) -> bool:
     """True on every rank when it is True on any (a signal may reach one rank only; all must stop together)."""
-    return bool(flag) if d.world == 1 else mean_metrics(d, {"flag/max": float(flag)})["flag/max"] > 0
+    return reduce_metrics(d, max={"flag": float(flag)})["flag"] > 0
 
 
 def broadcast(d: Dist, value):

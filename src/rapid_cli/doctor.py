@@ -171,7 +171,7 @@ def sync_check(cfg) -> Check:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    sampler.sync_weights(model)
+    sampler.sync_weights(model.state_dict().items())
     prompts = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True)["input_ids"]
                for t in ("What is 3 + 4?", "Hi")]
     greedy = SamplingParams(n=1, temperature=0, max_tokens=12)

@@ -5,18 +5,24 @@ Each sampler implements `Sampler`; `make_sampler` picks one by `sampler.name`.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol
 
 from rapid_cli.config import OldLogprobs, resolve_precision
 from rapid_cli.errors import RapidError
 from rapid_cli.types import Generations, SamplingParams
 
+if TYPE_CHECKING:
+    import torch
+
 
 class Sampler(Protocol):
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> Generations: ...
 
-    def sync_weights(self, model) -> None:
-        """Make the next `generate` use `model`'s current weights."""
+    def sync_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Make the next `generate` use these weights: every parameter and buffer of the policy as (Hugging Face
+        name, plain full tensor), e.g. `Learner.full_weights()`. It may be a generator producing them one at a
+        time (FSDP2 gathers each as it goes): consume it once, whole."""
 
 
     def release_memory(self) -> None:
@@ -57,6 +63,6 @@ def make_sampler(cfg, model, tokenizer, model_path: str) -> Sampler:
 
         _, dtype = resolve_precision(cfg, next(model.parameters()).is_cuda)
         sampler = VLLMSampler(cfg.sampler, model_path, dtype, seed=cfg.seed, trust_remote_code=cfg.model.trust_remote_code)
-        sampler.sync_weights(model)  # the engine loaded from disk; make sure it holds the trainer's exact weights
+        sampler.sync_weights(model.state_dict().items())  # the engine loaded from disk; give it the trainer's exact weights
         return sampler
     raise RapidError(f"sampler.name={cfg.sampler.name!r} is unknown; use sampler=vllm or sampler=hf")
