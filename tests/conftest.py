@@ -15,9 +15,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 RAPID = str(Path(sys.executable).parent / "rapid")
 
-# A run small enough for a CPU test: the `debug=smoke` preset users have too (conf/debug/smoke.yaml), without
-# the live progress bar (test output is a pipe).
-TINY = ["debug=smoke", "logger.live=false"]
+# A run small enough for a CPU test: the `debug=smoke` preset users have too (conf/debug/smoke.yaml) with
+# A=2 for speed (tests that drop it get their algorithm preset's A), without the live progress bar.
+TINY = ["debug=smoke", "algo.steps_per_generation=2", "logger.live=false"]
 
 
 def rapid(*args, cwd=REPO, timeout=600, **env) -> subprocess.CompletedProcess:

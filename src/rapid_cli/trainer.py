@@ -107,7 +107,8 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     model, tokenizer, model_path = load_policy(model_cfg, device, cfg.cache_dir)
     longest = task.longest_prompt(tokenizer, cfg.model.chat_template)
     check_fits(model, s.max_tokens, longest, "sampler.max_tokens")
-    check_fits(model, eval_params(cfg.eval, cfg.sampler.max_tokens, cfg.seed).max_tokens, longest, "eval.max_tokens")
+    eval_sampling = eval_params(cfg.eval, s.max_tokens, cfg.seed)
+    check_fits(model, eval_sampling.max_tokens, longest, "eval.max_tokens")
     # FSDP shards the trainer's weights, so the sampler gets its own full copy (refreshed at each sync).
     sampler = make_sampler(cfg, copy.deepcopy(model) if d.parallel == "fsdp" else model, tokenizer, model_path)
     cleanup.callback(sampler.close)  # on every way out, so the next job of a sweep finds the memory free
@@ -125,7 +126,7 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     to_ids = lambda p: task.prompt_ids(p, tokenizer, cfg.model.chat_template)  # noqa: E731
     eval_problems = task.test[: cfg.eval.limit] if cfg.eval.limit else task.test
     eval_prompts = [to_ids(p) for p in eval_problems]
-    run_eval = lambda: evaluate(task, eval_problems, eval_prompts, sampler, eval_params(cfg.eval, cfg.sampler.max_tokens, cfg.seed), cfg.eval.k)  # noqa: E731
+    run_eval = lambda: evaluate(task, eval_problems, eval_prompts, sampler, eval_sampling, cfg.eval.k)  # noqa: E731
 
     log = RunLogger(cfg, run_dir, cfg.train.rounds, run_name, resume_round=state.round if resumed_from else None,
                     wandb_id=state.wandb_id) if d.main else NullLogger()
