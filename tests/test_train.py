@@ -94,3 +94,27 @@ def test_train_function_runs_and_returns_summary(tmp_path):
     assert out["reward/first_round"] == out["reward/mean"]
     assert out["iw/sampler_seq_logw_gap_max"] < 1e-4  # audited even when nothing is recomputed
     assert (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_signal_during_a_periodic_save_stops_with_that_checkpoint(tmp_path, monkeypatch):
+    """SIGTERM arriving while round 1's checkpoint is written: that checkpoint is the stop's, and no further
+    round runs (before, the save ended the signal's grace and round 2 ran unbounded)."""
+    import os
+    import signal
+
+    from rapid_cli import checkpoint
+    from rapid_cli.stopping import Interrupted
+
+    real_save = checkpoint.save
+
+    def save_and_get_signalled(*args, **kwargs):
+        if not checkpoint.checkpoints(tmp_path / "checkpoints"):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save", save_and_get_signalled)
+    cfg = compose(TINY + ["train.rounds=3", "train.save_every=1", "eval.at_start=false"])
+    with pytest.raises(Interrupted) as stopped:
+        train(cfg, tmp_path)
+    assert stopped.value.round == 1 and stopped.value.checkpoint.name == "round-000001"
+    assert [p.name for p in checkpoint.checkpoints(tmp_path / "checkpoints")] == ["round-000001"]

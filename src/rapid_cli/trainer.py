@@ -212,6 +212,8 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
             stopping = distributed.any_rank(d, bool(stop.requested))
             if stopping or rnd == cfg.train.rounds or (cfg.train.save_every and rnd % cfg.train.save_every == 0):
                 saved = save(rnd)
+                # a signal that came during this save (its grace stopped at the save) stops here, saved
+                stopping = rnd < cfg.train.rounds and distributed.any_rank(d, bool(stop.requested))
             if stopping:
                 raise Interrupted(rnd, saved, stop.requested or signal.SIGTERM)
 
