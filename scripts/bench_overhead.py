@@ -26,8 +26,8 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 DEFAULTS = ["model=smollm2-135m", "task=arith", "sampler.max_tokens=12", "sampler.kv_cache_gb=1.0", "algo.group_size=4",
             "algo.prompts_per_step=8", "algo.steps_per_generation=4", "algo.micro_batch_size=32", "optimizer.lr=1e-5",
-            "eval.at_start=false", "eval.limit=1", "train.log_samples=0", "train.save_every=0", "logger.wandb.mode=disabled",
-            "logger.live=false"]
+            "eval.at_start=false", "eval.limit=1", "train.log_samples=0", "train.save_every=0",
+            "logger.wandb.mode=disabled", "logger.live=false"]
 
 
 def main() -> None:
@@ -62,8 +62,10 @@ def main() -> None:
     stream = PromptStream(task.train, cfg.seed + 1)
     gen_s, fb_s = [], []
     for i in range(len(rounds) + 1):
-        prompts = [task.prompt_ids(p, tok, cfg.model.chat_template) for p in stream.next(a.steps_per_generation * a.prompts_per_step)]
-        params = SamplingParams(n=a.group_size, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=i)
+        prompts = [task.prompt_ids(p, tok, cfg.model.chat_template)
+                   for p in stream.next(a.steps_per_generation * a.prompts_per_step)]
+        params = SamplingParams(n=a.group_size, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+                                seed=i)
         t0 = time.perf_counter()
         gens = sampler.generate(prompts, params)
         t1 = time.perf_counter()

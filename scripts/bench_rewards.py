@@ -56,7 +56,8 @@ def conversion(task) -> list:
     suites = task.suites(kept)
     seconds = time.perf_counter() - start
     broken = [f"{p.id}: {s.error}" for p, s in zip(kept, suites, strict=True) if s.error]
-    rules = collections.Counter(c.rule.compare if c.rule.observe != "truth" else "truth" for s in suites for c in s.checks)
+    rules = collections.Counter(c.rule.compare if c.rule.observe != "truth" else "truth"
+                                for s in suites for c in s.checks)
     print(f"  {task.name:10s} {len(kept)} / {len(problems)} problems convert, {len(dropped)} do not; "
           f"{sum(rules.values())} checks ({', '.join(f'{k} {v}' for k, v in rules.most_common())}); "
           f"reference runs {seconds:.1f} s, {len(broken)} without valid checks")
@@ -96,7 +97,8 @@ def sandbox_at(rev: str) -> types.ModuleType:
     return module
 
 
-def cost_ratio(rev: str, programs: list[str], names: list[str], timeout: float, memory_mb: int, rounds: int = 2) -> None:
+def cost_ratio(rev: str, programs: list[str], names: list[str], timeout: float, memory_mb: int,
+               rounds: int = 2) -> None:
     """Per-program wall time of this sandbox against revision `rev`'s, one worker. The two sandboxes take
     turns program by program (the order swapped each time), so both see the same load on a shared machine."""
     import statistics
@@ -124,7 +126,8 @@ def cost_ratio(rev: str, programs: list[str], names: list[str], timeout: float, 
     for name, ids in failing.items():
         print(f"  failing in {name} at least once: {', '.join(sorted(ids)) or 'none'}")
     ratios = [new / was for new, was in zip(seconds["current"], seconds[rev], strict=True)]
-    print(f"  per-program cost, current / {rev}: {statistics.mean(seconds['current']) / statistics.mean(seconds[rev]):.2f}x "
+    print(f"  per-program cost, current / {rev}: "
+          f"{statistics.mean(seconds['current']) / statistics.mean(seconds[rev]):.2f}x "
           f"of the mean, {statistics.median(ratios):.2f}x median of program-by-program ratios")
 
 
@@ -176,7 +179,8 @@ def main() -> None:
     rows = [mbpp_problems[i % len(mbpp_problems)] for i in range(args.programs or len(mbpp_problems))]
     cost(mbpp, rows, gold_completions("mbpp", rows), f"{len(rows)} MBPP+ gold programs")
     humaneval, he_problems = tasks["humaneval"], code_problems["humaneval"]
-    cost(humaneval, he_problems, gold_completions("humaneval", he_problems), f"{len(he_problems)} HumanEval gold programs")
+    cost(humaneval, he_problems, gold_completions("humaneval", he_problems),
+         f"{len(he_problems)} HumanEval gold programs")
 
     times = {}
     for workers in (1, os.cpu_count() or 1):

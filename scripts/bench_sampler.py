@@ -76,12 +76,14 @@ def main() -> None:
     round_prompts = [task.prompt_ids(p, tok) for p in round_problems]
     phases = {}
     t = time.perf_counter()
-    gens = vllm_sampler.generate(round_prompts, SamplingParams(n=G, temperature=1.0, max_tokens=args.max_tokens, seed=2))
+    gens = vllm_sampler.generate(round_prompts,
+                                 SamplingParams(n=G, temperature=1.0, max_tokens=args.max_tokens, seed=2))
     phases["generate"] = time.perf_counter() - t
     rewards = task.rewards(gens.texts, [p for p in round_problems for _ in range(G)])
     ro = Rollouts(round_problems, round_prompts, gens, rewards, G)
     t = time.perf_counter()
-    learner = Learner(model, a, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0, total_steps=a.steps_per_generation)
+    learner = Learner(model, a, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0,
+                      total_steps=a.steps_per_generation)
     ro.old_logprobs = learner.logprobs(ro)
     phases["old_logprobs"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -93,11 +95,13 @@ def main() -> None:
     phases["sync"] = time.perf_counter() - t
     round_s = sum(phases.values())
 
-    print(f"\n## Sampler benchmark: {args.model}, {torch.get_num_threads()} CPU threads, max_tokens {args.max_tokens}, G={G}\n")
+    print(f"\n## Sampler benchmark: {args.model}, {torch.get_num_threads()} CPU threads, "
+          f"max_tokens {args.max_tokens}, G={G}\n")
     print("| sequences | HF tok/s | vLLM tok/s | vLLM / HF | HF s | vLLM s | tokens HF / vLLM |")
     print("|---|---|---|---|---|---|---|")
     for n, hf_tps, v_tps, hf_s, v_s, hf_tok, v_tok in rows:
-        print(f"| {n} | {hf_tps:.0f} | {v_tps:.0f} | **{v_tps / hf_tps:.2f}x** | {hf_s:.1f} | {v_s:.1f} | {hf_tok} / {v_tok} |")
+        print(f"| {n} | {hf_tps:.0f} | {v_tps:.0f} | **{v_tps / hf_tps:.2f}x** | {hf_s:.1f} | {v_s:.1f} "
+              f"| {hf_tok} / {v_tok} |")
     print(f"\n- vLLM engine start (import + load + KV cache + first sync): {start_s:.1f} s")
     print(f"- weight sync (full state_dict into the engine + prefix-cache reset), median of 3: {sync_s:.3f} s")
     print(f"- one RAPID round ({a.steps_per_generation} x {a.prompts_per_step} prompts x {G}, vLLM): "

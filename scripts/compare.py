@@ -25,11 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 DEFAULTS = ["model=smollm2-135m", "task=arith", "sampler.max_tokens=12", "sampler.kv_cache_gb=1.0", "algo.group_size=4",
             "algo.prompts_per_step=8", "algo.micro_batch_size=32", "optimizer.lr=1e-5", "eval.limit=100", "eval.n=4",
-            "eval.k=[1,4]", "eval.temperature=1.0", "train.log_samples=0", "train.save_every=0", "logger.wandb.mode=disabled",
-            "logger.live=false"]
+            "eval.k=[1,4]", "eval.temperature=1.0", "train.log_samples=0", "train.save_every=0",
+            "logger.wandb.mode=disabled", "logger.live=false"]
 
 
-def contenders(a_values: list[int], algos: list[str], trl: bool, variants: list[str]) -> list[tuple[str, str, int, list[str]]]:
+def contenders(a_values: list[int], algos: list[str], trl: bool,
+               variants: list[str]) -> list[tuple[str, str, int, list[str]]]:
     """(label, algo preset, A, extra overrides). A variant is "label:A:override override ...", a RAPID run."""
     out = [(f"rapid A={a}", "rapid", a, []) for a in a_values] + [(name, name, 1, []) for name in algos]
     out += [("trl grpo", "trl", 1, [])] if trl else []
@@ -73,7 +74,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--a", type=int, nargs="+", default=[1, 2, 4, 8], help="RAPID steps per generation round")
     ap.add_argument("--algos", nargs="*", default=["grpo", "pg", "dapo"])
-    ap.add_argument("--trl", action="store_true", help="also run TRL's GRPOTrainer (needs .bench-site, see trl_grpo.py)")
+    ap.add_argument("--trl", action="store_true",
+                    help="also run TRL's GRPOTrainer (needs .bench-site, see trl_grpo.py)")
     ap.add_argument("--variant", action="append", default=[], metavar="LABEL:A:OVERRIDES",
                     help='an extra RAPID contender, e.g. "rapid A=4, sampler logprobs:4:algo.old_logprobs=sampler"')
     ap.add_argument("--evals", type=int, default=2, help="evaluations during a run, besides the one before it")

@@ -27,7 +27,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("overrides", nargs="*", help="rapid config overrides for model/task/sampler/algo/eval (as for rapid train)")
+    ap.add_argument("overrides", nargs="*",
+                    help="rapid config overrides for model/task/sampler/algo/eval (as for rapid train)")
     args = ap.parse_args()
 
     import torch
@@ -93,7 +94,8 @@ def main() -> None:
     problems_eval = task.test[: cfg.eval.limit] if cfg.eval.limit else task.test
     prompts = [task.prompt_ids(p, tok, cfg.model.chat_template) for p in problems_eval]
     t0 = time.perf_counter()
-    final = evaluate(task, problems_eval, prompts, sampler, eval_params(cfg.eval, cfg.sampler.max_tokens, cfg.seed), cfg.eval.k)
+    final = evaluate(task, problems_eval, prompts, sampler, eval_params(cfg.eval, cfg.sampler.max_tokens, cfg.seed),
+                     cfg.eval.k)
     eval_s = time.perf_counter() - t0
     rows.append({"round": steps, **final, "time/eval": eval_s, "time/elapsed": train_s + eval_s})
     with (args.out / "metrics.jsonl").open("w") as f:

@@ -50,8 +50,9 @@ def hub_datasets() -> dict[str, list[tuple[str, str | None, str]]]:
         elif f.stem == "humaneval":
             out[f.stem] = [(t["hub_id"], t.get("hub_config"), "test")]
         else:
-            out[f.stem] = [(t["hub_id"], t.get("hub_config"), "train"), (t.get("hub_test_id") or t["hub_id"], None
-                                                                         if t.get("hub_test_id") else t.get("hub_config"), "test")]
+            out[f.stem] = [(t["hub_id"], t.get("hub_config"), "train"),
+                           (t.get("hub_test_id") or t["hub_id"],
+                            None if t.get("hub_test_id") else t.get("hub_config"), "test")]
     return out
 
 
@@ -107,11 +108,12 @@ def _write_dataset(datasets_dir: Path, hub_id: str, config: str | None, splits: 
         pq.write_table(pa.Table.from_pylist(rows), src / f"{split}.parquet")
         files[split] = str(src / f"{split}.parquet")
     name = hub_id.split("/")[-1]
-    builder = Parquet(cache_dir=str(datasets_dir / "_build"), dataset_name=name, config_name=config or "default", data_files=files,
-                      hash="0" * 16)
+    builder = Parquet(cache_dir=str(datasets_dir / "_build"), dataset_name=name, config_name=config or "default",
+                      data_files=files, hash="0" * 16)
     builder.download_and_prepare()
     org, _, repo = hub_id.partition("/")
-    target = datasets_dir / f"{org}___{camelcase_to_snakecase(repo)}" / (config or "default") / "0.0.0" / Path(builder.cache_dir).name
+    target = (datasets_dir / f"{org}___{camelcase_to_snakecase(repo)}" / (config or "default") / "0.0.0"
+              / Path(builder.cache_dir).name)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(builder.cache_dir, target)
     shutil.rmtree(src.parent, ignore_errors=True)

@@ -92,8 +92,9 @@ def test_presets_compose_and_pass_their_options(algo):
 
 @pytest.mark.parametrize("algo", ["grpo", "dapo"])
 def test_presets_train_the_tiny_model(tmp_path, algo):
-    cfg = compose([o for o in TINY if not o.startswith("algo.steps_per_generation")] + [f"algo={algo}", "algo.group_size=2",
-                  "algo.micro_batch_size=2", "algo.prompts_per_step=2", "train.save_every=0"])
+    cfg = compose([o for o in TINY if not o.startswith("algo.steps_per_generation")]
+                  + [f"algo={algo}", "algo.group_size=2", "algo.micro_batch_size=2", "algo.prompts_per_step=2",
+                     "train.save_every=0"])
     out = train(cfg, tmp_path)
     assert "train/loss" in out and out["perf/samples"] == 2 * 1 * 2 * 2  # rounds x A=1 x M x G
     if algo == "grpo":

@@ -25,7 +25,8 @@ def _mbpp_file() -> Path:
 
 
 MBPP_FILE = _mbpp_file()
-needs_mbpp = pytest.mark.skipif(not MBPP_FILE.exists(), reason=f"MBPP+ test copy not found ({MBPP_FILE}); set RAPID_MBPP_FILE")
+needs_mbpp = pytest.mark.skipif(not MBPP_FILE.exists(),
+                                reason=f"MBPP+ test copy not found ({MBPP_FILE}); set RAPID_MBPP_FILE")
 # Gold solutions are checked against the tests themselves, so give slow machines room: a few MBPP+
 # reference solutions need more than the 3 s / 1 GiB training limits on a 2-core CPU.
 ROOMY = ["reward.timeout_s=90", "reward.memory_mb=4096"]

@@ -31,8 +31,8 @@ def test_rapid_eval_on_a_local_model_directory(tmp_path):
     from rapid_cli.models import resolve_model
 
     model_dir = resolve_model(compose(["model=tiny"]).model)  # an ordinary HF directory on disk
-    proc = rapid("eval", f"model.path={model_dir}", "task=mbpp", f"task.data_path={MBPP_FILE}", "eval.n=3", "eval.limit=4",
-               "sampler=hf", "sampler.max_tokens=16", f"hydra.run.dir={tmp_path}")
+    proc = rapid("eval", f"model.path={model_dir}", "task=mbpp", f"task.data_path={MBPP_FILE}", "eval.n=3",
+                 "eval.limit=4", "sampler=hf", "sampler.max_tokens=16", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "pass@3" in proc.stdout
     report = json.loads((tmp_path / "eval.json").read_text())

@@ -20,7 +20,8 @@ def test_offline_smollm2_answers_simple_sums_greedily():
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
     task = make_task(cfg.task)
     problems = task.test[:16]
-    gens = HFSampler(model, tok).generate([task.prompt_ids(p, tok) for p in problems], SamplingParams(temperature=0, max_tokens=12))
+    gens = HFSampler(model, tok).generate([task.prompt_ids(p, tok) for p in problems],
+                                          SamplingParams(temperature=0, max_tokens=12))
     accuracy = sum(task.rewards(gens.texts, problems)) / len(problems)
     assert accuracy >= 0.4, gens.texts  # measured ~0.7 greedy; random weights would score ~0
 

@@ -175,8 +175,9 @@ HUMANEVAL_0 = {
 }
 HUMANEVAL_2 = {
     "builtins.abs always 0": FAKE_BUILTINS,
-    "always-equal float subclass": "class F(float):\n    def __eq__(s, o): return True\n    def __sub__(s, o): return 0.0\n"
-                                   "    __hash__ = float.__hash__\ndef truncate_number(number):\n    return F(0.1)\n",
+    "always-equal float subclass": ("class F(float):\n    def __eq__(s, o): return True\n"
+                                    "    def __sub__(s, o): return 0.0\n    __hash__ = float.__hash__\n"
+                                    "def truncate_number(number):\n    return F(0.1)\n"),
 }
 
 
@@ -186,7 +187,8 @@ def humaneval(tmp_path_factory):
     task = make_task(cfg.task, cache_dir=str(tmp_path_factory.mktemp("cache")), reward_cfg=cfg.reward)
     by_id = {p.id: p for p in task.test}
     cases = [(RIGHT_0, "HumanEval/0"), (RIGHT_2, "HumanEval/2")]
-    cases += [(code, "HumanEval/0") for code in HUMANEVAL_0.values()] + [(code, "HumanEval/2") for code in HUMANEVAL_2.values()]
+    cases += ([(code, "HumanEval/0") for code in HUMANEVAL_0.values()]
+              + [(code, "HumanEval/2") for code in HUMANEVAL_2.values()])
     rewards = task.rewards([block(code) for code, _ in cases], [by_id[pid] for _, pid in cases])
     return task, dict(zip(["right 0", "right 2", *HUMANEVAL_0, *HUMANEVAL_2], rewards, strict=True))
 
@@ -227,10 +229,12 @@ def test_wrong_values_fail_and_right_values_pass_the_outside_comparison():
     eq = Check(Rule("eq"), (1,), (1, 2))
     assert passes(eq, (1, 2)) and not passes(eq, [1, 2])  # a list is not the expected tuple
     assert passes(Check(Rule("eq", wrap="set"), (1,), {1, 2}), [2, 1])
-    assert passes(Check(Rule("abs_lt"), (1,), 0.33, 1e-6), 0.33 + 1e-9) and not passes(Check(Rule("abs_lt"), (1,), 0.33, 1e-6), 0.34)
+    assert (passes(Check(Rule("abs_lt"), (1,), 0.33, 1e-6), 0.33 + 1e-9)
+            and not passes(Check(Rule("abs_lt"), (1,), 0.33, 1e-6), 0.34))
     assert not passes(Check(Rule("abs_lt"), (1,), 0.33, 1e-6), "0.33")  # an error is a failure
     assert passes(Check(Rule("is"), (1,), True), True) and not passes(Check(Rule("is"), (1,), True), 1)
-    assert passes(Check(Rule("mbpp"), (1,), 1.0, 0.0), 1.0 + 1e-8) and not passes(Check(Rule("mbpp"), (1,), 1.0, 0.0), 1.1)
+    assert (passes(Check(Rule("mbpp"), (1,), 1.0, 0.0), 1.0 + 1e-8)
+            and not passes(Check(Rule("mbpp"), (1,), 1.0, 0.0), 1.1))
     assert not passes(Check(Rule("mbpp"), (1,), [1, 2], 0.0), [1.0, 2.5])
 
 
@@ -297,8 +301,8 @@ def test_property_checks_run_without_the_candidate(humaneval):
     p = next(p for p in task.test if p.id == "HumanEval/32")
     bisect = ("def find_zero(xs):\n    lo, hi = -1.0, 1.0\n    while poly(xs, lo) * poly(xs, hi) > 0:\n"
               "        lo, hi = lo * 2, hi * 2\n    for _ in range(200):\n        mid = (lo + hi) / 2\n"
-              "        if poly(xs, lo) * poly(xs, mid) <= 0:\n            hi = mid\n        else:\n            lo = mid\n"
-              "    return lo\n")
+              "        if poly(xs, lo) * poly(xs, mid) <= 0:\n            hi = mid\n"
+              "        else:\n            lo = mid\n    return lo\n")
     wrong = "def find_zero(xs):\n    return 0.0\n"
     nan = "def find_zero(xs):\n    return float('nan')\n"
     patched = "def find_zero(xs):\n    import math\n    math.fabs = lambda x: 0.0\n    return 0.0\n"

@@ -8,7 +8,8 @@ from rapid_cli.types import SamplingParams
 
 
 def prompts_of(tok, texts):
-    return [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True)["input_ids"] for t in texts]
+    return [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                    tokenize=True)["input_ids"] for t in texts]
 
 
 def test_greedy_matches_transformers_generate(tiny_policy):

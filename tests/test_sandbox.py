@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -75,14 +76,16 @@ def test_escape_attempt_is_blocked(sandbox, name):
 
 def test_killing_its_parent_does_not_reach_us(sandbox):
     me = os.getpid()
-    out = sandbox.run(f"import os, signal\nfor pid in (os.getppid(), {me}, 1):\n    try:\n        os.kill(pid, signal.SIGKILL)\n"
+    out = sandbox.run(f"import os, signal\nfor pid in (os.getppid(), {me}, 1):\n"
+                      "    try:\n        os.kill(pid, signal.SIGKILL)\n"
                       "    except OSError as e:\n        print(pid, e)\nprint('done')")
     assert "done" in out.stdout  # its own PID namespace: our pid does not exist there, its parent ignores it
     assert os.getpid() == me
 
 
 def test_timeout_kills_the_whole_program_and_the_run_goes_on(sandbox):
-    outs = sandbox.run_many([_NS + "import threading, time\nfor _ in range(4):\n    threading.Thread(target=time.sleep, args=(60,)).start()\n"
+    outs = sandbox.run_many([_NS + "import threading, time\n"
+                             "for _ in range(4):\n    threading.Thread(target=time.sleep, args=(60,)).start()\n"
                              "time.sleep(60)"] * 2 + [_NS + "print('fine')"])
     assert [o.status for o in outs] == ["timeout", "timeout", "passed"]
     for out in outs:  # nothing left behind (counted by PID namespace: other processes on the host come and go)
@@ -115,7 +118,8 @@ def test_opt_out_runs_without_isolation_but_with_limits():
     assert not plain.run("x = bytearray(2 * 1024**3)").passed
 
 
-@pytest.mark.parametrize("exit_call", ["import sys\nsys.exit(0)", "import os\nos._exit(0)", "raise SystemExit", "exit()"])
+@pytest.mark.parametrize("exit_call", ["import sys\nsys.exit(0)", "import os\nos._exit(0)", "raise SystemExit",
+                                       "exit()"])
 def test_exiting_early_with_status_zero_does_not_pass(sandbox, exit_call):
     out = sandbox.run(f"{exit_call}\nassert False, 'the tests would fail'")
     assert not out.passed, out
@@ -144,12 +148,19 @@ def fill(where, chunk=1 << 20, per_file=4 << 20):
 ATTACKS = {
     # Host root: a global sysctl written back with its own value (harmless if it gets through), a host
     # device node chmod-ed to its own mode, the uid the jail's user has on the host.
-    "host sysctl write": "for p in ('/proc/sys/kernel/printk_ratelimit', '/proc/sys/vm/overcommit_ratio'):\n"
-                         "    try:\n        v = open(p).read()\n        open(p, 'w').write(v)\n        print('ESCAPED', p)\n"
-                         "    except OSError as e:\n        print(p, e)\n"
-                         "if not os.statvfs('/proc/sys/kernel').f_flag & os.ST_RDONLY:\n    print('ESCAPED /proc/sys is mounted rw')",
-    "host device chmod": "import stat\nm = stat.S_IMODE(os.stat('/dev/null').st_mode)\ntry:\n    os.chmod('/dev/null', m)\n"
-                         "    print('ESCAPED chmod /dev/null')\nexcept OSError as e:\n    print(e)",
+    "host sysctl write": textwrap.dedent("""\
+        for p in ('/proc/sys/kernel/printk_ratelimit', '/proc/sys/vm/overcommit_ratio'):
+            try:
+                v = open(p).read()
+                open(p, 'w').write(v)
+                print('ESCAPED', p)
+            except OSError as e:
+                print(p, e)
+        if not os.statvfs('/proc/sys/kernel').f_flag & os.ST_RDONLY:
+            print('ESCAPED /proc/sys is mounted rw')"""),
+    "host device chmod": "import stat\nm = stat.S_IMODE(os.stat('/dev/null').st_mode)\n"
+                         "try:\n    os.chmod('/dev/null', m)\n    print('ESCAPED chmod /dev/null')\n"
+                         "except OSError as e:\n    print(e)",
     # uid 0 in the host's user namespace (inode 0xEFFFFFFD). In a user namespace of its own, the map seen
     # from inside is relative to bwrap's namespace: test_the_program_is_not_host_root reads it from the host.
     "host uid is root": "ids = [int(x) for x in open('/proc/self/status').read().split('Uid:')[1].split()[:4]]\n"
@@ -158,31 +169,65 @@ ATTACKS = {
                         "caps = [l for l in open('/proc/self/status') if l[:6] in ('CapPrm', 'CapEff', 'CapAmb')]\n"
                         "if any(int(l.split()[1], 16) for l in caps):\n    print('ESCAPED capabilities', caps)\n"
                         "print('uids', ids, 'host namespace' if host_ns else 'own namespace')",
-    "root-only kernel files": "for p in ('/proc/kpageflags', '/proc/slabinfo', '/proc/kcore'):\n    try:\n"
-                              "        open(p, 'rb').read(64)\n        print('ESCAPED read', p)\n    except OSError as e:\n"
-                              "        print(p, e)\nfor line in open('/proc/keys'):\n    if line.split()[5] == '0':\n"
-                              "        print('ESCAPED root key', line)",
+    "root-only kernel files": textwrap.dedent("""\
+        for p in ('/proc/kpageflags', '/proc/slabinfo', '/proc/kcore'):
+            try:
+                open(p, 'rb').read(64)
+                print('ESCAPED read', p)
+            except OSError as e:
+                print(p, e)
+        for line in open('/proc/keys'):
+            if line.split()[5] == '0':
+                print('ESCAPED root key', line)"""),
     # Memory outside RLIMIT_AS: the jail's root and /dev tmpfs, /dev/shm, /tmp past its size, memfds,
     # SysV shared memory, socket buffers.
     "fill the root": _FILL + "for d in ('/', '/dev', '/opt', '/usr', '/proc'):\n    fill(d)",
     "fill /dev/shm": _FILL + "fill('/dev/shm')",
     "fill /tmp past its size": _FILL + "fill('/tmp')",
-    "memfd flood": f"got = 0\ntry:\n    while got < {_CAP_MB} << 20:\n        fd = os.memfd_create('x')\n"
-                   "        for _ in range(4):\n            os.write(fd, b'x' * (1 << 20)); got += 1 << 20\n"
-                   f"    print('ESCAPED memfd', got >> 20, 'MiB')\nexcept OSError as e:\n    print('memfd', got >> 20, 'MiB', e)",
-    "SysV shm flood": "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.shmat.restype = ctypes.c_void_p\n"
-                      f"got = 0\nwhile got < {_CAP_MB} << 20:\n    i = libc.shmget(0, 32 << 20, 0o1600)\n    if i < 0:\n"
-                      "        print('shmget', got >> 20, 'MiB', ctypes.get_errno()); break\n    p = libc.shmat(i, None, 0)\n"
-                      "    ctypes.memset(p, 1, 32 << 20); libc.shmdt(ctypes.c_void_p(p)); got += 32 << 20\n"
-                      f"else:\n    print('ESCAPED SysV shm', got >> 20, 'MiB')",
-    "socket buffer flood": "import socket\nkeep, got = [], 0\ntry:\n"
-                           f"    while got < {_CAP_MB} << 20:\n        a, b = socket.socketpair()\n        keep += [a, b]\n"
-                           "        for s in (a, b):\n            try:\n                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 20)\n"
-                           "            except OSError:\n                pass\n            s.setblocking(False)\n            try:\n"
-                           "                while True:\n                    got += s.send(b'x' * 65536)\n"
-                           "            except BlockingIOError:\n                pass\n"
-                           f"    print('ESCAPED socket buffers', got >> 20, 'MiB')\nexcept OSError as e:\n"
-                           "    print('sockets', got >> 20, 'MiB', e)",
+    "memfd flood": textwrap.dedent(f"""\
+        got = 0
+        try:
+            while got < {_CAP_MB} << 20:
+                fd = os.memfd_create('x')
+                for _ in range(4):
+                    os.write(fd, b'x' * (1 << 20)); got += 1 << 20
+            print('ESCAPED memfd', got >> 20, 'MiB')
+        except OSError as e:
+            print('memfd', got >> 20, 'MiB', e)"""),
+    "SysV shm flood": textwrap.dedent(f"""\
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.shmat.restype = ctypes.c_void_p
+        got = 0
+        while got < {_CAP_MB} << 20:
+            i = libc.shmget(0, 32 << 20, 0o1600)
+            if i < 0:
+                print('shmget', got >> 20, 'MiB', ctypes.get_errno()); break
+            p = libc.shmat(i, None, 0)
+            ctypes.memset(p, 1, 32 << 20); libc.shmdt(ctypes.c_void_p(p)); got += 32 << 20
+        else:
+            print('ESCAPED SysV shm', got >> 20, 'MiB')"""),
+    "socket buffer flood": textwrap.dedent(f"""\
+        import socket
+        keep, got = [], 0
+        try:
+            while got < {_CAP_MB} << 20:
+                a, b = socket.socketpair()
+                keep += [a, b]
+                for s in (a, b):
+                    try:
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 20)
+                    except OSError:
+                        pass
+                    s.setblocking(False)
+                    try:
+                        while True:
+                            got += s.send(b'x' * 65536)
+                    except BlockingIOError:
+                        pass
+            print('ESCAPED socket buffers', got >> 20, 'MiB')
+        except OSError as e:
+            print('sockets', got >> 20, 'MiB', e)"""),
     # Tasks: threads with small stacks get past RLIMIT_AS; they must hit the task cap (64) well before 200.
     "thread flood": "import threading, time\nthreading.stack_size(1 << 16)\nn = 0\ntry:\n    while n < 200:\n"
                     "        threading.Thread(target=time.sleep, args=(30,), daemon=True).start(); n += 1\n"
@@ -190,19 +235,31 @@ ATTACKS = {
     # The reaper: detach from the parent, ignore signals, keep threads alive, and where pid 1's memory is
     # writable (bwrap's own reaper before issue 13; now the program is pid 1 itself), overwrite its code
     # with a nop sled into prctl(PR_SET_PDEATHSIG, 0) and a spin (x86-64).
-    "outlive the run": "import ctypes, platform, signal, threading, time\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-                       "libc.prctl(1, 0, 0, 0, 0)\nfor s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):\n"
-                       "    signal.signal(s, signal.SIG_IGN)\ntry:\n    os.setsid()\nexcept OSError:\n    pass\n"
-                       "code = bytes.fromhex('bf01000000' '31f6' 'b89d000000' '0f05' 'ebfe')\ntry:\n"
-                       "    assert platform.machine() == 'x86_64', 'no shellcode for this machine'\n"
-                       "    with open('/proc/1/mem', 'r+b', buffering=0) as mem:\n"
-                       "        for line in open('/proc/1/maps'):\n            addr, perms = line.split()[:2]\n"
-                       "            if 'x' in perms and '[v' not in line:\n"
-                       "                lo, hi = (int(a, 16) for a in addr.split('-'))\n"
-                       "                mem.seek(lo)\n                mem.write(b'\\x90' * (hi - lo - len(code)) + code)\n"
-                       "    print('pid 1 hijacked', flush=True)\nexcept (OSError, AssertionError) as e:\n"
-                       "    print('pid 1 memory:', e, flush=True)\n"
-                       "threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\ntime.sleep(3600)",
+    "outlive the run": textwrap.dedent("""\
+        import ctypes, platform, signal, threading, time
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, 0, 0, 0, 0)
+        for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(s, signal.SIG_IGN)
+        try:
+            os.setsid()
+        except OSError:
+            pass
+        code = bytes.fromhex('bf01000000' '31f6' 'b89d000000' '0f05' 'ebfe')
+        try:
+            assert platform.machine() == 'x86_64', 'no shellcode for this machine'
+            with open('/proc/1/mem', 'r+b', buffering=0) as mem:
+                for line in open('/proc/1/maps'):
+                    addr, perms = line.split()[:2]
+                    if 'x' in perms and '[v' not in line:
+                        lo, hi = (int(a, 16) for a in addr.split('-'))
+                        mem.seek(lo)
+                        mem.write(b'\\x90' * (hi - lo - len(code)) + code)
+            print('pid 1 hijacked', flush=True)
+        except (OSError, AssertionError) as e:
+            print('pid 1 memory:', e, flush=True)
+        threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+        time.sleep(3600)"""),
 }
 
 
@@ -321,7 +378,8 @@ def _unprivileged_python(env) -> str | None:
     """An interpreter uid 65534 can run, with rapid_cli, numpy and pytest importable (the venv's may live under
     a 0700 home; the system Python of the same minor version reads the same site-packages)."""
     v = sys.version_info
-    for python in dict.fromkeys([sys.executable, os.path.realpath(sys.executable), f"/usr/bin/python{v.major}.{v.minor}"]):
+    for python in dict.fromkeys([sys.executable, os.path.realpath(sys.executable),
+                                 f"/usr/bin/python{v.major}.{v.minor}"]):
         probe = subprocess.run([*_SETPRIV, python, "-c", "import os, sys, numpy, pytest, rapid_cli.sandbox\n"
                                 "assert os.access(os.path.realpath(sys.executable), os.X_OK)"], env=env, cwd="/tmp",
                                capture_output=True)
@@ -340,11 +398,13 @@ def test_attacks_are_contained_when_rapid_is_not_root():
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed, so this test cannot become uid 65534")
     site = str(Path(np.__file__).resolve().parents[1])
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests"), site])}
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests"), site])}
     python = _unprivileged_python(env)
     if python is None:
         pytest.skip(f"no Python that uid 65534 can run with {site} importable")
-    run = subprocess.run([*_SETPRIV, python, "-c", _AS_USER], env=env, cwd="/tmp", capture_output=True, text=True, timeout=300)
+    run = subprocess.run([*_SETPRIV, python, "-c", _AS_USER], env=env, cwd="/tmp", capture_output=True, text=True,
+                         timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     found = json.loads(run.stdout.strip().splitlines()[-1])
     assert "unprivileged user namespace" in found.pop("in force")

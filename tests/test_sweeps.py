@@ -60,7 +60,8 @@ def test_slurm_launcher_config_composes():
 
     register_configs()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("config", overrides=["hydra/launcher=rapid_slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+        cfg = compose("config", overrides=["hydra/launcher=rapid_slurm", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.gpus_per_node == 1 and launcher.partition == "gpu"
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):

@@ -41,7 +41,8 @@ def _one_line(err: BaseException) -> str:
         text = str(err).strip()
         for line in text.splitlines()[:1] + [ln for ln in text.splitlines()[1:] if ln.startswith("Key ")]:
             line = line.strip().rstrip(".")
-            if line and line not in seen and "$VALUE" not in line and not line.startswith(("full_key", "object_type", "reference_type", "To append")):
+            if (line and line not in seen and "$VALUE" not in line
+                    and not line.startswith(("full_key", "object_type", "reference_type", "To append"))):
                 seen.add(line)
                 lines.append(line)
         err = err.__cause__ or err.__context__
@@ -99,7 +100,8 @@ def _did_you_mean(message: str) -> str | None:
 
     from rapid_cli.config import Config
 
-    wrong = re.search(r"Could not override '([\w.]+)'", message) or re.search(r"Key '([\w.]+)' is not in struct", message)
+    wrong = (re.search(r"Could not override '([\w.]+)'", message)
+             or re.search(r"Key '([\w.]+)' is not in struct", message))
     if not wrong:
         return None
 
@@ -150,7 +152,8 @@ def _train_job(cfg) -> float:
         sys.exit(128 + stop.signum)
     except Abandoned as stop:
         last = (checkpoint.checkpoints(run_dir / "checkpoints") or [None])[-1]
-        kept = f"the last checkpoint, {last}, is intact; resume with: {resume}" if last else "no checkpoint was written yet"
+        kept = (f"the last checkpoint, {last}, is intact; resume with: {resume}" if last
+                else "no checkpoint was written yet")
         _fail(f"{stop}; nothing of the unfinished round was saved, {kept}", code=128 + stop.signum)
     except RapidError as err:
         _fail(str(err))
@@ -227,7 +230,8 @@ def _report(args: list[str]) -> None:
 
 
 HELP_HEADER = {
-    "train": "rapid train: RL fine-tuning with RAPID (generate for A*M prompts x G completions, then A off-policy steps)\n"
+    "train": "rapid train: RL fine-tuning with RAPID (generate for A*M prompts x G completions, "
+             "then A off-policy steps)\n"
              "usage: rapid train [group=option ...] [key=value ...]   (-m: a sweep over comma-separated values)\n"
              "  e.g. rapid train task=gsm8k model=qwen-0.5b algo.steps_per_generation=4 optimizer.lr=1e-6",
     "eval": "rapid eval: pass@k of a model on a task's test split; writes eval.json and samples.jsonl\n"
@@ -313,7 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     if command in ("train", "eval"):
         informative = {"--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc"} & set(rest)
         if not informative:
-            values = [a for i, a in enumerate(rest) if not a.startswith("-") and rest[i - 1 : i] not in (["--cfg"], ["-c"])]
+            values = [a for i, a in enumerate(rest)
+                      if not a.startswith("-") and rest[i - 1 : i] not in (["--cfg"], ["-c"])]
             precheck(values, sweep=bool({"-m", "--multirun"} & set(rest)), training=command == "train")
         if not informative and not {"--cfg", "-c"} & set(rest):
             rest = _run_dirs(command, rest)

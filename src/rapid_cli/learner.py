@@ -90,7 +90,8 @@ class Audit:
         return cls(gap.sum(-1).abs().max().item(), gap.abs().max().item(), gap.abs().sum().item(), mask.sum().item())
 
     def merge(self, other: Audit) -> Audit:
-        return Audit(max(self.seq_logw_gap_max, other.seq_logw_gap_max), max(self.logprob_gap_max, other.logprob_gap_max),
+        return Audit(max(self.seq_logw_gap_max, other.seq_logw_gap_max),
+                     max(self.logprob_gap_max, other.logprob_gap_max),
                      self.logprob_gap_sum + other.logprob_gap_sum, self.tokens + other.tokens)
 
     def over_ranks(self, d: distributed.Dist) -> Audit:
@@ -122,8 +123,9 @@ class StepStats:
 
 # the loss metrics that are logged (as row means over the round's steps), and their names in the logs
 LOGGED = {"iw_mean": "iw/mean", "iw_clipped_mean": "iw/clipped_mean", "iw_clip_frac": "iw/clip_frac",
-          "staleness": "iw/staleness", "log_ratio_abs_mean": "iw/log_ratio_abs_mean", "adv_abs_mean": "train/adv_abs_mean",
-          "ppo_clip_frac": "train/ppo_clip_frac", "kl": "train/kl", "groups_dropped_frac": "train/groups_dropped_frac"}
+          "staleness": "iw/staleness", "log_ratio_abs_mean": "iw/log_ratio_abs_mean",
+          "adv_abs_mean": "train/adv_abs_mean", "ppo_clip_frac": "train/ppo_clip_frac", "kl": "train/kl",
+          "groups_dropped_frac": "train/groups_dropped_frac"}
 
 
 def update_metrics(steps: list[StepStats]) -> tuple[dict[str, float], dict[str, float]]:
@@ -157,7 +159,8 @@ class Learner:
         self.algorithm = algorithms.get(algo.name)
         self.options = self.algorithm.loss_options(algo)
         # the initial policy, frozen, for a KL penalty: copied before any sharding
-        self.reference = copy.deepcopy(model).eval().requires_grad_(False) if self.algorithm.needs_reference(algo) else None
+        self.reference = (copy.deepcopy(model).eval().requires_grad_(False) if self.algorithm.needs_reference(algo)
+                          else None)
         self.module = model
         self.model = distributed.wrap(self.d, model, precision)  # what forward/backward go through
         self.bf16 = precision == "bf16" and self.d.parallel != "fsdp"  # FSDP2 casts in its own policy
@@ -228,7 +231,8 @@ class Learner:
         total = distributed.reduce_metrics(d, sum=sums)
         lr = self.optimizer.param_groups[0]["lr"]
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.max_grad_norm or float("inf"))
-        grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()  # FSDP2: a DTensor
+        # under FSDP2 the norm is a DTensor
+        grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
         # One NaN in the gradient would reach every weight through AdamW: such a step is skipped on every rank.
         bad = not (math.isfinite(loss_sum) and math.isfinite(grad_norm))
         skipped = distributed.any_rank(d, bad)
@@ -254,7 +258,8 @@ class Learner:
     def state_dict(self) -> dict:
         """Optimizer state (full, keyed by parameter name, so any parallel layout resumes it) and schedule.
         With FSDP2 a collective: every rank calls it; rank 0 gets the gathered optimizer state."""
-        return {"optimizer": distributed.optimizer_state(self.model, self.optimizer), "scheduler": self.scheduler.state_dict()}
+        return {"optimizer": distributed.optimizer_state(self.model, self.optimizer),
+                "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """`state_dict()`'s output, on every rank; the learning rate stays this run's optimizer.lr."""

@@ -200,8 +200,9 @@ class RunLogger:
         if self._pending:
             from rapid_cli.errors import RapidError
 
-            raise RapidError(f"{len(self._pending)} rounds of metrics could not be written to {self.metrics_path} (disk "
-                             "full or not writable); the checkpoints hold the run: free space and resume with train.resume=auto")
+            raise RapidError(f"{len(self._pending)} rounds of metrics could not be written to {self.metrics_path} "
+                             "(disk full or not writable); the checkpoints hold the run: free space and resume with "
+                             "train.resume=auto")
         if summary:
             table = Table(title="run summary", show_header=True)
             table.add_column("metric")
@@ -213,7 +214,8 @@ class RunLogger:
             try:
                 self.wandb.finish()
                 if self.wandb.settings.mode == "offline":
-                    console.print(f"W&B offline run saved; upload it with: wandb sync {self.wandb.dir.rsplit('/files', 1)[0]}", soft_wrap=True)
+                    console.print(f"W&B offline run saved; upload it with: wandb sync "
+                                  f"{self.wandb.dir.rsplit('/files', 1)[0]}", soft_wrap=True)
             except Exception as err:
                 warn(f"W&B finish failed ({err})")
 

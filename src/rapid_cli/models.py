@@ -36,7 +36,8 @@ def resolve_model(model_cfg, cache_dir: str | None = None) -> str:
     local = Path(path).expanduser()
     if local.is_dir():
         if not (local / "config.json").exists():
-            raise RapidError(f"model.path={path} is a directory without config.json; point it at a Hugging Face model directory")
+            raise RapidError(f"model.path={path} is a directory without config.json; "
+                             "point it at a Hugging Face model directory")
         return str(local)
     if not looks_like_hub_id(path):
         raise RapidError(f"model.path={path} does not exist; give a local model directory or a hub id")

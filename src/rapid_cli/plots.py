@@ -24,9 +24,11 @@ def plot_run(history: list[dict], path: Path, title: str = "") -> Path | None:
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     if rounds:
-        ax.plot([h["time/elapsed"] / 60 for h in rounds], [h["reward/mean"] for h in rounds], "o-", ms=3, label="train reward (mean)")
+        ax.plot([h["time/elapsed"] / 60 for h in rounds], [h["reward/mean"] for h in rounds], "o-", ms=3,
+                label="train reward (mean)")
     if evals:
-        ax.plot([h["time/elapsed"] / 60 for h in evals], [h["eval/pass@1"] for h in evals], "s--", ms=5, label="eval pass@1")
+        ax.plot([h["time/elapsed"] / 60 for h in evals], [h["eval/pass@1"] for h in evals], "s--", ms=5,
+                label="eval pass@1")
     ax.set_xlabel("wall-clock (minutes)")
     ax.set_ylabel("reward / accuracy")
     ax.set_ylim(-0.02, 1.02)

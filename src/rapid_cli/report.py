@@ -75,7 +75,8 @@ def load_runs(root: Path) -> list[Run]:
         seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), "0")
         runs.append(Run(job, overrides, seed, rows))
     if not runs:
-        raise RapidError(f"no finished rounds under {root}: expected job directories with metrics.jsonl (from rapid train -m)")
+        raise RapidError(f"no finished rounds under {root}: expected job directories with metrics.jsonl "
+                         "(from rapid train -m)")
     keys = sorted({k for r in runs for k in r.settings})
     swept = [k for k in keys if len({r.settings.get(k) for r in runs}) > 1]
     for run in runs:
@@ -112,7 +113,8 @@ def sweep_table(runs: list[Run], target: float) -> tuple[list[str], list[list[st
             _stat([r.last("eval/pass@1") for r in group]), _stat([r.last("reward/mean") for r in group]),
             _stat([r.last("time/elapsed") for r in group], "{:.1f}"), _stat([r.train_seconds for r in group], "{:.1f}"),
             *[_stat([sum(x.get(p.key, 0.0) for x in r.rows) for r in group], "{:.1f}") for p in PHASES],
-            (_stat([t for t in reached if t is not None], "{:.1f}") + f" ({sum(t is not None for t in reached)}/{len(group)})"),
+            (_stat([t for t in reached if t is not None], "{:.1f}")
+             + f" ({sum(t is not None for t in reached)}/{len(group)})"),
         ])
     return header, rows
 
@@ -155,7 +157,8 @@ def plot(runs: list[Run], path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("reward / accuracy")
     axes[0].set_ylim(-0.02, 1.02)
-    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # outside: low curves stay visible
+    # outside: low curves stay visible
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -176,7 +179,8 @@ def report(root: Path, target: float = 0.5) -> Path:
     table = Table(title=f"{root} ({len(runs)} runs)")
     shown = [0, 1, 3, 4, 6, len(header) - 1]  # the console gets the headline columns; report.md has them all
     for i in shown:
-        table.add_column(header[i], justify="left" if i == 0 else "right", overflow="fold", min_width=24 if i == 0 else None)
+        table.add_column(header[i], justify="left" if i == 0 else "right", overflow="fold",
+                         min_width=24 if i == 0 else None)
     for row in rows:
         table.add_row(*[row[i] for i in shown])
     console.print(table)

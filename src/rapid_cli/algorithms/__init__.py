@@ -63,7 +63,8 @@ def register(algorithm: Algorithm) -> Algorithm:
 
 register(Algorithm("rapid", rapid_loss, options=("iw_clip", "eps")))
 register(Algorithm("grpo", grpo_loss, options=("eps", "kl_beta"), reference=True, on_policy=True))
-register(Algorithm("pg", grpo_loss, options=("eps", "kl_beta"), reference=True, on_policy=True))  # its preset: kl_beta=0
+# pg is GRPO with its preset kl_beta=0
+register(Algorithm("pg", grpo_loss, options=("eps", "kl_beta"), reference=True, on_policy=True))
 register(Algorithm("dapo", dapo_loss, options=("eps", "eps_high", "drop_equal_groups"), on_policy=True))
 register(Algorithm("dr_grpo", dr_grpo_loss, options=("eps", "norm_len"), on_policy=True))
 
@@ -79,5 +80,5 @@ def check(algo_cfg) -> None:
     """`algo.name` is registered, and the options set are ones its loss uses."""
     algorithm = get(algo_cfg.name)
     if algo_cfg.kl_beta and not algorithm.reference:
-        raise RapidError(f"algo.kl_beta={algo_cfg.kl_beta} has no effect with algo.name={algo_cfg.name}; use algo=grpo, "
-                         "or set it to 0")
+        raise RapidError(f"algo.kl_beta={algo_cfg.kl_beta} has no effect with algo.name={algo_cfg.name}; "
+                         "use algo=grpo, or set it to 0")

@@ -41,7 +41,8 @@ def informative_rows(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return (groups.max(-1).values > groups.min(-1).values).repeat_interleave(group_size)
 
 
-def row_weights(how: str, mask: torch.Tensor, keep: torch.Tensor | None = None, norm_len: int | None = None) -> torch.Tensor:
+def row_weights(how: str, mask: torch.Tensor, keep: torch.Tensor | None = None,
+                norm_len: int | None = None) -> torch.Tensor:
     """Each row's part of the denominator. mask [B, T], keep [B] bool (None: all rows) -> [B]"""
     kept = mask.sum(-1) if keep is None else mask.sum(-1) * keep.to(mask.dtype)
     if how == "seq_mean":

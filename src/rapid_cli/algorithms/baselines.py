@@ -86,8 +86,8 @@ def grpo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | No
     """GRPO: z-scored group advantages, PPO clip, k3 KL to the reference (beta), per-sequence token mean.
     With kl_beta = 0 this is the paper's PG baseline."""
     return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=True, eps=eps, eps_high=None,
-                            aggregate=grpo_loss.aggregation, kl_beta=kl_beta, ref_logprobs=ref_logprobs, drop_equal_groups=False,
-                            denominator=denominator)
+                            aggregate=grpo_loss.aggregation, kl_beta=kl_beta, ref_logprobs=ref_logprobs,
+                            drop_equal_groups=False, denominator=denominator)
 
 
 @aggregated("token_mean")
@@ -100,8 +100,8 @@ def dapo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | No
 
 
 @aggregated("token_sum")
-def dr_grpo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | None = 0.2, norm_len: int | None = None,
-                 denominator: float | None = None):
+def dr_grpo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | None = 0.2,
+                 norm_len: int | None = None, denominator: float | None = None):
     """Dr. GRPO: group-centred advantages without std scaling, token sum over a constant length (norm_len,
     the generation budget), so neither long nor short answers are favoured by the normalisation."""
     return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=False, eps=eps, eps_high=None,

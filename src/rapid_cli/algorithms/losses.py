@@ -63,6 +63,7 @@ def rapid_loss(
             "iw_clipped_mean": w_used.mean().item(),
             "iw_clip_frac": (w > iw_clip).float().mean().item() if iw_clip is not None else 0.0,
             # mean |log w~| from the log-weights: log() of a weight that underflowed to 0 would be -inf
-            "staleness": (seq_log_w.clamp(max=math.log(iw_clip)) if iw_clip is not None else seq_log_w).abs().mean().item(),
+            "staleness": (seq_log_w.clamp(max=math.log(iw_clip)) if iw_clip is not None
+                          else seq_log_w).abs().mean().item(),
         }
     return loss, metrics

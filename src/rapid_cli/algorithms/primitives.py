@@ -45,7 +45,8 @@ def clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, eps: float | None,
     upper = eps_high if eps_high is not None else eps
     if eps is None and upper is None:
         return -surrogate, torch.zeros_like(surrogate, dtype=torch.bool)
-    clipped = ratio.clamp(-math.inf if eps is None else 1 - eps, math.inf if upper is None else 1 + upper) * adv[:, None]
+    clipped = ratio.clamp(-math.inf if eps is None else 1 - eps,
+                          math.inf if upper is None else 1 + upper) * adv[:, None]
     return -torch.minimum(surrogate, clipped), clipped < surrogate
 
 

@@ -102,8 +102,9 @@ class _Rewriter(ast.NodeTransformer):
 
     def _record(self, rule: Rule, args: list[ast.expr], expected: ast.expr, param: ast.expr | None) -> ast.Expr:
         self.rules.append(rule)
-        return ast.Expr(ast.Call(ast.Name(RECORD, ast.Load()), [ast.Constant(len(self.rules) - 1), ast.Tuple(args, ast.Load()),
-                                                               expected, param or ast.Constant(None)], []))
+        return ast.Expr(ast.Call(ast.Name(RECORD, ast.Load()),
+                                 [ast.Constant(len(self.rules) - 1), ast.Tuple(args, ast.Load()), expected,
+                                  param or ast.Constant(None)], []))
 
     def visit_FunctionDef(self, node: ast.FunctionDef):
         """Pairs `V = C` with the assert right after it that checks a property of V (before the

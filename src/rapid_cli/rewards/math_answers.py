@@ -39,8 +39,10 @@ def math_equal(pred: str, gold: str, timeout_s: float = 5.0) -> bool:
 def boxed_reward(completion: str, answer: str, timeout_s: float = 5.0) -> float:
     """1.0 when the completion's last \\boxed{} equals the reference; no box, no reward.
 
-    >>> boxed_reward("so the answer is \\\\boxed{\\\\dfrac{3}{4}}", "\\\\frac34"), boxed_reward("it is 3/4", "\\\\frac34")
-    (1.0, 0.0)
+    >>> boxed_reward("so the answer is \\\\boxed{\\\\dfrac{3}{4}}", "\\\\frac34")
+    1.0
+    >>> boxed_reward("it is 3/4", "\\\\frac34")
+    0.0
     """
     pred = last_boxed(completion)
     return float(pred is not None and math_equal(pred, answer, timeout_s))

@@ -58,8 +58,10 @@ def table_source(entry: str, context: str, rows: list[tuple[tuple, object, Rule,
     """Tests given as data, for a code task whose dataset lists (arguments, expected value, rule, param)
     rows instead of asserts; `context` is the gold solution, which must pass every row."""
     rules = list(dict.fromkeys(row[2] for row in rows))
-    data = json.dumps(plain.encode([[rules.index(rule), tuple(args), expected, param] for args, expected, rule, param in rows]))
-    record = f"import json as _json\nfor _k, _a, _e, _p in _rapid_p['decode'](_json.loads({data!r})):\n    _rapid_rec(_k, _a, _e, _p)\n"
+    data = json.dumps(plain.encode([[rules.index(rule), tuple(args), expected, param]
+                                    for args, expected, rule, param in rows]))
+    record = (f"import json as _json\nfor _k, _a, _e, _p in _rapid_p['decode'](_json.loads({data!r})):\n"
+              "    _rapid_rec(_k, _a, _e, _p)\n")
     return TestSource(entry, context, record, tuple(rules))
 
 
@@ -157,7 +159,8 @@ assert f"def {RECORD}(" in _RECORDER  # the name the converted tests call
 
 _REFERENCE_END = """
 import json as _json
-_calls = _json.dumps(_rapid_p["encode"]([[_rapid_p["decode"](c[1]), OBSERVE[c[0]], EXACT[c[0]]] for c in _rapid_checks]))
+_calls = _json.dumps(_rapid_p["encode"]([[_rapid_p["decode"](c[1]), OBSERVE[c[0]], EXACT[c[0]]] \
+for c in _rapid_checks]))
 _ns = {"NS": globals(), "ENTRY": ENTRY, "CALLS": _calls, "PLAIN": PLAIN, "MARK": MARK, "BIG": BIG}
 print(MARK + _json.dumps(_rapid_checks, separators=(",", ":")))
 exec(CALLER, _ns)
@@ -232,7 +235,8 @@ def parse_reference(stdout: str, rules: tuple[Rule, ...]) -> Suite:
     gold = reported_values(stdout, len(checks))
     if gold is None:
         return Suite((), "the gold solution did not return plain data on every check")
-    failed = [i for i, (c, v) in enumerate(zip(checks, gold, strict=True)) if c.rule.compare != "holds" and not passes(c, v)]
+    failed = [i for i, (c, v) in enumerate(zip(checks, gold, strict=True))
+              if c.rule.compare != "holds" and not passes(c, v)]
     if failed:
         return Suite((), f"the gold solution fails {len(failed)} of {len(checks)} checks (first: {failed[0]})")
     return Suite(checks)

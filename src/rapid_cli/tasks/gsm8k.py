@@ -36,7 +36,8 @@ class GSM8KTask(Task):
             ref = reference_answer(str(rec["answer"]))
             if ref is None:
                 raise RapidError(f"gsm8k {split} record {i + 1}: field 'answer' has no '#### <number>' final answer")
-            problems.append(Problem(id=f"{split}-{i}", question=str(rec["question"]), answer=ref, meta={"solution": rec["answer"]}))
+            problems.append(Problem(id=f"{split}-{i}", question=str(rec["question"]), answer=ref,
+                                    meta={"solution": rec["answer"]}))
         return problems
 
     def reward(self, completion: str, problem: Problem) -> float:

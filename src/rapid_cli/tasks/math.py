@@ -36,12 +36,13 @@ class MathTask(Task):
                 skipped += 1  # MATH train has a few solutions with an empty box: nothing to reward against
                 continue
             meta = {k: rec[k] for k in ("level", "type", "subject", "unique_id") if k in rec}
-            problems.append(Problem(id=str(rec.get("unique_id", f"{split}-{i}")), question=str(rec["problem"]), answer=ref,
-                                    meta=meta))
+            problems.append(Problem(id=str(rec.get("unique_id", f"{split}-{i}")), question=str(rec["problem"]),
+                                    answer=ref, meta=meta))
         if skipped:
             from rapid_cli.console import console
 
-            console.print(f"[dim]math {split}: skipped {skipped} of {len(records)} records whose solution has no final answer[/]")
+            console.print(f"[dim]math {split}: skipped {skipped} of {len(records)} records whose solution has no "
+                          "final answer[/]")
         return problems
 
     def reward(self, completion: str, problem: Problem) -> float:

@@ -42,7 +42,8 @@ class MBPPTask(CodeTask):
     def load(self):
         path = Path(self.cfg.data_path).expanduser() if self.cfg.data_path else None
         if path is not None and path.is_dir():
-            return tuple(self._problems(load_split(self.cfg, s, FIELDS, None, self.cache_dir)) for s in ("train", "test"))
+            return tuple(self._problems(load_split(self.cfg, s, FIELDS, None, self.cache_dir))
+                         for s in ("train", "test"))
         records = load_split(self.cfg, self.cfg.hub_split or "test", FIELDS, None, self.cache_dir)
         train, test = split_records(records, self.cfg.test_fraction, self.cfg.split_seed)
         return self._problems(train), self._problems(test)
@@ -70,7 +71,8 @@ def plus_tests(test: str) -> tuple[str, str, str, Rule]:
     there the rule checks that, `out is not None` or the bool). The loop records its checks as rule 0."""
     tree = ast.parse(test)
     loop = tree.body[-1] if tree.body else None
-    call = loop.body[0].value if isinstance(loop, ast.For) and len(loop.body) == 1 and isinstance(loop.body[0], ast.Expr) else None
+    call = (loop.body[0].value
+            if isinstance(loop, ast.For) and len(loop.body) == 1 and isinstance(loop.body[0], ast.Expr) else None)
     inner, expected, atol = call.args if isinstance(call, ast.Call) and len(call.args) == 3 else (None, None, None)
     helpers = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "assertion"]
     if not (inner is not None and ast.unparse(call.func) == "assertion" and len(helpers) == 1
