@@ -38,6 +38,7 @@ from rapid_cli.errors import RapidError
 from rapid_cli.evaluate import eval_params, evaluate
 from rapid_cli.logger import NullLogger, RunLogger
 from rapid_cli.policy import check_fits, completion_logprobs, load_policy, pack
+from rapid_cli.rewards.functions import part_metrics
 from rapid_cli.samplers import make_sampler, resolve_name
 from rapid_cli.stopping import Interrupted, StopOnSignal
 from rapid_cli.tasks import make_task
@@ -414,7 +415,9 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
                 gens = sampler.generate(prompt_ids, params)
                 sampler.release_memory()
             with timer("reward"):
-                rewards = task.rewards(gens.texts, [p for p in problems for _ in range(a.group_size)])
+                scores = task.score(gens.texts, [p for p in problems for _ in range(a.group_size)], gens.completion_ids,
+                                    gens.finish_reasons)
+                rewards = scores.total
             ro = Rollouts(problems, prompt_ids, gens, rewards, a.group_size)
             with timer("old_logprobs"), amp():
                 old = behaviour(policy, ro, pad_id, a.micro_batch_size, s.temperature, device)
@@ -438,7 +441,8 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
                 with timer("eval"):
                     eval_metrics = run_eval()
 
-            local = distributed.mean_metrics(d, {**round_metrics(ro, steps, timer), **audit, "perf/n": len(gens),
+            local = distributed.mean_metrics(d, {**round_metrics(ro, steps, timer), **part_metrics(scores.parts), **audit,
+                                                 "perf/n": len(gens),
                                                  "perf/tokens": gens.num_tokens})  # whole-batch view
             totals["perf/samples"] += round(local.pop("perf/n") * d.world)
             totals["perf/gen_tokens"] += round(local.pop("perf/tokens") * d.world)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from rapid_cli.tasks.arith import ArithTask
 from rapid_cli.tasks.base import Task
+from rapid_cli.tasks.custom import CustomTask
 from rapid_cli.tasks.gsm8k import GSM8KTask
 from rapid_cli.tasks.humaneval import HumanEvalTask
 from rapid_cli.tasks.math import MathTask
 from rapid_cli.tasks.mbpp import MBPPTask
 
 TASKS: dict[str, type[Task]] = {"arith": ArithTask, "gsm8k": GSM8KTask, "math": MathTask, "mbpp": MBPPTask,
-                                "humaneval": HumanEvalTask}
+                                "humaneval": HumanEvalTask, "custom": CustomTask}
 
 
 def make_task(task_cfg, seed: int = 0, cache_dir: str | None = None, reward_cfg=None) -> Task:

@@ -207,6 +207,38 @@ class CodeTask(Task):
         return self.rewards([completion], [problem])[0]
 
 
+class AssertsTask(CodeTask):
+    """Problems given as assert lines plus a gold solution, from a user's data set (the `code_tests`
+    reward function, rewards/library.py): meta `tests` (assert lines), `imports`; answer = the gold code.
+    The function under test is the first one an assert calls."""
+
+    name = "asserts"
+
+    def program(self, completion: str, problem: Problem) -> str:
+        from rapid_cli.rewards.code import extract_code
+
+        return "\n".join([*problem.meta["imports"], extract_code(completion)])
+
+    def test_source(self, problem: Problem) -> TestSource:
+        import ast
+
+        from rapid_cli.rewards.asserts import record_asserts
+
+        try:
+            tree = ast.parse("\n".join(problem.meta["tests"]))
+        except SyntaxError as err:
+            raise Unconvertible(f"the tests are not Python: {err.msg}, line {err.lineno}") from None
+        calls = [n.func.id for a in ast.walk(tree) if isinstance(a, ast.Assert) for n in ast.walk(a)
+                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id not in _NOT_ENTRY]
+        if not calls:
+            raise Unconvertible("no assert calls a function")
+        record, rules = record_asserts(tree, calls[0])
+        return TestSource(calls[0], "\n".join([*problem.meta["imports"], problem.answer]), f"{record}\n", tuple(rules))
+
+
+_NOT_ENTRY = {"set", "sorted", "list", "tuple", "frozenset", "abs", "len", "isinstance", "bool", "round", "float", "int"}
+
+
 def split_records(records: list, test_fraction: float, seed: int) -> tuple[list, list]:
     """Seeded shuffle and cut, the same as Hugging Face `Dataset.train_test_split(test_size, seed=seed)`
     (test = the first ceil(n * test_fraction) of the permutation), so splits match the authors'.
