@@ -436,3 +436,14 @@ def test_a_failing_reward_function_keeps_the_last_checkpoint(tmp_path):
     saved = checkpoint.checkpoints(tmp_path / "run" / "checkpoints")
     assert [p.name for p in saved] == ["round-000001"]
     assert checkpoint.load_state(saved[0])["cursor"] == 4  # round 1's 2 x 2 prompts
+
+
+def test_the_eval_hint_composes_back_to_the_same_task(tmp_path):
+    """The `try it: rapid eval ...` line a run ends with names the same data, cut and reward functions."""
+    fns = (f"{NUMERIC}, {{_target_: rapid_cli.rewards.format_match, pattern: '<a>\\d+ it\\'s</a>', weight: 0.5}}")
+    task = task_for(f"task.data_path={write(tmp_path / 'p.jsonl')}", "task.test_fraction=0.3",
+                    "task.prompt_template='Q: {prompt}?'", functions=fns)
+    again = compose(shlex.split(task.cli_args()))
+    assert again.reward.functions == task.reward_cfg.functions
+    for key in ("data_path", "test_fraction", "prompt_template", "prompt_field"):
+        assert again.task[key] == task.cfg[key], key

@@ -462,7 +462,7 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     log.close(summary)
     if d.main:
         last = (checkpoint.checkpoints(run_dir / "checkpoints") or [None])[-1]
-        log.where(last, f"task={cfg.task.name}" + (f" task.data_path={cfg.task.data_path}" if cfg.task.data_path else ""))
+        log.where(last, task.cli_args())
     distributed.shutdown(d)
     return {**metrics, **summary}
 

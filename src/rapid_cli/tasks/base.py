@@ -93,6 +93,10 @@ class Task:
 
         return Scores(self.rewards(completions, problems))
 
+    def cli_args(self) -> str:
+        """The task's part of a `rapid eval` command that evaluates on the same problems."""
+        return f"task={self.name}" + (f" task.data_path={self.cfg.data_path}" if self.cfg.data_path else "")
+
     @property
     def pass_threshold(self) -> float:
         """Eval counts a sample as correct when its reward is at least this (task.pass_threshold, 1.0)."""

@@ -27,6 +27,7 @@ hub is out of reach. Their reward rules are shared instead: `numeric_match`, `ma
 
 from __future__ import annotations
 
+import re
 import string
 from pathlib import Path
 
@@ -100,6 +101,29 @@ def template_fields(template: str) -> list[str]:
         if not name.isidentifier():
             raise RapidError(f"task.prompt_template={template!r}: {{{name}}} is not a column name")
     return list(dict.fromkeys(names))
+
+
+def _hydra_value(value) -> str:
+    """A value as Hydra's override grammar reads it back.
+
+    >>> _hydra_value({"_target_": "m.fn", "weight": 0.5, "pattern": "<a>.*</a>"})
+    "{_target_: m.fn, weight: 0.5, pattern: '<a>.*</a>'}"
+    """
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_hydra_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_hydra_value(v) for v in value) + "]"
+    if value is None or isinstance(value, (bool, int, float)):
+        return {None: "null", True: "true", False: "false"}.get(value, str(value)) if not isinstance(value, float) else repr(value)
+    text = str(value)
+    if text and all(ch.isalnum() or ch in "._-/" for ch in text):
+        return text
+    # Hydra reads backslashes literally except before a quote (then they escape): escape those runs only
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), text) + "'"
 
 
 class CustomTask(Task):
@@ -177,6 +201,23 @@ class CustomTask(Task):
             return problem.meta["messages"]
         msgs = [{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else []
         return msgs + [{"role": "user", "content": problem.question}]
+
+    def cli_args(self) -> str:
+        """Every task key that differs from conf/task/custom.yaml, and the reward functions, quoted for a shell."""
+        import shlex
+
+        import yaml
+        from omegaconf import OmegaConf
+
+        from rapid_cli.cli import config_dir
+
+        preset = yaml.safe_load((Path(config_dir()) / "task" / "custom.yaml").read_text())
+        args = ["task=custom"]
+        for key, value in OmegaConf.to_container(self.cfg, resolve=True).items():
+            if key in preset and value != preset[key]:
+                args.append(f"task.{key}={_hydra_value(value)}")
+        args.append("reward.functions=[" + ", ".join(_hydra_value(e) for e in self.reward_cfg.functions) + "]")
+        return " ".join(shlex.quote(a) for a in args)
 
     # -- rewards ------------------------------------------------------------------------------------------------
     def columns(self, problems: list[Problem], completion_ids=None, finish_reasons=None) -> dict[str, list]:
