@@ -354,6 +354,9 @@ def test_eval_counts_a_sample_correct_at_the_threshold(tmp_path, user_module, ti
 
 
 def _rapid(*args, **env):
+    """`rapid` with `env`; a PYTHONPATH given goes before the one already set (which may hold rapid's own)."""
+    if "PYTHONPATH" in env and os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] += os.pathsep + os.environ["PYTHONPATH"]
     return subprocess.run([RAPID, *args], capture_output=True, text=True, timeout=600, cwd=REPO,
                           env={**os.environ, "WANDB_MODE": "disabled", **env})
 
