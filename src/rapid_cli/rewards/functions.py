@@ -239,15 +239,15 @@ def _failing_row(f: RewardFunction, completions: list, columns: dict[str, list],
 
 
 def score(functions: list[RewardFunction], completions: list, columns: dict[str, list], labels: list[str],
-          pool=None) -> Scores:
+          pool=None, chunks: int = 1) -> Scores:
     """Every function on the batch (`columns`: name -> B values; `labels[i]`: where row i comes from, for
-    errors). With a `pool` (concurrent.futures executor), the functions and chunks of rows run in parallel."""
+    errors). With a `pool` (concurrent.futures executor), the functions, each on `chunks` slices of the
+    rows, run in parallel."""
     B = len(completions)
     if pool is None:
         parts = {f.name: _run(f, completions, columns, labels, range(B)) for f in functions}
     else:
-        chunks = max(1, getattr(pool, "_max_workers", 1))
-        size = -(-B // chunks) if B else 1
+        size = -(-B // max(1, chunks)) if B else 1
         jobs = {f.name: [pool.submit(_run, f, completions, columns, labels, range(s, min(B, s + size)))
                          for s in range(0, B, size)] for f in functions}
         parts = {name: [v for job in js for v in _result(job, pool, functions)] for name, js in jobs.items()}
@@ -270,6 +270,10 @@ def _result(job, pool, functions):
                          "raise timeout_s or use reward.pool=thread") from None
 
 
+def pool_size(workers: int | None) -> int:
+    return workers or os.cpu_count() or 1
+
+
 def make_pool(kind: str, workers: int | None):
     """None, or an executor for `reward.pool` (thread: for functions that wait on I/O or release the GIL;
     process: for pure-Python CPU work; functions must then be importable, as Hydra targets are)."""
@@ -277,7 +281,7 @@ def make_pool(kind: str, workers: int | None):
         return None
     import concurrent.futures
 
-    workers = workers or os.cpu_count() or 1
+    workers = pool_size(workers)
     if kind == "thread":
         return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="reward")
     import multiprocessing

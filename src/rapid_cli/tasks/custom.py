@@ -32,7 +32,7 @@ import string
 from pathlib import Path
 
 from rapid_cli.errors import RapidError
-from rapid_cli.rewards.functions import EXTRAS, Scores, build_functions, make_pool, score
+from rapid_cli.rewards.functions import EXTRAS, Scores, build_functions, make_pool, pool_size, score
 from rapid_cli.tasks.base import Task
 from rapid_cli.tasks.sources import read_rows
 from rapid_cli.types import Problem
@@ -240,7 +240,7 @@ class CustomTask(Task):
         texts = [[{"role": "assistant", "content": t}] if p.meta["messages"] is not None else t
                  for t, p in zip(completions, problems, strict=True)]
         return score(self.functions, texts, self.columns(problems, completion_ids, finish_reasons),
-                     [p.id for p in problems], self._pool)
+                     [p.id for p in problems], self._pool, pool_size(self.reward_cfg.pool_workers))
 
     def rewards(self, completions: list[str], problems: list[Problem]) -> list[float]:
         return self.score(completions, problems).total
