@@ -330,6 +330,9 @@ def test_bad_function_entries_stop_with_one_line(tmp_path, user_module, function
 
 
 def test_no_functions_or_no_data_is_refused(tmp_path):
+    cfg = compose(["task=gsm8k", f"reward.functions=[{NUMERIC}]"])
+    with pytest.raises(RapidError, match="reward.functions is for task=custom; task=gsm8k scores with its own rule"):
+        make_task(cfg.task, seed=0, reward_cfg=cfg.reward)
     with pytest.raises(RapidError, match="needs reward functions"):
         make_task(compose(["task=custom", f"task.data_path={write(tmp_path / 'p.jsonl')}"]).task, seed=0,
                   reward_cfg=compose(["task=custom"]).reward)
