@@ -94,6 +94,11 @@ def test_a_directory_of_split_files_and_a_separate_test_file(tmp_path):
     task = task_for(f"task.data_path={write(tmp_path / 'a.jsonl', ROWS[:4])}",
                     f"task.test_path={write(tmp_path / 'b.parquet', ROWS[4:])}")
     assert len(task.train) == 4 and len(task.test) == 6
+    import datasets
+
+    datasets.Dataset.from_list(ROWS[4:7]).save_to_disk(str(tmp_path / "saved-test"))
+    task = task_for(f"task.data_path={tmp_path / 'a.jsonl'}", f"task.test_path={tmp_path / 'saved-test'}")
+    assert [p.answer for p in task.test] == ["8", "10", "12"]
 
 
 def test_template_over_any_column_system_prompt_and_answer_field(tmp_path):

@@ -154,7 +154,8 @@ class CustomTask(Task):
         else:
             raise RapidError("task=custom needs task.data_path=<file or directory> or task.hub_id=<org/name>")
         if c.test_path:
-            test = read_source(c.test_path)["train" if Path(c.test_path).expanduser().is_file() else "test"]
+            given = read_source(c.test_path)  # a file, or a directory / DatasetDict: its test split, else its only one
+            test = given.get("test", next(iter(given.values())))
         train_p = [self.to_problem(where, rec) for where, rec in train]
         if test is not None:
             return train_p, [self.to_problem(where, rec) for where, rec in test]
