@@ -37,10 +37,11 @@ def main() -> None:
     args = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
 
-    from rapid_cli.cli import compose_config
+    from rapid_cli.config import compose_config
     from rapid_cli.policy import completion_logprobs, load_policy, pack, pick_device
     from rapid_cli.samplers import make_sampler
     from rapid_cli.tasks import make_task
+    from rapid_cli.timing import Phase
     from rapid_cli.trainer import PromptStream, train
     from rapid_cli.types import SamplingParams
 
@@ -50,8 +51,8 @@ def main() -> None:
     train(cfg, run_dir)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rounds = [r for r in rows if r["round"] > 1 and "eval/pass@1" not in r] or [r for r in rows if r["round"] > 1]
-    phases = ["generate", "reward", "old_logprobs", "update", "sync"]
-    per_phase = {p: statistics.mean(r.get(f"time/{p}", 0.0) for r in rounds) for p in phases}
+    phases = [Phase.GENERATE, Phase.REWARD, Phase.OLD_LOGPROBS, Phase.UPDATE, Phase.SYNC]
+    per_phase = {p: statistics.mean(r.get(p.key, 0.0) for r in rounds) for p in phases}
     round_s = sum(per_phase.values())
 
     device = pick_device(cfg.device)

@@ -139,7 +139,7 @@ def main() -> None:
     ap.add_argument("--only-cost", action="store_true", help="with --baseline: only the jail-vs-jail cost ratio")
     args = ap.parse_args()
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
-    from rapid_cli.cli import compose_config
+    from rapid_cli.config import compose_config
     from rapid_cli.tasks import make_task
 
     cache = args.cache or tempfile.mkdtemp(prefix="rapid-bench-")

@@ -29,13 +29,12 @@ def main() -> None:
 
     import torch
 
-    from rapid_cli.algorithms import LOSSES, loss_options
-    from rapid_cli.cli import compose_config as compose
+    from rapid_cli.config import compose_config as compose
+    from rapid_cli.learner import Learner
     from rapid_cli.policy import load_policy
     from rapid_cli.samplers import make_sampler
     from rapid_cli.samplers.hf import HFSampler
     from rapid_cli.tasks import make_task
-    from rapid_cli.trainer import build_optimizer, recompute_logprobs, update_minibatch
     from rapid_cli.types import Rollouts, SamplingParams
 
     G = args.group_size
@@ -67,7 +66,7 @@ def main() -> None:
     syncs = []
     for _ in range(3):
         t = time.perf_counter()
-        vllm_sampler.sync_weights(model)
+        vllm_sampler.sync_weights(model.state_dict().items())
         syncs.append(time.perf_counter() - t)
     sync_s = sorted(syncs)[1]
 
@@ -82,17 +81,15 @@ def main() -> None:
     rewards = task.rewards(gens.texts, [p for p in round_problems for _ in range(G)])
     ro = Rollouts(round_problems, round_prompts, gens, rewards, G)
     t = time.perf_counter()
-    old = recompute_logprobs(model, ro, tok.pad_token_id, a.micro_batch_size, 1.0, "cpu")
+    learner = Learner(model, a, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0, total_steps=a.steps_per_generation)
+    ro.old_logprobs = learner.logprobs(ro)
     phases["old_logprobs"] = time.perf_counter() - t
-    opt, sched = build_optimizer(cfg.optimizer, model, a.steps_per_generation)
-    loss_fn = LOSSES[a.name]
     t = time.perf_counter()
     for i in range(a.steps_per_generation):
-        update_minibatch(model, opt, sched, ro, old, ro.group_slice(i * a.prompts_per_step, a.prompts_per_step), cfg,
-                         loss_fn, loss_options(loss_fn, a), tok.pad_token_id, "cpu")
+        learner.step(ro, ro.group_slice(i * a.prompts_per_step, a.prompts_per_step))
     phases["update"] = time.perf_counter() - t
     t = time.perf_counter()
-    vllm_sampler.sync_weights(model)
+    vllm_sampler.sync_weights(learner.full_weights())
     phases["sync"] = time.perf_counter() - t
     round_s = sum(phases.values())
 

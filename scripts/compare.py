@@ -80,8 +80,8 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.8, help="train reward whose first crossing time is reported")
     ap.add_argument("overrides", nargs="*", help="rapid overrides shared by all runs (after --)")
     args = ap.parse_args()
-    from rapid_cli.cli import compose_config
-    from rapid_cli.report import Run, markdown, plot, summarize
+    from rapid_cli.config import compose_config
+    from rapid_cli.report import Run, markdown, plot, sweep_table
 
     shared = DEFAULTS + args.overrides
     base = compose_config(shared)
@@ -99,7 +99,7 @@ def main() -> None:
             runs.append(Run(run_dir, [], str(seed), rows, label))
     runs.sort(key=lambda r: [c[0] for c in field].index(r.label))
 
-    header, table = summarize(runs, args.target)
+    header, table = sweep_table(runs, args.target)
     train_col = header.index("train s (no eval)")
     means = {label: sum(r.train_seconds for r in runs if r.label == label) / sum(r.label == label for r in runs)
              for label in {r.label for r in runs}}

@@ -34,7 +34,7 @@ def main() -> None:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from rapid_cli.cli import compose_config
+    from rapid_cli.config import compose_config
     from rapid_cli.evaluate import eval_params, evaluate
     from rapid_cli.models import resolve_model
     from rapid_cli.policy import load_policy
@@ -93,7 +93,7 @@ def main() -> None:
     problems_eval = task.test[: cfg.eval.limit] if cfg.eval.limit else task.test
     prompts = [task.prompt_ids(p, tok, cfg.model.chat_template) for p in problems_eval]
     t0 = time.perf_counter()
-    final = evaluate(task, problems_eval, prompts, sampler, eval_params(cfg), cfg.eval.k)
+    final = evaluate(task, problems_eval, prompts, sampler, eval_params(cfg.eval, cfg.sampler.max_tokens, cfg.seed), cfg.eval.k)
     eval_s = time.perf_counter() - t0
     rows.append({"round": steps, **final, "time/eval": eval_s, "time/elapsed": train_s + eval_s})
     with (args.out / "metrics.jsonl").open("w") as f:

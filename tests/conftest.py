@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,26 +15,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 RAPID = str(Path(sys.executable).parent / "rapid")
 
-# A run small enough for a CPU test: 2 groups of 2 per step, 2 steps per round, short completions.
-TINY = [
-    "model=tiny",
-    "sampler=hf",
-    "task=arith",
-    "algo.steps_per_generation=2",
-    "algo.prompts_per_step=2",
-    "algo.group_size=2",
-    "algo.micro_batch_size=2",
-    "sampler.max_tokens=8",
-    "train.rounds=2",
-    "train.log_samples=0",
-    "eval.limit=4",
-    "logger.wandb.mode=disabled",
-    "logger.live=false",
-]
+# A run small enough for a CPU test: the `debug=smoke` preset users have too (conf/debug/smoke.yaml) with
+# A=2 for speed (tests that drop it get their algorithm preset's A), without the live progress bar.
+TINY = ["debug=smoke", "algo.steps_per_generation=2", "logger.live=false"]
+
+
+def rapid(*args, cwd=REPO, timeout=600, **env) -> subprocess.CompletedProcess:
+    """`rapid <args>` as a user runs it, output captured; W&B off unless `WANDB_MODE=...` is passed
+    (`NAME=None` leaves a variable unset)."""
+    env = {k: v for k, v in {**os.environ, "WANDB_MODE": "disabled", **env}.items() if v is not None}
+    return subprocess.run([RAPID, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def compose(overrides: list[str]):
-    from rapid_cli.cli import compose_config
+    from rapid_cli.config import compose_config
 
     return compose_config(overrides)
 

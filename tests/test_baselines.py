@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import TINY, compose
-from rapid_cli.algorithms import LOSSES, loss_options
+from rapid_cli.algorithms import ALGORITHMS
 from rapid_cli.algorithms.baselines import dapo_loss, dr_grpo_loss, grpo_loss, kl_k3
 from rapid_cli.errors import RapidError
 from rapid_cli.trainer import train
@@ -80,7 +80,7 @@ def test_dr_grpo_divides_the_token_sum_by_a_constant():
 def test_presets_compose_and_pass_their_options(algo):
     cfg = compose([f"algo={algo}"])
     assert cfg.algo.steps_per_generation == 1
-    opts = loss_options(LOSSES[cfg.algo.name], cfg.algo)
+    opts = ALGORITHMS[cfg.algo.name].loss_options(cfg.algo)
     expected = {"grpo": {"eps", "kl_beta"}, "pg": {"eps", "kl_beta"}, "dapo": {"eps", "eps_high", "drop_equal_groups"},
                 "dr_grpo": {"eps", "norm_len"}}[algo]
     assert set(opts) == expected
@@ -102,7 +102,7 @@ def test_presets_train_the_tiny_model(tmp_path, algo):
 
 
 def test_kl_beta_on_a_loss_without_a_reference_is_refused():
-    from rapid_cli.config import validate
+    from rapid_cli.validation import validate
 
     with pytest.raises(RapidError, match="algo.kl_beta"):
         validate(compose(["algo=rapid", "algo.kl_beta=0.1"]))

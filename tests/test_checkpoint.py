@@ -40,7 +40,7 @@ def overrides(tmp_path, rounds: int = 5) -> list[str]:
                    "train.keep_checkpoints=0", "optimizer.lr=1e-3", "eval.every=2"]
 
 
-def cli(*args, **kw):
+def start_train(*args, **kw):
     env = {**os.environ, "WANDB_MODE": "disabled"}
     return subprocess.Popen([RAPID, "train", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, **kw)
@@ -67,17 +67,17 @@ def wait_for(path, proc, timeout=300):
 def test_sigkill_mid_round_then_resume_equals_an_uninterrupted_run(tmp_path):
     args = overrides(tmp_path, rounds=6)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    proc = cli(*args, f"hydra.run.dir={whole}")
+    proc = start_train(*args, f"hydra.run.dir={whole}")
     assert proc.wait(600) == 0, proc.stdout.read()
 
-    proc = cli(*args, f"hydra.run.dir={killed}")
+    proc = start_train(*args, f"hydra.run.dir={killed}")
     wait_for(killed / "checkpoints" / "round-000002" / "manifest.json", proc)
     time.sleep(0.05)  # into round 3
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL  # it really died before finishing
     assert not (killed / "checkpoints" / "round-000006").exists()
 
-    resumed = cli(*args, f"hydra.run.dir={killed}", "train.resume=auto")
+    resumed = start_train(*args, f"hydra.run.dir={killed}", "train.resume=auto")
     out = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, out
     assert "resuming from" in out
@@ -97,7 +97,7 @@ def test_sigkill_mid_round_then_resume_equals_an_uninterrupted_run(tmp_path):
 def test_ctrl_c_finishes_the_round_saves_and_prints_how_to_resume(tmp_path):
     args = overrides(tmp_path, rounds=40)
     run_dir = tmp_path / "run"
-    proc = cli(*args, f"hydra.run.dir={run_dir}", "train.save_every=0")
+    proc = start_train(*args, f"hydra.run.dir={run_dir}", "train.save_every=0")
     wait_for(run_dir / "metrics.jsonl", proc)
     while len(records(run_dir)) < 2:  # the at-start eval and round 1 are logged
         time.sleep(0.01)
@@ -180,10 +180,10 @@ def test_sigterm_mid_round_saves_and_resumes_to_the_same_weights(tmp_path):
     ends bit-identical to an uninterrupted one."""
     args = overrides(tmp_path, rounds=6) + ["train.save_every=3"]
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    proc = cli(*args, f"hydra.run.dir={whole}")
+    proc = start_train(*args, f"hydra.run.dir={whole}")
     assert proc.wait(600) == 0, proc.stdout.read()
 
-    proc = cli(*args, f"hydra.run.dir={stopped}")
+    proc = start_train(*args, f"hydra.run.dir={stopped}")
     _wait_rounds(stopped, proc, 1)  # round 1 done, no checkpoint yet (save_every=3): all of it is at stake
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=300)[0]
@@ -194,7 +194,7 @@ def test_sigterm_mid_round_saves_and_resumes_to_the_same_weights(tmp_path):
     assert (stopped / "curves.png").exists()
     assert f"hydra.run.dir={stopped} train.resume=auto" in out.replace("\n", " ")
 
-    resumed = cli(*args, f"hydra.run.dir={stopped}", "train.resume=auto")
+    resumed = start_train(*args, f"hydra.run.dir={stopped}", "train.resume=auto")
     out = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, out
     assert comparable(records(whole)) == comparable(records(stopped))
@@ -208,7 +208,7 @@ def test_sigterm_mid_round_saves_and_resumes_to_the_same_weights(tmp_path):
 def test_an_abandoned_round_is_one_line_and_keeps_the_last_checkpoint(tmp_path, how):
     run_dir = tmp_path / "run"
     extra = ["train.stop_grace_s=0.001"] if how == "sigterm-grace-expired" else []
-    proc = cli(*overrides(tmp_path, rounds=200), f"hydra.run.dir={run_dir}", *extra)
+    proc = start_train(*overrides(tmp_path, rounds=200), f"hydra.run.dir={run_dir}", *extra)
     _wait_rounds(run_dir, proc, 2)
     if how == "second-ctrl-c":
         proc.send_signal(signal.SIGINT)

@@ -18,9 +18,9 @@ from rapid_cli.tasks import make_task
 
 def _mbpp_file() -> Path:
     """The MBPP+ copy for tests: $RAPID_MBPP_FILE, else the workspace's shared data beside the checkout
-    (or at /work/shared when CI clones elsewhere). The project never ships a copy."""
+    (CI, cloning elsewhere, sets the variable in .ci/run). The project never ships a copy."""
     relative = Path("data") / "mbppplus" / "MbppPlus-OriginFmt.jsonl.gz"
-    candidates = [os.environ.get("RAPID_MBPP_FILE"), REPO.parent / "shared" / relative, Path("/work/shared") / relative]
+    candidates = [os.environ.get("RAPID_MBPP_FILE"), REPO.parent / "shared" / relative]
     return next((Path(c) for c in candidates if c and Path(c).exists()), REPO.parent / "shared" / relative)
 
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 
 import pytest
 
-from conftest import RAPID, REPO, TINY
+from conftest import REPO, TINY
+from conftest import rapid as run_rapid
 
 
 def rapid(*args, cwd=REPO):
-    env = {**os.environ, "WANDB_MODE": "disabled", "COLUMNS": "80"}
-    return subprocess.run([RAPID, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return run_rapid(*args, cwd=cwd, COLUMNS="80")  # an 80-column terminal's width
 
 
 @pytest.mark.slow

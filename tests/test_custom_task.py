@@ -238,8 +238,9 @@ def test_builtin_functions_are_importable_by_name():
     import importlib
 
     rewards = importlib.import_module("rapid_cli.rewards")
-    for name in ("numeric_match", "math_equivalent", "code_tests", "format_match", "overlong_penalty"):
+    for name in ("numeric_match", "math_equivalent", "format_match", "overlong_penalty"):
         assert callable(getattr(rewards, name)), name
+    assert callable(importlib.import_module("rapid_cli.tasks").code_tests)  # beside the code tasks' verdict
     assert rewards.math_equivalent(["so \\boxed{\\frac{2}{4}}", "\\boxed{1/3}"], answer=["0.5", "0.5"]) == [1.0, 0.0]
     assert rewards.format_match(["<think>a</think>\n<answer>1</answer>", "<answer>1</answer>"]) == [1.0, 0.0]
     assert rewards.overlong_penalty(["a", "b"], completion_ids=[[0] * 3, [0] * 8], truncated=[False, True]) == [0.0, -1.0]
@@ -249,7 +250,7 @@ def test_code_tests_runs_the_code_in_the_sandbox(tmp_path):
     rows = [{"prompt": "Write add(a, b).", "tests": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"],
              "solution": "def add(a, b):\n    return a + b\n"}] * 2
     cfg = compose(["task=custom", f"task.data_path={write(tmp_path / 'c.jsonl', rows)}", f"cache_dir={tmp_path / 'cache'}",
-                   "reward.functions=[{_target_: rapid_cli.rewards.code_tests}]"])
+                   "reward.functions=[{_target_: rapid_cli.tasks.code_tests}]"])
     task = make_task(cfg.task, seed=0, reward_cfg=cfg.reward)
     p = task.train[0]
     good = "```python\ndef add(a, b):\n    return b + a\n```"

@@ -207,11 +207,14 @@ def test_launch_mistakes_are_one_line(monkeypatch):
     from rapid_cli import distributed
     from rapid_cli.errors import RapidError
 
+    def setup(cfg):
+        return distributed.setup(cfg.train, cfg.algo.prompts_per_step, cfg.device)
+
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(RapidError, match="torchrun --nproc-per-node"):
-        distributed.setup(compose(["train.parallel=ddp"]))
+        setup(compose(["train.parallel=ddp"]))
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RapidError, match="train.parallel=none"):
-        distributed.setup(compose([]))
+        setup(compose([]))
     assert distributed.owned_rows(distributed.Dist(0, 2), 8, 4) == [0, 1, 4, 5]

@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import pytest
 
-from conftest import RAPID, REPO, TINY
+from conftest import TINY, rapid
 from test_code_tasks import MBPP_FILE, needs_mbpp
-
-
-def run(*args, cwd=REPO):
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    return subprocess.run([RAPID, *args], capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
 
 
 @pytest.mark.slow
@@ -23,7 +16,7 @@ def test_train_on_mbpp_with_the_tiny_model(tmp_path):
     overrides = [o for o in TINY if not o.startswith("task=")] + [
         "task=mbpp", f"task.data_path={MBPP_FILE}", "sampler.max_tokens=24", "eval.n=2", "eval.k=[1,2]",
         f"hydra.run.dir={tmp_path}"]
-    proc = run("train", *overrides)
+    proc = rapid("train", *overrides)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     last = records[-1]
@@ -38,7 +31,7 @@ def test_rapid_eval_on_a_local_model_directory(tmp_path):
     from rapid_cli.models import resolve_model
 
     model_dir = resolve_model(compose(["model=tiny"]).model)  # an ordinary HF directory on disk
-    proc = run("eval", f"model.path={model_dir}", "task=mbpp", f"task.data_path={MBPP_FILE}", "eval.n=3", "eval.limit=4",
+    proc = rapid("eval", f"model.path={model_dir}", "task=mbpp", f"task.data_path={MBPP_FILE}", "eval.n=3", "eval.limit=4",
                "sampler=hf", "sampler.max_tokens=16", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "pass@3" in proc.stdout
@@ -52,9 +45,9 @@ def test_rapid_eval_on_a_local_model_directory(tmp_path):
 
 @pytest.mark.slow
 def test_eval_errors_are_one_line(tmp_path):
-    proc = run("eval", "model=tiny", "task=mbpp", "task.source=offline", f"hydra.run.dir={tmp_path}")
+    proc = rapid("eval", "model=tiny", "task=mbpp", "task.source=offline", f"hydra.run.dir={tmp_path}")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2 and out.count("\n") == 1 and "task.data_path" in out
-    proc = run("eval", "model=tiny", "task=nope")
+    proc = rapid("eval", "model=tiny", "task=nope")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2 and out.count("\n") == 1 and "available task options" in out and "humaneval" in out

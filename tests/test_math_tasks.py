@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import compose
-from rapid_cli.evaluate import EvalResult, pass_at_k, summarize
+from rapid_cli.evaluate import EvalResult, pass_at_k, pass_at_k_metrics
 from rapid_cli.rewards.math_answers import boxed_reward, math_equal
 from rapid_cli.tasks import make_task
 
@@ -57,6 +57,6 @@ def test_pass_at_k_matches_hand_computed_values():
     assert pass_at_k(8, 0, 8) == 0.0 and pass_at_k(8, 1, 8) == 1.0
     assert pass_at_k(3, 1, 1) == pytest.approx(1 / 3)
     result = EvalResult(texts=[""] * 15, rewards=[0.0] * 15, correct=[0, 2, 5], completion_tokens=30)
-    m = summarize(result, n=5, ks=[1, 2])
+    m = pass_at_k_metrics(result, n=5, ks=[1, 2])
     assert m["eval/pass@1"] == pytest.approx((0 + 0.4 + 1) / 3)
     assert m["eval/pass@2"] == pytest.approx((0 + 0.7 + 1) / 3)

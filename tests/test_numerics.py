@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from conftest import TINY, compose
-from rapid_cli.algorithms import LOSSES, loss_options
+from rapid_cli.algorithms import ALGORITHMS
+from rapid_cli.learner import Learner
 from rapid_cli.samplers.hf import HFSampler
 from rapid_cli.tasks import make_task
-from rapid_cli.trainer import PromptStream, build_optimizer, recompute_logprobs, update_minibatch
+from rapid_cli.trainer import PromptStream
 from rapid_cli.types import Rollouts, SamplingParams
 
 ALGOS = ["rapid", "grpo", "pg", "dapo", "dr_grpo"]
@@ -32,19 +33,22 @@ def rollouts(cfg, model, tok, max_tokens=8) -> Rollouts:
     return Rollouts(problems, prompts, gens, rewards, a.group_size)
 
 
-def shifted(rows: list[list[float]], size: float) -> list[list[float]]:
-    """Log-probs moved by a fixed +-size pattern, so ratios land on both sides of the PPO clip."""
-    return [[x + size * ((i + j) % 3 - 1) for j, x in enumerate(r)] for i, r in enumerate(rows)]
+def learner(cfg, model, tok, total_steps: int = 1) -> Learner:
+    return Learner(model, cfg.algo, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0, total_steps=total_steps)
 
 
-def raw_gradient(model, cfg, ro, old, ref, micro: int, pad_id: int) -> torch.Tensor:
-    """The accumulated gradient of one real `update_minibatch` call, read before any clipping could act
+def shifted(ro: Rollouts, logprobs: torch.Tensor, size: float) -> torch.Tensor:
+    """Log-probs [B, T] moved by a fixed +-size pattern, so ratios land on both sides of the PPO clip."""
+    i, j = torch.meshgrid(torch.arange(logprobs.shape[0]), torch.arange(logprobs.shape[1]), indexing="ij")
+    return torch.where(ro.completion_mask > 0, logprobs + size * ((i + j) % 3 - 1), 0.0)
+
+
+def raw_gradient(model, cfg, ro, old, ref, micro: int, tok) -> torch.Tensor:
+    """The accumulated gradient of one real learner step, read before any clipping could act
     (optimizer.max_grad_norm=null) and after the step (which does not touch .grad)."""
     cfg.algo.micro_batch_size = micro
-    loss_fn = LOSSES[cfg.algo.name]
-    opt, sched = build_optimizer(cfg.optimizer, model, 1)
-    update_minibatch(model, opt, sched, ro, old, ro.group_slice(0, cfg.algo.prompts_per_step), cfg, loss_fn,
-                     loss_options(loss_fn, cfg.algo), pad_id, "cpu", ref)
+    ro.old_logprobs, ro.ref_logprobs = old, ref
+    learner(cfg, model, tok).step(ro, ro.group_slice(0, cfg.algo.prompts_per_step))
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
@@ -56,15 +60,14 @@ def test_unclipped_gradient_does_not_depend_on_the_micro_batch_size(tiny_policy,
                           "optimizer.max_grad_norm=null", "optimizer.lr=1e-3"])
     ro = rollouts(cfg, model, tok)
     assert len({len(c) for c in ro.generations.completion_ids}) > 1  # unequal lengths: token and row means differ
-    pad = tok.pad_token_id
-    now = recompute_logprobs(model, ro, pad, 8, 1.0, "cpu")
-    old = shifted(now, 0.15)
-    ref = shifted(now, -0.3) if cfg.algo.kl_beta else None
+    now = learner(cfg, model, tok).logprobs(ro)
+    old = shifted(ro, now, 0.15)
+    ref = shifted(ro, now, -0.3) if cfg.algo.kl_beta else None
     try:
         grads = {}
         for micro in (2, 4, 8):  # 4 micro-batches of one group, 2 of two groups, the whole mini-batch at once
             model.load_state_dict(state)
-            grads[micro] = raw_gradient(model, cfg, ro, old, ref, micro, pad)
+            grads[micro] = raw_gradient(model, cfg, ro, old, ref, micro, tok)
     finally:
         model.load_state_dict(state)
     assert grads[8].norm() > 1e-3
@@ -80,8 +83,8 @@ def test_padding_never_turns_a_loss_or_its_gradient_into_nan(algo, junk):
     """Reference and old log-probs are padded with 0 while the policy's log-prob of a pad target can be
     -100 (SmolLM2 at temperature 0.2) or -inf: exp(0 - (-100)) overflows, and inf * 0 = NaN."""
     cfg = compose([f"algo={algo}"])
-    loss_fn = LOSSES[cfg.algo.name]
-    opts = loss_options(loss_fn, cfg.algo)
+    loss_fn = ALGORITHMS[cfg.algo.name].loss
+    opts = ALGORITHMS[cfg.algo.name].loss_options(cfg.algo)
     torch.manual_seed(0)
     real = -torch.rand(4, 3) * 2
     mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.float32)
@@ -106,20 +109,20 @@ def test_a_non_finite_step_is_skipped_and_leaves_weights_and_optimizer_alone(tin
     state = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = compose(TINY + ["algo.group_size=2", "algo.prompts_per_step=2", "algo.steps_per_generation=1"])
     ro = rollouts(cfg, model, tok)
-    good = recompute_logprobs(model, ro, tok.pad_token_id, 8, 1.0, "cpu")
-    broken = [[float("nan")] * len(r) for r in good]
-    loss_fn = LOSSES["rapid"]
-    opts = loss_options(loss_fn, cfg.algo)
-    opt, sched = build_optimizer(cfg.optimizer, model, 4)
+    lrn = learner(cfg, model, tok, total_steps=4)
+    good = lrn.logprobs(ro)
+    broken = torch.where(ro.completion_mask > 0, float("nan"), 0.0)
+    opt, sched = lrn.optimizer, lrn.scheduler
     try:
-        out = update_minibatch(model, opt, sched, ro, broken, ro.group_slice(0, 2), cfg, loss_fn, opts, tok.pad_token_id, "cpu")
+        ro.old_logprobs = broken
+        out = lrn.step(ro, ro.group_slice(0, 2))
         for k, v in model.state_dict().items():
             assert torch.equal(v, state[k]), k
-        assert out["skipped"] == 1 and out["loss"] != out["loss"]
+        assert out.skipped == 1 and out.loss != out.loss
         assert not opt.state and sched.last_epoch == 0
-        out = update_minibatch(model, opt, sched, ro, shifted(good, 0.1), ro.group_slice(0, 2), cfg, loss_fn, opts,
-                               tok.pad_token_id, "cpu")
-        assert out["skipped"] == 0 and sched.last_epoch == 1
+        ro.old_logprobs = shifted(ro, good, 0.1)
+        out = lrn.step(ro, ro.group_slice(0, 2))
+        assert out.skipped == 0 and sched.last_epoch == 1
         assert all(torch.isfinite(p).all() for p in model.parameters())
         assert any(not torch.equal(v, state[k]) for k, v in model.state_dict().items())
     finally:
@@ -131,10 +134,10 @@ def test_skipped_steps_in_a_row_stop_the_run_naming_the_round():
     from rapid_cli.trainer import SkipGuard
 
     guard = SkipGuard(limit=3)
-    guard.check([{"skipped": 1.0}, {"skipped": 0.0}, {"skipped": 1.0}], rnd=1)  # a good step resets the count
-    guard.check([{"skipped": 1.0}], rnd=2)
+    guard.check([True, False, True], rnd=1)  # a good step resets the count
+    guard.check([True], rnd=2)
     with pytest.raises(RapidError, match=r"^round 3: 3 optimizer steps in a row .*optimizer.max_skipped_steps"):
-        guard.check([{"skipped": 1.0}, {"skipped": 0.0}], rnd=3)
+        guard.check([True, False], rnd=3)
 
 
 def test_a_run_whose_steps_keep_failing_stops_before_saving_anything(tmp_path):
@@ -160,19 +163,16 @@ def test_ess_is_that_of_the_whole_mini_batch(tiny_policy):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = compose(TINY + ["algo.group_size=2", "algo.prompts_per_step=4", "algo.steps_per_generation=1"])
     ro = rollouts(cfg, model, tok)
-    now = recompute_logprobs(model, ro, tok.pad_token_id, 8, 1.0, "cpu")
-    old = shifted(now, 0.4)
-    w = [math.exp(sum(a - b for a, b in zip(rn, ro_, strict=True))) for rn, ro_ in zip(now, old, strict=True)]
+    now = learner(cfg, model, tok).logprobs(ro)
+    ro.old_logprobs = shifted(ro, now, 0.4)
+    w = [math.exp(x) for x in (now - ro.old_logprobs).double().sum(-1).tolist()]  # padding is 0 in both
     want = sum(w) ** 2 / sum(x * x for x in w)
-    loss_fn = LOSSES["rapid"]
     try:
         for micro in (2, 8):
             model.load_state_dict(state)
             cfg.algo.micro_batch_size = micro
-            opt, sched = build_optimizer(cfg.optimizer, model, 1)
-            out = update_minibatch(model, opt, sched, ro, old, ro.group_slice(0, 4), cfg, loss_fn,
-                                   loss_options(loss_fn, cfg.algo), tok.pad_token_id, "cpu")
-            assert out["ess"] == pytest.approx(want, rel=1e-4), micro
+            out = learner(cfg, model, tok).step(ro, ro.group_slice(0, 4))
+            assert out.ess == pytest.approx(want, rel=1e-4), micro
     finally:
         model.load_state_dict(state)
     assert want < 7.5  # the weights are uneven enough for the per-micro-batch mean to differ
@@ -201,8 +201,8 @@ def test_logged_learning_rate_is_the_one_the_last_step_used(tmp_path):
 def test_baselines_honour_eps_null_as_no_clip(algo):
     """algo.eps=null is the unclipped objective for the baselines too (it used to become 0.2)."""
     cfg = compose([f"algo={algo}", "algo.eps=null", "algo.eps_high=null"])
-    loss_fn = LOSSES[cfg.algo.name]
-    opts = loss_options(loss_fn, cfg.algo)
+    loss_fn = ALGORITHMS[cfg.algo.name].loss
+    opts = ALGORITHMS[cfg.algo.name].loss_options(cfg.algo)
     if "kl_beta" in opts:
         opts["kl_beta"] = 0.0  # the clip alone is under test
     lp = torch.full((2, 1), 0.5, requires_grad=True)  # ratio e^0.5 = 1.65, far outside a 0.2 clip
@@ -259,8 +259,8 @@ def test_precision_defaults_resolve_to_fp32_masters_with_bf16_compute_on_cuda():
 
 
 def test_vllm_sampler_logprobs_at_top_p_below_one_are_refused_in_one_line():
-    from rapid_cli.config import validate
     from rapid_cli.errors import RapidError
+    from rapid_cli.validation import validate
 
     with pytest.raises(RapidError, match=r"^algo.old_logprobs=sampler with sampler=vllm and sampler.top_p=0.9: "):
         validate(compose(TINY + ["sampler=vllm", "sampler.top_p=0.9", "algo.old_logprobs=sampler"]))
@@ -301,23 +301,22 @@ def test_auto_audits_every_round_trusts_only_after_a_sync_and_forgets_on_changed
 def test_the_audit_measures_the_error_in_log_w_and_decides_on_it(tiny_policy):
     """A one-signed per-token bias of 9e-4 (which a per-token check at 1e-3 lets through) is a log w error
     of 9e-4 x length: the audit reports it per sequence, and auto refuses, or revokes, trust on it."""
+    from rapid_cli.behaviour import BehaviourLogprobs
     from rapid_cli.distributed import Dist
-    from rapid_cli.trainer import AUDIT_KEY, BehaviourLogprobs, audit_metrics
+    from rapid_cli.learner import AUDIT_KEY
 
     model, tok = tiny_policy
     state = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = compose(TINY + ["algo.group_size=2", "algo.prompts_per_step=2", "algo.sampler_logw_tol=5e-3"])
     ro = rollouts(cfg, model, tok)
-    now = recompute_logprobs(model, ro, tok.pad_token_id, 8, 1.0, "cpu")
-    biased = [[x - 9e-4 for x in r] for r in now]
-    loss_fn = LOSSES["rapid"]
-    opt, sched = build_optimizer(cfg.optimizer, model, 1)
+    lrn = learner(cfg, model, tok)
+    now = lrn.logprobs(ro)
+    ro.sampler_logprobs = torch.where(ro.completion_mask > 0, now - 9e-4, 0.0)  # what a biased sampler reports
     try:
-        step = update_minibatch(model, opt, sched, ro, None, ro.group_slice(0, 2), cfg, loss_fn, loss_options(loss_fn, cfg.algo),
-                                tok.pad_token_id, "cpu", audit=biased)
+        step = lrn.step(ro, ro.group_slice(0, 2), audit=True)
     finally:
         model.load_state_dict(state)
-    audit = audit_metrics(step)
+    audit = step.audit.metrics()
     longest = max(len(c) for c in ro.generations.completion_ids[:4])
     assert audit[AUDIT_KEY] == pytest.approx(9e-4 * longest, rel=1e-2)
     assert audit["iw/sampler_logprob_gap_max"] == pytest.approx(9e-4, rel=1e-2)

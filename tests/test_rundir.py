@@ -12,7 +12,8 @@ import yaml
 
 from conftest import RAPID, REPO, TINY, compose
 from rapid_cli.errors import RapidError
-from rapid_cli.rundir import RunLock, claim, same_run
+from rapid_cli.resume import same_run
+from rapid_cli.rundir import RunLock, claim
 from rapid_cli.trainer import train
 
 
@@ -23,7 +24,7 @@ def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
     assert all(d.is_dir() for d in dirs)
 
 
-def cli(*args, cwd=REPO):
+def train_tiny(*args, cwd=REPO):
     env = {**os.environ, "WANDB_MODE": "disabled"}
     return subprocess.run([RAPID, "train", *TINY, "train.rounds=1", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
@@ -32,9 +33,9 @@ def cli(*args, cwd=REPO):
 @pytest.mark.slow
 def test_a_finished_run_is_never_restarted_on_top_of(tmp_path):
     run_dir = tmp_path / "run"
-    assert cli(f"hydra.run.dir={run_dir}").returncode == 0
+    assert train_tiny(f"hydra.run.dir={run_dir}").returncode == 0
     before = {p: p.read_bytes() for p in [run_dir / "metrics.jsonl", run_dir / ".hydra" / "config.yaml"]}
-    proc = cli(f"hydra.run.dir={run_dir}", "seed=5")
+    proc = train_tiny(f"hydra.run.dir={run_dir}", "seed=5")
     assert proc.returncode == 2
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1 and "already holds a run" in lines[0] and "train.resume=auto" in lines[0], proc.stdout
@@ -45,7 +46,7 @@ def test_a_finished_run_is_never_restarted_on_top_of(tmp_path):
 def test_a_run_dir_in_use_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     with RunLock(run_dir):
-        proc = cli(f"hydra.run.dir={run_dir}", "train.resume=auto")
+        proc = train_tiny(f"hydra.run.dir={run_dir}", "train.resume=auto")
     assert proc.returncode == 2 and f"in use by another rapid process (pid {os.getpid()})" in proc.stdout, proc.stdout
     assert not (run_dir / "metrics.jsonl").exists()
 

@@ -3,20 +3,19 @@ sweeper (a real 2-trial study) and the SLURM launcher config composing."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import RAPID, REPO, TINY
+from conftest import RAPID, REPO, TINY, rapid
 
 SMALL = [o for o in TINY if not o.startswith(("train.rounds", "algo.steps_per_generation"))] + ["train.rounds=2"]
 
 
-def rapid(*args):
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    proc = subprocess.run([RAPID, *args], capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+def rapid_ok(*args) -> str:
+    """The stdout of `rapid <args>`, which must succeed."""
+    proc = rapid(*args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -24,11 +23,11 @@ def rapid(*args):
 @pytest.mark.slow
 def test_sweep_over_a_and_seeds_then_report(tmp_path):
     sweep = tmp_path / "sweep"
-    rapid("train", "-m", *SMALL, "algo.steps_per_generation=1,2", "seed=0,1", f"hydra.sweep.dir={sweep}")
+    rapid_ok("train", "-m", *SMALL, "algo.steps_per_generation=1,2", "seed=0,1", f"hydra.sweep.dir={sweep}")
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 4 and all((j / "metrics.jsonl").exists() and (j / "checkpoints").is_dir() for j in jobs)
 
-    out = rapid("report", str(sweep), "--target", "0.5")
+    out = rapid_ok("report", str(sweep), "--target", "0.5")
     assert "report.md" in out
     table = (sweep / "report.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| algo.steps_per_generation=")]
@@ -46,7 +45,7 @@ def test_report_on_a_directory_without_runs_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_optuna_sweeper_runs_a_real_study(tmp_path):
     sweep = tmp_path / "optuna"
-    out = rapid("train", "-m", "hydra/sweeper=rapid_optuna", "hydra.sweeper.n_trials=2", *SMALL, "train.rounds=1",
+    out = rapid_ok("train", "-m", "hydra/sweeper=rapid_optuna", "hydra.sweeper.n_trials=2", *SMALL, "train.rounds=1",
                 f"hydra.sweep.dir={sweep}")
     assert "Best parameters" in out
     result = OmegaConf.load(sweep / "optimization_results.yaml")
@@ -57,8 +56,7 @@ def test_optuna_sweeper_runs_a_real_study(tmp_path):
 def test_slurm_launcher_config_composes():
     from hydra import compose, initialize_config_dir
 
-    from rapid_cli.cli import config_dir
-    from rapid_cli.config import register_configs
+    from rapid_cli.config import config_dir, register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):

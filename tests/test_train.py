@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import RAPID, REPO, TINY, compose
-from rapid_cli.algorithms import LOSSES
+from rapid_cli.learner import Learner
 from rapid_cli.samplers.hf import HFSampler
 from rapid_cli.tasks import make_task
-from rapid_cli.trainer import PromptStream, build_optimizer, recompute_logprobs, train, update_minibatch
+from rapid_cli.trainer import PromptStream, train
 from rapid_cli.types import Rollouts, SamplingParams
 
 
@@ -58,16 +58,16 @@ def test_first_mini_batch_needs_no_recompute(tiny_policy):
     cfg = compose(TINY + ["algo.prompts_per_step=2", "algo.group_size=2", "algo.steps_per_generation=2",
                           "optimizer.max_grad_norm=null"])  # raw gradients: clipping would hide a scale error
     ro = _round(cfg, model, tok)
-    full = recompute_logprobs(model, ro, tok.pad_token_id, 8, 1.0, "cpu")
-    rest = recompute_logprobs(model, ro, tok.pad_token_id, 8, 1.0, "cpu", start=4)
+    learner = lambda: Learner(model, cfg.algo, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0, total_steps=1)  # noqa: E731
+    full = learner().logprobs(ro)
+    rest = learner().logprobs(ro, slice(4, None))
     assert len(rest) == len(full) - 4
-    assert all(a == pytest.approx(b, abs=1e-5) for ra, rb in zip(full[4:], rest, strict=True) for a, b in zip(ra, rb, strict=True))
+    assert torch.allclose(full[4:], rest, rtol=0, atol=1e-5)
     grads = []
-    for old in (full, [None] * 4 + rest):
+    for old, rows in ((full, None), (torch.cat([torch.zeros_like(full[:4]), rest]), torch.arange(len(full)) >= 4)):
         model.load_state_dict(state)
-        opt, sched = build_optimizer(cfg.optimizer, model, 1)
-        update_minibatch(model, opt, sched, ro, old, ro.group_slice(0, 2), cfg, LOSSES["rapid"], {"iw_clip": 2.0, "eps": 0.2},
-                         tok.pad_token_id, "cpu")
+        ro.old_logprobs, ro.old_rows = old, rows
+        learner().step(ro, ro.group_slice(0, 2))
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     model.load_state_dict(state)
     assert grads[0].abs().sum() > 0

@@ -10,13 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RAPID, REPO, TINY, compose
+from conftest import RAPID, REPO, TINY, compose, rapid
 from rapid_cli.models import build_tiny_model
-
-
-def rapid(*args, cwd=REPO, **env):
-    return subprocess.run([RAPID, *args], cwd=cwd, env={**os.environ, "WANDB_MODE": "disabled", **env},
-                          capture_output=True, text=True, timeout=600)
 
 
 def one_error_line(proc) -> str:

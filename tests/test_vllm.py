@@ -95,7 +95,7 @@ def test_weight_sync_changes_outputs_exactly_as_the_trainer_weights(engine):
                 p.add_(0.05 * torch.randn_like(p))
         stale = greedy(vs, prompts).completion_ids
         assert stale == before  # not synced yet: the engine still has the old weights
-        vs.sync_weights(model)
+        vs.sync_weights(model.state_dict().items())
         synced = greedy(vs, prompts)
         reference = greedy(HFSampler(model, tok), prompts)
         assert synced.completion_ids == reference.completion_ids
@@ -104,7 +104,7 @@ def test_weight_sync_changes_outputs_exactly_as_the_trainer_weights(engine):
             assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4)
     finally:
         model.load_state_dict(state)
-        vs.sync_weights(model)
+        vs.sync_weights(model.state_dict().items())
 
 
 @pytest.mark.slow

@@ -4,21 +4,17 @@ W&B server in online mode degrades to offline logging with a warning instead of 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 
 import pytest
 
-from conftest import RAPID, REPO, TINY
+from conftest import TINY, rapid
 
 RUN = [o for o in TINY if not o.startswith("logger.wandb")] + ["logger.wandb.samples_every=1"]
 
 
 def rapid_train(*args, env=None):
-    base = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}  # conftest disables W&B for other tests
-    return subprocess.run([RAPID, "train", *args], capture_output=True, text=True, timeout=600, cwd=REPO,
-                          env={**base, **(env or {})})
+    return rapid("train", *args, **{"WANDB_MODE": None, **(env or {})})  # the config's logger.wandb.mode decides
 
 
 @pytest.mark.slow

@@ -85,7 +85,8 @@ def checkpoints(root: Path) -> list[Path]:
 def save(root: Path, rnd: int, model, tokenizer, state: dict, cfg, keep: int | None,
          weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Writes checkpoint `round-<rnd>` atomically and prunes to the newest `keep`; returns its path.
-    `weights`: the full state dict when `model`'s own is sharded (FSDP)."""
+    `state`: the trainer state (resume.TrainerState.to_dict()). `weights`: the full state dict when
+    `model`'s own is sharded (FSDP)."""
     from omegaconf import OmegaConf
 
     root.mkdir(parents=True, exist_ok=True)
@@ -99,7 +100,7 @@ def save(root: Path, rnd: int, model, tokenizer, state: dict, cfg, keep: int | N
             weights = {k: v for k, v in weights.items() if k not in tied}
         model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=weights)
         tokenizer.save_pretrained(tmp / "model")
-        torch.save({**state, "round": rnd, "rng": rng_state()}, tmp / "trainer_state.pt")
+        torch.save(state, tmp / "trainer_state.pt")
         (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
         files = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
                  for p in sorted(tmp.rglob("*")) if p.is_file()}

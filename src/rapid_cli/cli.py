@@ -34,15 +34,6 @@ commands:
 """
 
 
-def config_dir() -> str:
-    """conf/ inside an installed wheel, else the repository's top-level conf/ (editable install)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent.parent / "conf"):
-        if (candidate / "config.yaml").exists():
-            return str(candidate)
-    raise SystemExit("error: rapid's conf/ directory is missing from the installation; reinstall with `make install`")
-
-
 def _one_line(err: BaseException) -> str:
     """Hydra/OmegaConf errors span several lines; keep the first line of each distinct cause."""
     lines, seen = [], set()
@@ -58,6 +49,8 @@ def _one_line(err: BaseException) -> str:
 
 
 def _hint(message: str) -> str:
+    from rapid_cli.config import config_dir
+
     missing = re.search(r"Could not find '(\w+)/", message)
     if missing and (Path(config_dir()) / missing.group(1)).is_dir():
         group = missing.group(1)
@@ -66,27 +59,12 @@ def _hint(message: str) -> str:
     return "run `rapid train --cfg job` for the keys, `rapid train --help` for the groups"
 
 
-def compose_config(overrides: list[str]):
-    """The config `rapid train <overrides>` would run with (for tests, scripts and the pre-check)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from rapid_cli.config import register_configs
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            return compose("config", overrides=overrides)
-    finally:
-        GlobalHydra.instance().clear()
-
-
 def precheck(overrides: list[str], sweep: bool = False, training: bool = False) -> None:
     """Compose and validate before Hydra starts, so a bad override ends in one line, not a traceback.
     For a sweep, every combination is checked before the first job runs."""
-    from rapid_cli.config import validate, validate_training
+    from rapid_cli.config import compose_config
     from rapid_cli.errors import RapidError
+    from rapid_cli.validation import validate, validate_training
 
     try:
         for job in sweep_jobs(overrides) if sweep else [overrides]:
@@ -149,7 +127,8 @@ def _train_job(cfg) -> float:
     from rapid_cli import checkpoint
     from rapid_cli.console import console
     from rapid_cli.errors import RapidError
-    from rapid_cli.rundir import RunLock, holds_a_run, same_run
+    from rapid_cli.resume import resume_command, same_run
+    from rapid_cli.rundir import RunLock, holds_a_run
     from rapid_cli.stopping import Abandoned, Interrupted
     from rapid_cli.trainer import train
 
@@ -161,8 +140,7 @@ def _train_job(cfg) -> float:
         if found != run_dir:  # continue that run in its own directory; this fresh one stays unused
             shutil.rmtree(run_dir, ignore_errors=True)
             run_dir = found
-    again = " ".join(o for o in hc.overrides.task if not o.startswith(("train.resume=", "hydra.run.dir=")))
-    resume = f"rapid train {again} hydra.run.dir={run_dir} train.resume=auto".replace("  ", " ")
+    resume = resume_command(list(hc.overrides.task), run_dir)
     try:
         with RunLock(run_dir):
             result = train(cfg, run_dir, run_name=name)
@@ -207,7 +185,7 @@ def _os_error(err: OSError) -> str:
 def run_hydra(job, argv: list[str]) -> None:
     import hydra
 
-    from rapid_cli.config import register_configs
+    from rapid_cli.config import config_dir, register_configs
 
     register_configs()
     # Hydra prints its own multi-line report of an exception and exits; let them reach `main`, which turns
@@ -271,7 +249,7 @@ usage: rapid doctor [--quick] [key=value ...]   (overrides as for rapid train, e
 
 def command_help(command: str) -> str:
     """Config groups with their options, then every key with its default and what it does."""
-    from rapid_cli.config import describe
+    from rapid_cli.config import config_dir, describe
 
     root = Path(config_dir())
     lines = [HELP_HEADER[command], "", "config groups (group=option):"]

@@ -9,26 +9,98 @@ value of the wrong type fails at compose time with the key's name. Checks that i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from rapid_cli.errors import RapidError
+# Choices are StrEnums: a value outside them fails when the config is composed, naming the key and the
+# options, and a member compares equal to (and prints as) its plain string.
 
 
-class OldLogprobs(str, Enum):  # noqa: UP042 (OmegaConf stores the Enum member; str() stays its qualified name)
+class OldLogprobs(StrEnum):
     recompute = "recompute"  # trainer model recomputes log pi_old before the first update (authors)
     sampler = "sampler"  # take the sampler's per-token logprobs as they came out of generation
     auto = "auto"  # recompute until the per-round audit shows the sampler's agree within algo.sampler_logw_tol, then sampler
+
+
+class Dtype(StrEnum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class EngineDtype(StrEnum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class DataSource(StrEnum):
+    auto = "auto"
+    hub = "hub"
+    offline = "offline"
+    local = "local"
+
+
+class SamplerName(StrEnum):
+    auto = "auto"
+    vllm = "vllm"
+    hf = "hf"
+
+
+class OptimizerName(StrEnum):
+    adamw = "adamw"
+
+
+class Schedule(StrEnum):
+    constant = "constant"
+    cosine = "cosine"
+
+
+class Parallel(StrEnum):
+    none = "none"
+    ddp = "ddp"
+    fsdp = "fsdp"
+
+
+class MixedPrecision(StrEnum):
+    auto = "auto"
+    none = "none"
+    bf16 = "bf16"
+
+
+class WandbMode(StrEnum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+class Sandbox(StrEnum):
+    bwrap = "bwrap"
+    none = "none"
+
+
+class RewardPool(StrEnum):
+    none = "none"
+    thread = "thread"
+    process = "process"
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 @dataclass
 class ModelConfig:
     name: str = MISSING  # preset name, used in run names
     path: str = MISSING  # hub id, local HF directory, a .gguf file, `pkg:<module>/<file>.gguf`, or `tiny`
-    dtype: str = "float32"  # float32 | bfloat16 | float16: weights as loaded; `rapid train` needs float32 (mixed precision: train.mixed_precision)
+    dtype: Dtype = Dtype.float32  # float32 | bfloat16 | float16: weights as loaded; `rapid train` needs float32 (mixed precision: train.mixed_precision)
     chat_template: bool = True  # wrap prompts in the tokenizer's chat template when it has one
     gradient_checkpointing: bool = False  # trade compute for activation memory
     trust_remote_code: bool = False  # run the model repo's own Python code (only for repos you trust)
@@ -42,7 +114,7 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     name: str = MISSING  # arith | gsm8k | math | mbpp | humaneval | custom (your data: conf/task/custom.yaml)
-    source: str = "auto"  # auto | hub | offline | local: where the data comes from (auto: local > hub > offline)
+    source: DataSource = DataSource.auto  # auto | hub | offline | local: where the data comes from (auto: local > hub > offline)
     data_path: str | None = None  # local file or directory; overrides the hub and the offline copy
     hub_id: str | None = None  # Hugging Face dataset id
     hub_config: str | None = None  # dataset config name on the hub
@@ -70,7 +142,7 @@ class TaskConfig:
 
 @dataclass
 class SamplerConfig:
-    name: str = "auto"  # auto (vllm when installed, else hf) | vllm | hf
+    name: SamplerName = SamplerName.auto  # auto (vllm when installed, else hf) | vllm | hf
     temperature: float = 1.0  # sampling temperature of the behaviour policy; logprobs use the same one
     top_p: float = 1.0  # nucleus sampling; 1 keeps the whole distribution
     max_tokens: int = 128  # max completion tokens
@@ -80,19 +152,19 @@ class SamplerConfig:
     kv_cache_gb: float | None = None  # fixed KV-cache size instead of gpu_memory_utilization
     enforce_eager: bool = True  # skip CUDA-graph capture / compilation (faster start, small models)
     max_model_len: int | None = 2048  # prompt + completion tokens per sequence; null: the model's maximum
-    dtype: str = "auto"  # auto: bfloat16 on CUDA, else model.dtype
+    dtype: EngineDtype = EngineDtype.auto  # auto: bfloat16 on CUDA, else model.dtype
     sleep_between_rounds: bool = False  # free the KV cache during the update (GPU), wake before sync
 
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adamw"  # the optimizer (AdamW, fused on plain tensors)
+    name: OptimizerName = OptimizerName.adamw  # the optimizer (AdamW, fused on plain tensors)
     lr: float = 1e-6  # learning rate (the paper's 1e-6)
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW moment decay rates
     max_grad_norm: float | None = 1.0  # gradient clipping; null disables it
     warmup_steps: int = 0  # linear warm-up in optimizer steps
-    schedule: str = "constant"  # constant | cosine (decay over all optimizer steps of the run)
+    schedule: Schedule = Schedule.constant  # constant | cosine (decay over all optimizer steps of the run)
     max_skipped_steps: int = 3  # steps with a non-finite loss/gradient are skipped; this many in a row stop the run
 
 
@@ -121,10 +193,10 @@ class TrainConfig:
     save_every: int = 10  # checkpoint every N rounds (0: only at the end); always at the end and on Ctrl-C
     keep_checkpoints: int = 2  # newest checkpoints kept in <run dir>/checkpoints (0: all)
     resume: str | None = None  # auto (newest intact checkpoint of this run) | a checkpoint or run directory
-    parallel: str = "none"  # none | ddp | fsdp: data parallel over the processes torchrun starts
+    parallel: Parallel = Parallel.none  # none | ddp | fsdp: data parallel over the processes torchrun starts
     # auto (bf16 on CUDA, none on CPU) | none | bf16: fp32 master weights with bf16 autocast (ddp/none) or FSDP2 bf16
     # compute with fp32 reduction
-    mixed_precision: str = "auto"
+    mixed_precision: MixedPrecision = MixedPrecision.auto
     dist_timeout_s: int = 600  # a collective waiting longer than this (a rank died) ends the job
     # SIGTERM (SLURM, docker stop, Kubernetes): seconds to finish the round and save before abandoning it
     # (the last checkpoint stays). Ctrl-C and SIGUSR1 wait for the round; a second signal abandons it.
@@ -145,7 +217,7 @@ class EvalConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = "offline"  # offline | online | disabled
+    mode: WandbMode = WandbMode.offline  # offline | online | disabled
     project: str = "rapid"  # W&B project
     entity: str | None = None  # W&B team or user; null: your default
     name: str | None = None  # run name; null: derived from the overrides
@@ -154,7 +226,7 @@ class WandbConfig:
 
 @dataclass
 class RewardConfig:
-    sandbox: str = "bwrap"  # bwrap | none: how generated code runs (none = NO isolation; warned)
+    sandbox: Sandbox = Sandbox.bwrap  # bwrap | none: how generated code runs (none = NO isolation; warned)
     timeout_s: float = 3.0  # wall-clock limit per program (the authors': 3 s)
     memory_mb: int = 1024  # address-space limit per program, and memory cgroup limit per run where one can be made
     workers: int | None = None  # programs run in parallel; null: one per CPU core
@@ -164,7 +236,7 @@ class RewardConfig:
     # task=custom: [{_target_: module.fn, weight: 1.0, name: ..., timeout_s: ..., <args>}, ...]; total = weighted sum
     functions: list[Any] = field(default_factory=list)
     function_timeout_s: float | None = None  # default time limit of one reward function call on a batch (null: none)
-    pool: str = "none"  # none | thread | process: run the reward functions (and chunks of rows) in parallel
+    pool: RewardPool = RewardPool.none  # none | thread | process: run the reward functions (and chunks of rows) in parallel
     pool_workers: int | None = None  # pool size; null: one per CPU core
 
 
@@ -186,7 +258,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0  # seeds data order, sampling and the tiny model's weights
-    device: str = "auto"  # auto | cpu | cuda
+    device: Device = Device.auto  # auto | cpu | cuda
     cache_dir: str | None = None  # converted models and offline data; null: $RAPID_CACHE or ~/.cache/rapid
     experiment: str | None = None  # name of the experiment preset, if one was chosen
 
@@ -224,123 +296,6 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
 
 
-_CHOICES = {
-    "model.dtype": ("float32", "bfloat16", "float16"),
-    "task.source": ("auto", "hub", "offline", "local"),
-    "optimizer.name": ("adamw",),
-    "optimizer.schedule": ("constant", "cosine"),
-    "logger.wandb.mode": ("offline", "online", "disabled"),
-    "device": ("auto", "cpu", "cuda"),
-    "sampler.name": ("auto", "hf", "vllm"),
-    "sampler.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "reward.sandbox": ("bwrap", "none"),
-    "train.parallel": ("none", "ddp", "fsdp"),
-    "train.mixed_precision": ("auto", "none", "bf16"),
-}
-
-
-def validate(cfg) -> None:
-    """Cross-field checks; raises RapidError with one line naming the key and the fix."""
-    from omegaconf import OmegaConf
-
-    for key, allowed in _CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in allowed:
-            raise RapidError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-    a = cfg.algo
-    if a.group_size < 2:
-        raise RapidError(
-            f"algo.group_size={a.group_size}: group-relative advantages need at least 2 completions per prompt"
-        )
-    for key in ("steps_per_generation", "prompts_per_step", "micro_batch_size"):
-        if getattr(a, key) < 1:
-            raise RapidError(f"algo.{key}={getattr(a, key)} must be at least 1")
-    if a.micro_batch_size % a.group_size:
-        raise RapidError(
-            f"algo.micro_batch_size={a.micro_batch_size} must be a multiple of algo.group_size={a.group_size} "
-            "(micro-batches hold whole prompt groups)"
-        )
-    if a.iw_clip is not None and a.iw_clip < 1:
-        raise RapidError(f"algo.iw_clip={a.iw_clip} must be >= 1 (or null for no clipping)")
-    if a.eps is not None and not 0 < a.eps < 1:
-        raise RapidError(f"algo.eps={a.eps} must be in (0, 1) (or null for the unclipped loss)")
-    if a.old_logprobs == OldLogprobs.sampler and a.steps_per_generation > 1 and cfg.sampler.top_p < 1:
-        from rapid_cli.samplers import resolve_name
-
-        if resolve_name(cfg.sampler.name) == "vllm":
-            raise RapidError(f"algo.old_logprobs=sampler with sampler=vllm and sampler.top_p={cfg.sampler.top_p}: vLLM's "
-                             "log-probs are then renormalised over the top-p nucleus, not the untruncated log softmax(logits/T) "
-                             "the trainer's ratio uses; use algo.old_logprobs=recompute, sampler=hf, or sampler.top_p=1")
-    if a.sampler_logw_tol < 0:
-        raise RapidError(f"algo.sampler_logw_tol={a.sampler_logw_tol} must be >= 0")
-    from rapid_cli.algorithms import LOSSES
-
-    if a.name not in LOSSES:
-        raise RapidError(f"algo.name={a.name!r} is unknown; choose one of {', '.join(sorted(LOSSES))}")
-    import inspect
-
-    if a.kl_beta and "ref_logprobs" not in inspect.signature(LOSSES[a.name]).parameters:
-        raise RapidError(f"algo.kl_beta={a.kl_beta} has no effect with algo.name={a.name}; use algo=grpo, or set it to 0")
-    if a.kl_beta < 0:
-        raise RapidError("algo.kl_beta must be >= 0")
-    if cfg.sampler.temperature <= 0:
-        raise RapidError("sampler.temperature must be > 0 for training (behaviour logprobs need a distribution)")
-    if not 0 < cfg.sampler.top_p <= 1:
-        raise RapidError(f"sampler.top_p={cfg.sampler.top_p} must be in (0, 1]")
-    if not 0 < cfg.sampler.gpu_memory_utilization <= 1:
-        raise RapidError(f"sampler.gpu_memory_utilization={cfg.sampler.gpu_memory_utilization} must be in (0, 1]")
-    if cfg.sampler.max_tokens < 1:
-        raise RapidError("sampler.max_tokens must be at least 1")
-    if cfg.train.rounds < 0:
-        raise RapidError("train.rounds must be >= 0")
-    if cfg.train.save_every < 0 or cfg.train.keep_checkpoints < 0:
-        raise RapidError("train.save_every and train.keep_checkpoints must be >= 0")
-    if cfg.optimizer.lr <= 0:
-        raise RapidError(f"optimizer.lr={cfg.optimizer.lr} must be > 0")
-    if cfg.optimizer.max_skipped_steps < 1:
-        raise RapidError(f"optimizer.max_skipped_steps={cfg.optimizer.max_skipped_steps} must be at least 1")
-    if len(cfg.optimizer.betas) != 2:
-        raise RapidError("optimizer.betas takes two numbers, e.g. optimizer.betas=[0.9,0.999]")
-    e = cfg.eval
-    if e.n < 1 or any(k < 1 or k > e.n for k in e.k):
-        raise RapidError(f"eval.k={list(e.k)} must lie in 1..eval.n={e.n}")
-    if e.temperature is not None and e.temperature < 0:
-        raise RapidError("eval.temperature must be >= 0 (0 = greedy)")
-    from rapid_cli.tasks import TASKS
-
-    if cfg.task.name not in TASKS:
-        raise RapidError(f"task.name={cfg.task.name!r} is unknown; choose one of {', '.join(sorted(TASKS))}")
-    bad_ops = set(cfg.task.ops) - {"+", "-", "*"}
-    if bad_ops:
-        raise RapidError(f"task.ops has unknown operators {sorted(bad_ops)}; use any of + - *")
-    if not 0 < cfg.task.test_fraction < 1:
-        raise RapidError(f"task.test_fraction={cfg.task.test_fraction} must be in (0, 1)")
-    if cfg.reward.timeout_s <= 0 or cfg.reward.math_timeout_s <= 0:
-        raise RapidError("reward.timeout_s and reward.math_timeout_s must be > 0")
-    if cfg.task.digits < 1:
-        raise RapidError("task.digits must be at least 1")
-    # Python slices would quietly turn 0 into "all" and -5 into "all but 5": refuse them.
-    for key in ("eval.limit", "task.max_train", "task.max_test", "eval.max_tokens"):
-        value = OmegaConf.select(cfg, key)
-        if value is not None and value < 1:
-            raise RapidError(f"{key}={value} must be at least 1 (or null for no limit)")
-    if cfg.task.name == "arith" and cfg.task.data_path:
-        raise RapidError("task.data_path has no effect with task=arith (its problems are generated); "
-                         "use task=gsm8k for a file of word problems, or drop task.data_path")
-    m = cfg.model
-    if m.path == "tiny" and (m.tiny_hidden % m.tiny_heads or m.tiny_heads < 1):
-        raise RapidError(f"model.tiny_hidden={m.tiny_hidden} must be a multiple of model.tiny_heads={m.tiny_heads}")
-
-
-def validate_training(cfg) -> None:
-    """Checks that only `rapid train` needs (`rapid eval` may load any dtype)."""
-    if cfg.model.dtype != "float32":
-        # AdamW on bf16/fp16 weights rounds most small updates away (at lr 1e-6 about 2% of the weights
-        # change per step, against all of them in fp32): keep fp32 master weights and compute in bf16.
-        raise RapidError(f"model.dtype={cfg.model.dtype} would train {cfg.model.dtype} weights, whose small updates round "
-                         "away; keep model.dtype=float32 and use train.mixed_precision=bf16 (the default on CUDA) for speed")
-
-
 def resolve_precision(cfg, cuda: bool) -> tuple[str, str]:
     """(train.mixed_precision, vLLM engine dtype) with `auto` resolved. On CUDA: fp32 master weights, bf16
     autocast and a bf16 engine (fast, and the weights still take every small update); on CPU fp32 throughout."""
@@ -353,11 +308,24 @@ def resolve_precision(cfg, cuda: bool) -> tuple[str, str]:
     return mixed, engine
 
 
-def validate_data(cfg, n_train: int) -> None:
-    """Checks that need the loaded data set."""
-    need = cfg.algo.steps_per_generation * cfg.algo.prompts_per_step
-    if need > n_train:
-        raise RapidError(
-            f"a round needs algo.steps_per_generation x algo.prompts_per_step = {need} prompts but task "
-            f"{cfg.task.name} has only {n_train} training problems; lower one of them"
-        )
+def config_dir() -> str:
+    """conf/ inside an installed wheel, else the repository's top-level conf/ (editable install)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent.parent / "conf"):
+        if (candidate / "config.yaml").exists():
+            return str(candidate)
+    raise SystemExit("error: rapid's conf/ directory is missing from the installation; reinstall with `make install`")
+
+
+def compose_config(overrides: list[str]):
+    """The config `rapid train <overrides>` would run with (for tests, scripts and the pre-check)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            return compose("config", overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()

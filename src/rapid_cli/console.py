@@ -3,18 +3,21 @@
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 
 # soft_wrap: long lines (paths, commands to copy) are never hard-wrapped at 80 columns when the output is
 # a file or a pipe; a terminal wraps them itself.
 console = Console(highlight=False, soft_wrap=True)
 
 
+# Messages are plain text: escaped, so a value in square brackets ("expected one of [bwrap, none]") is
+# printed rather than read as a style tag and dropped.
 def error_line(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+    console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
 
 @contextmanager

@@ -13,6 +13,7 @@ own full copy of the weights, gathered after each round).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,6 +21,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from rapid_cli.config import TrainConfig
 from rapid_cli.errors import RapidError
 
 
@@ -49,11 +51,11 @@ def _from_slurm() -> None:
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
-def setup(cfg) -> Dist:
+def setup(train: TrainConfig, prompts_per_step: int, device: str) -> Dist:
     """Joins the process group when launched with several processes; a plain run returns Dist()."""
     _from_slurm()
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    parallel = cfg.train.parallel
+    parallel = train.parallel
     if world > 1 and parallel == "none":
         raise RapidError(f"started with {world} processes but train.parallel=none; set train.parallel=ddp or fsdp")
     if parallel == "none":
@@ -61,14 +63,13 @@ def setup(cfg) -> Dist:
     if "RANK" not in os.environ:
         raise RapidError(f"train.parallel={parallel} needs a distributed launch: torchrun --nproc-per-node N -m rapid_cli train ...")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    cuda = torch.cuda.is_available() and device != "cpu"
     if cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=cfg.train.dist_timeout_s))
-    a = cfg.algo
-    if a.prompts_per_step % world:
-        raise RapidError(f"algo.prompts_per_step={a.prompts_per_step} must be a multiple of the {world} processes "
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=train.dist_timeout_s))
+    if prompts_per_step % world:
+        raise RapidError(f"algo.prompts_per_step={prompts_per_step} must be a multiple of the {world} processes "
                          "(each rank owns whole prompt groups of every mini-batch)")
     return Dist(rank, world, local_rank, parallel)
 
@@ -147,25 +148,33 @@ def load_optimizer_state(model, optimizer, state: dict) -> None:
         group.update(kernel)  # which kernel runs belongs to this run's parameters, not to the saving run's
 
 
-def mean_metrics(d: Dist, metrics: dict[str, float]) -> dict[str, float]:
-    """Averages each metric over ranks (`*_max` keys: the maximum), so logs describe the whole batch.
-    Keys some rank lacks keep their local value."""
-    if d.world == 1 or not metrics:
-        return metrics
+def reduce_metrics(d: Dist, mean: dict[str, float] | None = None, max: dict[str, float] | None = None,
+                   sum: dict[str, float] | None = None) -> dict[str, float]:
+    """Combines each rank's numbers into the whole batch's, by the rule of the argument they are passed in:
+    `mean` averaged over ranks, `max` their maximum, `sum` added up. One flat dict comes back; a key some
+    rank lacks (e.g. time/eval, rank 0's alone) keeps this rank's value."""
+    mean, maxes, sums = mean or {}, max or {}, sum or {}
+    if d.world == 1:
+        return {**mean, **maxes, **sums}
     every = [None] * d.world
-    dist.all_gather_object(every, sorted(metrics))
-    keys = sorted(set.intersection(*(set(k) for k in every)))  # e.g. time/eval exists on rank 0 only: kept local
+    dist.all_gather_object(every, (sorted(mean), sorted(maxes), sorted(sums)))
+    common = [sorted(set.intersection(*(set(keys[i]) for keys in every))) for i in range(3)]
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    means = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=device)
-    maxes = means.clone()
-    dist.all_reduce(means, op=dist.ReduceOp.SUM)
-    dist.all_reduce(maxes, op=dist.ReduceOp.MAX)
-    return {**metrics, **{k: (maxes[i] if k.endswith(("_max", "/max")) else means[i] / d.world).item() for i, k in enumerate(keys)}}
+    added = torch.tensor([mean[k] for k in common[0]] + [sums[k] for k in common[2]], dtype=torch.float64, device=device)
+    maxed = torch.tensor([maxes[k] for k in common[1]], dtype=torch.float64, device=device)
+    dist.all_reduce(added, op=dist.ReduceOp.SUM)
+    dist.all_reduce(maxed, op=dist.ReduceOp.MAX)
+    added, maxed = added.tolist(), maxed.tolist()
+    out = {**mean, **maxes, **sums}
+    out.update({k: added[i] / d.world for i, k in enumerate(common[0])})
+    out.update({k: added[len(common[0]) + i] for i, k in enumerate(common[2])})
+    out.update({k: maxed[i] for i, k in enumerate(common[1])})
+    return out
 
 
 def any_rank(d: Dist, flag: bool) -> bool:
     """True on every rank when it is True on any (a signal may reach one rank only; all must stop together)."""
-    return bool(flag) if d.world == 1 else mean_metrics(d, {"flag/max": float(flag)})["flag/max"] > 0
+    return reduce_metrics(d, max={"flag": float(flag)})["flag"] > 0
 
 
 def broadcast(d: Dist, value):
@@ -175,6 +184,24 @@ def broadcast(d: Dist, value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+@contextlib.contextmanager
+def process_group(train: TrainConfig, prompts_per_step: int, device: str):
+    """`setup` for the length of a job: the group is left however the job ends. After an error no barrier
+    is waited on, since the other ranks may be gone or stuck; the group is only destroyed. An exception
+    every rank raises at the same point (`every_rank`, e.g. a signal stop all ranks agreed on) ends as a
+    normal job does."""
+    d = setup(train, prompts_per_step, device)
+    try:
+        yield d
+    except BaseException as err:
+        if getattr(err, "every_rank", False):
+            shutdown(d)
+        elif d.active and dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    shutdown(d)
 
 
 def shutdown(d: Dist) -> None:

@@ -152,7 +152,7 @@ def sync_check(cfg) -> Check:
     """After the trainer's weights change and a sync, the sampler decodes as the trainer's model does."""
     import torch
 
-    from rapid_cli.cli import compose_config
+    from rapid_cli.config import compose_config
     from rapid_cli.errors import RapidError
     from rapid_cli.policy import completion_logprobs, load_policy, pack, pick_device
     from rapid_cli.samplers import make_sampler
@@ -171,7 +171,7 @@ def sync_check(cfg) -> Check:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    sampler.sync_weights(model)
+    sampler.sync_weights(model.state_dict().items())
     prompts = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True)["input_ids"]
                for t in ("What is 3 + 4?", "Hi")]
     greedy = SamplingParams(n=1, temperature=0, max_tokens=12)
@@ -196,7 +196,7 @@ def sync_check(cfg) -> Check:
 def run_doctor(overrides: list[str], quick: bool = False) -> int:
     from rich.table import Table
 
-    from rapid_cli.cli import compose_config
+    from rapid_cli.config import compose_config
     from rapid_cli.console import console
 
     cfg = compose_config(overrides)

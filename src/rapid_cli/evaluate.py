@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from math import comb
 from pathlib import Path
 
+from rapid_cli.config import EvalConfig
 from rapid_cli.types import SamplingParams
 
 
@@ -26,11 +27,10 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def eval_params(cfg) -> SamplingParams:
-    e = cfg.eval
+def eval_params(e: EvalConfig, sampler_max_tokens: int, seed: int) -> SamplingParams:
     temperature = e.temperature if e.temperature is not None else (0.0 if e.n == 1 else 1.0)
-    return SamplingParams(n=e.n, temperature=temperature, top_p=e.top_p, max_tokens=e.max_tokens or cfg.sampler.max_tokens,
-                          seed=cfg.seed)
+    return SamplingParams(n=e.n, temperature=temperature, top_p=e.top_p, max_tokens=e.max_tokens or sampler_max_tokens,
+                          seed=seed)
 
 
 @dataclass
@@ -62,7 +62,7 @@ def sample_and_score(task, problems, prompt_ids, sampler, params: SamplingParams
     return EvalResult(texts, rewards, correct, tokens)
 
 
-def summarize(result: EvalResult, n: int, ks) -> dict[str, float]:
+def pass_at_k_metrics(result: EvalResult, n: int, ks) -> dict[str, float]:
     problems = max(1, len(result.correct))
     metrics = {"eval/reward_mean": sum(result.rewards) / max(1, len(result.rewards)), "eval/problems": len(result.correct)}
     for k in ks:
@@ -73,7 +73,7 @@ def summarize(result: EvalResult, n: int, ks) -> dict[str, float]:
 
 def evaluate(task, problems, prompt_ids, sampler, params: SamplingParams, ks) -> dict[str, float]:
     """Generate params.n completions for each problem; returns `eval/` metrics."""
-    return summarize(sample_and_score(task, problems, prompt_ids, sampler, params), params.n, ks)
+    return pass_at_k_metrics(sample_and_score(task, problems, prompt_ids, sampler, params), params.n, ks)
 
 
 def run_eval(cfg, run_dir: Path) -> dict:
@@ -83,11 +83,11 @@ def run_eval(cfg, run_dir: Path) -> dict:
     import torch
     from rich.table import Table
 
-    from rapid_cli.config import validate
     from rapid_cli.console import console, progress_bar
     from rapid_cli.policy import check_fits, load_policy, pick_device
     from rapid_cli.samplers import make_sampler, resolve_name
     from rapid_cli.tasks import make_task
+    from rapid_cli.validation import validate
 
     validate(cfg)
     torch.manual_seed(cfg.seed)
@@ -96,7 +96,7 @@ def run_eval(cfg, run_dir: Path) -> dict:
     problems = task.test[: cfg.eval.limit] if cfg.eval.limit else task.test
     model, tokenizer, model_path = load_policy(cfg.model, pick_device(cfg.device), cfg.cache_dir)
     sampler = make_sampler(cfg, model, tokenizer, model_path)
-    params = eval_params(cfg)
+    params = eval_params(cfg.eval, cfg.sampler.max_tokens, cfg.seed)
     ks = sorted({k for k in cfg.eval.k} | {params.n})
     prompts = [task.prompt_ids(p, tokenizer, cfg.model.chat_template) for p in problems]
     check_fits(model, params.max_tokens, max(len(p) for p in prompts), "eval.max_tokens" if cfg.eval.max_tokens else
@@ -110,7 +110,7 @@ def run_eval(cfg, run_dir: Path) -> dict:
     finally:
         sampler.close()
     seconds = time.perf_counter() - start
-    metrics = summarize(result, params.n, ks)
+    metrics = pass_at_k_metrics(result, params.n, ks)
 
     table = Table(title=f"{cfg.task.name} test: {cfg.model.path}")
     for col in ("problems", "samples", "temperature", *[f"pass@{k}" for k in ks], "mean tokens", "seconds"):

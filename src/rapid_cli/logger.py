@@ -21,8 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from rapid_cli.console import console, warn
-
-PHASES = ("generate", "reward", "old_logprobs", "ref_logprobs", "update", "sync", "eval")
+from rapid_cli.timing import PHASES
 
 
 def status_line(m: dict) -> str:
@@ -32,7 +31,7 @@ def status_line(m: dict) -> str:
         parts.append(f"iw {m['iw/mean']:.3f} (max {m['iw/max']:.2f}, clip {100 * m.get('iw/clip_frac', 0):.0f}%)")
     if "perf/gen_tokens_per_s" in m:
         parts.append(f"{m['perf/gen_tokens_per_s']:.0f} tok/s")
-    times = " ".join(f"{p[:3]} {m[f'time/{p}']:.1f}s" for p in PHASES if f"time/{p}" in m)
+    times = " ".join(f"{p[:3]} {m[p.key]:.1f}s" for p in PHASES if p.key in m)
     if "eval/pass@1" in m:
         parts.append(f"eval pass@1 {m['eval/pass@1']:.3f}")
     return " | ".join(parts + [times])

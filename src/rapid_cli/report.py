@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rapid_cli.errors import RapidError
-from rapid_cli.logger import PHASES
+from rapid_cli.timing import PHASES, Phase
 
 IGNORED = ("seed=", "hydra.", "logger.", "train.resume=")
 
@@ -41,14 +41,14 @@ class Run:
         """(training seconds, value): wall-clock minus the evaluations so far, which are measurement, not training."""
         out, evals = [], 0.0
         for r in self.rows:
-            evals += r.get("time/eval", 0.0)
+            evals += r.get(Phase.EVAL.key, 0.0)
             if key in r and "time/elapsed" in r:
                 out.append((r["time/elapsed"] - evals, r[key]))
         return out
 
     @property
     def train_seconds(self) -> float:
-        return self.rows[-1].get("time/elapsed", 0.0) - sum(r.get("time/eval", 0.0) for r in self.rows)
+        return self.rows[-1].get("time/elapsed", 0.0) - sum(r.get(Phase.EVAL.key, 0.0) for r in self.rows)
 
     def time_to(self, key: str, target: float) -> float | None:
         return next((t for t, v in self.curve(key) if v >= target), None)
@@ -98,7 +98,7 @@ def _stat(values: list[float], fmt: str = "{:.3f}") -> str:
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
-def summarize(runs: list[Run], target: float) -> tuple[list[str], list[list[str]]]:
+def sweep_table(runs: list[Run], target: float) -> tuple[list[str], list[list[str]]]:
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.label, []).append(run)
@@ -111,7 +111,7 @@ def summarize(runs: list[Run], target: float) -> tuple[list[str], list[list[str]
             label, ",".join(sorted(r.seed for r in group)), _stat([r.last("round") for r in group], "{:.0f}"),
             _stat([r.last("eval/pass@1") for r in group]), _stat([r.last("reward/mean") for r in group]),
             _stat([r.last("time/elapsed") for r in group], "{:.1f}"), _stat([r.train_seconds for r in group], "{:.1f}"),
-            *[_stat([sum(x.get(f"time/{p}", 0.0) for x in r.rows) for r in group], "{:.1f}") for p in PHASES],
+            *[_stat([sum(x.get(p.key, 0.0) for x in r.rows) for r in group], "{:.1f}") for p in PHASES],
             (_stat([t for t in reached if t is not None], "{:.1f}") + f" ({sum(t is not None for t in reached)}/{len(group)})"),
         ])
     return header, rows
@@ -168,7 +168,7 @@ def report(root: Path, target: float = 0.5) -> Path:
     from rapid_cli.console import console
 
     runs = load_runs(root)
-    header, rows = summarize(runs, target)
+    header, rows = sweep_table(runs, target)
     out = root / "report.md"
     out.write_text(f"# Sweep report: {root}\n\n{len(runs)} runs; all of them used: `{common_settings(runs)}`\n\n"
                    f"{markdown(header, rows)}\n![curves](report.png)\n")

@@ -6,8 +6,8 @@
   resume it (`train.resume=...`), never to start over on top of it;
 - `RunLock`: a process holds an exclusive lock on its run directory while it trains, so a second process
   (a resume started while the run still lives, a copy of the same command) stops with one line;
-- `same_run`: `train.resume=auto` without a named directory continues only a run started with the same
-  overrides AND the same composed config, and only from an intact checkpoint.
+
+Which earlier run `train.resume=auto` continues is resume.py's business (`same_run`).
 """
 
 from __future__ import annotations
@@ -89,51 +89,3 @@ class RunLock:
         if self._fd is not None:
             os.close(self._fd)  # releases the lock
             self._fd = None
-
-
-def _comparable_config(run_dir: Path):
-    """The run's composed config without the keys that may differ between a run and its resumption."""
-    from omegaconf import OmegaConf
-
-    path = run_dir / ".hydra" / "config.yaml"
-    if not path.exists():
-        return None
-    cfg = OmegaConf.to_container(OmegaConf.load(path))
-    cfg.get("train", {}).pop("resume", None)
-    cfg.pop("logger", None)
-    return cfg
-
-
-def same_run(run_dir: Path, overrides: list[str]) -> Path:
-    """For `train.resume=auto` in a directory `claim` made: the newest earlier run under the same output
-    root that was started with the same overrides and config and has an intact checkpoint; else `run_dir`.
-    A directory the user named (hydra.run.dir=) is the run to resume, never a reason to look elsewhere."""
-    if run_dir.resolve() not in claimed:
-        return run_dir
-    from omegaconf import OmegaConf
-
-    from rapid_cli import checkpoint
-
-    def key(items) -> list[str]:
-        return sorted(o for o in items if not o.startswith(("train.resume=", "hydra.", "logger.")))
-
-    wanted, config = key(overrides), _comparable_config(run_dir)
-    candidates = []
-    for other in run_dir.parent.parent.glob("*/*"):
-        saved = other / ".hydra" / "overrides.yaml"
-        if other == run_dir or not saved.exists() or not checkpoint.checkpoints(other / "checkpoints"):
-            continue
-        if key(OmegaConf.load(saved)) != wanted or _comparable_config(other) != config:
-            continue
-        try:
-            checkpoint.find("auto", other / "checkpoints")
-        except RapidError:
-            continue  # no intact checkpoint: not a run to continue
-        candidates.append(other)
-    if not candidates:
-        return run_dir
-    found = max(candidates, key=lambda p: p.stat().st_mtime)
-    from rapid_cli.console import console
-
-    console.print(f"[dim]train.resume=auto: continuing the run in {found}[/]", soft_wrap=True)
-    return found

@@ -28,6 +28,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 class Interrupted(Exception):
     """A signal stopped the run after a round; `checkpoint` holds everything needed to resume it."""
 
+    every_rank = True  # raised by all ranks at the same point (the stop is agreed on): an orderly end
+
     def __init__(self, rnd: int, checkpoint: Path, signum: int):
         super().__init__(f"{signal.Signals(signum).name}: stopped after round {rnd}")
         self.round, self.checkpoint, self.signum = rnd, checkpoint, signum

@@ -1,9 +1,30 @@
-"""Phase timing: `with timer("generate"):` both heads a phase and records `time/generate` for the logs."""
+"""Phase timing: `with timer(Phase.GENERATE):` both heads a phase and records `time/generate` for the logs."""
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from enum import StrEnum
+
+
+class Phase(StrEnum):
+    """The phases of a round, in data-flow order; their values name the console's headings and the
+    `time/<phase>` metrics that the logger, `rapid report` and the scripts read."""
+
+    GENERATE = "generate"
+    REWARD = "reward"
+    OLD_LOGPROBS = "old_logprobs"
+    REF_LOGPROBS = "ref_logprobs"
+    UPDATE = "update"
+    SYNC = "sync"
+    EVAL = "eval"
+
+    @property
+    def key(self) -> str:
+        return f"time/{self.value}"
+
+
+PHASES = tuple(Phase)
 
 
 class PhaseTimer:
@@ -16,7 +37,8 @@ class PhaseTimer:
         self.totals: dict[str, float] = dict(totals or {})
 
     @contextmanager
-    def __call__(self, phase: str):
+    def __call__(self, phase: Phase):
+        phase = Phase(phase).value  # plain str keys: the totals are checkpointed
         if self.on_start is not None:
             self.on_start(phase)
         t0 = time.perf_counter()
@@ -33,6 +55,6 @@ class PhaseTimer:
 
     def pop_round(self) -> dict[str, float]:
         """This round's seconds per phase as `time/<phase>` metrics, then start a new round."""
-        out = {f"time/{k}": v for k, v in self._round.items()}
+        out = {Phase(k).key: v for k, v in self._round.items()}
         self._round = {}
         return out

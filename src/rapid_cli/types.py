@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 
 @dataclass
 class Problem:
@@ -49,12 +51,34 @@ class Generations:
         return sum(len(c) for c in self.completion_ids)
 
 
+def pad_rows(rows: list[list[float]], width: int) -> torch.Tensor:
+    """Ragged per-token rows as one float32 tensor [len(rows), width], 0 past each row's end.
+
+    >>> pad_rows([[1.0, 2.0], [3.0]], 3).tolist()
+    [[1.0, 2.0, 0.0], [3.0, 0.0, 0.0]]
+    """
+    out = torch.zeros((len(rows), width), dtype=torch.float32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.float32)
+    return out
+
+
 @dataclass
 class Rollouts:
     """One round: P = A*M prompt groups of G completions each, contiguous by group (B = P*G rows).
 
     problems[g], prompt_ids[g]: the prompt of group g
     generations: B completions; rewards: B floats
+
+    Per-token tensors, float32 [B, T] with T = the round's longest completion (at least 1) and 0 past
+    each completion's end (rows of a micro-batch: `tensor[rows, : width(rows)]`):
+      completion_mask: 1 on each completion's tokens
+      sampler_logprobs: the sampler's behaviour log-probs; None when it reports none
+      old_logprobs: log pi_old, set by the round's old_logprobs phase; None: no row's is recorded
+      old_rows: [B] bool, the rows whose pi_old `old_logprobs` holds (None: none). The others were sampled
+          by the very policy their optimizer step starts from (the round's first mini-batch, or every
+          mini-batch when A = 1), so their pi_old is that step's own detached log-probs.
+      ref_logprobs: the frozen reference policy's log-probs (a KL penalty), set by the ref_logprobs phase
     """
 
     problems: list[Problem]
@@ -62,6 +86,22 @@ class Rollouts:
     generations: Generations
     rewards: list[float]
     group_size: int
+    old_logprobs: torch.Tensor | None = None
+    old_rows: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+    completion_mask: torch.Tensor = field(init=False, repr=False)
+    sampler_logprobs: torch.Tensor | None = field(init=False, repr=False)
+
+    def __post_init__(self):
+        comp, lp = self.generations.completion_ids, self.generations.logprobs
+        lengths = torch.tensor([len(c) for c in comp])
+        T = self.width()
+        self.completion_mask = (torch.arange(T) < lengths[:, None]).float()  # [B, T]
+        self.sampler_logprobs = None if lp is None else pad_rows(lp, T)  # [B, T]
+
+    def width(self, rows: slice = slice(None)) -> int:
+        """The longest completion among `rows`, at least 1: T for the round, C for a micro-batch."""
+        return max(1, max((len(c) for c in self.generations.completion_ids[rows]), default=0))
 
     def group_slice(self, first_group: int, n_groups: int) -> slice:
         G = self.group_size

@@ -1,38 +1,83 @@
-"""Algorithms are loss functions registered by name; `algo.name` picks one.
+"""Algorithms, registered by name as explicit records; `algo.name` picks one.
 
-A loss takes (logprobs, old_logprobs, mask, rewards, group_size, **options, denominator=None) with the
-shapes documented in `losses` and returns (loss, metrics). The trainer passes the `algo` config fields
-named by the function's parameters that have defaults, and the mini-batch's `denominator` (computed by
-`loss_denominator` from the rollouts before any forward pass, so micro-batching does not change the
-gradient; algorithms/aggregate.py), so a new algorithm is a new function here, not a branch in the loop.
+A record names its loss, the `algo` config fields that loss takes as options, whether it can use a
+frozen reference policy's log-probs (a KL penalty) and whether it is an on-policy method. Adding an
+algorithm is one loss function (pure, built from primitives.py and aggregate.py) and one `register`
+call here; the learner and the config check read everything else from the record.
+
+A loss takes (logprobs, old_logprobs, mask, rewards, group_size, **options, [ref_logprobs,]
+denominator=None) with the shapes documented in `losses` and returns (loss, metrics). `denominator`
+is the whole mini-batch's (`Algorithm.denominator`, computed from the rollouts before any forward
+pass), so cutting the mini-batch into micro-batches or ranks does not change the gradient.
 """
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from rapid_cli.algorithms.aggregate import denominator
 from rapid_cli.algorithms.baselines import dapo_loss, dr_grpo_loss, grpo_loss
 from rapid_cli.algorithms.losses import rapid_loss
-
-# pg is GRPO's loss with its preset's kl_beta = 0 (conf/algo/pg.yaml).
-LOSSES = {"rapid": rapid_loss, "grpo": grpo_loss, "pg": grpo_loss, "dapo": dapo_loss, "dr_grpo": dr_grpo_loss}
+from rapid_cli.errors import RapidError
 
 
-def loss_options(fn, algo_cfg) -> dict:
-    """The algo config fields that `fn` takes as options (its parameters with defaults)."""
-    params = inspect.signature(fn).parameters.values()
-    return {p.name: algo_cfg[p.name] for p in params if p.default is not p.empty and p.name in algo_cfg}
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    loss: Callable  # see the module docstring; marked with its aggregation (aggregate.aggregated)
+    options: tuple[str, ...]  # the algo config fields the loss takes as keyword options
+    reference: bool = False  # the loss takes `ref_logprobs` (a KL penalty weighted by algo.kl_beta)
+    on_policy: bool = False  # made for one optimizer step per generation (its preset sets steps_per_generation=1)
+
+    @property
+    def aggregation(self) -> str:
+        return self.loss.aggregation
+
+    def loss_options(self, algo_cfg) -> dict:
+        """The values of this loss's options in the `algo` config."""
+        return {k: algo_cfg[k] for k in self.options}
+
+    def needs_reference(self, algo_cfg) -> bool:
+        """Whether a frozen copy of the initial policy must be kept for this config (its KL term is on)."""
+        return self.reference and bool(algo_cfg.kl_beta)
+
+    def denominator(self, mask: torch.Tensor, rewards: torch.Tensor, group_size: int, options: dict) -> float:
+        """What the loss divides its summed terms by, for a whole mini-batch with completion `mask` [B, T] and
+        `rewards` [B] (algorithms/aggregate.py)."""
+        return denominator(self.aggregation, mask, rewards, group_size,
+                           drop_equal_groups=options.get("drop_equal_groups", False), norm_len=options.get("norm_len"))
 
 
-def needs_reference(fn, algo_cfg) -> bool:
-    """Whether the loss wants log-probs of the frozen reference model (a KL penalty is on)."""
-    return "ref_logprobs" in inspect.signature(fn).parameters and bool(algo_cfg.get("kl_beta"))
+ALGORITHMS: dict[str, Algorithm] = {}
 
 
-def loss_denominator(fn, mask: torch.Tensor, rewards: torch.Tensor, group_size: int, options: dict) -> float:
-    """What `fn` divides its summed terms by, for the whole batch with completion `mask` [B, T] and `rewards` [B]."""
-    return denominator(fn.aggregation, mask, rewards, group_size, drop_equal_groups=options.get("drop_equal_groups", False),
-                       norm_len=options.get("norm_len"))
+def register(algorithm: Algorithm) -> Algorithm:
+    if algorithm.name in ALGORITHMS:
+        raise ValueError(f"algorithm {algorithm.name!r} is registered twice")
+    ALGORITHMS[algorithm.name] = algorithm
+    return algorithm
+
+
+register(Algorithm("rapid", rapid_loss, options=("iw_clip", "eps")))
+register(Algorithm("grpo", grpo_loss, options=("eps", "kl_beta"), reference=True, on_policy=True))
+register(Algorithm("pg", grpo_loss, options=("eps", "kl_beta"), reference=True, on_policy=True))  # its preset: kl_beta=0
+register(Algorithm("dapo", dapo_loss, options=("eps", "eps_high", "drop_equal_groups"), on_policy=True))
+register(Algorithm("dr_grpo", dr_grpo_loss, options=("eps", "norm_len"), on_policy=True))
+
+
+def get(name: str) -> Algorithm:
+    """The record registered as `name`; an unknown name is the user's mistake, named in one line."""
+    if name not in ALGORITHMS:
+        raise RapidError(f"algo.name={name!r} is unknown; choose one of {', '.join(sorted(ALGORITHMS))}")
+    return ALGORITHMS[name]
+
+
+def check(algo_cfg) -> None:
+    """`algo.name` is registered, and the options set are ones its loss uses."""
+    algorithm = get(algo_cfg.name)
+    if algo_cfg.kl_beta and not algorithm.reference:
+        raise RapidError(f"algo.kl_beta={algo_cfg.kl_beta} has no effect with algo.name={algo_cfg.name}; use algo=grpo, "
+                         "or set it to 0")

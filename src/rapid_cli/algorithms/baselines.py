@@ -1,5 +1,5 @@
-"""The baselines RAPID is compared with (RAPID.md, "Baselines"), as pure losses with the same contract
-as `rapid_loss`, built from a few shared pieces:
+"""The baselines RAPID is compared with (docs/algorithm.md, "The baselines"), as pure losses with the same contract
+as `rapid_loss`, built from the pieces in primitives.py (log-ratio, clip, weights, diagnostics) and these:
 
 - advantages: group z-score (GRPO, PG, DAPO) or group-centred only (Dr. GRPO);
 - the PPO-clipped token objective, with an optional higher upper clip (DAPO's clip-higher);
@@ -15,12 +15,16 @@ They are on-policy methods: their presets take one optimizer step per generation
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from rapid_cli.algorithms.aggregate import aggregate as aggregate_loss
-from rapid_cli.algorithms.aggregate import aggregated, informative_rows, weight_sums
+from rapid_cli.algorithms.aggregate import aggregated, informative_rows
+from rapid_cli.algorithms.primitives import (
+    clipped_objective,
+    masked_log_ratio,
+    ratio_metrics,
+    sequence_log_weights,
+)
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool) -> torch.Tensor:
@@ -34,15 +38,6 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool) -> tor
     if scale:
         adv = adv / (r.std(-1, keepdim=True) + 1e-4)
     return adv.view(-1)
-
-
-def clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, eps: float | None, eps_high: float | None):
-    """-min(rho A, clip(rho, 1-eps, 1+eps_high) A) per token, and which tokens the clip cut off.
-    eps=None: no lower clip; eps_high=None: the upper clip is eps too (none when eps is None as well)."""
-    surrogate = ratio * adv[:, None]
-    upper = eps_high if eps_high is not None else eps
-    clipped = ratio.clamp(-math.inf if eps is None else 1 - eps, math.inf if upper is None else 1 + upper) * adv[:, None]
-    return -torch.minimum(surrogate, clipped), (clipped < surrogate)
 
 
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -66,9 +61,8 @@ def _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, *, scale
     informative = informative_rows(r, group_size)  # [B]
     keep = informative if drop_equal_groups else None
     adv = group_advantages(r, group_size, scale)
-    log_ratio = torch.where(mask > 0, logprobs - old_logprobs, torch.zeros_like(logprobs))  # inf * 0 would be NaN
-    ratio = log_ratio.exp()
-    token_loss, cut = clipped_objective(ratio, adv, eps, eps_high)
+    log_ratio = masked_log_ratio(logprobs, old_logprobs, mask)
+    token_loss, cut = clipped_objective(log_ratio.exp(), adv, eps, eps_high)
     kl = None
     if kl_beta:
         if ref_logprobs is None:
@@ -79,17 +73,10 @@ def _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, *, scale
     if keep is not None:
         mask = mask * keep[:, None].to(mask.dtype)  # the metrics below describe the kept tokens only
     with torch.no_grad():
-        n_tok = mask.sum().clamp(min=1)
-        w = log_ratio.detach().sum(-1).clamp(max=60).exp()
-        metrics = {
-            "iw_mean": w.mean().item(), "iw_max": w.max().item(), **weight_sums(w),
-            "ppo_clip_frac": ((cut.to(mask.dtype) * mask).sum() / n_tok).item(),
-            "adv_mean": adv.mean().item(), "adv_abs_mean": adv.abs().mean().item(),
-            "log_ratio_abs_mean": ((log_ratio.detach().abs() * mask).sum() / n_tok).item(),
-            "groups_dropped_frac": (1 - informative.float().mean()).item() if drop_equal_groups else 0.0,
-        }
+        metrics = ratio_metrics(sequence_log_weights(log_ratio).exp(), adv, log_ratio, cut, mask)
+        metrics["groups_dropped_frac"] = (1 - informative.float().mean()).item() if drop_equal_groups else 0.0
         if kl is not None:
-            metrics["kl"] = ((kl.detach() * mask).sum() / n_tok).item()
+            metrics["kl"] = ((kl.detach() * mask).sum() / mask.sum().clamp(min=1)).item()
     return loss, metrics
 
 

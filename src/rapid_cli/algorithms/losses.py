@@ -10,10 +10,13 @@ import math
 
 import torch
 
-from rapid_cli.algorithms.aggregate import aggregate, aggregated, weight_sums
-
-# exp() of a sequence log-ratio overflows float32 past ~88; weights are clipped long before that.
-_MAX_LOG_W = 60.0
+from rapid_cli.algorithms.aggregate import aggregate, aggregated
+from rapid_cli.algorithms.primitives import (
+    clipped_objective,
+    masked_log_ratio,
+    ratio_metrics,
+    sequence_log_weights,
+)
 
 
 @aggregated("seq_mean")
@@ -27,7 +30,7 @@ def rapid_loss(
     eps: float | None = 0.2,
     denominator: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """RAPID's off-policy loss with an importance-weighted group baseline (RAPID.md, "Loss").
+    """RAPID's off-policy loss with an importance-weighted group baseline (docs/algorithm.md, "The loss of one step").
 
     w_i = exp(sum_t m_it (logp - old_logp)) is the detached sequence weight of completion i; the group
     baseline b_g = mean_j min(w_j, c) r_j re-weights the group's rewards toward the current policy, and
@@ -40,42 +43,26 @@ def rapid_loss(
     >>> round(met["iw_mean"], 3), round(met["adv_mean"], 3), round(loss.item(), 3)
     (1.0, 0.0, 0.0)
     """
-    B, T = logprobs.shape
+    B = logprobs.shape[0]
     if B % group_size:
         raise ValueError(f"batch of {B} rows is not a whole number of groups of {group_size}")
     mask = mask.to(logprobs.dtype)
-    # where(), not a product: padding may hold -inf or junk, and inf * 0 is NaN (forward and backward)
-    log_ratio = torch.where(mask > 0, logprobs - old_logprobs, torch.zeros_like(logprobs))  # [B, T], 0 on padding
-    seq_log_w = log_ratio.detach().sum(-1).clamp(max=_MAX_LOG_W)  # [B]
+    log_ratio = masked_log_ratio(logprobs, old_logprobs, mask)  # [B, T], 0 on padding
+    seq_log_w = sequence_log_weights(log_ratio)  # [B], detached
     w = seq_log_w.exp()  # [B]
     w_used = w.clamp(max=iw_clip) if iw_clip is not None else w  # [B]
     r = rewards.to(logprobs.dtype).view(-1, group_size)  # [n_groups, G]
     baseline = (w_used.view(-1, group_size) * r).mean(-1, keepdim=True)  # [n_groups, 1]
     adv = (r - baseline).view(-1)  # [B], no std normalisation
-    ratio = log_ratio.exp()  # [B, T], with gradient
-    surrogate = ratio * adv[:, None]  # [B, T]
-    if eps is not None:
-        clipped = ratio.clamp(1 - eps, 1 + eps) * adv[:, None]
-        token_loss = -torch.minimum(surrogate, clipped)
-        ppo_clipped = (clipped < surrogate).to(mask.dtype)  # tokens whose gradient the clip removed
-    else:
-        token_loss = -surrogate
-        ppo_clipped = torch.zeros_like(mask)
+    token_loss, cut = clipped_objective(log_ratio.exp(), adv, eps)  # [B, T]; the ratio carries the gradient
     loss = aggregate(token_loss, mask, rapid_loss.aggregation, denominator)
 
     with torch.no_grad():
-        n_tok = mask.sum().clamp(min=1)
         metrics = {
-            "iw_mean": w.mean().item(),
-            "iw_max": w.max().item(),
+            **ratio_metrics(w, adv, log_ratio, cut, mask),
             "iw_clipped_mean": w_used.mean().item(),
             "iw_clip_frac": (w > iw_clip).float().mean().item() if iw_clip is not None else 0.0,
-            **weight_sums(w),
             # mean |log w~| from the log-weights: log() of a weight that underflowed to 0 would be -inf
             "staleness": (seq_log_w.clamp(max=math.log(iw_clip)) if iw_clip is not None else seq_log_w).abs().mean().item(),
-            "ppo_clip_frac": ((ppo_clipped * mask).sum() / n_tok).item(),
-            "adv_mean": adv.mean().item(),
-            "adv_abs_mean": adv.abs().mean().item(),
-            "log_ratio_abs_mean": ((log_ratio.detach().abs() * mask).sum() / n_tok).item(),
         }
     return loss, metrics

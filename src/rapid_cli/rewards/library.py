@@ -1,16 +1,14 @@
 """Built-in reward functions for `reward.functions`, in TRL's form: `fn(completions, **columns) -> list[float]`.
 
 Each applies the same rule as the built-in task that uses it (one implementation of each rule):
-`numeric_match` is arith/gsm8k's, `math_equivalent` is math's, `code_tests` is mbpp/humaneval's verdict
-through the sandbox. `format_match` and `overlong_penalty` are the usual shaping terms of R1-style
+`numeric_match` is arith/gsm8k's, `math_equivalent` is math's. (`code_tests`, mbpp's sandboxed verdict,
+lives beside the code tasks whose machinery it uses: `rapid_cli.tasks.code_tests`.) `format_match` and `overlong_penalty` are the usual shaping terms of R1-style
 runs. Completions may be texts or TRL's conversational form (a list of messages, the last one the
 reply).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 
 from rapid_cli.rewards.answers import numeric_reward
@@ -19,7 +17,8 @@ from rapid_cli.rewards.math_answers import boxed_reward
 THINK_ANSWER = r"<think>.*?</think>\s*<answer>.*?</answer>"
 
 
-def _text(completion) -> str:
+def text_of(completion) -> str:
+    """A completion's text: TRL passes conversational ones as a list of messages, the reply last."""
     return completion if isinstance(completion, str) else completion[-1]["content"]
 
 
@@ -29,7 +28,7 @@ def numeric_match(completions: list, answer: list, **_) -> list[float]:
     >>> numeric_match(["so it is 12", "<answer>7</answer>", "no idea"], answer=["12", 7, "3"])
     [1.0, 1.0, 0.0]
     """
-    return [numeric_reward(_text(c), str(a)) for c, a in zip(completions, answer, strict=True)]
+    return [numeric_reward(text_of(c), str(a)) for c, a in zip(completions, answer, strict=True)]
 
 
 def math_equivalent(completions: list, answer: list, timeout_s: float = 5.0, **_) -> list[float]:
@@ -38,7 +37,7 @@ def math_equivalent(completions: list, answer: list, timeout_s: float = 5.0, **_
     >>> math_equivalent(["thus \\\\boxed{\\\\frac12}", "\\\\boxed{3}", "0.5"], answer=["0.5", "4", "0.5"])
     [1.0, 0.0, 0.0]
     """
-    return [boxed_reward(_text(c), str(a), timeout_s) for c, a in zip(completions, answer, strict=True)]
+    return [boxed_reward(text_of(c), str(a), timeout_s) for c, a in zip(completions, answer, strict=True)]
 
 
 def format_match(completions: list, pattern: str = THINK_ANSWER, **_) -> list[float]:
@@ -51,7 +50,7 @@ def format_match(completions: list, pattern: str = THINK_ANSWER, **_) -> list[fl
     [1.0, 0.0]
     """
     rx = re.compile(pattern, re.DOTALL)
-    return [float(rx.fullmatch(_text(c).strip()) is not None) for c in completions]
+    return [float(rx.fullmatch(text_of(c).strip()) is not None) for c in completions]
 
 
 def overlong_penalty(completions: list, completion_ids: list, truncated: list, max_tokens: int | None = None,
@@ -74,39 +73,3 @@ def overlong_penalty(completions: list, completion_ids: list, truncated: list, m
         over = len(ids) - (max_tokens - cache_tokens)
         out.append(0.0 if over <= 0 else -penalty * min(1.0, over / max(1, cache_tokens)))
     return out
-
-
-class code_tests:  # noqa: N801 (used by name in YAML, like the functions beside it)
-    """1.0 when the completion's code passes the row's assert tests, judged like mbpp (tasks/code.py): the
-    asserts are turned into (arguments, expected value) checks by a reference run of the row's gold
-    solution in the sandbox (cached), the candidate's function runs in the sandbox on the arguments
-    only, and the values it returns are compared outside. The completion's code is its last ```python
-    block (rewards/code.py). Columns, renamable with the constructor's arguments: `tests` (a list of
-    assert lines, or one string of them), `solution` (the gold code) and optionally `imports`. The
-    sandbox follows `reward.*` (timeout_s, memory_mb, sandbox, ...). Programs of a batch run in parallel
-    in the sandbox's own pool, so leave this one out of `reward.pool=process`.
-    """
-
-    def __init__(self, tests: str = "tests", solution: str = "solution", imports: str = "imports", reward_cfg=None):
-        from rapid_cli.tasks.code import AssertsTask
-
-        self.columns = (tests, solution, imports)
-        self.task = AssertsTask(None, reward_cfg=reward_cfg)
-        self.__name__ = "code_tests"
-
-    def __call__(self, completions: list, **columns) -> list[float]:
-        from rapid_cli.types import Problem
-
-        tests, solution, imports = self.columns
-        for col in (tests, solution):
-            if col not in columns:
-                raise KeyError(f"code_tests needs the column {col!r}")
-        problems = []
-        for i, t in enumerate(columns[tests]):
-            lines = [t] if isinstance(t, str) else list(t)
-            extra = columns.get(imports, [None] * len(completions))[i] or []
-            meta = {"tests": lines, "imports": [extra] if isinstance(extra, str) else list(extra)}
-            key = json.dumps([meta, str(columns[solution][i])])  # the checks are cached per problem id
-            problems.append(Problem(id=hashlib.sha256(key.encode()).hexdigest()[:16], question="",
-                                    answer=str(columns[solution][i]), meta=meta))
-        return self.task.rewards([_text(c) for c in completions], problems)

@@ -5,18 +5,24 @@ Each sampler implements `Sampler`; `make_sampler` picks one by `sampler.name`.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol
 
-from rapid_cli.config import resolve_precision
+from rapid_cli.config import OldLogprobs, resolve_precision
 from rapid_cli.errors import RapidError
 from rapid_cli.types import Generations, SamplingParams
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Sampler(Protocol):
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> Generations: ...
 
-    def sync_weights(self, model) -> None:
-        """Make the next `generate` use `model`'s current weights."""
+    def sync_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Make the next `generate` use these weights: every parameter and buffer of the policy as (Hugging Face
+        name, plain full tensor), e.g. `Learner.full_weights()`. It may be a generator producing them one at a
+        time (FSDP2 gathers each as it goes): consume it once, whole."""
 
 
     def release_memory(self) -> None:
@@ -35,6 +41,17 @@ def resolve_name(name: str) -> str:
     return "vllm" if vllm_available() else "hf"
 
 
+def check(sampler_cfg, algo_cfg) -> None:
+    """Settings a sampler cannot serve. vLLM renormalises its log-probs over the top-p nucleus, which is not
+    the untruncated log softmax(logits/T) the trainer's importance ratio uses."""
+    off_policy = algo_cfg.steps_per_generation > 1
+    if algo_cfg.old_logprobs == OldLogprobs.sampler and off_policy and sampler_cfg.top_p < 1:
+        if resolve_name(sampler_cfg.name) == "vllm":
+            raise RapidError(f"algo.old_logprobs=sampler with sampler=vllm and sampler.top_p={sampler_cfg.top_p}: vLLM's "
+                             "log-probs are then renormalised over the top-p nucleus, not the untruncated log softmax(logits/T) "
+                             "the trainer's ratio uses; use algo.old_logprobs=recompute, sampler=hf, or sampler.top_p=1")
+
+
 def make_sampler(cfg, model, tokenizer, model_path: str) -> Sampler:
     name = resolve_name(cfg.sampler.name)
     if name == "hf":
@@ -46,6 +63,6 @@ def make_sampler(cfg, model, tokenizer, model_path: str) -> Sampler:
 
         _, dtype = resolve_precision(cfg, next(model.parameters()).is_cuda)
         sampler = VLLMSampler(cfg.sampler, model_path, dtype, seed=cfg.seed, trust_remote_code=cfg.model.trust_remote_code)
-        sampler.sync_weights(model)  # the engine loaded from disk; make sure it holds the trainer's exact weights
+        sampler.sync_weights(model.state_dict().items())  # the engine loaded from disk; give it the trainer's exact weights
         return sampler
     raise RapidError(f"sampler.name={cfg.sampler.name!r} is unknown; use sampler=vllm or sampler=hf")

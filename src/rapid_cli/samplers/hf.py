@@ -47,13 +47,20 @@ class HFSampler:
         self.batch_size = batch_size
         self.stop_ids = stop_token_ids(model, tokenizer)
 
-    def sync_weights(self, model) -> None:
-        module = getattr(model, "module", model)  # DDP wraps the trainer's module
-        if module is self.model:
-            return  # the trainer's own model object: nothing to copy
-        from rapid_cli.distributed import full_state_dict
-
-        self.model.load_state_dict(full_state_dict(model))  # a separate copy (FSDP shards the trainer's)
+    @torch.no_grad()
+    def sync_weights(self, weights) -> None:
+        """Copies each (name, tensor) into this sampler's model, one at a time. A tensor that already is this
+        model's own (the trainer's model object, shared unless FSDP shards it) is not copied."""
+        own = self.model.state_dict()
+        names = set(own)
+        for name, tensor in weights:
+            if name not in own:
+                raise KeyError(f"weight sync: {name!r} is not a weight of the sampler's model")
+            names.discard(name)
+            if tensor.data_ptr() != own[name].data_ptr():
+                own[name].copy_(tensor)
+        if names:
+            raise KeyError(f"weight sync: no new value for {len(names)} weights of the sampler's model, e.g. {min(names)!r}")
 
     def release_memory(self) -> None:
         pass  # the KV cache lives only inside generate()

@@ -10,8 +10,8 @@ vLLM's internals.
   (`Generations.logprobs = None`) and the trainer recomputes them (`algo.old_logprobs=sampler` is refused).
 - Weight sync: the engine's workers expose `reload_weights(weights_iterator=...)` (vLLM 0.32), reached
   with `collective_rpc`; it takes (name, tensor) pairs in Hugging Face checkpoint format, so the
-  trainer's `state_dict()` goes in as is, without touching disk. The prefix cache is reset after it,
-  since cached KV blocks were computed with the old weights.
+  learner's `full_weights()` go in as they are produced, without touching disk. The prefix cache is
+  reset after it, since cached KV blocks were computed with the old weights.
 - Sleep/wake (`sampler.sleep_between_rounds`, GPU only) frees the KV cache while the trainer updates.
 """
 
@@ -131,13 +131,10 @@ class VLLMSampler:
                 out.texts.append(c.text)
         return out
 
-    def sync_weights(self, model) -> None:
-        """Push the trainer's current weights into the running engine (no disk)."""
-        from rapid_cli.distributed import full_state_dict
-
+    def sync_weights(self, weights) -> None:
+        """Streams the trainer's (name, tensor) pairs into the running engine (no disk)."""
         self._wake()
-        state = full_state_dict(model)  # plain, DDP or FSDP-sharded alike
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state.items()), "is_checkpoint_format": True})
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
 
     def release_memory(self) -> None:

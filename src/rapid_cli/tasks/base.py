@@ -30,7 +30,7 @@ class Task:
         train = self._split("train")
         if self.cfg.data_path and Path(self.cfg.data_path).expanduser().is_file():
             from rapid_cli.console import console
-            from rapid_cli.tasks.code import split_records
+            from rapid_cli.tasks.sources import split_records
 
             if len(train) < 2:
                 raise RapidError(f"task.data_path={self.cfg.data_path} has {len(train)} problem; a train/test split needs "

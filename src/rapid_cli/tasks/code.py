@@ -13,9 +13,12 @@ run in parallel (sandbox.run_many).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 
 from rapid_cli.rewards.asserts import Unconvertible
+from rapid_cli.rewards.library import text_of
 from rapid_cli.rewards.verdict import (
     Suite,
     TestSource,
@@ -239,18 +242,33 @@ class AssertsTask(CodeTask):
 _NOT_ENTRY = {"set", "sorted", "list", "tuple", "frozenset", "abs", "len", "isinstance", "bool", "round", "float", "int"}
 
 
-def split_records(records: list, test_fraction: float, seed: int) -> tuple[list, list]:
-    """Seeded shuffle and cut, the same as Hugging Face `Dataset.train_test_split(test_size, seed=seed)`
-    (test = the first ceil(n * test_fraction) of the permutation), so splits match the authors'.
-
-    >>> train, test = split_records(list(range(378)), 0.3, 42)
-    >>> len(train), len(test), test[:3]
-    (264, 114, [376, 86, 253])
+class code_tests:  # noqa: N801 (named in reward.functions like the functions of rewards/library.py)
+    """1.0 when the completion's code passes the row's assert tests, judged like mbpp (tasks/code.py): the
+    asserts are turned into (arguments, expected value) checks by a reference run of the row's gold
+    solution in the sandbox (cached), the candidate's function runs in the sandbox on the arguments
+    only, and the values it returns are compared outside. The completion's code is its last ```python
+    block (rewards/code.py). Columns, renamable with the constructor's arguments: `tests` (a list of
+    assert lines, or one string of them), `solution` (the gold code) and optionally `imports`. The
+    sandbox follows `reward.*` (timeout_s, memory_mb, sandbox, ...). Programs of a batch run in parallel
+    in the sandbox's own pool, so leave this one out of `reward.pool=process`.
     """
-    import math
 
-    import numpy as np
+    def __init__(self, tests: str = "tests", solution: str = "solution", imports: str = "imports", reward_cfg=None):
+        self.columns = (tests, solution, imports)
+        self.task = AssertsTask(None, reward_cfg=reward_cfg)
+        self.__name__ = "code_tests"
 
-    perm = np.random.default_rng(seed).permutation(len(records))
-    n_test = math.ceil(test_fraction * len(records))
-    return [records[i] for i in perm[n_test:]], [records[i] for i in perm[:n_test]]
+    def __call__(self, completions: list, **columns) -> list[float]:
+        tests, solution, imports = self.columns
+        for col in (tests, solution):
+            if col not in columns:
+                raise KeyError(f"code_tests needs the column {col!r}")
+        problems = []
+        for i, t in enumerate(columns[tests]):
+            lines = [t] if isinstance(t, str) else list(t)
+            extra = columns.get(imports, [None] * len(completions))[i] or []
+            meta = {"tests": lines, "imports": [extra] if isinstance(extra, str) else list(extra)}
+            key = json.dumps([meta, str(columns[solution][i])])  # the checks are cached per problem id
+            problems.append(Problem(id=hashlib.sha256(key.encode()).hexdigest()[:16], question="",
+                                    answer=str(columns[solution][i]), meta=meta))
+        return self.task.rewards([text_of(c) for c in completions], problems)

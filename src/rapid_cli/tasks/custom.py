@@ -21,7 +21,7 @@ growing their special cases into it: gsm8k parses `#### N` out of a solution, ma
 boxes, mbpp/humaneval convert their test scripts and drop problems whose tests cannot be converted
 (before the split, so the split is stable), and all of them fall back to an offline wheel copy when the
 hub is out of reach. Their reward rules are shared instead: `numeric_match`, `math_equivalent` and
-`code_tests` (rewards/library.py) call the very functions those tasks use, so a preset written as
+`code_tests` (rewards/library.py, tasks/code.py) call the very functions those tasks use, so a preset written as
 `task=custom` with those functions scores exactly as the built-in task does.
 """
 
@@ -34,12 +34,11 @@ from pathlib import Path
 from rapid_cli.errors import RapidError
 from rapid_cli.rewards.functions import EXTRAS, Scores, build_functions, make_pool, pool_size, score
 from rapid_cli.tasks.base import Task
-from rapid_cli.tasks.sources import read_rows
+from rapid_cli.tasks.sources import read_rows, split_records
 from rapid_cli.types import Problem
 
 _DATASET_MARKERS = ("dataset_dict.json", "dataset_info.json", "state.json")  # what save_to_disk writes
 _EXTENSIONS = (".jsonl", ".jsonl.gz", ".json", ".csv", ".parquet")
-POOLS = ("none", "thread", "process")
 
 
 def _from_disk(root: Path) -> dict[str, list[tuple[str, dict]]]:
@@ -135,8 +134,6 @@ class CustomTask(Task):
         if not self.functions:
             raise RapidError("task=custom needs reward functions: reward.functions='[{_target_: rapid_cli.rewards.numeric_match}]' "
                              "(see docs/tasks.md, 'Your own task')")
-        if self.reward_cfg.pool not in POOLS:
-            raise RapidError(f"reward.pool={self.reward_cfg.pool!r} is not one of {', '.join(POOLS)}")
         self._pool = None
 
     # -- data ---------------------------------------------------------------------------------------------------
@@ -162,8 +159,6 @@ class CustomTask(Task):
         if len(train_p) < 2:
             raise RapidError(f"{train[0][0].rsplit(',', 1)[0]} has 1 row; a train/test split needs at least 2 "
                              "(or give task.test_path=)")
-        from rapid_cli.tasks.code import split_records
-
         return split_records(train_p, c.test_fraction, c.split_seed)
 
     def to_problem(self, where: str, rec: dict) -> Problem:
@@ -210,7 +205,7 @@ class CustomTask(Task):
         import yaml
         from omegaconf import OmegaConf
 
-        from rapid_cli.cli import config_dir
+        from rapid_cli.config import config_dir
 
         preset = yaml.safe_load((Path(config_dir()) / "task" / "custom.yaml").read_text())
         args = ["task=custom"]

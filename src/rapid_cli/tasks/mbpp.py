@@ -18,8 +18,8 @@ from rapid_cli.errors import RapidError
 from rapid_cli.rewards.asserts import RECORD, Rule, Unconvertible, record_asserts, uses
 from rapid_cli.rewards.code import extract_code
 from rapid_cli.rewards.verdict import TestSource
-from rapid_cli.tasks.code import CodeTask, split_records
-from rapid_cli.tasks.sources import load_split
+from rapid_cli.tasks.code import CodeTask
+from rapid_cli.tasks.sources import load_split, split_records
 from rapid_cli.types import Problem
 
 FIELDS = ["task_id", "prompt", "code", "test_imports", "test_list", "test"]

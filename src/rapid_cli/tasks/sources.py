@@ -216,3 +216,20 @@ def load_split(task_cfg, split: str, required: list[str], offline: WheelData | P
     if source == "offline":
         raise RapidError(f"task {task_cfg.name} has no offline copy; set task.data_path=<local file> or task.source=hub")
     raise RapidError(f"task {task_cfg.name}: no data source worked ({'; '.join(errors) or 'none configured'}); set task.data_path=")
+
+
+def split_records(records: list, test_fraction: float, seed: int) -> tuple[list, list]:
+    """Seeded shuffle and cut, the same as Hugging Face `Dataset.train_test_split(test_size, seed=seed)`
+    (test = the first ceil(n * test_fraction) of the permutation), so splits match the authors'.
+
+    >>> train, test = split_records(list(range(378)), 0.3, 42)
+    >>> len(train), len(test), test[:3]
+    (264, 114, [376, 86, 253])
+    """
+    import math
+
+    import numpy as np
+
+    perm = np.random.default_rng(seed).permutation(len(records))
+    n_test = math.ceil(test_fraction * len(records))
+    return [records[i] for i in perm[n_test:]], [records[i] for i in perm[:n_test]]

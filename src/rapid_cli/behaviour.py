@@ -1,0 +1,71 @@
+"""Where each round's log pi_old comes from (algo.old_logprobs), and whether the sampler's may stand in.
+
+`recompute` runs the trainer's model over the round before the first update (the authors' choice: an
+inference engine's numerics differ from the trainer's). The first mini-batch needs none of it: nothing
+has been updated yet, so its pi_old is the current policy (rows left out of `Rollouts.old_rows`; the
+learner's step takes its own detached log-probs for them). `sampler` takes the sampler's log-probs for
+every row. `auto` recomputes until the sampler has passed the audit, then takes the sampler's for the
+rows past the first mini-batch.
+
+The audit costs nothing: the round's first step runs the policy, still pi_old, over the first mini-batch,
+and compares those log-probs with the sampler's for the same rows, every round and in every mode
+(`iw/sampler_seq_logw_gap_max`, the worst |sum_t gap| of a sequence, over all ranks: learner.Audit).
+`auto` trusts the sampler after a round whose audit is within `algo.sampler_logw_tol`, but only a round
+sampled after one of this run's weight syncs (a sync that drops or garbles weights shows only then); an
+audit that fails later revokes the trust. The trust is checkpointed with the settings it was earned under
+(`settings`: sampler, engine dtype, precision, parallel layout, temperature, top_p) and dropped on a
+resume that changed any of them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rapid_cli.config import OldLogprobs
+from rapid_cli.console import console
+from rapid_cli.learner import AUDIT_KEY, Learner
+from rapid_cli.types import Rollouts
+
+
+class BehaviourLogprobs:
+    def __init__(self, algo, d, settings: dict, saved: dict | None = None):
+        self.mode, self.tol, self.settings = algo.old_logprobs, algo.sampler_logw_tol, settings
+        self.first_rows = algo.prompts_per_step // d.world * algo.group_size
+        self.on_policy = algo.steps_per_generation == 1  # A=1: the single step's detached log-probs are pi_old
+        self.trusted = bool(saved and saved.get("trusted") and saved.get("settings") == settings)
+        self.synced = False  # whether this run has synced updated weights into the sampler yet
+        if saved and saved.get("trusted") and not self.trusted and self.mode == OldLogprobs.auto:
+            console.print("[dim]algo.old_logprobs=auto: sampler/precision/parallel settings changed since the checkpoint; "
+                          "recomputing pi_old until the sampler passes the audit again[/]")
+
+    def __call__(self, learner: Learner, ro: Rollouts) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(old_logprobs [B, T], old_rows [B]) for `ro` (Rollouts' fields; None, None: on-policy)."""
+        sampled = ro.sampler_logprobs  # None: the sampler reports none that are the trainer's quantity
+        if self.on_policy:
+            return None, None
+        if self.mode == OldLogprobs.sampler:
+            return sampled, None
+        past_first = torch.arange(len(ro.rewards)) >= self.first_rows  # [B]
+        if self.trusted and sampled is not None:
+            return sampled, past_first
+        old = torch.zeros_like(ro.completion_mask)
+        old[self.first_rows :] = learner.logprobs(ro, slice(self.first_rows, None))
+        return old, past_first
+
+    def after_round(self, audit: dict) -> None:
+        """Takes the round's audit metrics (the same on every rank: taken over all ranks), once its weights
+        were synced."""
+        gap = audit.get(AUDIT_KEY)
+        if self.mode == OldLogprobs.auto and not self.on_policy and gap is not None:
+            if self.trusted and gap > self.tol:
+                self.trusted = False
+                console.print(f"[yellow]algo.old_logprobs=auto: the sampler's log-probs drifted from the trainer's (log w "
+                              f"gap {gap:.1e} > {self.tol:g}); recomputing pi_old again from the next round on[/]")
+            elif not self.trusted and self.synced and gap <= self.tol:
+                self.trusted = True
+                console.print(f"[dim]algo.old_logprobs=auto: the sampler's log-probs match the trainer's (log w gap "
+                              f"{gap:.1e} <= {self.tol:g}); using them from the next round on, audited every round[/]")
+        self.synced = True
+
+    def state(self) -> dict:
+        return {"trusted": self.trusted, "settings": self.settings}

@@ -1,0 +1,123 @@
+"""Going on where a run stopped: which run and checkpoint `train.resume` means, the trainer state a
+checkpoint carries beside the weights, and the command that resumes a stopped run.
+
+    train.resume=auto        the newest intact checkpoint of this run directory; in a directory rapid
+                             claimed itself, the newest earlier run with the same overrides and config
+    train.resume=<dir>       that checkpoint, or the newest one of that run directory
+
+A resume is refused when the model or task config differs from the checkpoint's (checkpoint.FIXED_GROUPS).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from rapid_cli import checkpoint
+from rapid_cli.console import console
+from rapid_cli.errors import RapidError
+from rapid_cli.rundir import claimed
+
+
+@dataclass
+class TrainerState:
+    """Everything but the weights a run needs to continue exactly (trainer_state.pt, written and read only
+    through `to_dict`/`from_dict`). A fresh run starts from the defaults."""
+
+    round: int = 0  # rounds completed
+    cursor: int = 0  # training problems the prompt stream has served
+    optimizer: dict | None = None  # optimizer state (full, also under FSDP)
+    scheduler: dict | None = None  # learning-rate schedule position
+    rng: dict | None = None  # checkpoint.rng_state() at the end of the round
+    totals: dict = field(default_factory=lambda: {"perf/samples": 0, "perf/gen_tokens": 0})  # cumulative counters
+    first_eval: dict = field(default_factory=dict)  # the eval before round 1 (reported as "before")
+    elapsed: float = 0.0  # wall-clock seconds of the run so far, resumes included
+    phase_totals: dict | None = None  # seconds per phase so far
+    wandb_id: str | None = None  # the W&B run a resume continues
+    sampler_trust: dict | None = None  # BehaviourLogprobs.state(): whether the sampler's log-probs are trusted
+
+    def to_dict(self) -> dict:
+        """Plain Python and tensors only: torch.load(weights_only=True) refuses other classes (a config Enum)."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> TrainerState:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in known})
+
+
+def _plain(value):
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def resume_point(cfg, run_dir: Path) -> tuple[Path | None, TrainerState]:
+    """The checkpoint `train.resume` points at (None: a fresh run) and its trainer state."""
+    if not cfg.train.resume:
+        return None, TrainerState()
+    path = checkpoint.find(cfg.train.resume, run_dir / "checkpoints")
+    if path is None:
+        console.print(f"[dim]train.resume={cfg.train.resume}: no checkpoint in {run_dir}, starting afresh[/]")
+        return None, TrainerState()
+    conflicts = checkpoint.config_conflicts(path, cfg)
+    if conflicts:
+        raise RapidError(f"cannot resume from {path}: the model/task config differs ({'; '.join(conflicts)}); "
+                         "drop those overrides, or start a new run without train.resume")
+    return path, TrainerState.from_dict(checkpoint.load_state(path))
+
+
+def resume_command(overrides: list[str], run_dir: Path) -> str:
+    """The command that continues the run in `run_dir` (printed when a run stops early)."""
+    again = " ".join(o for o in overrides if not o.startswith(("train.resume=", "hydra.run.dir=")))
+    return f"rapid train {again} hydra.run.dir={run_dir} train.resume=auto".replace("  ", " ")
+
+
+def _comparable_config(run_dir: Path):
+    """The run's composed config without the keys that may differ between a run and its resumption."""
+    from omegaconf import OmegaConf
+
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.exists():
+        return None
+    cfg = OmegaConf.to_container(OmegaConf.load(path))
+    cfg.get("train", {}).pop("resume", None)
+    cfg.pop("logger", None)
+    return cfg
+
+
+def same_run(run_dir: Path, overrides: list[str]) -> Path:
+    """For `train.resume=auto` in a directory `claim` made: the newest earlier run under the same output
+    root that was started with the same overrides and config and has an intact checkpoint; else `run_dir`.
+    A directory the user named (hydra.run.dir=) is the run to resume, never a reason to look elsewhere."""
+    if run_dir.resolve() not in claimed:
+        return run_dir
+    from omegaconf import OmegaConf
+
+    def key(items) -> list[str]:
+        return sorted(o for o in items if not o.startswith(("train.resume=", "hydra.", "logger.")))
+
+    wanted, config = key(overrides), _comparable_config(run_dir)
+    candidates = []
+    for other in run_dir.parent.parent.glob("*/*"):
+        saved = other / ".hydra" / "overrides.yaml"
+        if other == run_dir or not saved.exists() or not checkpoint.checkpoints(other / "checkpoints"):
+            continue
+        if key(OmegaConf.load(saved)) != wanted or _comparable_config(other) != config:
+            continue
+        try:
+            checkpoint.find("auto", other / "checkpoints")
+        except RapidError:
+            continue  # no intact checkpoint: not a run to continue
+        candidates.append(other)
+    if not candidates:
+        return run_dir
+    found = max(candidates, key=lambda p: p.stat().st_mtime)
+    console.print(f"[dim]train.resume=auto: continuing the run in {found}[/]", soft_wrap=True)
+    return found

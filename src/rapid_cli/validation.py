@@ -1,0 +1,100 @@
+"""What a composed config may hold beyond its types: checks across fields, against the registries (task
+and algorithm names, what a sampler can report) and against the loaded data. The schema (config.py) has
+already rejected unknown keys, wrong types and values outside a choice when the config was composed."""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from rapid_cli import algorithms, samplers, tasks
+from rapid_cli.errors import RapidError
+
+
+def validate(cfg) -> None:
+    """Cross-field checks; raises RapidError with one line naming the key and the fix."""
+    a = cfg.algo
+    if a.group_size < 2:
+        raise RapidError(
+            f"algo.group_size={a.group_size}: group-relative advantages need at least 2 completions per prompt"
+        )
+    for key in ("steps_per_generation", "prompts_per_step", "micro_batch_size"):
+        if getattr(a, key) < 1:
+            raise RapidError(f"algo.{key}={getattr(a, key)} must be at least 1")
+    if a.micro_batch_size % a.group_size:
+        raise RapidError(
+            f"algo.micro_batch_size={a.micro_batch_size} must be a multiple of algo.group_size={a.group_size} "
+            "(micro-batches hold whole prompt groups)"
+        )
+    if a.iw_clip is not None and a.iw_clip < 1:
+        raise RapidError(f"algo.iw_clip={a.iw_clip} must be >= 1 (or null for no clipping)")
+    if a.eps is not None and not 0 < a.eps < 1:
+        raise RapidError(f"algo.eps={a.eps} must be in (0, 1) (or null for the unclipped loss)")
+    if a.sampler_logw_tol < 0:
+        raise RapidError(f"algo.sampler_logw_tol={a.sampler_logw_tol} must be >= 0")
+    if a.kl_beta < 0:
+        raise RapidError("algo.kl_beta must be >= 0")
+    if cfg.sampler.temperature <= 0:
+        raise RapidError("sampler.temperature must be > 0 for training (behaviour logprobs need a distribution)")
+    if not 0 < cfg.sampler.top_p <= 1:
+        raise RapidError(f"sampler.top_p={cfg.sampler.top_p} must be in (0, 1]")
+    if not 0 < cfg.sampler.gpu_memory_utilization <= 1:
+        raise RapidError(f"sampler.gpu_memory_utilization={cfg.sampler.gpu_memory_utilization} must be in (0, 1]")
+    if cfg.sampler.max_tokens < 1:
+        raise RapidError("sampler.max_tokens must be at least 1")
+    if cfg.train.rounds < 0:
+        raise RapidError("train.rounds must be >= 0")
+    if cfg.train.save_every < 0 or cfg.train.keep_checkpoints < 0:
+        raise RapidError("train.save_every and train.keep_checkpoints must be >= 0")
+    if cfg.optimizer.lr <= 0:
+        raise RapidError(f"optimizer.lr={cfg.optimizer.lr} must be > 0")
+    if cfg.optimizer.max_skipped_steps < 1:
+        raise RapidError(f"optimizer.max_skipped_steps={cfg.optimizer.max_skipped_steps} must be at least 1")
+    if len(cfg.optimizer.betas) != 2:
+        raise RapidError("optimizer.betas takes two numbers, e.g. optimizer.betas=[0.9,0.999]")
+    e = cfg.eval
+    if e.n < 1 or any(k < 1 or k > e.n for k in e.k):
+        raise RapidError(f"eval.k={list(e.k)} must lie in 1..eval.n={e.n}")
+    if e.temperature is not None and e.temperature < 0:
+        raise RapidError("eval.temperature must be >= 0 (0 = greedy)")
+    bad_ops = set(cfg.task.ops) - {"+", "-", "*"}
+    if bad_ops:
+        raise RapidError(f"task.ops has unknown operators {sorted(bad_ops)}; use any of + - *")
+    if not 0 < cfg.task.test_fraction < 1:
+        raise RapidError(f"task.test_fraction={cfg.task.test_fraction} must be in (0, 1)")
+    if cfg.reward.timeout_s <= 0 or cfg.reward.math_timeout_s <= 0:
+        raise RapidError("reward.timeout_s and reward.math_timeout_s must be > 0")
+    if cfg.task.digits < 1:
+        raise RapidError("task.digits must be at least 1")
+    # Python slices would quietly turn 0 into "all" and -5 into "all but 5": refuse them.
+    for key in ("eval.limit", "task.max_train", "task.max_test", "eval.max_tokens"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < 1:
+            raise RapidError(f"{key}={value} must be at least 1 (or null for no limit)")
+    if cfg.task.name == "arith" and cfg.task.data_path:
+        raise RapidError("task.data_path has no effect with task=arith (its problems are generated); "
+                         "use task=gsm8k for a file of word problems, or drop task.data_path")
+    m = cfg.model
+    if m.path == "tiny" and (m.tiny_hidden % m.tiny_heads or m.tiny_heads < 1):
+        raise RapidError(f"model.tiny_hidden={m.tiny_hidden} must be a multiple of model.tiny_heads={m.tiny_heads}")
+
+    tasks.check(cfg.task)
+    algorithms.check(cfg.algo)
+    samplers.check(cfg.sampler, cfg.algo)
+
+def validate_training(cfg) -> None:
+    """Checks that only `rapid train` needs (`rapid eval` may load any dtype)."""
+    if cfg.model.dtype != "float32":
+        # AdamW on bf16/fp16 weights rounds most small updates away (at lr 1e-6 about 2% of the weights
+        # change per step, against all of them in fp32): keep fp32 master weights and compute in bf16.
+        raise RapidError(f"model.dtype={cfg.model.dtype} would train {cfg.model.dtype} weights, whose small updates round "
+                         "away; keep model.dtype=float32 and use train.mixed_precision=bf16 (the default on CUDA) for speed")
+
+
+def validate_data(cfg, n_train: int) -> None:
+    """Checks that need the loaded data set."""
+    need = cfg.algo.steps_per_generation * cfg.algo.prompts_per_step
+    if need > n_train:
+        raise RapidError(
+            f"a round needs algo.steps_per_generation x algo.prompts_per_step = {need} prompts but task "
+            f"{cfg.task.name} has only {n_train} training problems; lower one of them"
+        )

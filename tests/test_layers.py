@@ -1,0 +1,71 @@
+"""The package's import structure (docs/architecture.md): no import cycles, and no module imports one of a
+higher layer, whether at the top of the file or inside a function."""
+
+from __future__ import annotations
+
+import ast
+
+from conftest import REPO
+
+PACKAGE = REPO / "src" / "rapid_cli"
+LAYERS = [  # lowest first; a module may import its own layer and the ones below it
+    {"errors", "types", "timing", "console", "hub"},
+    {"config"},
+    {"algorithms", "rewards", "sandbox", "models", "policy", "tasks", "samplers", "distributed", "checkpoint",
+     "rundir", "stopping"},
+    {"validation"},
+    {"learner", "behaviour", "evaluate", "logger", "plots", "resume", "report"},
+    {"trainer"},
+    {"cli", "doctor", "__main__", "__init__"},
+]
+
+
+def modules() -> dict[str, set[str]]:
+    """rapid_cli module name -> the rapid_cli modules it imports."""
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        name = name.removesuffix(".__init__") or "__init__"
+        imports = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rapid_cli"):
+                base = node.module.removeprefix("rapid_cli").lstrip(".")
+                imports |= {f"{base}.{a.name}".lstrip(".") for a in node.names} | ({base} if base else set())
+            elif isinstance(node, ast.Import):
+                imports |= {a.name.removeprefix("rapid_cli.") for a in node.names if a.name.startswith("rapid_cli.")}
+        found[name] = imports
+    return {name: {i for i in imports if i in found and i != name} for name, imports in found.items()}
+
+
+def layer(module: str) -> int:
+    top = module.split(".")[0]
+    return next(i for i, names in enumerate(LAYERS) if top in names)
+
+
+def test_every_module_has_a_layer():
+    for name in modules():
+        assert any(name.split(".")[0] in names for names in LAYERS), f"{name}: add it to a layer in LAYERS"
+
+
+def test_no_module_imports_a_higher_layer():
+    upward = [f"{m} -> {i}" for m, imports in modules().items() for i in imports if layer(i) > layer(m)]
+    assert not upward, upward
+
+
+def test_no_import_cycles():
+    graph = modules()
+    cycles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        for nxt in graph[node]:
+            if nxt in path:
+                cycles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in done:
+                visit(nxt, path + [nxt])
+        done.add(node)
+
+    done: set[str] = set()
+    for start in graph:
+        if start not in done:
+            visit(start, [start])
+    assert not cycles, cycles
