@@ -91,6 +91,11 @@ def user_dir(tmp_path_factory, hub_home):
         (gsm / f"{split}.jsonl").write_text("".join(
             json.dumps({"question": f"Tom has {a} apples and buys {b} more. How many now?", "answer": f"{a} + {b}\n#### {a + b}"})
             + "\n" for a in range(6) for b in range(3)))
+    # "Your own task": the user's problems and reward module in the working directory
+    (home / "problems.jsonl").write_text("".join(json.dumps({"question": f"What is {a} + {b}?", "answer": str(a + b)}) + "\n"
+                                                 for a in range(5) for b in range(4)))
+    (home / "my_rewards.py").write_text("def format_ok(completions, **kwargs):\n"
+                                        "    return [float(c.strip().isdigit()) for c in completions]\n")
     model = build_tiny_model(compose(["model=tiny"]).model)
     return {"cwd": home, "env": offline_hub_env(hub_home), "/path/to/hf/model": str(model), "/path/to/gsm8k/": str(gsm)}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -83,6 +84,12 @@ class Sandbox(StrEnum):
     none = "none"
 
 
+class RewardPool(StrEnum):
+    none = "none"
+    thread = "thread"
+    process = "process"
+
+
 class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
@@ -106,7 +113,7 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = MISSING  # arith | gsm8k | math | mbpp | humaneval
+    name: str = MISSING  # arith | gsm8k | math | mbpp | humaneval | custom (your data: conf/task/custom.yaml)
     source: DataSource = DataSource.auto  # auto | hub | offline | local: where the data comes from (auto: local > hub > offline)
     data_path: str | None = None  # local file or directory; overrides the hub and the offline copy
     hub_id: str | None = None  # Hugging Face dataset id
@@ -119,6 +126,13 @@ class TaskConfig:
     prompt_template: str = "{question}"  # how a problem becomes the user message
     max_train: int | None = None  # keep only the first N training problems
     max_test: int | None = None  # keep only the first N test problems
+    pass_threshold: float = 1.0  # eval: a sample counts as correct (pass@k) when its total reward is at least this
+    # custom only: your data set (docs/tasks.md, "Your own task")
+    test_path: str | None = None  # custom: a separate test file or save_to_disk directory; null: cut from the training data
+    hub_test_split: str | None = None  # custom: hub split used for testing; null: cut from task.hub_split
+    prompt_field: str = "prompt"  # custom: the column holding the prompt ({prompt} in task.prompt_template)
+    answer_field: str = "answer"  # custom: the column the reward functions get as `answer`
+    messages_field: str = "messages"  # custom: a column of chat messages used as the prompt as is, when a row has it
     # arith only: synthetic integer arithmetic generated from the seed
     digits: int = 1  # operands have 1..digits digits
     ops: list[str] = field(default_factory=lambda: ["+"])  # any of + - *
@@ -219,6 +233,11 @@ class RewardConfig:
     sandbox_packages: list[str] = field(default_factory=lambda: ["numpy"])  # importable inside the sandbox
     sandbox_uid: int = 65534  # host uid/gid generated code runs as when rapid runs as root (never 0)
     math_timeout_s: float = 5.0  # limit for one math-verify parse/compare
+    # task=custom: [{_target_: module.fn, weight: 1.0, name: ..., timeout_s: ..., <args>}, ...]; total = weighted sum
+    functions: list[Any] = field(default_factory=list)
+    function_timeout_s: float | None = None  # default time limit of one reward function call on a batch (null: none)
+    pool: RewardPool = RewardPool.none  # none | thread | process: run the reward functions (and chunks of rows) in parallel
+    pool_workers: int | None = None  # pool size; null: one per CPU core
 
 
 @dataclass

@@ -37,7 +37,7 @@ def eval_params(e: EvalConfig, sampler_max_tokens: int, seed: int) -> SamplingPa
 class EvalResult:
     texts: list[str]  # problem-major: problem i's samples are rows i*n .. i*n+n-1
     rewards: list[float]
-    correct: list[int]  # per problem: samples with reward 1
+    correct: list[int]  # per problem: samples whose reward reaches task.pass_threshold (1 by default)
     completion_tokens: int
 
 
@@ -52,12 +52,13 @@ def sample_and_score(task, problems, prompt_ids, sampler, params: SamplingParams
     texts, rewards, tokens = [], [], 0
     for start in range(0, len(problems), chunk):
         gens = sampler.generate(prompt_ids[start : start + chunk], replace(params, seed=params.seed + start))
-        rewards += task.rewards(gens.texts, [p for p in problems[start : start + chunk] for _ in range(n)])
+        rows = [p for p in problems[start : start + chunk] for _ in range(n)]
+        rewards += task.score(gens.texts, rows, gens.completion_ids, gens.finish_reasons).total
         texts += gens.texts
         tokens += gens.num_tokens
         if progress is not None:
             progress(min(start + chunk, len(problems)), len(problems))
-    correct = [sum(r >= 1.0 for r in rewards[i * n : (i + 1) * n]) for i in range(len(problems))]
+    correct = [sum(r >= task.pass_threshold for r in rewards[i * n : (i + 1) * n]) for i in range(len(problems))]
     return EvalResult(texts, rewards, correct, tokens)
 
 

@@ -32,6 +32,7 @@ from rapid_cli.learner import Learner, StepStats, update_metrics
 from rapid_cli.logger import NullLogger, RunLogger
 from rapid_cli.policy import check_fits, load_policy
 from rapid_cli.resume import TrainerState, resume_point
+from rapid_cli.rewards.functions import part_metrics
 from rapid_cli.samplers import make_sampler, resolve_name
 from rapid_cli.stopping import Interrupted, StopOnSignal
 from rapid_cli.tasks import make_task
@@ -180,7 +181,9 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
                 gens = sampler.generate(prompt_ids, params)
                 sampler.release_memory()
             with timer(Phase.REWARD):
-                rewards = task.rewards(gens.texts, [p for p in problems for _ in range(a.group_size)])
+                scores = task.score(gens.texts, [p for p in problems for _ in range(a.group_size)], gens.completion_ids,
+                                    gens.finish_reasons)
+                rewards = scores.total
             ro = Rollouts(problems, prompt_ids, gens, rewards, a.group_size)
             with timer(Phase.OLD_LOGPROBS):
                 ro.old_logprobs, ro.old_rows = behaviour(learner, ro)
@@ -200,6 +203,7 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
                     eval_metrics = run_eval()
 
             means, maxima = round_metrics(ro, steps, timer)
+            means |= part_metrics(scores.parts)  # reward/<name> of each reward function (task=custom)
             whole = distributed.reduce_metrics(d, mean=means, max=maxima, sum={"perf/n": len(gens), "perf/tokens": gens.num_tokens})
             totals["perf/samples"] += round(whole.pop("perf/n"))
             totals["perf/gen_tokens"] += round(whole.pop("perf/tokens"))
@@ -221,7 +225,7 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     log.close(summary)
     if d.main:
         last = (checkpoint.checkpoints(run_dir / "checkpoints") or [None])[-1]
-        log.where(last, f"task={cfg.task.name}" + (f" task.data_path={cfg.task.data_path}" if cfg.task.data_path else ""))
+        log.where(last, task.cli_args())
     return {**metrics, **summary}
 
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 from rapid_cli.errors import RapidError
 from rapid_cli.tasks.arith import ArithTask
 from rapid_cli.tasks.base import Task
+from rapid_cli.tasks.code import code_tests
+from rapid_cli.tasks.custom import CustomTask
 from rapid_cli.tasks.gsm8k import GSM8KTask
 from rapid_cli.tasks.humaneval import HumanEvalTask
 from rapid_cli.tasks.math import MathTask
 from rapid_cli.tasks.mbpp import MBPPTask
 
 TASKS: dict[str, type[Task]] = {"arith": ArithTask, "gsm8k": GSM8KTask, "math": MathTask, "mbpp": MBPPTask,
-                                "humaneval": HumanEvalTask}
+                                "humaneval": HumanEvalTask, "custom": CustomTask}
 
 
 def check(task_cfg) -> None:
@@ -24,7 +26,12 @@ def check(task_cfg) -> None:
 
 
 def make_task(task_cfg, seed: int = 0, cache_dir: str | None = None, reward_cfg=None) -> Task:
+    if reward_cfg is not None and reward_cfg.functions and task_cfg.name != "custom":
+        # a built-in task scores with its own rule; silently ignoring the user's functions would mislead
+        raise RapidError(f"reward.functions is for task=custom; task={task_cfg.name} scores with its own rule (the same as "
+                         "rapid_cli.rewards.numeric_match / math_equivalent, rapid_cli.tasks.code_tests): use task=custom with "
+                         "task.data_path= to combine rewards")
     return TASKS[task_cfg.name](task_cfg, seed=seed, cache_dir=cache_dir, reward_cfg=reward_cfg)
 
 
-__all__ = ["TASKS", "Task", "check", "make_task"]
+__all__ = ["TASKS", "Task", "check", "code_tests", "make_task"]

@@ -85,3 +85,19 @@ class Task:
 
     def rewards(self, completions: list[str], problems: list[Problem]) -> list[float]:
         return [self.reward(c, p) for c, p in zip(completions, problems, strict=True)]
+
+    def score(self, completions: list[str], problems: list[Problem], completion_ids=None, finish_reasons=None):
+        """What the trainer and eval call: the rewards as `Scores` (a task with several reward functions,
+        tasks/custom.py, also returns each one's values for the `reward/<name>` metrics)."""
+        from rapid_cli.rewards.functions import Scores
+
+        return Scores(self.rewards(completions, problems))
+
+    def cli_args(self) -> str:
+        """The task's part of a `rapid eval` command that evaluates on the same problems."""
+        return f"task={self.name}" + (f" task.data_path={self.cfg.data_path}" if self.cfg.data_path else "")
+
+    @property
+    def pass_threshold(self) -> float:
+        """Eval counts a sample as correct when its reward is at least this (task.pass_threshold, 1.0)."""
+        return self.cfg.pass_threshold

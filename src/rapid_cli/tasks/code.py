@@ -13,9 +13,12 @@ run in parallel (sandbox.run_many).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 
 from rapid_cli.rewards.asserts import Unconvertible
+from rapid_cli.rewards.library import text_of
 from rapid_cli.rewards.verdict import (
     Suite,
     TestSource,
@@ -205,3 +208,67 @@ class CodeTask(Task):
 
     def reward(self, completion: str, problem: Problem) -> float:
         return self.rewards([completion], [problem])[0]
+
+
+class AssertsTask(CodeTask):
+    """Problems given as assert lines plus a gold solution, from a user's data set (the `code_tests`
+    reward function, rewards/library.py): meta `tests` (assert lines), `imports`; answer = the gold code.
+    The function under test is the first one an assert calls."""
+
+    name = "asserts"
+
+    def program(self, completion: str, problem: Problem) -> str:
+        from rapid_cli.rewards.code import extract_code
+
+        return "\n".join([*problem.meta["imports"], extract_code(completion)])
+
+    def test_source(self, problem: Problem) -> TestSource:
+        import ast
+
+        from rapid_cli.rewards.asserts import record_asserts
+
+        try:
+            tree = ast.parse("\n".join(problem.meta["tests"]))
+        except SyntaxError as err:
+            raise Unconvertible(f"the tests are not Python: {err.msg}, line {err.lineno}") from None
+        calls = [n.func.id for a in ast.walk(tree) if isinstance(a, ast.Assert) for n in ast.walk(a)
+                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id not in _NOT_ENTRY]
+        if not calls:
+            raise Unconvertible("no assert calls a function")
+        record, rules = record_asserts(tree, calls[0])
+        return TestSource(calls[0], "\n".join([*problem.meta["imports"], problem.answer]), f"{record}\n", tuple(rules))
+
+
+_NOT_ENTRY = {"set", "sorted", "list", "tuple", "frozenset", "abs", "len", "isinstance", "bool", "round", "float", "int"}
+
+
+class code_tests:  # noqa: N801 (named in reward.functions like the functions of rewards/library.py)
+    """1.0 when the completion's code passes the row's assert tests, judged like mbpp (tasks/code.py): the
+    asserts are turned into (arguments, expected value) checks by a reference run of the row's gold
+    solution in the sandbox (cached), the candidate's function runs in the sandbox on the arguments
+    only, and the values it returns are compared outside. The completion's code is its last ```python
+    block (rewards/code.py). Columns, renamable with the constructor's arguments: `tests` (a list of
+    assert lines, or one string of them), `solution` (the gold code) and optionally `imports`. The
+    sandbox follows `reward.*` (timeout_s, memory_mb, sandbox, ...). Programs of a batch run in parallel
+    in the sandbox's own pool, so leave this one out of `reward.pool=process`.
+    """
+
+    def __init__(self, tests: str = "tests", solution: str = "solution", imports: str = "imports", reward_cfg=None):
+        self.columns = (tests, solution, imports)
+        self.task = AssertsTask(None, reward_cfg=reward_cfg)
+        self.__name__ = "code_tests"
+
+    def __call__(self, completions: list, **columns) -> list[float]:
+        tests, solution, imports = self.columns
+        for col in (tests, solution):
+            if col not in columns:
+                raise KeyError(f"code_tests needs the column {col!r}")
+        problems = []
+        for i, t in enumerate(columns[tests]):
+            lines = [t] if isinstance(t, str) else list(t)
+            extra = columns.get(imports, [None] * len(completions))[i] or []
+            meta = {"tests": lines, "imports": [extra] if isinstance(extra, str) else list(extra)}
+            key = json.dumps([meta, str(columns[solution][i])])  # the checks are cached per problem id
+            problems.append(Problem(id=hashlib.sha256(key.encode()).hexdigest()[:16], question="",
+                                    answer=str(columns[solution][i]), meta=meta))
+        return self.task.rewards([text_of(c) for c in completions], problems)

@@ -37,43 +37,68 @@ class PackageData:
     member: str  # path inside the module's directory
 
 
-def read_records(path: Path, required: list[str], text: str | None = None) -> list[dict]:
-    """Reads .jsonl / .jsonl.gz / .json / .parquet into dicts and checks the required fields on every record."""
+def read_rows(path: Path, text: str | None = None) -> list[tuple[str, dict]]:
+    """Records of a .jsonl / .jsonl.gz / .json / .csv / .parquet file, each with where it is ("line 4" in a
+    text file, "row 4" in a JSON array or a Parquet table) for error messages. Every record is a dict;
+    an empty file, a line that is not JSON or a CSV row with the wrong number of fields stops here."""
     name = str(path)
     if text is None and not path.exists():
         raise RapidError(f"data file {name} does not exist")
     if name.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        records = pq.read_table(path).to_pylist()
-        lines = [(i + 1, r) for i, r in enumerate(records)]
+        rows = [(f"row {i + 1}", r) for i, r in enumerate(pq.read_table(path).to_pylist())]
     else:
         if text is None:
             raw = path.read_bytes()
             text = (gzip.decompress(raw) if name.endswith(".gz") else raw).decode("utf-8")
-        if name.endswith((".json", ".json.gz")) and text.lstrip().startswith("["):
+        if name.endswith((".csv", ".csv.gz")):
+            rows = _csv_rows(name, text)
+        elif name.endswith((".json", ".json.gz")) and text.lstrip().startswith("["):
             try:
-                lines = list(enumerate(json.loads(text), start=1))
+                rows = [(f"row {i}", r) for i, r in enumerate(json.loads(text), start=1)]
             except json.JSONDecodeError as err:
                 raise RapidError(f"{name}: not valid JSON ({err.msg} at line {err.lineno})") from None
         else:
-            lines = []
+            rows = []
             for no, line in enumerate(text.splitlines(), start=1):
                 if not line.strip():
                     continue
                 try:
-                    lines.append((no, json.loads(line)))
+                    rows.append((f"line {no}", json.loads(line)))
                 except json.JSONDecodeError as err:
                     raise RapidError(f"{name}, line {no}: not valid JSON ({err.msg})") from None
-    if not lines:
+    if not rows:
         raise RapidError(f"{name} has no records")
-    for no, rec in lines:
+    for where, rec in rows:
         if not isinstance(rec, dict):
-            raise RapidError(f"{name}, line {no}: expected a JSON object, got {type(rec).__name__}")
+            raise RapidError(f"{name}, {where}: expected a JSON object, got {type(rec).__name__}")
+    return rows
+
+
+def _csv_rows(name: str, text: str) -> list[tuple[str, dict]]:
+    import csv
+
+    reader = csv.DictReader(io.StringIO(text))
+    rows, start = [], 2  # line 1 is the header
+    for rec in reader:
+        width = len(reader.fieldnames or [])
+        if None in rec or None in rec.values():  # more fields than the header, or fewer
+            got = width + len(rec.get(None) or []) - sum(v is None for k, v in rec.items() if k is not None)
+            raise RapidError(f"{name}, line {start}: {got} fields where the header has {width}")
+        rows.append((f"line {start}", rec))
+        start = reader.line_num + 1
+    return rows
+
+
+def read_records(path: Path, required: list[str], text: str | None = None) -> list[dict]:
+    """read_rows, checking the required fields on every record."""
+    rows = read_rows(path, text)
+    for where, rec in rows:
         missing = [f for f in required if f not in rec]
         if missing:
-            raise RapidError(f"{name}, line {no}: missing field {missing[0]!r} (needs {', '.join(required)})")
-    return [rec for _, rec in lines]
+            raise RapidError(f"{path}, {where}: missing field {missing[0]!r} (needs {', '.join(required)})")
+    return [rec for _, rec in rows]
 
 
 def local_split(data_path: str, split: str, required: list[str]) -> list[dict]:
