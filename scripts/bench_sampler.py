@@ -81,7 +81,8 @@ def main() -> None:
     rewards = task.rewards(gens.texts, [p for p in round_problems for _ in range(G)])
     ro = Rollouts(round_problems, round_prompts, gens, rewards, G)
     t = time.perf_counter()
-    learner = Learner(model, a, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0, total_steps=a.steps_per_generation)
+    learner = Learner(model, a, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0,
+                      total_steps=a.steps_per_generation)
     ro.old_logprobs = learner.logprobs(ro)
     phases["old_logprobs"] = time.perf_counter() - t
     t = time.perf_counter()
