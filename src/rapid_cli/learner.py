@@ -150,7 +150,7 @@ def update_metrics(steps: list[StepStats]) -> tuple[dict[str, float], dict[str, 
 class Learner:
     def __init__(self, model, algo, optim, *, pad_id: int, temperature: float, total_steps: int,
                  d: distributed.Dist | None = None, device="cpu", precision: str = "none"):
-        """`model`: the plain policy (it is wrapped here; `module` keeps it for saving). `algo`, `optim`: the
+        """`model`: the plain policy (wrapped here for DDP/FSDP2). `algo`, `optim`: the
         config's algo and optimizer sections; `temperature`: the sampler's (log-probs are of
         softmax(logits/T)); `total_steps`: optimizer steps in the whole run (the cosine schedule's length);
         `precision`: resolved train.mixed_precision (none | bf16)."""
@@ -162,7 +162,6 @@ class Learner:
         self.reference = None  # the initial policy, frozen, for a KL penalty: copied before any sharding
         if self.algorithm.needs_reference(algo):
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
-        self.module = model
         self.model = distributed.wrap(self.d, model, precision)  # what forward/backward go through
         self.bf16 = precision == "bf16" and self.d.parallel != "fsdp"  # FSDP2 casts in its own policy
         self.optimizer, self.scheduler = build_optimizer(optim, self.model, total_steps)
