@@ -34,7 +34,8 @@ def rollouts(cfg, model, tok, max_tokens=8) -> Rollouts:
 
 
 def learner(cfg, model, tok, total_steps: int = 1) -> Learner:
-    return Learner(model, cfg.algo, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0, total_steps=total_steps)
+    return Learner(model, cfg.algo, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0,
+                   total_steps=total_steps)
 
 
 def shifted(ro: Rollouts, logprobs: torch.Tensor, size: float) -> torch.Tensor:
@@ -311,7 +312,7 @@ def test_the_audit_measures_the_error_in_log_w_and_decides_on_it(tiny_policy):
     ro = rollouts(cfg, model, tok)
     lrn = learner(cfg, model, tok)
     now = lrn.logprobs(ro)
-    ro.sampler_logprobs = torch.where(ro.completion_mask > 0, now - 9e-4, 0.0)  # what a biased sampler reports
+    ro.sampler_logprobs = torch.where(ro.completion_mask > 0, now - 9e-4, 0.0)  # a biased sampler's
     try:
         step = lrn.step(ro, ro.group_slice(0, 2), audit=True)
     finally:

@@ -40,3 +40,29 @@ def test_behaviour_logprobs_equal_recomputed_and_groups_are_contiguous(tiny_poli
     # same seed, same samples
     again = HFSampler(model, tok, batch_size=4).generate(prompts, params)
     assert again.completion_ids == gens.completion_ids
+
+
+def test_sync_takes_plain_weights_one_at_a_time_and_refuses_a_partial_set(tiny_policy):
+    """A sampler with its own copy (FSDP shards the trainer's) follows a stream of (name, tensor) pairs;
+    the trainer's own model object stays as it is; a stream that misses a weight is refused, not half-applied
+    silently."""
+    import copy
+
+    import pytest
+
+    model, tok = tiny_policy
+    trained = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.01)
+    own = HFSampler(copy.deepcopy(model), tok)
+    own.sync_weights(x for x in trained.state_dict().items())  # a generator, as Learner.full_weights() is
+    for name, value in trained.state_dict().items():
+        assert torch.equal(own.model.state_dict()[name], value), name
+    shared = HFSampler(model, tok)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    shared.sync_weights(model.state_dict().items())  # its own tensors: nothing to copy
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    partial = list(trained.state_dict().items())[:-1]
+    with pytest.raises(KeyError, match="no new value for 1 weights"):
+        HFSampler(copy.deepcopy(model), tok).sync_weights(partial)

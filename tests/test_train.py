@@ -58,13 +58,18 @@ def test_first_mini_batch_needs_no_recompute(tiny_policy):
     cfg = compose(TINY + ["algo.prompts_per_step=2", "algo.group_size=2", "algo.steps_per_generation=2",
                           "optimizer.max_grad_norm=null"])  # raw gradients: clipping would hide a scale error
     ro = _round(cfg, model, tok)
-    learner = lambda: Learner(model, cfg.algo, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0, total_steps=1)  # noqa: E731
+
+    def learner():
+        return Learner(model, cfg.algo, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0,
+                       total_steps=1)
+
     full = learner().logprobs(ro)
     rest = learner().logprobs(ro, slice(4, None))
     assert len(rest) == len(full) - 4
     assert torch.allclose(full[4:], rest, rtol=0, atol=1e-5)
     grads = []
-    for old, rows in ((full, None), (torch.cat([torch.zeros_like(full[:4]), rest]), torch.arange(len(full)) >= 4)):
+    first_on_policy = torch.cat([torch.zeros_like(full[:4]), rest]), torch.arange(len(full)) >= 4  # old, rows
+    for old, rows in ((full, None), first_on_policy):
         model.load_state_dict(state)
         ro.old_logprobs, ro.old_rows = old, rows
         learner().step(ro, ro.group_slice(0, 2))

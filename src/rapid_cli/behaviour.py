@@ -31,12 +31,12 @@ class BehaviourLogprobs:
     def __init__(self, algo, d, settings: dict, saved: dict | None = None):
         self.mode, self.tol, self.settings = algo.old_logprobs, algo.sampler_logw_tol, settings
         self.first_rows = algo.prompts_per_step // d.world * algo.group_size
-        self.on_policy = algo.steps_per_generation == 1  # A=1: the single step's detached log-probs are pi_old
+        self.on_policy = algo.steps_per_generation == 1  # A=1: the one step's detached log-probs are pi_old
         self.trusted = bool(saved and saved.get("trusted") and saved.get("settings") == settings)
         self.synced = False  # whether this run has synced updated weights into the sampler yet
         if saved and saved.get("trusted") and not self.trusted and self.mode == OldLogprobs.auto:
-            console.print("[dim]algo.old_logprobs=auto: sampler/precision/parallel settings changed since the "
-                          "checkpoint; recomputing pi_old until the sampler passes the audit again[/]")
+            console.print("[dim]algo.old_logprobs=auto: sampler/precision/parallel settings changed since "
+                          "the checkpoint; recomputing pi_old until the sampler passes the audit again[/]")
 
     def __call__(self, learner: Learner, ro: Rollouts) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(old_logprobs [B, T], old_rows [B]) for `ro` (Rollouts' fields; None, None: on-policy)."""
@@ -59,13 +59,14 @@ class BehaviourLogprobs:
         if self.mode == OldLogprobs.auto and not self.on_policy and gap is not None:
             if self.trusted and gap > self.tol:
                 self.trusted = False
-                console.print(f"[yellow]algo.old_logprobs=auto: the sampler's log-probs drifted from the trainer's "
-                              f"(log w gap {gap:.1e} > {self.tol:g}); recomputing pi_old again from the next "
-                              "round on[/]")
+                console.print(f"[yellow]algo.old_logprobs=auto: the sampler's log-probs drifted from the "
+                              f"trainer's (log w gap {gap:.1e} > {self.tol:g}); recomputing pi_old again "
+                              "from the next round on[/]")
             elif not self.trusted and self.synced and gap <= self.tol:
                 self.trusted = True
-                console.print(f"[dim]algo.old_logprobs=auto: the sampler's log-probs match the trainer's (log w gap "
-                              f"{gap:.1e} <= {self.tol:g}); using them from the next round on, audited every round[/]")
+                console.print(f"[dim]algo.old_logprobs=auto: the sampler's log-probs match the trainer's "
+                              f"(log w gap {gap:.1e} <= {self.tol:g}); using them from the next round on, "
+                              "audited every round[/]")
         self.synced = True
 
     def state(self) -> dict:

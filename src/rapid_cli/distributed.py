@@ -160,7 +160,8 @@ def reduce_metrics(d: Dist, mean: dict[str, float] | None = None, max: dict[str,
     dist.all_gather_object(every, (sorted(mean), sorted(maxes), sorted(sums)))
     common = [sorted(set.intersection(*(set(keys[i]) for keys in every))) for i in range(3)]
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    added = torch.tensor([mean[k] for k in common[0]] + [sums[k] for k in common[2]], dtype=torch.float64, device=device)
+    added = torch.tensor([mean[k] for k in common[0]] + [sums[k] for k in common[2]], dtype=torch.float64,
+                         device=device)
     maxed = torch.tensor([maxes[k] for k in common[1]], dtype=torch.float64, device=device)
     dist.all_reduce(added, op=dist.ReduceOp.SUM)
     dist.all_reduce(maxed, op=dist.ReduceOp.MAX)

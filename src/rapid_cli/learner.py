@@ -4,10 +4,10 @@ It owns the model (wrapped for DDP/FSDP2 through `distributed.wrap`), the frozen
 algorithm's KL term needs one, AdamW and the LR schedule, autocast, and micro-batching. The loop sees a
 small surface:
 
-    learner.logprobs(ro, rows, reference=False) -> [n, T]   log pi per completion token (pi_old, reference)
-    learner.step(ro, rows, audit=False) -> StepStats         one optimizer step on a mini-batch of whole groups
-    learner.state_dict() / load_state_dict(state)           optimizer and schedule, for checkpoints
-    learner.full_weights()                                  (name, full tensor) pairs for the sampler's sync
+    logprobs(ro, rows, reference=False) -> [n, T]   log pi per completion token (pi_old, the reference)
+    step(ro, rows, audit=False) -> StepStats         one optimizer step on a mini-batch of whole groups
+    state_dict() / load_state_dict(state)           optimizer and schedule, for checkpoints
+    full_weights()                                  (name, full tensor) pairs for the sampler's sync
 
 A step's gradient does not depend on how its mini-batch is cut: the loss's denominator is the whole
 mini-batch's (every rank's rows included), computed from the rollouts before any forward pass
@@ -38,9 +38,8 @@ def build_optimizer(opt_cfg, model, total_steps: int):
     # The fused kernel is ~4x faster than the default per-tensor loop on CPU (0.07 s vs 0.26 s a step for
     # 108M parameters); FSDP2's sharded DTensor parameters keep the default.
     fused = not any(hasattr(p, "full_tensor") for p in params)
-    optimizer = torch.optim.AdamW(
-        params, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas), weight_decay=opt_cfg.weight_decay, fused=fused or None
-    )
+    optimizer = torch.optim.AdamW(params, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas),
+                                  weight_decay=opt_cfg.weight_decay, fused=fused or None)
 
     def factor(step: int) -> float:
         if step < opt_cfg.warmup_steps:
@@ -76,7 +75,8 @@ class Audit:
     """The sampler's behaviour log-probs against the trainer's for the same tokens, taken in the round's
     first step (where the policy is still the one that sampled), over every rank's rows of it. What the
     importance weight feels is the gap summed over a sequence (its error in log w), so that is the one
-    `algo.old_logprobs=auto` decides on; a per-token gap of 5e-4 of one sign is log w = -1 over 2048 tokens."""
+    `algo.old_logprobs=auto` decides on; a per-token gap of 5e-4 of one sign is log w = -1 over 2048
+    tokens."""
 
     seq_logw_gap_max: float  # the worst |sum_t gap| of a sequence
     logprob_gap_max: float  # the worst |gap| of a token
@@ -87,7 +87,8 @@ class Audit:
     def of(cls, trainer: torch.Tensor, sampler: torch.Tensor, mask: torch.Tensor) -> Audit:
         """All [B, T]; `mask` 1 on the tokens compared."""
         gap = torch.where(mask > 0, trainer.float() - sampler, torch.zeros_like(sampler))  # [B, T]
-        return cls(gap.sum(-1).abs().max().item(), gap.abs().max().item(), gap.abs().sum().item(), mask.sum().item())
+        return cls(gap.sum(-1).abs().max().item(), gap.abs().max().item(), gap.abs().sum().item(),
+                   mask.sum().item())
 
     def merge(self, other: Audit) -> Audit:
         return Audit(max(self.seq_logw_gap_max, other.seq_logw_gap_max),
@@ -95,9 +96,9 @@ class Audit:
                      self.logprob_gap_sum + other.logprob_gap_sum, self.tokens + other.tokens)
 
     def over_ranks(self, d: distributed.Dist) -> Audit:
-        whole = distributed.reduce_metrics(d, max={"seq": self.seq_logw_gap_max, "token": self.logprob_gap_max},
+        whole = distributed.reduce_metrics(d, max={"seq": self.seq_logw_gap_max, "tok": self.logprob_gap_max},
                                            sum={"gap": self.logprob_gap_sum, "tokens": self.tokens})
-        return Audit(whole["seq"], whole["token"], whole["gap"], whole["tokens"])
+        return Audit(whole["seq"], whole["tok"], whole["gap"], whole["tokens"])
 
     def metrics(self) -> dict[str, float]:
         return {AUDIT_KEY: self.seq_logw_gap_max, "iw/sampler_logprob_gap_max": self.logprob_gap_max,
@@ -149,19 +150,18 @@ def update_metrics(steps: list[StepStats]) -> tuple[dict[str, float], dict[str, 
 class Learner:
     def __init__(self, model, algo, optim, *, pad_id: int, temperature: float, total_steps: int,
                  d: distributed.Dist | None = None, device="cpu", precision: str = "none"):
-        """`model`: the plain policy (it is wrapped here; `module` keeps it for saving). `algo`, `optim`: the
-        config's algo and optimizer sections; `temperature`: the sampler's (log-probs are of softmax(logits/T));
-        `total_steps`: optimizer steps in the whole run (the cosine schedule's length); `precision`: resolved
-        train.mixed_precision (none | bf16)."""
+        """`model`: the plain policy (wrapped here for DDP/FSDP2). `algo`, `optim`: the
+        config's algo and optimizer sections; `temperature`: the sampler's (log-probs are of
+        softmax(logits/T)); `total_steps`: optimizer steps in the whole run (the cosine schedule's length);
+        `precision`: resolved train.mixed_precision (none | bf16)."""
         self.algo, self.optim, self.pad_id, self.temperature = algo, optim, pad_id, temperature
         self.d = d or distributed.Dist()
         self.device = torch.device(device)
         self.algorithm = algorithms.get(algo.name)
         self.options = self.algorithm.loss_options(algo)
-        # the initial policy, frozen, for a KL penalty: copied before any sharding
-        self.reference = (copy.deepcopy(model).eval().requires_grad_(False) if self.algorithm.needs_reference(algo)
-                          else None)
-        self.module = model
+        self.reference = None  # the initial policy, frozen, for a KL penalty: copied before any sharding
+        if self.algorithm.needs_reference(algo):
+            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         self.model = distributed.wrap(self.d, model, precision)  # what forward/backward go through
         self.bf16 = precision == "bf16" and self.d.parallel != "fsdp"  # FSDP2 casts in its own policy
         self.optimizer, self.scheduler = build_optimizer(optim, self.model, total_steps)
@@ -200,7 +200,8 @@ class Learner:
         B = rows.stop - rows.start
         rewards = torch.tensor(ro.rewards[rows], dtype=torch.float32)  # [B]
         # DDP averages gradients over ranks, so each rank divides by the mean of the ranks' denominators.
-        mine = self.algorithm.denominator(ro.completion_mask[rows, : ro.width(rows)], rewards, G, self.options)
+        mask = ro.completion_mask[rows, : ro.width(rows)]  # [B, C]
+        mine = self.algorithm.denominator(mask, rewards, G, self.options)
         denominator = distributed.reduce_metrics(d, mean={"d": mine})["d"] or 1.0  # 0: nothing kept, loss 0
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -210,14 +211,16 @@ class Learner:
             C = batch.completion_ids.shape[1]
             logprobs = completion_logprobs(self.model, batch, self.temperature)  # [b, C]
             old = self._old(ro, mb, logprobs)  # [b, C]
-            extra = {} if ro.ref_logprobs is None else {"ref_logprobs": ro.ref_logprobs[mb, :C].to(self.device)}
-            loss, metrics = self.algorithm.loss(logprobs, old, batch.completion_mask, rewards[mb.start - rows.start :
-                                                mb.stop - rows.start].to(self.device), G, **self.options, **extra,
-                                                denominator=denominator)
+            ref = ro.ref_logprobs
+            extra = {} if ref is None else {"ref_logprobs": ref[mb, :C].to(self.device)}
+            r = rewards[mb.start - rows.start : mb.stop - rows.start].to(self.device)  # [b]
+            loss, metrics = self.algorithm.loss(logprobs, old, batch.completion_mask, r, G, **self.options,
+                                                **extra, denominator=denominator)
             loss.backward()
             loss_sum += loss.item()  # the parts add up to the mini-batch's loss
             if audit:
-                part = Audit.of(logprobs.detach(), ro.sampler_logprobs[mb, :C].to(self.device), batch.completion_mask)
+                sampled = ro.sampler_logprobs[mb, :C].to(self.device)
+                part = Audit.of(logprobs.detach(), sampled, batch.completion_mask)
                 seen = part if seen is None else seen.merge(part)
             share = (mb.stop - mb.start) / B
             for k, v in metrics.items():
@@ -230,10 +233,11 @@ class Learner:
         means.pop("ess", None)  # a micro-batch's own; the mini-batch's comes from the summed weights
         total = distributed.reduce_metrics(d, sum=sums)
         lr = self.optimizer.param_groups[0]["lr"]
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.max_grad_norm or float("inf"))
-        # under FSDP2 the norm is a DTensor
-        grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
-        # One NaN in the gradient would reach every weight through AdamW: such a step is skipped on every rank.
+        max_norm = self.optim.max_grad_norm or float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()  # FSDP2: a DTensor
+        # One NaN in the gradient would reach every weight through AdamW: such a step is skipped on every
+        # rank.
         bad = not (math.isfinite(loss_sum) and math.isfinite(grad_norm))
         skipped = distributed.any_rank(d, bad)
         if skipped:
@@ -241,8 +245,9 @@ class Learner:
         else:
             self.optimizer.step()
             self.scheduler.step()
-        return StepStats(loss_sum, grad_norm, lr, skipped, effective_sample_size(total["iw_sum"], total["iw_sq_sum"]),
-                         means, maxima, seen.over_ranks(d) if seen is not None else None)
+        ess = effective_sample_size(total["iw_sum"], total["iw_sq_sum"])
+        return StepStats(loss_sum, grad_norm, lr, skipped, ess, means, maxima,
+                         seen.over_ranks(d) if seen is not None else None)
 
     def _old(self, ro: Rollouts, mb: slice, logprobs: torch.Tensor) -> torch.Tensor:
         """log pi_old of micro-batch `mb` [b, C]: the recorded one where there is one, else the step's own

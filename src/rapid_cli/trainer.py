@@ -116,7 +116,8 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     torch.manual_seed(cfg.seed)  # an inference engine may have reseeded the global generators
     precision, engine_dtype = resolve_precision(cfg, device.type == "cuda")
     learner = Learner(model, a, cfg.optimizer, pad_id=tokenizer.pad_token_id, temperature=s.temperature,
-                      total_steps=cfg.train.rounds * a.steps_per_generation, d=d, device=device, precision=precision)
+                      total_steps=cfg.train.rounds * a.steps_per_generation, d=d, device=device,
+                      precision=precision)
     stream = PromptStream(task.train, cfg.seed)
     skips = SkipGuard(cfg.optimizer.max_skipped_steps)
     # what the sampler's log-probs were audited under: trust earned with other settings does not carry over
@@ -191,11 +192,12 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
                 with timer(Phase.REF_LOGPROBS):
                     ro.ref_logprobs = learner.logprobs(ro, reference=True)
             with timer(Phase.UPDATE):
-                steps = [learner.step(ro, ro.group_slice(i * M, M), audit=i == 0) for i in range(a.steps_per_generation)]
+                steps = [learner.step(ro, ro.group_slice(i * M, M), audit=i == 0)
+                         for i in range(a.steps_per_generation)]
             skips.check([step.skipped for step in steps], rnd)
             with timer(Phase.SYNC):
                 sampler.sync_weights(learner.full_weights())
-            audit = steps[0].audit.metrics() if steps[0].audit else {}  # taken over all ranks: every rank decides alike
+            audit = steps[0].audit.metrics() if steps[0].audit else {}  # all ranks': every rank decides alike
             behaviour.after_round(audit)
             eval_metrics = {}
             if d.main and ((cfg.eval.every and rnd % cfg.eval.every == 0) or rnd == cfg.train.rounds):
@@ -204,7 +206,8 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
 
             means, maxima = round_metrics(ro, steps, timer)
             means |= part_metrics(scores.parts)  # reward/<name> of each reward function (task=custom)
-            whole = distributed.reduce_metrics(d, mean=means, max=maxima, sum={"perf/n": len(gens), "perf/tokens": gens.num_tokens})
+            whole = distributed.reduce_metrics(d, mean=means, max=maxima,
+                                               sum={"perf/n": len(gens), "perf/tokens": gens.num_tokens})
             totals["perf/samples"] += round(whole.pop("perf/n"))
             totals["perf/gen_tokens"] += round(whole.pop("perf/tokens"))
             metrics = {**whole, **audit, **eval_metrics, **totals, "time/elapsed": timer.elapsed}

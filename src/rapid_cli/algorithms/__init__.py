@@ -30,7 +30,7 @@ class Algorithm:
     loss: Callable  # see the module docstring; marked with its aggregation (aggregate.aggregated)
     options: tuple[str, ...]  # the algo config fields the loss takes as keyword options
     reference: bool = False  # the loss takes `ref_logprobs` (a KL penalty weighted by algo.kl_beta)
-    on_policy: bool = False  # made for one optimizer step per generation (its preset sets steps_per_generation=1)
+    on_policy: bool = False  # made for one step per generation (its preset: steps_per_generation=1)
 
     @property
     def aggregation(self) -> str:
@@ -47,8 +47,8 @@ class Algorithm:
     def denominator(self, mask: torch.Tensor, rewards: torch.Tensor, group_size: int, options: dict) -> float:
         """What the loss divides its summed terms by, for a whole mini-batch with completion `mask` [B, T] and
         `rewards` [B] (algorithms/aggregate.py)."""
-        return denominator(self.aggregation, mask, rewards, group_size,
-                           drop_equal_groups=options.get("drop_equal_groups", False), norm_len=options.get("norm_len"))
+        return denominator(self.aggregation, mask, rewards, group_size, norm_len=options.get("norm_len"),
+                           drop_equal_groups=options.get("drop_equal_groups", False))
 
 
 ALGORITHMS: dict[str, Algorithm] = {}
@@ -63,7 +63,7 @@ def register(algorithm: Algorithm) -> Algorithm:
 
 register(Algorithm("rapid", rapid_loss, options=("iw_clip", "eps")))
 register(Algorithm("grpo", grpo_loss, options=("eps", "kl_beta"), reference=True, on_policy=True))
-# pg is GRPO with its preset kl_beta=0
+# pg is GRPO's loss with its preset's kl_beta = 0 (conf/algo/pg.yaml)
 register(Algorithm("pg", grpo_loss, options=("eps", "kl_beta"), reference=True, on_policy=True))
 register(Algorithm("dapo", dapo_loss, options=("eps", "eps_high", "drop_equal_groups"), on_policy=True))
 register(Algorithm("dr_grpo", dr_grpo_loss, options=("eps", "norm_len"), on_policy=True))
@@ -80,5 +80,5 @@ def check(algo_cfg) -> None:
     """`algo.name` is registered, and the options set are ones its loss uses."""
     algorithm = get(algo_cfg.name)
     if algo_cfg.kl_beta and not algorithm.reference:
-        raise RapidError(f"algo.kl_beta={algo_cfg.kl_beta} has no effect with algo.name={algo_cfg.name}; "
-                         "use algo=grpo, or set it to 0")
+        raise RapidError(f"algo.kl_beta={algo_cfg.kl_beta} has no effect with algo.name={algo_cfg.name}; use "
+                         "algo=grpo, or set it to 0")

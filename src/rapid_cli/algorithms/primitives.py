@@ -45,14 +45,14 @@ def clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, eps: float | None,
     upper = eps_high if eps_high is not None else eps
     if eps is None and upper is None:
         return -surrogate, torch.zeros_like(surrogate, dtype=torch.bool)
-    clipped = ratio.clamp(-math.inf if eps is None else 1 - eps,
-                          math.inf if upper is None else 1 + upper) * adv[:, None]
+    low, high = -math.inf if eps is None else 1 - eps, math.inf if upper is None else 1 + upper
+    clipped = ratio.clamp(low, high) * adv[:, None]
     return -torch.minimum(surrogate, clipped), clipped < surrogate
 
 
 @torch.no_grad()
-def ratio_metrics(w: torch.Tensor, adv: torch.Tensor, log_ratio: torch.Tensor, cut: torch.Tensor, mask: torch.Tensor
-                  ) -> dict[str, float]:
+def ratio_metrics(w: torch.Tensor, adv: torch.Tensor, log_ratio: torch.Tensor, cut: torch.Tensor,
+                  mask: torch.Tensor) -> dict[str, float]:
     """The diagnostics every loss reports: sequence weights w [B] (before any clip), advantages [B], the
     masked log-ratio and the clip's cut tokens [B, T], over the tokens of `mask` [B, T]."""
     n_tok = mask.sum().clamp(min=1)

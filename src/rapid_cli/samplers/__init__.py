@@ -20,9 +20,9 @@ class Sampler(Protocol):
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> Generations: ...
 
     def sync_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Make the next `generate` use these weights: every parameter and buffer of the policy as (Hugging Face
-        name, plain full tensor), e.g. `Learner.full_weights()`. It may be a generator producing them one at a
-        time (FSDP2 gathers each as it goes): consume it once, whole."""
+        """Make the next `generate` use these weights: every parameter and buffer of the policy as
+        (Hugging Face name, plain full tensor), e.g. `Learner.full_weights()`. It may be a generator producing
+        them one at a time (FSDP2 gathers each as it goes): consume it once, whole."""
 
 
     def release_memory(self) -> None:
@@ -63,6 +63,6 @@ def make_sampler(cfg, model, tokenizer, model_path: str) -> Sampler:
 
         _, dtype = resolve_precision(cfg, next(model.parameters()).is_cuda)
         sampler = VLLMSampler(cfg.sampler, model_path, dtype, seed=cfg.seed, trust_remote_code=cfg.model.trust_remote_code)
-        sampler.sync_weights(model.state_dict().items())  # the engine loaded from disk; give it the trainer's exact weights
+        sampler.sync_weights(model.state_dict().items())  # it loaded from disk: the trainer's exact weights
         return sampler
     raise RapidError(f"sampler.name={cfg.sampler.name!r} is unknown; use sampler=vllm or sampler=hf")

@@ -60,7 +60,8 @@ class HFSampler:
             if tensor.data_ptr() != own[name].data_ptr():
                 own[name].copy_(tensor)
         if names:
-            raise KeyError(f"weight sync: no new value for {len(names)} weights of the sampler's model, e.g. {min(names)!r}")
+            raise KeyError(f"weight sync: no new value for {len(names)} weights of the sampler's model, e.g. "
+                           f"{min(names)!r}")
 
     def release_memory(self) -> None:
         pass  # the KV cache lives only inside generate()

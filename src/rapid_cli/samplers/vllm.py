@@ -134,7 +134,8 @@ class VLLMSampler:
     def sync_weights(self, weights) -> None:
         """Streams the trainer's (name, tensor) pairs into the running engine (no disk)."""
         self._wake()
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True})
+        self.llm.collective_rpc("reload_weights",
+                                kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
 
     def release_memory(self) -> None:
