@@ -175,6 +175,9 @@ class AlgoConfig:
     group_size: int = 4  # G: completions per prompt
     prompts_per_step: int = 8  # M: prompt groups per mini-batch (one optimizer step)
     micro_batch_size: int = 8  # sequences per forward/backward; a multiple of G (whole groups)
+    # the update's forward passes: each group's prompt encoded once and its G completions packed without
+    # padding, the LM head applied to completion tokens only, a chunk at a time (false: padded rows)
+    packing: bool = True
     iw_clip: float | None = 2.0  # c: importance weights are clipped at c before the baseline
     eps: float | None = 0.2  # PPO ratio clip; null = unclipped importance-weighted PG
     old_logprobs: OldLogprobs = OldLogprobs.auto  # with A=1 (on-policy) nothing is recomputed: ratio = 1

@@ -27,7 +27,7 @@ from rapid_cli import algorithms, distributed
 from rapid_cli.algorithms.aggregate import effective_sample_size
 from rapid_cli.algorithms.primitives import MAXIMA, SUMS
 from rapid_cli.console import console
-from rapid_cli.policy import completion_logprobs, pack
+from rapid_cli.policy import completion_logprobs, grouped_logprobs, pack, pack_groups
 from rapid_cli.types import Rollouts
 
 AUDIT_KEY = "iw/sampler_seq_logw_gap_max"
@@ -180,9 +180,8 @@ class Learner:
         model.eval()
         with self.autocast():
             for mb in micro_batches(rows, self.algo.micro_batch_size):
-                batch = pack(ro.row_prompts(mb), ro.generations.completion_ids[mb], self.pad_id, self.device)
-                lp = completion_logprobs(model, batch, self.temperature)  # [b, C]
-                lp = torch.where(batch.completion_mask > 0, lp, torch.zeros_like(lp))
+                lp, mask = self._forward(model, ro, mb)  # [b, C]
+                lp = torch.where(mask > 0, lp, torch.zeros_like(lp))
                 out[mb.start - rows.start : mb.stop - rows.start, : lp.shape[1]] = lp.cpu()
         model.train(was_training)
         return out
@@ -207,20 +206,19 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, means, maxima, sums, seen = 0.0, {}, {}, {}, None
         for mb in micro_batches(rows, self.algo.micro_batch_size):
-            batch = pack(ro.row_prompts(mb), ro.generations.completion_ids[mb], self.pad_id, self.device)
-            C = batch.completion_ids.shape[1]
-            logprobs = completion_logprobs(self.model, batch, self.temperature)  # [b, C]
+            logprobs, mask = self._forward(self.model, ro, mb)  # [b, C]
+            C = logprobs.shape[1]
             old = self._old(ro, mb, logprobs)  # [b, C]
             ref = ro.ref_logprobs
             extra = {} if ref is None else {"ref_logprobs": ref[mb, :C].to(self.device)}
             r = rewards[mb.start - rows.start : mb.stop - rows.start].to(self.device)  # [b]
-            loss, metrics = self.algorithm.loss(logprobs, old, batch.completion_mask, r, G, **self.options,
+            loss, metrics = self.algorithm.loss(logprobs, old, mask, r, G, **self.options,
                                                 **extra, denominator=denominator)
             loss.backward()
             loss_sum += loss.item()  # the parts add up to the mini-batch's loss
             if audit:
                 sampled = ro.sampler_logprobs[mb, :C].to(self.device)
-                part = Audit.of(logprobs.detach(), sampled, batch.completion_mask)
+                part = Audit.of(logprobs.detach(), sampled, mask)
                 seen = part if seen is None else seen.merge(part)
             share = (mb.stop - mb.start) / B
             for k, v in metrics.items():
@@ -248,6 +246,20 @@ class Learner:
         ess = effective_sample_size(total["iw_sum"], total["iw_sq_sum"])
         return StepStats(loss_sum, grad_norm, lr, skipped, ess, means, maxima,
                          seen.over_ranks(d) if seen is not None else None)
+
+    def _forward(self, model, ro: Rollouts, mb: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log pi per completion token, completion mask) of micro-batch `mb` under `model`: [b, C] each,
+        C = its longest completion. `algo.packing`: each group's prompt encoded once, no padding between
+        completions (policy.GroupedBatch); off: the padded rows [prompt | completion] (policy.PackedBatch),
+        the reference the packed path is tested against."""
+        completions = ro.generations.completion_ids[mb]
+        if self.algo.packing:
+            G = self.algo.group_size
+            prompts = [ro.prompt_ids[g] for g in range(mb.start // G, mb.stop // G)]
+            batch = pack_groups(prompts, completions, G, self.pad_id, self.device)
+            return grouped_logprobs(model, batch, self.temperature), batch.completion_mask
+        batch = pack(ro.row_prompts(mb), completions, self.pad_id, self.device)
+        return completion_logprobs(model, batch, self.temperature), batch.completion_mask
 
     def _old(self, ro: Rollouts, mb: slice, logprobs: torch.Tensor) -> torch.Tensor:
         """log pi_old of micro-batch `mb` [b, C]: the recorded one where there is one, else the step's own

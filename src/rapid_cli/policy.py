@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,3 +173,146 @@ def completion_logprobs(model, batch: PackedBatch, temperature: float) -> torch.
     )
     logits = out.logits[:, :-1]  # [B, C, V]
     return token_logprobs(logits, batch.completion_ids, temperature)
+
+
+@dataclass
+class GroupedBatch:
+    """Prompt groups packed with their prompt once (`algo.packing`): row r is group r's prompt followed by
+    its G completions back to back, right-padded to the longest group,
+
+        [prompt | completion 1 | completion 2 | ... | completion G | pad ..]
+
+    The mask lets a completion's tokens see the prompt and that completion's earlier tokens only, and its
+    position ids continue from the prompt's, so every completion token gets exactly the log-prob it gets in
+    [prompt | completion] alone (same forward values and gradients), while the prompt is encoded once
+    instead of G times and no completion is padded to the longest one.
+
+    input_ids, position_ids: [R, L]; attention_mask: [R, 1, L, L] bool (True: may attend)
+    source: [b, C] index into the R*L positions: the position whose output predicts each completion token
+    completion_ids, completion_mask: [b, C], the same layout as PackedBatch's
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    source: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+
+
+def pack_groups(prompts: list[list[int]], completions: list[list[int]], group_size: int, pad_id: int,
+                device) -> GroupedBatch:
+    """`prompts`: one per group; `completions`: G per group, group by group."""
+    G, R = group_size, len(prompts)
+    if len(completions) != R * G:
+        raise ValueError(f"{len(completions)} completions for {R} groups of {G}")
+    L = max(len(p) + sum(len(c) for c in completions[r * G : (r + 1) * G]) for r, p in enumerate(prompts))
+    C = max(1, max(len(c) for c in completions))
+    input_ids = torch.full((R, L), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((R, L), dtype=torch.long)
+    segment = torch.full((R, L), -2, dtype=torch.long)  # -1: the prompt, j: completion j, -2: padding
+    source = torch.zeros((R * G, C), dtype=torch.long)
+    completion_ids = torch.full((R * G, C), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros((R * G, C), dtype=torch.float32)
+    for r, prompt in enumerate(prompts):
+        P = len(prompt)
+        input_ids[r, :P] = torch.tensor(prompt, dtype=torch.long)
+        position_ids[r, :P] = torch.arange(P)
+        segment[r, :P] = -1
+        start = P
+        for j, comp in enumerate(completions[r * G : (r + 1) * G]):
+            n, row = len(comp), r * G + j
+            if n:
+                input_ids[r, start : start + n] = torch.tensor(comp, dtype=torch.long)
+                position_ids[r, start : start + n] = torch.arange(P, P + n)
+                segment[r, start : start + n] = j
+                # token 0 is predicted by the prompt's last position, token t by the completion's token t-1
+                source[row, :n] = r * L + torch.cat([torch.tensor([P - 1]), torch.arange(start, start + n - 1)])
+                completion_ids[row, :n] = torch.tensor(comp, dtype=torch.long)
+                completion_mask[row, :n] = 1
+            start += n
+    causal = torch.ones((L, L), dtype=torch.bool).tril()  # [query, key]
+    seen = (segment[:, None, :] == -1) | (segment[:, None, :] == segment[:, :, None])  # [R, query, key]
+    # A padding query attends to itself: a row with nothing to attend to would be NaN, and NaN reaches the
+    # real tokens' gradients through attention's backward even where the output is never used.
+    mask = (causal & seen & (segment[:, :, None] != -2)) | torch.eye(L, dtype=torch.bool)
+    return GroupedBatch(input_ids.to(device), position_ids.to(device), mask[:, None].to(device), source.to(device),
+                        completion_ids.to(device), completion_mask.to(device))
+
+
+# Rows of logits one chunk of the vocabulary-sized head works on: about 64 MiB of float32 at a time.
+HEAD_CHUNK_BYTES = 64 << 20
+
+
+class _HeadLogprobs(torch.autograd.Function):
+    """log softmax(hidden @ weight.T / T)[target] for N positions without keeping the [N, V] logits: they
+    are made a chunk of rows at a time, in the forward pass and again in the backward pass, where
+    d/dlogits of the log-prob is (onehot(target) - softmax) / T. Values and gradients are those of
+    token_logprobs over the full logits; peak memory is one chunk instead of N x V."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature: float, rows: int):  # [N, H], [V, H], [N]
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        lse = torch.empty_like(out)
+        for s in range(0, hidden.shape[0], rows):
+            logits = (hidden[s : s + rows] @ weight.T).float() / temperature  # [n, V]
+            lse[s : s + rows] = torch.logsumexp(logits, dim=-1)
+            out[s : s + rows] = logits.gather(-1, targets[s : s + rows, None]).squeeze(-1) - lse[s : s + rows]
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.temperature, ctx.rows = temperature, rows
+        device = hidden.device.type  # the backward pass repeats the forward's autocast
+        ctx.amp = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # [N]
+        hidden, weight, targets, lse = ctx.saved_tensors
+        T, rows = ctx.temperature, ctx.rows
+        d_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
+        d_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        device, dtype, enabled = ctx.amp
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            for s in range(0, hidden.shape[0], rows):
+                h, g = hidden[s : s + rows], grad[s : s + rows]
+                logits = (h @ weight.T).float() / T  # [n, V]
+                d_logits = -(logits - lse[s : s + rows, None]).exp() * g[:, None]
+                d_logits.scatter_add_(-1, targets[s : s + rows, None], g[:, None])
+                d_logits /= T
+                if d_hidden is not None:
+                    d_hidden[s : s + rows] = (d_logits.to(weight.dtype) @ weight).to(hidden.dtype)
+                if d_weight is not None:
+                    d_weight += (d_logits.T @ h.float())
+        return d_hidden, None if d_weight is None else d_weight.to(weight.dtype), None, None, None
+
+
+@contextlib.contextmanager
+def _logprob_head(model, positions: torch.Tensor, targets: torch.Tensor, temperature: float):
+    """While inside, the model's LM head returns log pi(targets) at `positions` of its input (flattened
+    over batch and sequence) instead of logits. The head's own forward is swapped on the instance, so the
+    call still goes through the model's forward (DDP and FSDP2 hooks run; parameter names are unchanged)."""
+    head = getattr(model, "module", model).get_output_embeddings()
+    rows = max(1, HEAD_CHUNK_BYTES // (4 * head.weight.shape[0]))
+
+    def forward(hidden):  # [R, L, H]
+        if head.bias is not None:
+            raise NotImplementedError("algo.packing: an LM head with a bias; use algo.packing=false")
+        picked = hidden.flatten(0, 1)[positions]  # [N, H]
+        return _HeadLogprobs.apply(picked, head.weight, targets, temperature, rows)
+
+    head.forward = forward
+    try:
+        yield
+    finally:
+        del head.forward  # back to the class's
+
+
+def grouped_logprobs(model, batch: GroupedBatch, temperature: float) -> torch.Tensor:
+    """Per-token log pi(completion token) for a GroupedBatch: [b, C] float32 (0 where completion_mask is 0).
+    Only the positions that predict a completion token reach the LM head, a chunk of rows at a time."""
+    real = batch.completion_mask > 0  # [b, C]
+    with _logprob_head(model, batch.source[real], batch.completion_ids[real], temperature):
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                    use_cache=False)
+    lp = torch.zeros(batch.completion_mask.shape, dtype=torch.float32, device=batch.completion_mask.device)
+    lp[real] = out.logits  # [N] log-probs, in the logits field
+    return lp
