@@ -1,0 +1,78 @@
+"""GPU-only paths whose logic runs on a CPU: a GPU the driver shows but torch cannot use is refused (simulated
+with a stand-in `nvidia-smi` on PATH, as on a machine whose driver is too old for torch's CUDA 13)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, TINY
+
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="a real GPU is visible")
+
+OLD_DRIVER = """#!/bin/sh
+case "$*" in
+  *--query-gpu*) echo 535.104.05 ;;
+  *) echo "| NVIDIA-SMI 535.104.05    Driver Version: 535.104.05    CUDA Version: 12.2 |" ;;
+esac
+"""
+
+
+@pytest.fixture
+def old_driver(tmp_path, monkeypatch):
+    """PATH with an `nvidia-smi` that reports one GPU on driver 535 (CUDA 12.2): torch 2.13 (CUDA 13) cannot use it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text(OLD_DRIVER)
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    return os.environ.copy()
+
+
+@no_gpu
+def test_device_auto_refuses_a_gpu_that_torch_cannot_use(old_driver):
+    from rapid_cli.errors import RapidError
+    from rapid_cli.policy import pick_device
+
+    with pytest.raises(RapidError) as err:
+        pick_device("auto")
+    message = str(err.value)
+    assert "\n" not in message
+    for part in ("1 GPU(s)", "driver 535.104.05", "CUDA up to 12.2", f"torch {torch.__version__}", ">= 580", "device=cpu"):
+        assert part in message, message
+    with pytest.raises(RapidError, match="driver 535.104.05"):
+        pick_device("cuda")
+    assert pick_device("cpu").type == "cpu"  # asked for knowingly
+
+
+@no_gpu
+def test_hidden_gpus_are_a_choice(old_driver, monkeypatch):
+    from rapid_cli.policy import pick_device
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert pick_device("auto").type == "cpu"
+
+
+@no_gpu
+@pytest.mark.slow
+def test_training_stops_with_one_line_before_anything_runs(old_driver, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "rapid_cli", "train", *TINY, f"hydra.run.dir={run}"], cwd=REPO,
+                          env={**old_driver, "WANDB_MODE": "disabled"}, capture_output=True, text=True, timeout=300)
+    errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stdout + proc.stderr
+    assert "driver 535.104.05" in errors[0] and "cannot use them" in errors[0]
+    assert not (run / "metrics.jsonl").exists()
+
+
+@no_gpu
+def test_doctor_names_the_driver(old_driver):
+    proc = subprocess.run([sys.executable, "-m", "rapid_cli", "doctor", "--quick", "sampler=hf"], cwd=REPO,
+                          env={**old_driver, "COLUMNS": "400"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "driver 535.104.05" in proc.stdout and "error: 1 check(s) failed: gpu" in proc.stdout, proc.stdout
