@@ -316,6 +316,8 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     run_dir = Path(distributed.broadcast(d, str(run_dir)))  # other ranks' Hydra dirs are throwaway
     console.quiet = console.quiet or not d.main
     resumed_from, state = resume_point(cfg, run_dir)
+    distributed.same_on_all_ranks(d, checkpoint.identity(resumed_from), "the checkpoint to resume from",
+                                  "every node must see the run directory on one shared filesystem (README: Many GPUs and nodes)")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     a, s = cfg.algo, cfg.sampler
@@ -385,19 +387,23 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
         with timer("eval"):
             first_eval = run_eval()
         log.log({**first_eval, **timer.pop_round(), "time/elapsed": timer.elapsed}, step=0)
+    distributed.wait_for_main(d)  # not inside an NCCL collective, whose timeout a long evaluation would pass
 
     def save(rnd: int) -> Path:
         weights = distributed.full_state_dict(policy) if d.parallel == "fsdp" else None  # collectives: all ranks
         optimizer_state = distributed.optimizer_state(policy, optimizer)
         if not d.main:
+            distributed.wait_for_main(d)  # while rank 0 writes, however slow the filesystem
             return run_dir / "checkpoints"
         trainer_state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "cursor": stream.cursor,
                          "totals": totals, "first_eval": first_eval, "elapsed": timer.elapsed, "phase_totals": timer.totals,
                          "wandb_id": log.wandb_id, "sampler_trust": behaviour.state()}
         stop.saving()
         with console.status(f"saving checkpoint round {rnd}"):
-            return checkpoint.save(run_dir / "checkpoints", rnd, model, tokenizer, trainer_state, cfg, cfg.train.keep_checkpoints,
+            path = checkpoint.save(run_dir / "checkpoints", rnd, model, tokenizer, trainer_state, cfg, cfg.train.keep_checkpoints,
                                    weights)
+        distributed.wait_for_main(d)
+        return path
 
     metrics: dict = {}
     model.train()
@@ -437,6 +443,7 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
             if d.main and ((cfg.eval.every and rnd % cfg.eval.every == 0) or rnd == cfg.train.rounds):
                 with timer("eval"):
                     eval_metrics = run_eval()
+            distributed.wait_for_main(d)
 
             local = distributed.mean_metrics(d, {**round_metrics(ro, steps, timer), **audit, "perf/n": len(gens),
                                                  "perf/tokens": gens.num_tokens})  # whole-batch view

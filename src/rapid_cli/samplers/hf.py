@@ -51,9 +51,12 @@ class HFSampler:
         module = getattr(model, "module", model)  # DDP wraps the trainer's module
         if module is self.model:
             return  # the trainer's own model object: nothing to copy
-        from rapid_cli.distributed import full_state_dict
+        from rapid_cli.distributed import stream_full_weights
 
-        self.model.load_state_dict(full_state_dict(model))  # a separate copy (FSDP shards the trainer's)
+        own = self.model.state_dict()  # a separate copy (FSDP shards the trainer's), filled one tensor at a time
+        with torch.no_grad():
+            for name, tensor in stream_full_weights(model):
+                own[name].copy_(tensor)
 
     def release_memory(self) -> None:
         pass  # the KV cache lives only inside generate()
