@@ -44,7 +44,7 @@ def _import_vllm():
         warn("VLLM_ENABLE_V1_MULTIPROCESSING is set; rapid runs vLLM in its own process (weight sync needs it), so "
              "it is ignored")
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # the start-up chatter; show_weight_warnings() lets some through
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
     try:
         import vllm
@@ -52,6 +52,26 @@ def _import_vllm():
     except ImportError as err:
         raise RapidError(f"{INSTALL_HINT} ({err})") from None
     return vllm, TokensPrompt
+
+
+# "Following weights were not loaded from checkpoint: {names}" (model_loader/reload/inplace.py) is the only
+# sign that a weight sync left some of the engine's parameters stale: it must show whatever else is silenced.
+# Its neighbour reload/layerwise.py warns "RotaryEmbedding: Failed to load weights" on every sync of every
+# model (a buffer no checkpoint holds, put back as it was): that one stays hidden.
+WEIGHT_LOADING_LOGGER = "vllm.model_executor.model_loader.reload.inplace"
+
+
+def show_weight_warnings() -> None:
+    """Lets the weight loader's warnings through while vLLM's other loggers stay at VLLM_LOGGING_LEVEL (ERROR
+    unless the user set it). Called after each engine starts: `LLM()` re-applies vLLM's logging config, which
+    resets these levels. A record that passes its own logger's level reaches the `vllm` handler whatever the
+    parent logger's level is, so the handler goes down to WARNING and only the loader's logger with it."""
+    import logging
+
+    loader = logging.getLogger(WEIGHT_LOADING_LOGGER)
+    loader.setLevel(min(loader.getEffectiveLevel(), logging.WARNING))
+    for handler in logging.getLogger("vllm").handlers:
+        handler.setLevel(min(handler.level, logging.WARNING))
 
 
 def _max_len(model_path: str, wanted: int | None) -> int | None:
@@ -108,6 +128,7 @@ class VLLMSampler:
         except Exception as err:  # vLLM raises many types for an unsupported model or too little memory
             why = " ".join(ln.strip() for ln in str(err).splitlines() if ln.strip() and "errors.pydantic" not in ln)[:300]
             raise RapidError(f"vLLM could not load {model_path} ({type(err).__name__}: {why}); use sampler=hf") from None
+        show_weight_warnings()
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> Generations:
         self._wake()
@@ -133,11 +154,14 @@ class VLLMSampler:
 
     def sync_weights(self, model) -> None:
         """Push the trainer's current weights into the running engine (no disk)."""
-        from rapid_cli.distributed import full_state_dict
+        from rapid_cli.distributed import stream_full_weights
 
         self._wake()
-        state = full_state_dict(model)  # plain, DDP or FSDP-sharded alike
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state.items()), "is_checkpoint_format": True})
+        weights = stream_full_weights(model)  # plain, DDP or FSDP-sharded alike; vLLM loads each as it is gathered
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        # Under FSDP each item is a collective: should vLLM have stopped early, the other ranks still wait on the rest.
+        for _ in weights:
+            pass
         self.llm.reset_prefix_cache()
 
     def release_memory(self) -> None:
