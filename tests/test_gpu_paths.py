@@ -76,3 +76,45 @@ def test_doctor_names_the_driver(old_driver):
                           env={**old_driver, "COLUMNS": "400"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "driver 535.104.05" in proc.stdout and "error: 1 check(s) failed: gpu" in proc.stdout, proc.stdout
+
+
+QWEN_1_5B = dict(num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2, hidden_size=1536,
+                 max_position_embeddings=32768)  # Qwen2.5-1.5B's shape
+
+
+def sampler_cfg(*overrides):
+    from conftest import compose
+
+    return compose(["sampler=vllm", *overrides]).sampler
+
+
+def test_cuda_engine_defaults_graphs_on_and_a_kv_cache_for_one_round():
+    from transformers import Qwen2Config
+
+    from rapid_cli.samplers.vllm import GiB, engine_options, kv_bytes_per_token
+
+    config = Qwen2Config(**QWEN_1_5B)
+    assert kv_bytes_per_token(config, 2) == 2 * 28 * 2 * 128 * 2  # K and V, 28 layers, 2 KV heads of 128, bf16
+    opts = engine_options(sampler_cfg(), True, config, 1_543_714_304, 2, sequences=128, gpu_total=80 * GiB)
+    assert opts["enforce_eager"] is False
+    kv = 128 * 2048 * 28672  # a round's 128 completions at max_model_len 2048: 7.0 GiB, not 30% of the card
+    assert opts["kv_cache_memory_bytes"] == kv
+    # vLLM's start-up check asks that this share of the card be free: weights + KV + overhead, ~0.2 of 80 GB
+    assert opts["gpu_memory_utilization"] == pytest.approx((1_543_714_304 * 2 + kv + 4 * GiB) / (80 * GiB))
+    assert 0.1 < opts["gpu_memory_utilization"] < 0.25
+    big = engine_options(sampler_cfg("sampler.max_model_len=32768"), True, config, 1_543_714_304, 2, 512, 80 * GiB)
+    assert big["kv_cache_memory_bytes"] == 16 * GiB  # capped
+    forced = engine_options(sampler_cfg("sampler.enforce_eager=true", "sampler.gpu_memory_utilization=0.5"), True, config,
+                            1_543_714_304, 2, 128, 80 * GiB)
+    assert forced == {"enforce_eager": True, "gpu_memory_utilization": 0.5}
+
+
+def test_cpu_engine_defaults_are_unchanged():
+    from transformers import Qwen2Config
+
+    from rapid_cli.samplers.vllm import GiB, engine_options
+
+    config = Qwen2Config(**QWEN_1_5B)
+    assert engine_options(sampler_cfg(), False, config, 10, 4, 128, 0) == {"enforce_eager": True, "gpu_memory_utilization": 0.3}
+    assert engine_options(sampler_cfg("sampler.kv_cache_gb=1"), False, config, 10, 4, 128, 0) == {
+        "enforce_eager": True, "kv_cache_memory_bytes": GiB}

@@ -185,3 +185,31 @@ def test_a_partial_weight_sync_is_reported_while_start_up_chatter_is_not(tmp_pat
     assert len(warned) == 1 and "layers.1.mlp.down_proj" in warned[0], out[-3000:]
     chatter = [ln for ln in out.split("SYNC-START")[0].splitlines() if " INFO " in ln or " WARNING " in ln]
     assert not chatter, chatter[:5]
+
+
+def test_sleep_between_rounds_is_refused_off_cuda(tiny_policy):
+    from rapid_cli.errors import RapidError
+    from rapid_cli.samplers import make_sampler
+
+    model, tok = tiny_policy
+    cfg = compose(TINY + ["sampler=vllm", "sampler.sleep_between_rounds=true"])
+    with pytest.raises(RapidError, match="sampler.sleep_between_rounds=true needs vLLM on a CUDA GPU"):
+        make_sampler(cfg, model, tok, "unused")
+
+
+def test_kv_cache_release_passes_the_engines_own_checks_up_to_the_device(engine):
+    """free_kv_cache / restore_kv_cache through vLLM's real engine core and executor: the core's preconditions
+    (scheduler paused, nothing in flight, memory resident) hold and the discard reaches the worker, where the
+    CPU backend stops (it has no cumem pool: tests/test_gpu.py frees memory for real); the wake then resumes
+    the engine, which generates exactly as before."""
+    from rapid_cli.samplers.vllm import free_kv_cache, restore_kv_cache
+
+    model, tok, vs = engine
+    prompts = prompts_of(tok, TEXTS[:2])
+    before = greedy(vs, prompts)
+    with pytest.raises(RuntimeError, match="Selective discard is not supported on CPU"):
+        free_kv_cache(vs.llm)
+    assert vs.llm.llm_engine.is_sleeping()
+    restore_kv_cache(vs.llm)
+    assert not vs.llm.llm_engine.is_sleeping()
+    assert greedy(vs, prompts).completion_ids == before.completion_ids

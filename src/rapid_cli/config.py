@@ -68,9 +68,11 @@ class SamplerConfig:
     max_tokens: int = 128  # max completion tokens
     batch_size: int = 64  # sequences generated together (hf)
     # vllm only
-    gpu_memory_utilization: float = 0.3  # share of GPU memory (on CPU: host RAM) for weights + KV cache
-    kv_cache_gb: float | None = None  # fixed KV-cache size instead of gpu_memory_utilization
-    enforce_eager: bool = True  # skip CUDA-graph capture / compilation (faster start, small models)
+    # share of GPU memory for weights + KV cache (on CPU: host RAM for the KV cache); null: on CUDA a KV cache sized
+    # for a round's sequences at max_model_len (samplers/vllm.py engine_options), on CPU 0.3
+    gpu_memory_utilization: float | None = None
+    kv_cache_gb: float | None = None  # fixed KV-cache size in GiB instead (overrides gpu_memory_utilization)
+    enforce_eager: bool | None = None  # skip CUDA graphs; null: false on CUDA (graphs: faster decoding), true on CPU
     max_model_len: int | None = 2048  # prompt + completion tokens per sequence; null: the model's maximum
     dtype: str = "auto"  # auto: bfloat16 on CUDA, else model.dtype
     sleep_between_rounds: bool = False  # free the KV cache during the update (GPU), wake before sync
@@ -274,7 +276,7 @@ def validate(cfg) -> None:
         raise RapidError("sampler.temperature must be > 0 for training (behaviour logprobs need a distribution)")
     if not 0 < cfg.sampler.top_p <= 1:
         raise RapidError(f"sampler.top_p={cfg.sampler.top_p} must be in (0, 1]")
-    if not 0 < cfg.sampler.gpu_memory_utilization <= 1:
+    if cfg.sampler.gpu_memory_utilization is not None and not 0 < cfg.sampler.gpu_memory_utilization <= 1:
         raise RapidError(f"sampler.gpu_memory_utilization={cfg.sampler.gpu_memory_utilization} must be in (0, 1]")
     if cfg.sampler.max_tokens < 1:
         raise RapidError("sampler.max_tokens must be at least 1")

@@ -77,3 +77,18 @@ def check_cuda_usable() -> None:
     view = nvidia_smi()
     if view.gpus:
         raise RapidError(unusable_gpu_message(view))
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """This process's memory high-water marks, in GiB, keyed for the `perf/` metrics (`_max`: the maximum over
+    ranks). `gpu_mem_peak_gb_max`: the most memory PyTorch's allocator held on the device during the round
+    (the trainer and the in-process vLLM engine alike; not the CUDA context or NCCL's buffers), reset for the
+    next round; absent on the CPU. `host_rss_peak_gb_max`: the process's peak resident memory since it started
+    (the kernel's ru_maxrss, which cannot be reset)."""
+    import resource
+
+    out = {"perf/host_rss_peak_gb_max": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # KiB on Linux
+    if device.type == "cuda":
+        out["perf/gpu_mem_peak_gb_max"] = torch.cuda.max_memory_allocated(device) / 2**30
+        torch.cuda.reset_peak_memory_stats(device)
+    return out

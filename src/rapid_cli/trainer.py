@@ -36,6 +36,7 @@ from rapid_cli.config import (
 from rapid_cli.console import console, warn
 from rapid_cli.errors import RapidError
 from rapid_cli.evaluate import eval_params, evaluate
+from rapid_cli.gpu import peak_memory
 from rapid_cli.logger import NullLogger, RunLogger
 from rapid_cli.policy import check_fits, completion_logprobs, load_policy, pack
 from rapid_cli.samplers import make_sampler, resolve_name
@@ -446,7 +447,7 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
             distributed.wait_for_main(d)
 
             local = distributed.mean_metrics(d, {**round_metrics(ro, steps, timer), **audit, "perf/n": len(gens),
-                                                 "perf/tokens": gens.num_tokens})  # whole-batch view
+                                                 "perf/tokens": gens.num_tokens, **peak_memory(device)})  # whole-batch view
             totals["perf/samples"] += round(local.pop("perf/n") * d.world)
             totals["perf/gen_tokens"] += round(local.pop("perf/tokens") * d.world)
             metrics = {**local, **eval_metrics, **totals, "time/elapsed": timer.elapsed}

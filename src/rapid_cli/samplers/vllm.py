@@ -12,7 +12,8 @@ vLLM's internals.
   with `collective_rpc`; it takes (name, tensor) pairs in Hugging Face checkpoint format, so the
   trainer's `state_dict()` goes in as is, without touching disk. The prefix cache is reset after it,
   since cached KV blocks were computed with the old weights.
-- Sleep/wake (`sampler.sleep_between_rounds`, GPU only) frees the KV cache while the trainer updates.
+- Sleep/wake (`sampler.sleep_between_rounds`, CUDA only) frees the KV cache, and only it, while the trainer
+  updates (free_kv_cache: why not vLLM's sleep levels 1 or 2).
 """
 
 from __future__ import annotations
@@ -92,17 +93,66 @@ def reports_trainer_logprobs(temperature: float, top_p: float) -> bool:
     return temperature == 0 or top_p == 1.0
 
 
+GiB = 2**30
+# Sequences vLLM decodes at once (its max_num_seqs default); more wait in its queue, so the KV cache need not hold them.
+MAX_SEQS = 256
+# What a colocated engine holds on the GPU besides weights and KV cache: the profile run's activations, CUDA
+# graphs, sampler buffers (a 150k vocabulary's logits for 256 rows alone are 0.15 GB). Generous on purpose:
+# it only enters the start-up check that this much is free.
+ENGINE_OVERHEAD = 4 * GiB
+
+
+def kv_bytes_per_token(config, dtype_bytes: int) -> int:
+    """Bytes of K and V cache one token takes over all layers (a Hugging Face model config)."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+
+
+def engine_options(s, cuda: bool, config, n_params: int, dtype_bytes: int, sequences: int, gpu_total: int) -> dict:
+    """vLLM `LLM(...)` memory and compilation options for sampler config `s`, with its `null`s resolved.
+
+    CUDA: CUDA graphs on (`enforce_eager` null -> False: decoding small models is launch-bound), and a KV cache
+    sized for the round (`sequences` completions on this rank, at most MAX_SEQS at once, each up to
+    max_model_len tokens), between 0.5 and 16 GiB, rather than a share of the card: vLLM's 0.92 default, or
+    any share, takes tens of GB from the trainer on an 80 GB GPU that a <= 2B model never uses. vLLM still
+    checks at start that `gpu_memory_utilization` x the card is free, so that share is set to what the engine
+    holds: weights + KV cache + ENGINE_OVERHEAD. CPU: eager, and the KV cache `kv_cache_gb` or a
+    `gpu_memory_utilization` share of host RAM (0.3), as vLLM's CPU backend reads it."""
+    out = {"enforce_eager": (not cuda) if s.enforce_eager is None else s.enforce_eager}
+    if s.kv_cache_gb:
+        kv = int(s.kv_cache_gb * GiB)
+    elif not cuda or s.gpu_memory_utilization is not None:
+        return {**out, "gpu_memory_utilization": s.gpu_memory_utilization or 0.3}
+    else:
+        tokens = min(sequences, MAX_SEQS) * (s.max_model_len or config.max_position_embeddings)
+        kv = min(16 * GiB, max(GiB // 2, tokens * kv_bytes_per_token(config, dtype_bytes)))
+    out["kv_cache_memory_bytes"] = kv
+    if cuda:
+        out["gpu_memory_utilization"] = min(0.95, (n_params * dtype_bytes + kv + ENGINE_OVERHEAD) / gpu_total)
+    return out
+
+
 class VLLMSampler:
-    def __init__(self, sampler_cfg, model_path: str, dtype: str, seed: int, trust_remote_code: bool = False):
+    def __init__(self, sampler_cfg, model_path: str, dtype: str, seed: int, trust_remote_code: bool = False, *,
+                 model, sequences: int = MAX_SEQS):
+        """`model`: the trainer's (its shape sizes the KV cache); `sequences`: completions per round on this rank."""
         vllm, self._TokensPrompt = _import_vllm()
         self._vllm = vllm
         self.cfg = sampler_cfg
         self.sleeping = False
-        kwargs = {}
-        if sampler_cfg.kv_cache_gb:
-            kwargs["kv_cache_memory_bytes"] = int(sampler_cfg.kv_cache_gb * 2**30)
-        else:
-            kwargs["gpu_memory_utilization"] = sampler_cfg.gpu_memory_utilization
+        import torch
+        from vllm.platforms import current_platform
+
+        cuda = current_platform.is_cuda_alike()
+        if sampler_cfg.sleep_between_rounds and not cuda:
+            raise RapidError("sampler.sleep_between_rounds=true needs vLLM on a CUDA GPU (this engine runs on "
+                             f"{current_platform.device_type or 'the CPU'}, which has no sleep mode); set it to false")
+        n_params = sum(p.numel() for p in model.parameters())
+        gpu_total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory if cuda else 0
+        kwargs = engine_options(sampler_cfg, cuda, model.config, n_params, torch.finfo(getattr(torch, dtype)).bits // 8,
+                                sequences, gpu_total)
         if sampler_cfg.sleep_between_rounds:
             kwargs["enable_sleep_mode"] = True
         import torch.distributed as dist
@@ -118,7 +168,6 @@ class VLLMSampler:
             self.llm = vllm.LLM(
                 model=model_path,
                 dtype=dtype,
-                enforce_eager=sampler_cfg.enforce_eager,
                 max_model_len=_max_len(model_path, sampler_cfg.max_model_len),
                 logprobs_mode="processed_logprobs",
                 seed=seed,
@@ -165,9 +214,9 @@ class VLLMSampler:
         self.llm.reset_prefix_cache()
 
     def release_memory(self) -> None:
-        """Before the update: drop the KV cache (and offload nothing else: weights are synced anyway)."""
+        """Before the update (`sampler.sleep_between_rounds`, CUDA): gives the KV cache's memory back to the GPU."""
         if self.cfg.sleep_between_rounds and not self.sleeping:
-            self.llm.sleep(level=1)
+            free_kv_cache(self.llm)
             self.sleeping = True
 
     def close(self) -> None:
@@ -191,5 +240,26 @@ class VLLMSampler:
 
     def _wake(self) -> None:
         if self.sleeping:
-            self.llm.wake_up()
+            restore_kv_cache(self.llm)
             self.sleeping = False
+
+
+# Sleeping between rounds frees the KV cache and nothing else. vLLM 0.32's sleep levels both move the weights:
+# level 1 copies them to host memory and back on wake_up(), level 2 drops them and wake_up() maps fresh,
+# uninitialised memory for them. Either way the weight sync right after overwrites every parameter, so the
+# level-1 round trip is wasted traffic (2 x 3 GB for 1.5B in bf16) and level 2 turns a partial sync into
+# garbage weights instead of stale ones; the weights are also a small share of the memory (the KV cache is
+# most of it). So: pause the scheduler (level 0: nothing is in flight between rounds) and
+# release_kv_cache_memory(), which unmaps only the "kv_cache" allocations of the cumem pool without a copy
+# and resets the prefix cache; wake_up(tags=["kv_cache"]) maps them back at the same addresses (CUDA graphs
+# stay valid) and, nothing else being asleep, resumes the scheduler.
+def free_kv_cache(llm) -> None:
+    # The last generate()'s requests stay on the scheduler's finished list until its next step, and the release
+    # wants no request at all: one engine step hands them to the model runner (nothing is decoded).
+    llm.llm_engine.step()
+    llm.sleep(level=0)
+    llm.release_kv_cache_memory()
+
+
+def restore_kv_cache(llm) -> None:
+    llm.wake_up(tags=["kv_cache"])
