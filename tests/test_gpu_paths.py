@@ -118,3 +118,14 @@ def test_cpu_engine_defaults_are_unchanged():
     assert engine_options(sampler_cfg(), False, config, 10, 4, 128, 0) == {"enforce_eager": True, "gpu_memory_utilization": 0.3}
     assert engine_options(sampler_cfg("sampler.kv_cache_gb=1"), False, config, 10, 4, 128, 0) == {
         "enforce_eager": True, "kv_cache_memory_bytes": GiB}
+
+
+def test_the_gpu_preset_composes_and_passes_validation():
+    from conftest import compose
+    from rapid_cli.config import validate, validate_training
+
+    cfg = compose(["experiment=gpu"])
+    validate(cfg)
+    validate_training(cfg)
+    assert (cfg.model.name, cfg.task.name, cfg.sampler.name, cfg.device) == ("qwen-0.5b", "math", "vllm", "cuda")
+    assert cfg.sampler.enforce_eager is None and cfg.sampler.gpu_memory_utilization is None  # the CUDA defaults decide

@@ -126,7 +126,8 @@ def engine_options(s, cuda: bool, config, n_params: int, dtype_bytes: int, seque
     elif not cuda or s.gpu_memory_utilization is not None:
         return {**out, "gpu_memory_utilization": s.gpu_memory_utilization or 0.3}
     else:
-        tokens = min(sequences, MAX_SEQS) * (s.max_model_len or config.max_position_embeddings)
+        context = config.max_position_embeddings
+        tokens = min(sequences, MAX_SEQS) * min(s.max_model_len or context, context)
         kv = min(16 * GiB, max(GiB // 2, tokens * kv_bytes_per_token(config, dtype_bytes)))
     out["kv_cache_memory_bytes"] = kv
     if cuda:
