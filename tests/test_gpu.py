@@ -72,10 +72,8 @@ def test_cuda_defaults_bf16_engine_with_cuda_graphs_and_a_kv_cache_for_a_round()
 
 @needs_vllm
 def test_sleep_frees_the_kv_cache_and_the_engine_wakes_with_the_trainers_weights():
-    from rapid_cli.samplers.hf import HFSampler
-
     _, model, tok, sampler = vllm_engine("sampler.sleep_between_rounds=true", "sampler.kv_cache_gb=2",
-                                         "sampler.dtype=float32")  # fp32 engine: greedy tokens comparable exactly
+                                         "sampler.dtype=float32")  # fp32 engine: log-probs comparable to 1e-3
     try:
         prompts = prompts_of(tok)
         greedy(sampler, prompts)
@@ -91,7 +89,9 @@ def test_sleep_frees_the_kv_cache_and_the_engine_wakes_with_the_trainers_weights
                 p.add_(0.05 * torch.randn_like(p))
         sampler.sync_weights(model)  # wakes the KV cache first, then loads the new weights
         assert torch.cuda.mem_get_info()[0] < free_awake + 0.5 * 2**30  # the KV cache is mapped again
-        assert greedy(sampler, prompts).completion_ids == greedy(HFSampler(model, tok), prompts).completion_ids
+        out = greedy(sampler, prompts)  # the perturbed weights (stale ones would differ by far more than 1e-3)
+        ours = trainer_logprobs(model, tok, prompts, out.completion_ids, bf16=False)
+        assert max((a - torch.tensor(b)).abs().max().item() for a, b in zip(ours, out.logprobs, strict=True)) < 1e-3
     finally:
         sampler.close()
 

@@ -75,7 +75,7 @@ class SamplerConfig:
     enforce_eager: bool | None = None  # skip CUDA graphs; null: false on CUDA (graphs: faster decoding), true on CPU
     max_model_len: int | None = 2048  # prompt + completion tokens per sequence; null: the model's maximum
     dtype: str = "auto"  # auto: bfloat16 on CUDA, else model.dtype
-    sleep_between_rounds: bool = False  # free the KV cache during the update (GPU), wake before sync
+    sleep_between_rounds: bool = False  # CUDA only: free the KV cache (only it) during the update, wake before sync
 
 
 @dataclass

@@ -177,7 +177,9 @@ class VLLMSampler:
             )
         except Exception as err:  # vLLM raises many types for an unsupported model or too little memory
             why = " ".join(ln.strip() for ln in str(err).splitlines() if ln.strip() and "errors.pydantic" not in ln)[:300]
-            raise RapidError(f"vLLM could not load {model_path} ({type(err).__name__}: {why}); use sampler=hf") from None
+            fix = ("give the engine less (sampler.kv_cache_gb, sampler.max_model_len) or free GPU memory"
+                   if "memory" in why.lower() else "use sampler=hf")
+            raise RapidError(f"vLLM could not load {model_path} ({type(err).__name__}: {why}); {fix}") from None
         show_weight_warnings()
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> Generations:
