@@ -173,6 +173,24 @@ def test_two_processes_with_a_vllm_engine_each(tmp_path):
     assert sum(r["reward/mean"] for r in rounds) > 0
 
 
+@pytest.mark.vllm
+def test_one_fsdp_process_with_a_vllm_engine_ends_cleanly(tmp_path):
+    """torchrun with 1 process: the engine's groups hang off the trainer's process group, which the trainer
+    destroys at the end; the engine's own shutdown then failed ("Invalid process group specified", exit 1).
+    The FSDP weights reach the engine streamed (stream_full_weights): the audit gap stays at fp32 rounding."""
+    from rapid_cli.samplers.vllm import vllm_available
+
+    if not vllm_available():
+        pytest.skip("vLLM not installed")
+    run_dir = tmp_path / "run"
+    args = [o for o in overrides(tmp_path, rounds=2) if o != "sampler=hf"]
+    proc = torchrun(1, [*args, "sampler=vllm", "sampler.kv_cache_gb=0.25", "train.parallel=fsdp", f"hydra.run.dir={run_dir}"])
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-4000:]
+    rounds = [r for r in rows(run_dir) if r["round"] > 0]
+    assert [r["round"] for r in rounds] == [1, 2] and rounds[-1]["iw/sampler_logprob_gap_max"] < 1e-3, rounds
+
+
 def _worker(torchrun_pid: int, rank: int) -> int:
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():

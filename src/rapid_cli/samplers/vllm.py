@@ -158,7 +158,10 @@ class VLLMSampler:
             kwargs["enable_sleep_mode"] = True
         import torch.distributed as dist
 
-        self._external = dist.is_initialized() and dist.get_world_size() > 1
+        # Under torchrun (even 1 process) the engine's groups are built on the trainer's process group, which
+        # the trainer tears down itself: the engine's shutdown must then leave it alone (close()).
+        self._trainers_group = dist.is_initialized()
+        self._external = self._trainers_group and dist.get_world_size() > 1
         if self._external:
             # torchrun: one engine per rank. Left to itself vLLM would treat the ranks as one engine's
             # workers (and put every rank on device 0); as an external launcher it joins the existing
@@ -226,9 +229,9 @@ class VLLMSampler:
         """Shuts the engine down and frees its memory: a sweep (`rapid train -m`, Optuna) starts the next
         job's engine in this same process, and the first one's KV cache would leave it no room."""
         llm, self.llm = getattr(self, "llm", None), None
-        if llm is None or self._external:
-            return  # under torchrun the engine's shutdown would tear down the trainer's process group; the job's
-            # process ends with the job anyway
+        if llm is None or self._trainers_group:
+            return  # under torchrun the engine's shutdown would destroy groups of the trainer's process group (gone
+            # already at 1 process: "Invalid process group specified"); the job's process ends with the job anyway
         import gc
 
         import torch
