@@ -226,11 +226,11 @@ def test_rank_0_evaluating_and_saving_longer_than_the_collective_timeout_is_no_f
     (distributed.wait_for_main), not inside its next collective, which train.dist_timeout_s (here 1 s) would end."""
     run_dir = tmp_path / "run"
     proc = torchrun(2, [*overrides(tmp_path, rounds=1), "train.parallel=ddp", "train.dist_timeout_s=1", "eval.limit=40",
-                        "eval.n=16", "eval.k=[1]", "train.save_every=1", f"hydra.run.dir={run_dir}"])
+                        "eval.n=32", "eval.k=[1]", "train.save_every=1", f"hydra.run.dir={run_dir}"])
     out = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, out[-3000:]
     evals = [r["time/eval"] for r in rows(run_dir) if "time/eval" in r]
-    assert len(evals) == 2 and min(evals) > 2, evals  # each evaluation outlasted the 1 s timeout twice over
+    assert len(evals) == 2 and min(evals) > 1, evals  # each evaluation outlasted the 1 s timeout (3-4 s when quiet)
 
 
 def test_launch_mistakes_are_one_line(monkeypatch):
