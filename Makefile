@@ -10,7 +10,7 @@ VLLM_EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/d
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast demo lint clean
+.PHONY: help install test test-fast test-gpu test-install demo lint clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -43,6 +43,12 @@ test: ## run the test suite (CPU, a few minutes)
 
 test-fast: ## unit tests only (no subprocess or pretrained model)
 	$(PY) -m pytest -q -m "not slow" tests
+
+test-gpu: ## the GPU test set (tests/test_gpu.py, docs/gpu.md); run `rapid doctor` first
+	$(PY) -m pytest -q -m gpu -s tests/test_gpu.py
+
+test-install: ## resolve make install's packages as a clean machine would (pip --isolated --dry-run; needs PyPI)
+	RAPID_NETWORK_TESTS=1 $(PY) -m pytest -q tests/test_install.py
 
 demo: ## RAPID on SmolLM2-135M, one-digit arithmetic, about 7 minutes on 2 CPU cores
 	$(VENV)/bin/rapid train experiment=cpu-demo

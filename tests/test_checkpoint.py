@@ -51,8 +51,9 @@ def records(run_dir) -> list[dict]:
 
 
 def comparable(rows: list[dict]) -> list[dict]:
-    """Everything but wall-clock measurements, which differ between any two runs."""
-    return [{k: v for k, v in r.items() if not k.startswith("time/") and k != "perf/gen_tokens_per_s"} for r in rows]
+    """Everything but wall-clock and memory measurements, which differ between any two runs."""
+    return [{k: v for k, v in r.items() if not k.startswith("time/") and k != "perf/gen_tokens_per_s" and "_peak_" not in k}
+            for r in rows]
 
 
 def wait_for(path, proc, timeout=300):

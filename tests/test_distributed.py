@@ -173,6 +173,24 @@ def test_two_processes_with_a_vllm_engine_each(tmp_path):
     assert sum(r["reward/mean"] for r in rounds) > 0
 
 
+@pytest.mark.vllm
+def test_one_fsdp_process_with_a_vllm_engine_ends_cleanly(tmp_path):
+    """torchrun with 1 process: the engine's groups hang off the trainer's process group, which the trainer
+    destroys at the end; the engine's own shutdown then failed ("Invalid process group specified", exit 1).
+    The FSDP weights reach the engine streamed (stream_full_weights): the audit gap stays at fp32 rounding."""
+    from rapid_cli.samplers.vllm import vllm_available
+
+    if not vllm_available():
+        pytest.skip("vLLM not installed")
+    run_dir = tmp_path / "run"
+    args = [o for o in overrides(tmp_path, rounds=2) if o != "sampler=hf"]
+    proc = torchrun(1, [*args, "sampler=vllm", "sampler.kv_cache_gb=0.25", "train.parallel=fsdp", f"hydra.run.dir={run_dir}"])
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-4000:]
+    rounds = [r for r in rows(run_dir) if r["round"] > 0]
+    assert [r["round"] for r in rounds] == [1, 2] and rounds[-1]["iw/sampler_logprob_gap_max"] < 1e-3, rounds
+
+
 def _worker(torchrun_pid: int, rank: int) -> int:
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -201,6 +219,18 @@ def test_a_dead_rank_ends_the_job_with_a_clear_message(tmp_path):
     out = proc.communicate(timeout=180)[0]  # torchrun notices and stops rank 0: no hang
     assert proc.returncode != 0
     assert "rank" in out.lower() and ("SIGKILL" in out or "exitcode" in out), out[-2000:]
+
+
+def test_rank_0_evaluating_and_saving_longer_than_the_collective_timeout_is_no_failure(tmp_path):
+    """Rank 0 evaluates and saves alone; the other rank waits at a gloo barrier without a practical time limit
+    (distributed.wait_for_main), not inside its next collective, which train.dist_timeout_s (here 1 s) would end."""
+    run_dir = tmp_path / "run"
+    proc = torchrun(2, [*overrides(tmp_path, rounds=1), "train.parallel=ddp", "train.dist_timeout_s=1", "eval.limit=40",
+                        "eval.n=32", "eval.k=[1]", "train.save_every=1", f"hydra.run.dir={run_dir}"])
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-3000:]
+    evals = [r["time/eval"] for r in rows(run_dir) if "time/eval" in r]
+    assert len(evals) == 2 and min(evals) > 1, evals  # each evaluation outlasted the 1 s timeout (3-4 s when quiet)
 
 
 def test_launch_mistakes_are_one_line(monkeypatch):

@@ -33,6 +33,8 @@ def test_cli_trains_tiny_arith_for_two_rounds(tmp_path):
     assert all(r["iw/sampler_seq_logw_gap_max"] <= 1e-3 for r in rounds)
     assert proc.stdout.count("using them from the next round on") == 1
     assert rounds[1]["perf/samples"] == 2 * 2 * 2 * 2  # rounds x A x M x G
+    assert all(0.2 < r["perf/host_rss_peak_gb_max"] < 20 for r in rounds)  # torch + transformers alone hold > 0.2 GiB
+    assert all("perf/gpu_mem_peak_gb_max" not in r for r in rounds)  # a CPU run: no GPU figure, not a made-up 0
     assert "eval/pass@1" in records[0] and "eval/pass@1" in rounds[-1]
     assert (tmp_path / "curves.png").stat().st_size > 1000
     assert list((tmp_path / "wandb").glob("offline-run-*")), "W&B offline run missing"

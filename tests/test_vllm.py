@@ -152,3 +152,64 @@ def test_a_sweep_runs_one_vllm_engine_after_another_in_one_process(tmp_path):
     assert proc.returncode == 0, out
     assert len(list(tmp_path.glob("*/metrics.jsonl"))) == 2, out
     assert "VLLM_ENABLE_V1_MULTIPROCESSING is set" in out
+
+
+PARTIAL_SYNC = """
+import torch
+from conftest import TINY, compose
+from rapid_cli.policy import load_policy
+from rapid_cli.samplers import make_sampler
+
+if __name__ == "__main__":
+    cfg = compose(TINY + ["sampler=vllm", "sampler.kv_cache_gb=0.25", "sampler.max_model_len=256"])
+    model, tok, path = load_policy(cfg.model, torch.device("cpu"))
+    sampler = make_sampler(cfg, model, tok, path)
+    print("SYNC-START", flush=True)
+    partial = [(k, v) for k, v in model.state_dict().items() if "layers.1.mlp.down_proj" not in k]
+    sampler.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(partial), "is_checkpoint_format": True})
+    sampler.close()
+"""
+
+
+@pytest.mark.slow
+def test_a_partial_weight_sync_is_reported_while_start_up_chatter_is_not(tmp_path):
+    """vLLM's own warning for weights a sync did not set is visible; its INFO/WARNING start-up lines are not."""
+    (tmp_path / "partial_sync.py").write_text(PARTIAL_SYNC)
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_LEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([os.sys.executable, str(tmp_path / "partial_sync.py")], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    warned = [ln for ln in out.splitlines() if "were not loaded from checkpoint" in ln]
+    assert len(warned) == 1 and "layers.1.mlp.down_proj" in warned[0], out[-3000:]
+    chatter = [ln for ln in out.split("SYNC-START")[0].splitlines() if " INFO " in ln or " WARNING " in ln]
+    assert not chatter, chatter[:5]
+
+
+def test_sleep_between_rounds_is_refused_off_cuda(tiny_policy):
+    from rapid_cli.errors import RapidError
+    from rapid_cli.samplers import make_sampler
+
+    model, tok = tiny_policy
+    cfg = compose(TINY + ["sampler=vllm", "sampler.sleep_between_rounds=true"])
+    with pytest.raises(RapidError, match="sampler.sleep_between_rounds=true needs vLLM on a CUDA GPU"):
+        make_sampler(cfg, model, tok, "unused")
+
+
+def test_kv_cache_release_passes_the_engines_own_checks_up_to_the_device(engine):
+    """free_kv_cache / restore_kv_cache through vLLM's real engine core and executor: the core's preconditions
+    (scheduler paused, nothing in flight, memory resident) hold and the discard reaches the worker, where the
+    CPU backend stops (it has no cumem pool: tests/test_gpu.py frees memory for real); the wake then resumes
+    the engine, which generates exactly as before."""
+    from rapid_cli.samplers.vllm import free_kv_cache, restore_kv_cache
+
+    model, tok, vs = engine
+    prompts = prompts_of(tok, TEXTS[:2])
+    before = greedy(vs, prompts)
+    with pytest.raises(RuntimeError, match="Selective discard is not supported on CPU"):
+        free_kv_cache(vs.llm)
+    assert vs.llm.llm_engine.is_sleeping()
+    restore_kv_cache(vs.llm)
+    assert not vs.llm.llm_engine.is_sleeping()
+    assert greedy(vs, prompts).completion_ids == before.completion_ids

@@ -184,5 +184,13 @@ def config_conflicts(path: Path, cfg) -> list[str]:
     return diffs
 
 
+def identity(path: Path | None) -> str | None:
+    """A checkpoint's path and the hash of its manifest (which holds every file's sha256): equal on two ranks
+    only when both see the same checkpoint with the same contents."""
+    if path is None:
+        return None
+    return f"{path.resolve()} (manifest sha256 {_sha256(path / 'manifest.json')[:12]})"
+
+
 def load_state(path: Path) -> dict:
     return torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)

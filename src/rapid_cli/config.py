@@ -148,12 +148,14 @@ class SamplerConfig:
     max_tokens: int = 128  # max completion tokens
     batch_size: int = 64  # sequences generated together (hf)
     # vllm only
-    gpu_memory_utilization: float = 0.3  # share of GPU memory (on CPU: host RAM) for weights + KV cache
-    kv_cache_gb: float | None = None  # fixed KV-cache size instead of gpu_memory_utilization
-    enforce_eager: bool = True  # skip CUDA-graph capture / compilation (faster start, small models)
+    # share of GPU memory for weights + KV cache (on CPU: host RAM for the KV cache); null: on CUDA a KV cache sized
+    # for a round's sequences at max_model_len (samplers/vllm.py engine_options), on CPU 0.3
+    gpu_memory_utilization: float | None = None
+    kv_cache_gb: float | None = None  # fixed KV-cache size in GiB instead (overrides gpu_memory_utilization)
+    enforce_eager: bool | None = None  # skip CUDA graphs; null: false on CUDA (graphs: faster decoding), true on CPU
     max_model_len: int | None = 2048  # prompt + completion tokens per sequence; null: the model's maximum
     dtype: EngineDtype = EngineDtype.auto  # auto: bfloat16 on CUDA, else model.dtype
-    sleep_between_rounds: bool = False  # free the KV cache during the update (GPU), wake before sync
+    sleep_between_rounds: bool = False  # CUDA only: free the KV cache (only it) during the update, wake before sync
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -68,6 +69,9 @@ def setup(train: TrainConfig, prompts_per_step: int, device: str) -> Dist:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=train.dist_timeout_s))
+    global _patient
+    # A second, CPU-side group for waiting on rank 0 (see wait_for_main). Collective: every rank creates it.
+    _patient = dist.new_group(backend="gloo", timeout=PATIENCE)
     if prompts_per_step % world:
         raise RapidError(f"algo.prompts_per_step={prompts_per_step} must be a multiple of the {world} processes "
                          "(each rank owns whole prompt groups of every mini-batch)")
@@ -119,14 +123,19 @@ def _decoder_layers(model) -> list:
     return list(layers)
 
 
-def full_state_dict(model) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer as a full tensor, whether `model` is plain, DDP or FSDP2-sharded.
-    With FSDP2 this is a collective: every rank must call it."""
+def stream_full_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, full tensor) for every parameter and buffer, one at a time, whether `model` is plain, DDP or
+    FSDP2-sharded, so a consumer (the sampler's weight load) takes each before the next is gathered: FSDP then
+    holds one extra full parameter at a time instead of the whole fp32 model (6 GB at 1.5B). With FSDP2 every
+    `next()` is a collective (DTensor.full_tensor): every rank must draw every item, in this order."""
     module = getattr(model, "module", model)
-    out = {}
     for name, value in module.state_dict().items():
-        out[name] = value.full_tensor() if hasattr(value, "full_tensor") else value
-    return out
+        yield name, (value.full_tensor() if hasattr(value, "full_tensor") else value)
+
+
+def full_state_dict(model) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer as a full tensor (all at once: a checkpoint). A collective under FSDP2."""
+    return dict(stream_full_weights(model))
 
 
 def optimizer_state(model, optimizer) -> dict:
@@ -205,9 +214,36 @@ def process_group(train: TrainConfig, prompts_per_step: int, device: str):
     shutdown(d)
 
 
+# Rank 0 alone evaluates and writes checkpoints. Were the other ranks to wait for it inside their next NCCL
+# collective, a long evaluation or a slow filesystem would pass train.dist_timeout_s (NCCL's watchdog: 600 s)
+# and kill a healthy job. They wait instead at a barrier of a gloo group whose timeout is a week: gloo
+# notices a peer that died (its TCP connection closes, and torchrun stops the job anyway), so only a
+# live rank 0 keeps them waiting, and the NCCL timeout keeps catching collectives that really hang.
+PATIENCE = timedelta(days=7)
+_patient = None  # the gloo group with that timeout, made by setup()
+
+
+def wait_for_main(d: Dist) -> None:
+    """Every rank calls this after work rank 0 does alone; returns once rank 0 is done, however long it took."""
+    if d.world > 1:
+        dist.barrier(group=_patient)
+
+
+def same_on_all_ranks(d: Dist, value, what: str, fix: str) -> None:
+    """Raises on every rank (instead of hanging in a later collective) when some rank's `value` differs from
+    rank 0's, e.g. the checkpoint a resume starts from."""
+    if d.world == 1:
+        return
+    every = [None] * d.world
+    dist.all_gather_object(every, value, group=_patient)
+    differ = [r for r, v in enumerate(every) if v != every[0]]
+    if differ:
+        raise RapidError(f"rank {differ[0]} sees {what} {every[differ[0]]!r} but rank 0 sees {every[0]!r}; {fix}")
+
+
 def shutdown(d: Dist) -> None:
     """Leaves the process group once every rank is done: a rank that tears gloo down while rank 0 is
     still saving or plotting can abort (std::terminate in gloo's connection threads)."""
     if d.active and dist.is_initialized():
-        dist.barrier()
+        wait_for_main(d)
         dist.destroy_process_group()

@@ -36,19 +36,6 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def nvidia_smi() -> tuple[int, str | None]:
-    """(GPUs the driver sees, driver version) from nvidia-smi; (0, None) without one."""
-    if not shutil.which("nvidia-smi"):
-        return 0, None
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return 0, None
-    rows = [r.strip() for r in out.stdout.splitlines() if r.strip()] if out.returncode == 0 else []
-    return len(rows), (rows[0] if rows else None)
-
-
 def platform_checks(cfg) -> list[Check]:
     import torch
 
@@ -56,12 +43,13 @@ def platform_checks(cfg) -> list[Check]:
                     ("" if sys.version_info >= (3, 11) else ": vLLM 0.32 needs >= 3.11"))]
     cuda_build = torch.version.cuda
     checks.append(Check("torch", OK, f"{torch.__version__} ({'CUDA ' + cuda_build if cuda_build else 'CPU build'})"))
-    seen, driver = nvidia_smi()
+    from rapid_cli.gpu import hidden_on_purpose, nvidia_smi, unusable_gpu_message
+
+    view = nvidia_smi()
+    seen, driver = view.gpus, view.driver
     usable = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if seen and not usable:
-        checks.append(Check("gpu", FAIL, f"nvidia-smi sees {seen} GPU(s) (driver {driver}) but torch cannot use them "
-                                         f"(torch built for CUDA {cuda_build or 'none: a CPU build'}); install a driver "
-                                         "for that CUDA (>= 580 for CUDA 13) or the matching torch build"))
+    if seen and not usable and not (hidden_on_purpose() and cfg.device != "cuda"):
+        checks.append(Check("gpu", FAIL, unusable_gpu_message(view)))
     elif usable:
         names = ", ".join(sorted({torch.cuda.get_device_name(i) for i in range(usable)}))
         bf16 = torch.cuda.is_bf16_supported()

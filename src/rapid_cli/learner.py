@@ -287,4 +287,4 @@ class Learner:
     def full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Every parameter and buffer of the policy as a plain full tensor, under its Hugging Face name, for
         a sampler's `sync_weights` or a checkpoint. With FSDP2 a collective: every rank consumes it whole."""
-        yield from distributed.full_state_dict(self.model).items()
+        yield from distributed.stream_full_weights(self.model)

@@ -16,10 +16,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def pick_device(name: str) -> torch.device:
+    """`auto`: CUDA when torch can use it, else the CPU, but never the CPU while the driver shows a GPU that torch
+    cannot use (an old driver for torch's CUDA): that is an error naming both versions (rapid_cli.gpu)."""
+    from rapid_cli.gpu import check_cuda_usable, nvidia_smi, unusable_gpu_message
+
     if name == "auto":
+        check_cuda_usable()
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RapidError("device=cuda but no CUDA GPU is visible; use device=cpu")
+        view = nvidia_smi()
+        raise RapidError(unusable_gpu_message(view) if view.gpus else "device=cuda but no CUDA GPU is visible; use device=cpu")
     return torch.device(name)
 
 

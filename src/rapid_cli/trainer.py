@@ -28,6 +28,7 @@ from rapid_cli.config import resolve_precision
 from rapid_cli.console import console, warn
 from rapid_cli.errors import RapidError
 from rapid_cli.evaluate import eval_params, evaluate
+from rapid_cli.gpu import peak_memory
 from rapid_cli.learner import Learner, StepStats, update_metrics
 from rapid_cli.logger import NullLogger, RunLogger
 from rapid_cli.policy import check_fits, load_policy
@@ -92,6 +93,8 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     run_dir = Path(distributed.broadcast(d, str(run_dir)))  # other ranks' Hydra dirs are throwaway
     console.quiet = console.quiet or not d.main
     resumed_from, state = resume_point(cfg, run_dir)  # a fresh run: TrainerState()
+    distributed.same_on_all_ranks(d, checkpoint.identity(resumed_from), "the checkpoint to resume from",
+                                  "every node must see the run directory on one shared filesystem (README: Many GPUs and nodes)")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     a, s = cfg.algo, cfg.sampler
@@ -154,19 +157,23 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
         with timer(Phase.EVAL):
             first_eval = run_eval()
         log.log({**first_eval, **timer.pop_round(), "time/elapsed": timer.elapsed}, step=0)
+    distributed.wait_for_main(d)  # not inside an NCCL collective, whose timeout a long evaluation would pass
 
     def save(rnd: int) -> Path:
         weights = dict(learner.full_weights()) if d.parallel == "fsdp" else None  # collectives: all ranks
         learner_state = learner.state_dict()
         if not d.main:
+            distributed.wait_for_main(d)  # while rank 0 writes, however slow the filesystem
             return run_dir / "checkpoints"
         trainer_state = TrainerState(round=rnd, cursor=stream.cursor, **learner_state, rng=checkpoint.rng_state(),
                                      totals=totals, first_eval=first_eval, elapsed=timer.elapsed,
                                      phase_totals=timer.totals, wandb_id=log.wandb_id, sampler_trust=behaviour.state())
         stop.saving()
         with console.status(f"saving checkpoint round {rnd}"):
-            return checkpoint.save(run_dir / "checkpoints", rnd, model, tokenizer, trainer_state.to_dict(), cfg, cfg.train.keep_checkpoints,
-                                   weights)
+            path = checkpoint.save(run_dir / "checkpoints", rnd, model, tokenizer, trainer_state.to_dict(), cfg,
+                                   cfg.train.keep_checkpoints, weights)
+        distributed.wait_for_main(d)
+        return path
 
     metrics: dict = {}
     with stop.rounds():
@@ -203,9 +210,11 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
             if d.main and ((cfg.eval.every and rnd % cfg.eval.every == 0) or rnd == cfg.train.rounds):
                 with timer(Phase.EVAL):
                     eval_metrics = run_eval()
+            distributed.wait_for_main(d)
 
             means, maxima = round_metrics(ro, steps, timer)
             means |= part_metrics(scores.parts)  # reward/<name> of each reward function (task=custom)
+            maxima |= peak_memory(device)  # perf/*_peak_gb_max: the largest of the ranks'
             whole = distributed.reduce_metrics(d, mean=means, max=maxima,
                                                sum={"perf/n": len(gens), "perf/tokens": gens.num_tokens})
             totals["perf/samples"] += round(whole.pop("perf/n"))

@@ -37,7 +37,7 @@ def validate(cfg) -> None:
         raise RapidError("sampler.temperature must be > 0 for training (behaviour logprobs need a distribution)")
     if not 0 < cfg.sampler.top_p <= 1:
         raise RapidError(f"sampler.top_p={cfg.sampler.top_p} must be in (0, 1]")
-    if not 0 < cfg.sampler.gpu_memory_utilization <= 1:
+    if cfg.sampler.gpu_memory_utilization is not None and not 0 < cfg.sampler.gpu_memory_utilization <= 1:
         raise RapidError(f"sampler.gpu_memory_utilization={cfg.sampler.gpu_memory_utilization} must be in (0, 1]")
     if cfg.sampler.max_tokens < 1:
         raise RapidError("sampler.max_tokens must be at least 1")

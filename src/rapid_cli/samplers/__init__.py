@@ -5,6 +5,7 @@ Each sampler implements `Sampler`; `make_sampler` picks one by `sampler.name`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
@@ -62,7 +63,10 @@ def make_sampler(cfg, model, tokenizer, model_path: str) -> Sampler:
         from rapid_cli.samplers.vllm import VLLMSampler
 
         _, dtype = resolve_precision(cfg, next(model.parameters()).is_cuda)
-        sampler = VLLMSampler(cfg.sampler, model_path, dtype, seed=cfg.seed, trust_remote_code=cfg.model.trust_remote_code)
+        a = cfg.algo
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        sampler = VLLMSampler(cfg.sampler, model_path, dtype, seed=cfg.seed, trust_remote_code=cfg.model.trust_remote_code,
+                              model=model, sequences=a.steps_per_generation * a.prompts_per_step * a.group_size // world)
         sampler.sync_weights(model.state_dict().items())  # it loaded from disk: the trainer's exact weights
         return sampler
     raise RapidError(f"sampler.name={cfg.sampler.name!r} is unknown; use sampler=vllm or sampler=hf")

@@ -12,7 +12,8 @@ vLLM's internals.
   with `collective_rpc`; it takes (name, tensor) pairs in Hugging Face checkpoint format, so the
   learner's `full_weights()` go in as they are produced, without touching disk. The prefix cache is
   reset after it, since cached KV blocks were computed with the old weights.
-- Sleep/wake (`sampler.sleep_between_rounds`, GPU only) frees the KV cache while the trainer updates.
+- Sleep/wake (`sampler.sleep_between_rounds`, CUDA only) frees the KV cache, and only it, while the trainer
+  updates (free_kv_cache: why not vLLM's sleep levels 1 or 2).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _import_vllm():
         warn("VLLM_ENABLE_V1_MULTIPROCESSING is set; rapid runs vLLM in its own process (weight sync needs it), so "
              "it is ignored")
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # the start-up chatter; show_weight_warnings() lets some through
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
     try:
         import vllm
@@ -52,6 +53,26 @@ def _import_vllm():
     except ImportError as err:
         raise RapidError(f"{INSTALL_HINT} ({err})") from None
     return vllm, TokensPrompt
+
+
+# "Following weights were not loaded from checkpoint: {names}" (model_loader/reload/inplace.py) is the only
+# sign that a weight sync left some of the engine's parameters stale: it must show whatever else is silenced.
+# Its neighbour reload/layerwise.py warns "RotaryEmbedding: Failed to load weights" on every sync of every
+# model (a buffer no checkpoint holds, put back as it was): that one stays hidden.
+WEIGHT_LOADING_LOGGER = "vllm.model_executor.model_loader.reload.inplace"
+
+
+def show_weight_warnings() -> None:
+    """Lets the weight loader's warnings through while vLLM's other loggers stay at VLLM_LOGGING_LEVEL (ERROR
+    unless the user set it). Called after each engine starts: `LLM()` re-applies vLLM's logging config, which
+    resets these levels. A record that passes its own logger's level reaches the `vllm` handler whatever the
+    parent logger's level is, so the handler goes down to WARNING and only the loader's logger with it."""
+    import logging
+
+    loader = logging.getLogger(WEIGHT_LOADING_LOGGER)
+    loader.setLevel(min(loader.getEffectiveLevel(), logging.WARNING))
+    for handler in logging.getLogger("vllm").handlers:
+        handler.setLevel(min(handler.level, logging.WARNING))
 
 
 def _max_len(model_path: str, wanted: int | None) -> int | None:
@@ -72,22 +93,75 @@ def reports_trainer_logprobs(temperature: float, top_p: float) -> bool:
     return temperature == 0 or top_p == 1.0
 
 
+GiB = 2**30
+# Sequences vLLM decodes at once (its max_num_seqs default); more wait in its queue, so the KV cache need not hold them.
+MAX_SEQS = 256
+# What a colocated engine holds on the GPU besides weights and KV cache: the profile run's activations, CUDA
+# graphs, sampler buffers (a 150k vocabulary's logits for 256 rows alone are 0.15 GB). Generous on purpose:
+# it only enters the start-up check that this much is free.
+ENGINE_OVERHEAD = 4 * GiB
+
+
+def kv_bytes_per_token(config, dtype_bytes: int) -> int:
+    """Bytes of K and V cache one token takes over all layers (a Hugging Face model config)."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+
+
+def engine_options(s, cuda: bool, config, n_params: int, dtype_bytes: int, sequences: int, gpu_total: int) -> dict:
+    """vLLM `LLM(...)` memory and compilation options for sampler config `s`, with its `null`s resolved.
+
+    CUDA: CUDA graphs on (`enforce_eager` null -> False: decoding small models is launch-bound), and a KV cache
+    sized for the round (`sequences` completions on this rank, at most MAX_SEQS at once, each up to
+    max_model_len tokens), between 0.5 and 16 GiB, rather than a share of the card: vLLM's 0.92 default, or
+    any share, takes tens of GB from the trainer on an 80 GB GPU that a <= 2B model never uses. vLLM still
+    checks at start that `gpu_memory_utilization` x the card is free, so that share is set to what the engine
+    holds: weights + KV cache + ENGINE_OVERHEAD. CPU: eager, and the KV cache `kv_cache_gb` or a
+    `gpu_memory_utilization` share of host RAM (0.3), as vLLM's CPU backend reads it."""
+    out = {"enforce_eager": (not cuda) if s.enforce_eager is None else s.enforce_eager}
+    if s.kv_cache_gb:
+        kv = int(s.kv_cache_gb * GiB)
+    elif not cuda or s.gpu_memory_utilization is not None:
+        return {**out, "gpu_memory_utilization": s.gpu_memory_utilization or 0.3}
+    else:
+        context = config.max_position_embeddings
+        tokens = min(sequences, MAX_SEQS) * min(s.max_model_len or context, context)
+        kv = min(16 * GiB, max(GiB // 2, tokens * kv_bytes_per_token(config, dtype_bytes)))
+    out["kv_cache_memory_bytes"] = kv
+    if cuda:
+        out["gpu_memory_utilization"] = min(0.95, (n_params * dtype_bytes + kv + ENGINE_OVERHEAD) / gpu_total)
+    return out
+
+
 class VLLMSampler:
-    def __init__(self, sampler_cfg, model_path: str, dtype: str, seed: int, trust_remote_code: bool = False):
+    def __init__(self, sampler_cfg, model_path: str, dtype: str, seed: int, trust_remote_code: bool = False, *,
+                 model, sequences: int = MAX_SEQS):
+        """`model`: the trainer's (its shape sizes the KV cache); `sequences`: completions per round on this rank."""
         vllm, self._TokensPrompt = _import_vllm()
         self._vllm = vllm
         self.cfg = sampler_cfg
         self.sleeping = False
-        kwargs = {}
-        if sampler_cfg.kv_cache_gb:
-            kwargs["kv_cache_memory_bytes"] = int(sampler_cfg.kv_cache_gb * 2**30)
-        else:
-            kwargs["gpu_memory_utilization"] = sampler_cfg.gpu_memory_utilization
+        import torch
+        from vllm.platforms import current_platform
+
+        cuda = current_platform.is_cuda_alike()
+        if sampler_cfg.sleep_between_rounds and not cuda:
+            raise RapidError("sampler.sleep_between_rounds=true needs vLLM on a CUDA GPU (this engine runs on "
+                             f"{current_platform.device_type or 'the CPU'}, which has no sleep mode); set it to false")
+        n_params = sum(p.numel() for p in model.parameters())
+        gpu_total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory if cuda else 0
+        kwargs = engine_options(sampler_cfg, cuda, model.config, n_params, torch.finfo(getattr(torch, dtype)).bits // 8,
+                                sequences, gpu_total)
         if sampler_cfg.sleep_between_rounds:
             kwargs["enable_sleep_mode"] = True
         import torch.distributed as dist
 
-        self._external = dist.is_initialized() and dist.get_world_size() > 1
+        # Under torchrun (even 1 process) the engine's groups are built on the trainer's process group, which
+        # the trainer tears down itself: the engine's shutdown must then leave it alone (close()).
+        self._trainers_group = dist.is_initialized()
+        self._external = self._trainers_group and dist.get_world_size() > 1
         if self._external:
             # torchrun: one engine per rank. Left to itself vLLM would treat the ranks as one engine's
             # workers (and put every rank on device 0); as an external launcher it joins the existing
@@ -98,7 +172,6 @@ class VLLMSampler:
             self.llm = vllm.LLM(
                 model=model_path,
                 dtype=dtype,
-                enforce_eager=sampler_cfg.enforce_eager,
                 max_model_len=_max_len(model_path, sampler_cfg.max_model_len),
                 logprobs_mode="processed_logprobs",
                 seed=seed,
@@ -107,7 +180,10 @@ class VLLMSampler:
             )
         except Exception as err:  # vLLM raises many types for an unsupported model or too little memory
             why = " ".join(ln.strip() for ln in str(err).splitlines() if ln.strip() and "errors.pydantic" not in ln)[:300]
-            raise RapidError(f"vLLM could not load {model_path} ({type(err).__name__}: {why}); use sampler=hf") from None
+            fix = ("give the engine less (sampler.kv_cache_gb, sampler.max_model_len) or free GPU memory"
+                   if "memory" in why.lower() else "use sampler=hf")
+            raise RapidError(f"vLLM could not load {model_path} ({type(err).__name__}: {why}); {fix}") from None
+        show_weight_warnings()
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> Generations:
         self._wake()
@@ -132,25 +208,29 @@ class VLLMSampler:
         return out
 
     def sync_weights(self, weights) -> None:
-        """Streams the trainer's (name, tensor) pairs into the running engine (no disk)."""
+        """Streams the trainer's (name, tensor) pairs into the running engine (no disk); vLLM loads each as it
+        comes, so under FSDP one full parameter is gathered at a time."""
         self._wake()
-        self.llm.collective_rpc("reload_weights",
-                                kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True})
+        weights = iter(weights)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        # Under FSDP each item is a collective: should vLLM have stopped early, the other ranks still wait on the rest.
+        for _ in weights:
+            pass
         self.llm.reset_prefix_cache()
 
     def release_memory(self) -> None:
-        """Before the update: drop the KV cache (and offload nothing else: weights are synced anyway)."""
+        """Before the update (`sampler.sleep_between_rounds`, CUDA): gives the KV cache's memory back to the GPU."""
         if self.cfg.sleep_between_rounds and not self.sleeping:
-            self.llm.sleep(level=1)
+            free_kv_cache(self.llm)
             self.sleeping = True
 
     def close(self) -> None:
         """Shuts the engine down and frees its memory: a sweep (`rapid train -m`, Optuna) starts the next
         job's engine in this same process, and the first one's KV cache would leave it no room."""
         llm, self.llm = getattr(self, "llm", None), None
-        if llm is None or self._external:
-            return  # under torchrun the engine's shutdown would tear down the trainer's process group; the job's
-            # process ends with the job anyway
+        if llm is None or self._trainers_group:
+            return  # under torchrun the engine's shutdown would destroy groups of the trainer's process group (gone
+            # already at 1 process: "Invalid process group specified"); the job's process ends with the job anyway
         import gc
 
         import torch
@@ -165,5 +245,26 @@ class VLLMSampler:
 
     def _wake(self) -> None:
         if self.sleeping:
-            self.llm.wake_up()
+            restore_kv_cache(self.llm)
             self.sleeping = False
+
+
+# Sleeping between rounds frees the KV cache and nothing else. vLLM 0.32's sleep levels both move the weights:
+# level 1 copies them to host memory and back on wake_up(), level 2 drops them and wake_up() maps fresh,
+# uninitialised memory for them. Either way the weight sync right after overwrites every parameter, so the
+# level-1 round trip is wasted traffic (2 x 3 GB for 1.5B in bf16) and level 2 turns a partial sync into
+# garbage weights instead of stale ones; the weights are also a small share of the memory (the KV cache is
+# most of it). So: pause the scheduler (level 0: nothing is in flight between rounds) and
+# release_kv_cache_memory(), which unmaps only the "kv_cache" allocations of the cumem pool without a copy
+# and resets the prefix cache; wake_up(tags=["kv_cache"]) maps them back at the same addresses (CUDA graphs
+# stay valid) and, nothing else being asleep, resumes the scheduler.
+def free_kv_cache(llm) -> None:
+    # The last generate()'s requests stay on the scheduler's finished list until its next step, and the release
+    # wants no request at all: one engine step hands them to the model runner (nothing is decoded).
+    llm.llm_engine.step()
+    llm.sleep(level=0)
+    llm.release_kv_cache_memory()
+
+
+def restore_kv_cache(llm) -> None:
+    llm.wake_up(tags=["kv_cache"])
