@@ -30,7 +30,7 @@ def _rank(rank: int, port: int, out: str, scenario: str) -> None:
 
     parallel = "fsdp" if scenario == "stream" else "ddp"
     cfg = compose(TINY + [f"train.parallel={parallel}", "device=cpu", "train.dist_timeout_s=1"])
-    d = distributed.setup(cfg)
+    d = distributed.setup(cfg.train, cfg.algo.prompts_per_step, cfg.device)
     result = {}
     try:
         if scenario == "slow_main":
