@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-from rapid_cli.cli import compose_config
+from rapid_cli.config import compose_config
 from rapid_cli.samplers.vllm import ENGINE_OVERHEAD, GiB, engine_options
 
 SHAPES = {  # from each model's config.json on the Hugging Face Hub

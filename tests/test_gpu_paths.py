@@ -122,7 +122,7 @@ def test_cpu_engine_defaults_are_unchanged():
 
 def test_the_gpu_preset_composes_and_passes_validation():
     from conftest import compose
-    from rapid_cli.config import validate, validate_training
+    from rapid_cli.validation import validate, validate_training
 
     cfg = compose(["experiment=gpu"])
     validate(cfg)
