@@ -211,6 +211,9 @@ def test_an_abandoned_round_is_one_line_and_keeps_the_last_checkpoint(tmp_path, 
     extra = ["train.stop_grace_s=0.001"] if how == "sigterm-grace-expired" else []
     proc = start_train(*overrides(tmp_path, rounds=200), f"hydra.run.dir={run_dir}", *extra)
     _wait_rounds(run_dir, proc, 2)
+    # mid-round 3: past round 2's checkpoint (a signal during a save stops cleanly with that checkpoint)
+    wait_for(run_dir / "checkpoints" / "round-000002" / "manifest.json", proc)
+    time.sleep(0.3)
     if how == "second-ctrl-c":
         proc.send_signal(signal.SIGINT)
         time.sleep(0.005)
