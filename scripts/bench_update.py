@@ -84,7 +84,8 @@ def bench(name: str, cfg, model, tok, task, lengths, group_size: int, micro: int
             model.load_state_dict(state)
     print(f"\n{name}: {M} groups x G={group_size}, micro-batch {micro}, prompt tokens {prompt_tokens} "
           f"(x G as padded rows), completion tokens {tokens}")
-    print(f"  {'pass':<10}{'padded s':>10}{'packed s':>10}{'speed-up':>10}{'padded MiB':>12}{'packed MiB':>12}{'mem ratio':>10}")
+    print(f"  {'pass':<10}{'padded s':>10}{'packed s':>10}{'speed-up':>10}"
+          f"{'padded MiB':>12}{'packed MiB':>12}{'mem ratio':>10}")
     for part in ("logprobs", "step"):
         old_s = statistics.median(t for t, _ in results[False, part])
         new_s = statistics.median(t for t, _ in results[True, part])

@@ -21,14 +21,17 @@ from rapid_cli.samplers.vllm import ENGINE_OVERHEAD, GiB, engine_options
 
 SHAPES = {  # from each model's config.json on the Hugging Face Hub
     "smollm2-135m": LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                                num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=8192),
+                                num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True,
+                                max_position_embeddings=8192),
     "qwen-0.5b": Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                             num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768),
+                             num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+                             max_position_embeddings=32768),
     "llama-1b": LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                             num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, head_dim=64,
                             max_position_embeddings=131072),
     "qwen-1.5b": Qwen2Config(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                             num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=131072),
+                             num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+                             max_position_embeddings=131072),
 }
 SEQS = 4 * 8 * 4  # A*M*G completions of a round at the defaults
 MICRO, TOKENS, COMPLETION = 8, 400, 256  # algo.micro_batch_size; prompt + completion tokens; sampler.max_tokens
@@ -37,7 +40,8 @@ MICRO, TOKENS, COMPLETION = 8, 400, 256  # algo.micro_batch_size; prompt + compl
 def estimate(cfg, sampler_cfg) -> dict[str, float]:
     with torch.device("meta"):
         n = sum(p.numel() for p in AutoModelForCausalLM.from_config(cfg).parameters())
-    kv = engine_options(sampler_cfg, True, cfg, n, 2, SEQS, 80 * GiB)["kv_cache_memory_bytes"]  # what a run would reserve
+    # what a run would reserve
+    kv = engine_options(sampler_cfg, True, cfg, n, 2, SEQS, 80 * GiB)["kv_cache_memory_bytes"]
     tokens = MICRO * TOKENS
     layers = cfg.num_hidden_layers * tokens * (10 * cfg.hidden_size + 3 * cfg.intermediate_size) * 2
     logits = MICRO * (COMPLETION + 1) * cfg.vocab_size * (2 + 4 + 4 + 4)

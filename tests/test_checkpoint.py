@@ -42,8 +42,8 @@ def overrides(tmp_path, rounds: int = 5) -> list[str]:
 
 def start_train(*args, **kw):
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    return subprocess.Popen([RAPID, "train", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, **kw)
+    return subprocess.Popen([RAPID, "train", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
 
 
 def records(run_dir) -> list[dict]:
@@ -52,7 +52,8 @@ def records(run_dir) -> list[dict]:
 
 def comparable(rows: list[dict]) -> list[dict]:
     """Everything but wall-clock and memory measurements, which differ between any two runs."""
-    return [{k: v for k, v in r.items() if not k.startswith("time/") and k != "perf/gen_tokens_per_s" and "_peak_" not in k}
+    return [{k: v for k, v in r.items()
+             if not k.startswith("time/") and k != "perf/gen_tokens_per_s" and "_peak_" not in k}
             for r in rows]
 
 
@@ -146,7 +147,8 @@ def test_damaged_checkpoints_are_named_and_skipped(tmp_path):
 def test_resume_refuses_a_different_model_or_task(tmp_path):
     args = overrides(tmp_path, rounds=1)
     train(compose(args), tmp_path / "run")
-    with pytest.raises(RapidError, match=r"task.max_train: None -> 10.*model.tiny_layers: 2 -> 3|model.tiny_layers.*task.max_train"):
+    with pytest.raises(RapidError, match=r"task.max_train: None -> 10.*model.tiny_layers: 2 -> 3|"
+                                         r"model.tiny_layers.*task.max_train"):
         train(compose(args + ["train.resume=auto", "task.max_train=10", "model.tiny_layers=3"]), tmp_path / "run")
 
 
@@ -158,7 +160,8 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path):
 
     model, tok, _ = load_policy(cfg.model, torch.device("cpu"))
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))  # the kernel refuses writes past 64 KiB, like a full disk
+    # the kernel refuses writes past 64 KiB, like a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
     try:
         with pytest.raises(RapidError, match=r"could not save the round-2 checkpoint .*round-000001 is intact"):
             checkpoint.save(root, 2, model, tok, {"cursor": 0}, cfg, keep=1)

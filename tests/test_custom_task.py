@@ -243,26 +243,28 @@ def test_builtin_functions_are_importable_by_name():
     assert callable(importlib.import_module("rapid_cli.tasks").code_tests)  # beside the code tasks' verdict
     assert rewards.math_equivalent(["so \\boxed{\\frac{2}{4}}", "\\boxed{1/3}"], answer=["0.5", "0.5"]) == [1.0, 0.0]
     assert rewards.format_match(["<think>a</think>\n<answer>1</answer>", "<answer>1</answer>"]) == [1.0, 0.0]
-    assert rewards.overlong_penalty(["a", "b"], completion_ids=[[0] * 3, [0] * 8], truncated=[False, True]) == [0.0, -1.0]
+    assert rewards.overlong_penalty(["a", "b"], completion_ids=[[0] * 3, [0] * 8],
+                                    truncated=[False, True]) == [0.0, -1.0]
 
 
 def test_code_tests_runs_the_code_in_the_sandbox(tmp_path):
     rows = [{"prompt": "Write add(a, b).", "tests": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"],
              "solution": "def add(a, b):\n    return a + b\n"}] * 2
-    cfg = compose(["task=custom", f"task.data_path={write(tmp_path / 'c.jsonl', rows)}", f"cache_dir={tmp_path / 'cache'}",
-                   "reward.functions=[{_target_: rapid_cli.tasks.code_tests}]"])
+    cfg = compose(["task=custom", f"task.data_path={write(tmp_path / 'c.jsonl', rows)}",
+                   f"cache_dir={tmp_path / 'cache'}", "reward.functions=[{_target_: rapid_cli.tasks.code_tests}]"])
     task = make_task(cfg.task, seed=0, reward_cfg=cfg.reward)
     p = task.train[0]
     good = "```python\ndef add(a, b):\n    return b + a\n```"
     wrong = "```python\ndef add(a, b):\n    return a - b\n```"
-    sneaky = "```python\nimport sys\ndef add(a, b):\n    print('[3, 0]'); sys.exit(0)\n```"  # prints what it should return
+    # prints what it should return
+    sneaky = "```python\nimport sys\ndef add(a, b):\n    print('[3, 0]'); sys.exit(0)\n```"
     assert task.score([good, wrong, sneaky], [p] * 3).total == [1.0, 0.0, 0.0]
 
 
 # -- errors: one line naming the file, row and column (or the function and row) ------------------------------------
 
-@pytest.mark.parametrize("case", ["missing_prompt", "missing_answer", "template_column", "empty", "bad_json", "not_object",
-                                  "csv_width", "bad_messages", "no_file"])
+@pytest.mark.parametrize("case", ["missing_prompt", "missing_answer", "template_column", "empty", "bad_json",
+                                  "not_object", "csv_width", "bad_messages", "no_file"])
 def test_bad_data_stops_with_one_line(tmp_path, case):
     path = tmp_path / "bad.jsonl"
     rows, extra, expect = list(ROWS), [], []
@@ -274,7 +276,8 @@ def test_bad_data_stops_with_one_line(tmp_path, case):
         expect = ["bad.jsonl, line 6", "'answer'", "numeric_match", "task.answer_field"]
     elif case == "template_column":
         rows[2] = {"question": "1 + 1", "answer": "2"}
-        extra, expect = ["task.prompt_template='{prompt} in {unit}'"], ["bad.jsonl, line 3", "'unit'", "prompt_template"]
+        extra, expect = (["task.prompt_template='{prompt} in {unit}'"],
+                         ["bad.jsonl, line 3", "'unit'", "prompt_template"])
     elif case == "bad_messages":
         rows[1] = {"messages": [{"role": "user"}], "answer": "2"}
         expect = ["bad.jsonl, line 2", "'messages'"]
@@ -313,7 +316,8 @@ def test_bad_data_stops_with_one_line(tmp_path, case):
 def test_a_bad_reward_function_stops_with_one_line(tmp_path, user_module, fn, expect):
     task = task_for(f"task.data_path={write(tmp_path / 'p.jsonl')}", "task.test_fraction=0.1",
                     functions=f"{{_target_: user_rewards.{fn}, timeout_s: 0.3}}")
-    problems = sorted(task.train + task.test, key=lambda p: int(p.id.rsplit(" ", 1)[1]))[:4]  # lines 1..4; line 4 holds "3 + 3"
+    # lines 1..4; line 4 holds "3 + 3"
+    problems = sorted(task.train + task.test, key=lambda p: int(p.id.rsplit(" ", 1)[1]))[:4]
     start = time.monotonic()
     with pytest.raises(RapidError) as err:
         task.score(["1"] * 4, problems)
@@ -326,7 +330,8 @@ def test_a_bad_reward_function_stops_with_one_line(tmp_path, user_module, fn, ex
 @pytest.mark.parametrize("functions,expect", [
     ("{weight: 1}", "reward.functions[0] needs a _target_"),
     ("{_target_: no_such_module.fn}", "reward.functions[0]: cannot import 'no_such_module.fn'"),
-    ("{_target_: user_rewards.Contains, colour: red}", "reward.functions[0]: building user_rewards.Contains(colour) failed"),
+    ("{_target_: user_rewards.Contains, colour: red}",
+     "reward.functions[0]: building user_rewards.Contains(colour) failed"),
     (f"{NUMERIC}, {{_target_: user_rewards.reward_len, weight: heavy}}", "reward.functions[1]: weight='heavy'"),
 ])
 def test_bad_function_entries_stop_with_one_line(tmp_path, user_module, functions, expect):
@@ -356,7 +361,8 @@ def test_eval_counts_a_sample_correct_at_the_threshold(tmp_path, user_module, ti
     model, tok = tiny_policy
     fns = "{_target_: user_rewards.Contains, word: '', bonus: 0.5}"  # 0.5 for every completion
     for threshold, passed in ((0.5, 1.0), (0.6, 0.0)):
-        task = task_for(f"task.data_path={write(tmp_path / 'p.jsonl')}", f"task.pass_threshold={threshold}", functions=fns)
+        task = task_for(f"task.data_path={write(tmp_path / 'p.jsonl')}", f"task.pass_threshold={threshold}",
+                        functions=fns)
         prompts = [task.prompt_ids(p, tok) for p in task.test]
         m = evaluate(task, task.test, prompts, HFSampler(model, tok), SamplingParams(n=2, max_tokens=4), [1, 2])
         assert m["eval/reward_mean"] == 0.5 and m["eval/pass@1"] == passed and m["eval/pass@2"] == passed
@@ -377,8 +383,9 @@ def test_rapid_eval_on_a_custom_hub_data_set(tmp_path, user_module):
 
     home = tmp_path / "hf"
     _write_dataset(home / "datasets", "someone/sums", None, {"train": ROWS[:6], "test": ROWS[6:]})
-    proc = _rapid("eval", "model=tiny", "sampler=hf", "task=custom", "task.hub_id=someone/sums", "task.hub_test_split=test",
-                  "task.prompt_field=question", "reward.functions=[{_target_: user_rewards.Contains, word: '', bonus: 0.5}]",
+    proc = _rapid("eval", "model=tiny", "sampler=hf", "task=custom", "task.hub_id=someone/sums",
+                  "task.hub_test_split=test", "task.prompt_field=question",
+                  "reward.functions=[{_target_: user_rewards.Contains, word: '', bonus: 0.5}]",
                   "task.pass_threshold=0.5", "eval.n=2", "eval.k=[1,2]", "sampler.max_tokens=4",
                   f"hydra.run.dir={tmp_path / 'run'}", HF_HOME=str(home), HF_HUB_OFFLINE="1",
                   PYTHONPATH=str(user_module))
@@ -402,13 +409,14 @@ def example_command() -> list[str]:
 @pytest.mark.slow
 def test_the_example_command_trains_the_tiny_model(tmp_path):
     """The README's exact command with a tiny budget (model, sampler and sizes overridden after it)."""
-    gen = subprocess.run([sys.executable, "examples/times-table/make_data.py", "--out", str(tmp_path / "problems.jsonl")],
+    gen = subprocess.run([sys.executable, "examples/times-table/make_data.py", "--out",
+                          str(tmp_path / "problems.jsonl")],
                          cwd=REPO, capture_output=True, text=True)
     assert gen.returncode == 0 and len((tmp_path / "problems.jsonl").read_text().splitlines()) == 200
     env, argv = example_command()
     argv = [a.replace("examples/times-table/problems.jsonl", str(tmp_path / "problems.jsonl")) for a in argv]
     tiny = [o for o in TINY if not o.startswith("task=")] + ["eval.n=2", "eval.k=[1,2]", "eval.temperature=1.0",
-                                                               "train.save_every=1", f"hydra.run.dir={tmp_path / 'run'}"]
+                                                             "train.save_every=1", f"hydra.run.dir={tmp_path / 'run'}"]
     proc = _rapid(*argv, *tiny, **{k: str(REPO / v) for k, v in (e.split("=", 1) for e in env)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -435,8 +443,8 @@ def test_a_failing_reward_function_keeps_the_last_checkpoint(tmp_path):
     '''))
     overrides = [o for o in TINY if not o.startswith("task=")] + [
         "task=custom", f"task.data_path={write(tmp_path / 'p.jsonl')}", "task.prompt_field=question",
-        "reward.functions=[{_target_: late.FailsInRound2}]", "eval.at_start=false", "train.rounds=3", "train.save_every=1",
-        f"hydra.run.dir={tmp_path / 'run'}"]
+        "reward.functions=[{_target_: late.FailsInRound2}]", "eval.at_start=false", "train.rounds=3",
+        "train.save_every=1", f"hydra.run.dir={tmp_path / 'run'}"]
     proc = _rapid("train", *overrides, PYTHONPATH=str(tmp_path))
     out = proc.stdout + proc.stderr
     errors = [line for line in out.splitlines() if line.startswith("error:")]

@@ -41,20 +41,22 @@ def learnable_data(folder: Path) -> str:
         cfg = compose([o for o in TINY if not o.startswith("task=")] + ["task=gsm8k"])
         model, tok, _ = load_policy(cfg.model, torch.device("cpu"))
         prompt = make_task(cfg.task).prompt_ids(Problem("q", QUESTION, "0"), tok)
-        texts = HFSampler(model, tok).generate([prompt], SamplingParams(n=128, temperature=1.0, max_tokens=16, seed=7)).texts
+        texts = HFSampler(model, tok).generate([prompt],
+                                               SamplingParams(n=128, temperature=1.0, max_tokens=16, seed=7)).texts
         answer = collections.Counter(a for a in map(extract_answer, texts) if a).most_common(1)[0][0]
         path.mkdir()
         for split in ("train", "test"):
-            (path / f"{split}.jsonl").write_text("".join(json.dumps({"question": QUESTION, "answer": f"#### {answer}"}) + "\n"
-                                                        for _ in range(40)))
+            (path / f"{split}.jsonl").write_text(
+                "".join(json.dumps({"question": QUESTION, "answer": f"#### {answer}"}) + "\n" for _ in range(40)))
     return str(path)
 
 
 def overrides(tmp_path, rounds=ROUNDS) -> list[str]:
     keep = [o for o in TINY if not o.startswith(("task=", "train.rounds", "algo.group_size", "algo.micro_batch_size",
                                                   "sampler.max_tokens"))]
-    return keep + ["task=gsm8k", f"task.data_path={learnable_data(tmp_path)}", "algo.group_size=8", "algo.micro_batch_size=8",
-                   "sampler.max_tokens=16", f"train.rounds={rounds}", "optimizer.lr=1e-3", "train.save_every=0", "device=cpu"]
+    return keep + ["task=gsm8k", f"task.data_path={learnable_data(tmp_path)}", "algo.group_size=8",
+                   "algo.micro_batch_size=8", "sampler.max_tokens=16", f"train.rounds={rounds}", "optimizer.lr=1e-3",
+                   "train.save_every=0", "device=cpu"]
 
 
 def env():
@@ -62,8 +64,8 @@ def env():
 
 
 def torchrun(nproc: int, args: list[str], **kw) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "rapid_cli",
-           "train", *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m",
+           "rapid_cli", "train", *args]
     return subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
@@ -111,10 +113,11 @@ def test_dapo_on_two_ranks_matches_one_process_taking_the_whole_mini_batch(tmp_p
     as one process that puts both groups through a single forward pass, even when one rank's group is
     dropped (all rewards equal) or holds fewer tokens than the other."""
     rounds = 2
-    dapo = [o for o in overrides(tmp_path, rounds=rounds) if not o.startswith("algo.steps_per_generation")] + ["algo=dapo"]
+    dapo = [o for o in overrides(tmp_path, rounds=rounds)
+            if not o.startswith("algo.steps_per_generation")] + ["algo=dapo"]
     one, two = tmp_path / "one", tmp_path / "two"
-    proc = subprocess.run([RAPID, "train", *dapo, "algo.micro_batch_size=16", f"hydra.run.dir={one}"], cwd=REPO, env=env(),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([RAPID, "train", *dapo, "algo.micro_batch_size=16", f"hydra.run.dir={one}"], cwd=REPO,
+                          env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run = torchrun(2, [*dapo, "train.parallel=ddp", f"hydra.run.dir={two}"])
     out = run.communicate(timeout=600)[0]
@@ -184,7 +187,8 @@ def test_one_fsdp_process_with_a_vllm_engine_ends_cleanly(tmp_path):
         pytest.skip("vLLM not installed")
     run_dir = tmp_path / "run"
     args = [o for o in overrides(tmp_path, rounds=2) if o != "sampler=hf"]
-    proc = torchrun(1, [*args, "sampler=vllm", "sampler.kv_cache_gb=0.25", "train.parallel=fsdp", f"hydra.run.dir={run_dir}"])
+    proc = torchrun(1, [*args, "sampler=vllm", "sampler.kv_cache_gb=0.25", "train.parallel=fsdp",
+                        f"hydra.run.dir={run_dir}"])
     out = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, out[-4000:]
     rounds = [r for r in rows(run_dir) if r["round"] > 0]

@@ -24,7 +24,8 @@ def _free_port() -> int:
 
 
 def _rank(rank: int, port: int, out: str, scenario: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
     from rapid_cli import distributed
     from rapid_cli.errors import RapidError
 
@@ -120,4 +121,5 @@ def test_a_rank_that_sees_another_checkpoint_stops_every_rank_with_one_line(tmp_
 
 def test_fsdp_weights_stream_one_full_tensor_at_a_time(tmp_path):
     for r in run_two(tmp_path, "stream"):
-        assert r == {"lazy": True, "first_is_plain_full": True, "names_in_order": True, "equal": True, "was_sharded": True}, r
+        assert r == {"lazy": True, "first_is_plain_full": True, "names_in_order": True, "equal": True,
+                     "was_sharded": True}, r

@@ -39,7 +39,8 @@ def vllm_engine(*overrides):
 
 
 def prompts_of(tok):
-    return [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True)["input_ids"]
+    return [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                    tokenize=True)["input_ids"]
             for t in TEXTS]
 
 
@@ -117,8 +118,8 @@ def test_bf16_engine_logprob_gap_to_the_trainer():
 
 
 def run_rapid(args: list[str], torchrun: int = 0, timeout: int = 900) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={torchrun}"] if torchrun \
-        else [sys.executable]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={torchrun}"] \
+        if torchrun else [sys.executable]
     return subprocess.run([*launcher, "-m", "rapid_cli", "train", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "WANDB_MODE": "disabled"})
 
@@ -137,7 +138,8 @@ def test_one_rank_nccl_fsdp_trains_and_resumes(tmp_path, sampler):
     proc = run_rapid(args, torchrun=1)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert [r["round"] for r in rows(run)] == [1, 2]
-    resumed = run_rapid([a.replace("train.rounds=2", "train.rounds=3") for a in args] + ["train.resume=auto"], torchrun=1)
+    resumed = run_rapid([a.replace("train.rounds=2", "train.rounds=3") for a in args] + ["train.resume=auto"],
+                        torchrun=1)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert rows(run)[-1]["round"] == 3
     if sampler == "vllm":  # the engine took FSDP's streamed weights: its log-probs match the trainer's

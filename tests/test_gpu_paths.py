@@ -43,7 +43,8 @@ def test_device_auto_refuses_a_gpu_that_torch_cannot_use(old_driver):
         pick_device("auto")
     message = str(err.value)
     assert "\n" not in message
-    for part in ("1 GPU(s)", "driver 535.104.05", "CUDA up to 12.2", f"torch {torch.__version__}", ">= 580", "device=cpu"):
+    for part in ("1 GPU(s)", "driver 535.104.05", "CUDA up to 12.2", f"torch {torch.__version__}", ">= 580",
+                 "device=cpu"):
         assert part in message, message
     with pytest.raises(RapidError, match="driver 535.104.05"):
         pick_device("cuda")
@@ -104,8 +105,8 @@ def test_cuda_engine_defaults_graphs_on_and_a_kv_cache_for_one_round():
     assert 0.1 < opts["gpu_memory_utilization"] < 0.25
     big = engine_options(sampler_cfg("sampler.max_model_len=32768"), True, config, 1_543_714_304, 2, 512, 80 * GiB)
     assert big["kv_cache_memory_bytes"] == 16 * GiB  # capped
-    forced = engine_options(sampler_cfg("sampler.enforce_eager=true", "sampler.gpu_memory_utilization=0.5"), True, config,
-                            1_543_714_304, 2, 128, 80 * GiB)
+    forced = engine_options(sampler_cfg("sampler.enforce_eager=true", "sampler.gpu_memory_utilization=0.5"), True,
+                            config, 1_543_714_304, 2, 128, 80 * GiB)
     assert forced == {"enforce_eager": True, "gpu_memory_utilization": 0.5}
 
 
@@ -115,7 +116,8 @@ def test_cpu_engine_defaults_are_unchanged():
     from rapid_cli.samplers.vllm import GiB, engine_options
 
     config = Qwen2Config(**QWEN_1_5B)
-    assert engine_options(sampler_cfg(), False, config, 10, 4, 128, 0) == {"enforce_eager": True, "gpu_memory_utilization": 0.3}
+    assert engine_options(sampler_cfg(), False, config, 10, 4, 128, 0) == {
+        "enforce_eager": True, "gpu_memory_utilization": 0.3}
     assert engine_options(sampler_cfg("sampler.kv_cache_gb=1"), False, config, 10, 4, 128, 0) == {
         "enforce_eager": True, "kv_cache_memory_bytes": GiB}
 

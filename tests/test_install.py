@@ -53,7 +53,8 @@ def resolve(*requirements: str, extra: tuple[str, ...] = ()) -> tuple[int, dict,
 
 def installed(report: dict) -> dict[str, tuple[str, str]]:
     """name -> (version, where from) of every package the resolution picked."""
-    return {i["metadata"]["name"].lower(): (i["metadata"]["version"], i["download_info"]["url"]) for i in report["install"]}
+    return {i["metadata"]["name"].lower(): (i["metadata"]["version"], i["download_info"]["url"])
+            for i in report["install"]}
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +123,8 @@ def test_python_3_10_gets_one_line(tmp_path):
         py310.write_text('#!/bin/sh\n[ "$1" = --version ] && echo "Python 3.10.12" && exit 0\n'
                          'exec python3 -c "import sys; sys.version_info = (3, 10, 12); exec(sys.argv[1])" "$2"\n')
         py310.chmod(0o755)
-    proc = subprocess.run(["make", "install", f"PYTHON={py310}", f"VENV={tmp_path / 'venv'}"], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(["make", "install", f"PYTHON={py310}", f"VENV={tmp_path / 'venv'}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
     errors = [ln for ln in proc.stdout.splitlines() if ln.startswith("error:")]
     assert proc.returncode != 0 and len(errors) == 1, proc.stdout + proc.stderr
     assert "Python >= 3.11" in errors[0] and "3.10.12" in errors[0], errors

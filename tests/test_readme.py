@@ -89,11 +89,12 @@ def user_dir(tmp_path_factory, hub_home):
     gsm.mkdir()
     for split in ("train", "test"):
         (gsm / f"{split}.jsonl").write_text("".join(
-            json.dumps({"question": f"Tom has {a} apples and buys {b} more. How many now?", "answer": f"{a} + {b}\n#### {a + b}"})
+            json.dumps({"question": f"Tom has {a} apples and buys {b} more. How many now?",
+                        "answer": f"{a} + {b}\n#### {a + b}"})
             + "\n" for a in range(6) for b in range(3)))
     # "Your own task": the user's problems and reward module in the working directory
-    (home / "problems.jsonl").write_text("".join(json.dumps({"question": f"What is {a} + {b}?", "answer": str(a + b)}) + "\n"
-                                                 for a in range(5) for b in range(4)))
+    (home / "problems.jsonl").write_text("".join(json.dumps({"question": f"What is {a} + {b}?", "answer": str(a + b)})
+                                                 + "\n" for a in range(5) for b in range(4)))
     (home / "my_rewards.py").write_text("def format_ok(completions, **kwargs):\n"
                                         "    return [float(c.strip().isdigit()) for c in completions]\n")
     model = build_tiny_model(compose(["model=tiny"]).model)
@@ -120,7 +121,8 @@ def resolve_placeholders(cmd: str, ctx: dict) -> str:
         if " ... " in cmd:
             import yaml
 
-            same = [o for o in yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) if not o.startswith("train.resume")]
+            same = [o for o in yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+                    if not o.startswith("train.resume")]
             cmd = cmd.replace(" ... ", " " + " ".join(shlex.quote(o) for o in same) + " ")
     if "multirun/2026-" in cmd:
         cmd = re.sub(r"multirun/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d", str(_newest("multirun/*/*", cwd)), cmd)

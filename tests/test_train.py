@@ -17,7 +17,8 @@ from rapid_cli.types import Rollouts, SamplingParams
 
 @pytest.mark.slow
 def test_cli_trains_tiny_arith_for_two_rounds(tmp_path):
-    overrides = [o for o in TINY if not o.startswith("logger.wandb")] + ["logger.wandb.mode=offline", f"hydra.run.dir={tmp_path}"]
+    overrides = [o for o in TINY if not o.startswith("logger.wandb")] + ["logger.wandb.mode=offline",
+                                                                         f"hydra.run.dir={tmp_path}"]
     proc = subprocess.run([RAPID, "train", *overrides], capture_output=True, text=True, timeout=600, cwd=REPO,
                           env={**__import__("os").environ, "WANDB_MODE": "offline"})
     assert proc.returncode == 0, proc.stdout + proc.stderr

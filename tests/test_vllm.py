@@ -28,7 +28,9 @@ def engine():
 
 
 def prompts_of(tok, texts):
-    return [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True)["input_ids"] for t in texts]
+    return [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                    tokenize=True)["input_ids"]
+            for t in texts]
 
 
 TEXTS = ["What is 1 + 2?", "What is 7 + 5? Answer with just the number.", "Hi", "What is 9 * 9?"]
@@ -109,8 +111,8 @@ def test_weight_sync_changes_outputs_exactly_as_the_trainer_weights(engine):
 
 @pytest.mark.slow
 def test_cli_trains_with_vllm(tmp_path):
-    overrides = [o for o in TINY if o != "sampler=hf"] + ["sampler=vllm", "sampler.kv_cache_gb=0.25", "algo.old_logprobs=recompute",
-                                                             f"hydra.run.dir={tmp_path}"]
+    overrides = [o for o in TINY if o != "sampler=hf"] + ["sampler=vllm", "sampler.kv_cache_gb=0.25",
+                                                          "algo.old_logprobs=recompute", f"hydra.run.dir={tmp_path}"]
     proc = subprocess.run([RAPID, "train", *overrides], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     import json
@@ -166,7 +168,8 @@ if __name__ == "__main__":
     sampler = make_sampler(cfg, model, tok, path)
     print("SYNC-START", flush=True)
     partial = [(k, v) for k, v in model.state_dict().items() if "layers.1.mlp.down_proj" not in k]
-    sampler.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(partial), "is_checkpoint_format": True})
+    sampler.llm.collective_rpc("reload_weights",
+                               kwargs={"weights_iterator": iter(partial), "is_checkpoint_format": True})
     sampler.close()
 """
 
@@ -177,8 +180,8 @@ def test_a_partial_weight_sync_is_reported_while_start_up_chatter_is_not(tmp_pat
     (tmp_path / "partial_sync.py").write_text(PARTIAL_SYNC)
     env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_LEVEL"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([os.sys.executable, str(tmp_path / "partial_sync.py")], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run([os.sys.executable, str(tmp_path / "partial_sync.py")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     warned = [ln for ln in out.splitlines() if "were not loaded from checkpoint" in ln]

@@ -23,7 +23,8 @@ from omegaconf import MISSING
 class OldLogprobs(StrEnum):
     recompute = "recompute"  # trainer model recomputes log pi_old before the first update (authors)
     sampler = "sampler"  # take the sampler's per-token logprobs as they came out of generation
-    auto = "auto"  # recompute until the per-round audit shows the sampler's agree within algo.sampler_logw_tol, then sampler
+    # recompute until the per-round audit shows the sampler's agree within algo.sampler_logw_tol, then sampler
+    auto = "auto"
 
 
 class Dtype(StrEnum):
@@ -100,7 +101,9 @@ class Device(StrEnum):
 class ModelConfig:
     name: str = MISSING  # preset name, used in run names
     path: str = MISSING  # hub id, local HF directory, a .gguf file, `pkg:<module>/<file>.gguf`, or `tiny`
-    dtype: Dtype = Dtype.float32  # float32 | bfloat16 | float16: weights as loaded; `rapid train` needs float32 (mixed precision: train.mixed_precision)
+    # float32 | bfloat16 | float16: weights as loaded; `rapid train` needs float32
+    # (mixed precision: train.mixed_precision)
+    dtype: Dtype = Dtype.float32
     chat_template: bool = True  # wrap prompts in the tokenizer's chat template when it has one
     gradient_checkpointing: bool = False  # trade compute for activation memory
     trust_remote_code: bool = False  # run the model repo's own Python code (only for repos you trust)
@@ -114,7 +117,8 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     name: str = MISSING  # arith | gsm8k | math | mbpp | humaneval | custom (your data: conf/task/custom.yaml)
-    source: DataSource = DataSource.auto  # auto | hub | offline | local: where the data comes from (auto: local > hub > offline)
+    # auto | hub | offline | local: where the data comes from (auto: local > hub > offline)
+    source: DataSource = DataSource.auto
     data_path: str | None = None  # local file or directory; overrides the hub and the offline copy
     hub_id: str | None = None  # Hugging Face dataset id
     hub_config: str | None = None  # dataset config name on the hub
@@ -128,7 +132,8 @@ class TaskConfig:
     max_test: int | None = None  # keep only the first N test problems
     pass_threshold: float = 1.0  # eval: a sample counts as correct (pass@k) when its total reward is at least this
     # custom only: your data set (docs/tasks.md, "Your own task")
-    test_path: str | None = None  # custom: a separate test file or save_to_disk directory; null: cut from the training data
+    # custom: a separate test file or save_to_disk directory; null: cut from the training data
+    test_path: str | None = None
     hub_test_split: str | None = None  # custom: hub split used for testing; null: cut from task.hub_split
     prompt_field: str = "prompt"  # custom: the column holding the prompt ({prompt} in task.prompt_template)
     answer_field: str = "answer"  # custom: the column the reward functions get as `answer`
@@ -241,7 +246,8 @@ class RewardConfig:
     # task=custom: [{_target_: module.fn, weight: 1.0, name: ..., timeout_s: ..., <args>}, ...]; total = weighted sum
     functions: list[Any] = field(default_factory=list)
     function_timeout_s: float | None = None  # default time limit of one reward function call on a batch (null: none)
-    pool: RewardPool = RewardPool.none  # none | thread | process: run the reward functions (and chunks of rows) in parallel
+    # none | thread | process: run the reward functions (and chunks of rows) in parallel
+    pool: RewardPool = RewardPool.none
     pool_workers: int | None = None  # pool size; null: one per CPU core
 
 

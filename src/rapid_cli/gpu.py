@@ -59,8 +59,8 @@ def unusable_gpu_message(view: DriverView) -> str:
     built = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA (a CPU build)"
     driver = f"driver {view.driver}" + (f", which supports CUDA up to {view.cuda}" if view.cuda else "")
     return (f"nvidia-smi sees {view.gpus} GPU(s) ({driver}) but torch {torch.__version__} (built for {built}) cannot "
-            f"use them: {torch_cuda_error()}; install NVIDIA driver >= 580 (CUDA 13) or a torch build for your driver's "
-            "CUDA, check CUDA_VISIBLE_DEVICES, or train on the CPU knowingly with device=cpu")
+            f"use them: {torch_cuda_error()}; install NVIDIA driver >= 580 (CUDA 13) or a torch build for your "
+            "driver's CUDA, check CUDA_VISIBLE_DEVICES, or train on the CPU knowingly with device=cpu")
 
 
 def hidden_on_purpose() -> bool:

@@ -25,7 +25,8 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         view = nvidia_smi()
-        raise RapidError(unusable_gpu_message(view) if view.gpus else "device=cuda but no CUDA GPU is visible; use device=cpu")
+        raise RapidError(unusable_gpu_message(view) if view.gpus
+                         else "device=cuda but no CUDA GPU is visible; use device=cpu")
     return torch.device(name)
 
 
@@ -121,7 +122,8 @@ def stop_token_ids(model, tokenizer) -> set[int]:
 
 @dataclass
 class PackedBatch:
-    """Prompts left-padded to P, completions right-padded to C, side by side: row i is [pad.. prompt | completion ..pad].
+    """Prompts left-padded to P, completions right-padded to C, side by side:
+    row i is [pad.. prompt | completion ..pad].
 
     input_ids, attention_mask, position_ids: [B, P + C]
     completion_ids, completion_mask: [B, C] (mask 1 on real completion tokens)

@@ -72,9 +72,9 @@ class SkipGuard:
         for step in skipped:
             self.streak = self.streak + 1 if step else 0
             if self.streak >= self.limit:
-                raise RapidError(f"round {rnd}: {self.streak} optimizer steps in a row had a non-finite loss or gradient "
-                                 "norm and were skipped (weights and checkpoints kept from before them); lower optimizer.lr, "
-                                 "keep model.dtype=float32, or raise optimizer.max_skipped_steps")
+                raise RapidError(f"round {rnd}: {self.streak} optimizer steps in a row had a non-finite loss or "
+                                 "gradient norm and were skipped (weights and checkpoints kept from before them); "
+                                 "lower optimizer.lr, keep model.dtype=float32, or raise optimizer.max_skipped_steps")
 
 
 
@@ -89,12 +89,14 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
 def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: contextlib.ExitStack) -> dict:
     validate(cfg)
     validate_training(cfg)
-    d = cleanup.enter_context(distributed.process_group(cfg.train, cfg.algo.prompts_per_step, cfg.device))  # left last, however the job ends
+    # left last, however the job ends
+    d = cleanup.enter_context(distributed.process_group(cfg.train, cfg.algo.prompts_per_step, cfg.device))
     run_dir = Path(distributed.broadcast(d, str(run_dir)))  # other ranks' Hydra dirs are throwaway
     console.quiet = console.quiet or not d.main
     resumed_from, state = resume_point(cfg, run_dir)  # a fresh run: TrainerState()
     distributed.same_on_all_ranks(d, checkpoint.identity(resumed_from), "the checkpoint to resume from",
-                                  "every node must see the run directory on one shared filesystem (README: Many GPUs and nodes)")
+                                  "every node must see the run directory on one shared filesystem "
+                                  "(README: Many GPUs and nodes)")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     a, s = cfg.algo, cfg.sampler
@@ -152,7 +154,8 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
         checkpoint.set_rng_state(state.rng)
         console.print(f"[bold]resuming[/] from {resumed_from} (round {state.round} of {cfg.train.rounds})")
     console.print(f"[bold]rapid[/] {run_name}: {cfg.train.rounds} rounds x {a.steps_per_generation} steps x "
-                  f"{a.prompts_per_step} prompts x {a.group_size} completions, {len(task.train)} training problems -> {run_dir}")
+                  f"{a.prompts_per_step} prompts x {a.group_size} completions, {len(task.train)} training problems -> "
+                  f"{run_dir}")
     if cfg.eval.at_start and not resumed_from and d.main:
         with timer(Phase.EVAL):
             first_eval = run_eval()
@@ -184,8 +187,9 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
                 problems = [drawn[i] for i in mine]
                 prompt_ids = [to_ids(p) for p in problems]
                 round_seed = cfg.seed * 1_000_003 + rnd
-                params = SamplingParams(n=a.group_size, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
-                                        seed=round_seed, prompt_seeds=[round_seed * 4099 + i for i in mine])
+                params = SamplingParams(n=a.group_size, temperature=s.temperature, top_p=s.top_p,
+                                        max_tokens=s.max_tokens, seed=round_seed,
+                                        prompt_seeds=[round_seed * 4099 + i for i in mine])
                 gens = sampler.generate(prompt_ids, params)
                 sampler.release_memory()
             with timer(Phase.REWARD):

@@ -99,8 +99,8 @@ def _import(target: str, where: str):
         return hydra.utils.get_object(target)
     except Exception as err:  # ImportError, or Hydra's wrapping of it
         cause = err.__cause__ or err
-        raise RapidError(f"{where}: cannot import {target!r} ({str(cause).splitlines()[0]}); put its module on PYTHONPATH "
-                         "or in the current directory") from None
+        raise RapidError(f"{where}: cannot import {target!r} ({str(cause).splitlines()[0]}); put its module on "
+                         "PYTHONPATH or in the current directory") from None
 
 
 def build_function(entry, where: str, reward_cfg=None, default_timeout: float | None = None) -> RewardFunction:
@@ -162,8 +162,9 @@ def check_columns(functions: list[RewardFunction], columns: set[str], source: st
     for f in functions:
         missing = sorted(f.required - columns - set(EXTRAS))
         if missing:
-            raise RapidError(f"reward function {f.name} needs column {missing[0]!r}, which {source} does not have (columns: "
-                             f"{', '.join(sorted(columns))}); rename it with task.answer_field / task.prompt_field or fix the data")
+            raise RapidError(f"reward function {f.name} needs column {missing[0]!r}, which {source} does not have "
+                             f"(columns: {', '.join(sorted(columns))}); rename it with task.answer_field / "
+                             "task.prompt_field or fix the data")
 
 
 # -- calling ----------------------------------------------------------------------------------------------------
@@ -195,16 +196,16 @@ def _checked(f: RewardFunction, out, n: int, labels: list[str], offset: int = 0)
     if hasattr(out, "tolist"):  # numpy array or tensor
         out = out.tolist()
     if not isinstance(out, (list, tuple)):
-        raise RapidError(f"reward function {f.name} returned a {type(out).__name__}; it must return a list of {n} floats "
-                         f"(one per completion)")
+        raise RapidError(f"reward function {f.name} returned a {type(out).__name__}; it must return a list of {n} "
+                         f"floats (one per completion)")
     if len(out) != n:
-        raise RapidError(f"reward function {f.name} returned {len(out)} values for {n} completions ({labels[offset]} .. "
-                         f"{labels[offset + n - 1]}); it must return one per completion")
+        raise RapidError(f"reward function {f.name} returned {len(out)} values for {n} completions ({labels[offset]} "
+                         f".. {labels[offset + n - 1]}); it must return one per completion")
     values: list[float | None] = []
     for i, v in enumerate(out):
         if v is not None and (not isinstance(v, numbers.Real) or not math.isfinite(float(v))):
-            raise RapidError(f"reward function {f.name} returned {v!r} for {labels[offset + i]}; each value must be a finite "
-                             "number (or None: not applicable)")
+            raise RapidError(f"reward function {f.name} returned {v!r} for {labels[offset + i]}; each value must be a "
+                             "finite number (or None: not applicable)")
         values.append(None if v is None else float(v))
     return values
 
@@ -220,18 +221,21 @@ def _run(f: RewardFunction, completions: list, columns: dict[str, list], labels:
     try:
         out = _call_with_timeout(f.fn, kwargs, f.timeout_s)
     except TimeoutError:
-        raise RapidError(f"reward function {f.name} took more than {f.timeout_s:g} s for {n} completions ({labels[rows.start]} "
-                         f".. {labels[rows.stop - 1]}); raise its timeout_s (or reward.function_timeout_s), or speed it up") from None
+        raise RapidError(f"reward function {f.name} took more than {f.timeout_s:g} s for {n} completions "
+                         f"({labels[rows.start]} .. {labels[rows.stop - 1]}); raise its timeout_s (or "
+                         "reward.function_timeout_s), or speed it up") from None
     except Exception as err:
-        raise RapidError(f"reward function {f.name} raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
-                         f"on {_failing_row(f, completions, columns, labels, rows)}") from None
+        raise RapidError(f"reward function {f.name} raised {type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''} on "
+                         f"{_failing_row(f, completions, columns, labels, rows)}") from None
     return _checked(f, out, n, labels, rows.start)
 
 
 def _failing_row(f: RewardFunction, completions: list, columns: dict[str, list], labels: list[str], rows: range) -> str:
     for i in rows:
         try:
-            _call_with_timeout(f.fn, {"completions": completions[i : i + 1], **f.kwargs(_slice(columns, range(i, i + 1)))},
+            _call_with_timeout(f.fn,
+                               {"completions": completions[i : i + 1], **f.kwargs(_slice(columns, range(i, i + 1)))},
                                f.timeout_s)
         except Exception:
             return labels[i]
@@ -266,8 +270,8 @@ def _result(job, pool, functions):
     except concurrent.futures.TimeoutError:
         for proc in list(getattr(pool, "_processes", {}).values()):
             proc.kill()
-        raise RapidError(f"reward functions did not finish within their timeouts ({max(limits):g} s) in the process pool; "
-                         "raise timeout_s or use reward.pool=thread") from None
+        raise RapidError(f"reward functions did not finish within their timeouts ({max(limits):g} s) in the process "
+                         "pool; raise timeout_s or use reward.pool=thread") from None
 
 
 def pool_size(workers: int | None) -> int:

@@ -2,9 +2,9 @@
 
 Each applies the same rule as the built-in task that uses it (one implementation of each rule):
 `numeric_match` is arith/gsm8k's, `math_equivalent` is math's. (`code_tests`, mbpp's sandboxed verdict,
-lives beside the code tasks whose machinery it uses: `rapid_cli.tasks.code_tests`.) `format_match` and `overlong_penalty` are the usual shaping terms of R1-style
-runs. Completions may be texts or TRL's conversational form (a list of messages, the last one the
-reply).
+lives beside the code tasks whose machinery it uses: `rapid_cli.tasks.code_tests`.) `format_match` and
+`overlong_penalty` are the usual shaping terms of R1-style runs. Completions may be texts or TRL's
+conversational form (a list of messages, the last one the reply).
 """
 
 from __future__ import annotations

@@ -48,9 +48,10 @@ def check(sampler_cfg, algo_cfg) -> None:
     off_policy = algo_cfg.steps_per_generation > 1
     if algo_cfg.old_logprobs == OldLogprobs.sampler and off_policy and sampler_cfg.top_p < 1:
         if resolve_name(sampler_cfg.name) == "vllm":
-            raise RapidError(f"algo.old_logprobs=sampler with sampler=vllm and sampler.top_p={sampler_cfg.top_p}: vLLM's "
-                             "log-probs are then renormalised over the top-p nucleus, not the untruncated log softmax(logits/T) "
-                             "the trainer's ratio uses; use algo.old_logprobs=recompute, sampler=hf, or sampler.top_p=1")
+            raise RapidError(f"algo.old_logprobs=sampler with sampler=vllm and sampler.top_p={sampler_cfg.top_p}: "
+                             "vLLM's log-probs are then renormalised over the top-p nucleus, not the untruncated log "
+                             "softmax(logits/T) the trainer's ratio uses; use algo.old_logprobs=recompute, sampler=hf, "
+                             "or sampler.top_p=1")
 
 
 def make_sampler(cfg, model, tokenizer, model_path: str) -> Sampler:
@@ -65,8 +66,9 @@ def make_sampler(cfg, model, tokenizer, model_path: str) -> Sampler:
         _, dtype = resolve_precision(cfg, next(model.parameters()).is_cuda)
         a = cfg.algo
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        sampler = VLLMSampler(cfg.sampler, model_path, dtype, seed=cfg.seed, trust_remote_code=cfg.model.trust_remote_code,
-                              model=model, sequences=a.steps_per_generation * a.prompts_per_step * a.group_size // world)
+        sampler = VLLMSampler(cfg.sampler, model_path, dtype, seed=cfg.seed,
+                              trust_remote_code=cfg.model.trust_remote_code, model=model,
+                              sequences=a.steps_per_generation * a.prompts_per_step * a.group_size // world)
         sampler.sync_weights(model.state_dict().items())  # it loaded from disk: the trainer's exact weights
         return sampler
     raise RapidError(f"sampler.name={cfg.sampler.name!r} is unknown; use sampler=vllm or sampler=hf")

@@ -45,7 +45,8 @@ def _import_vllm():
         warn("VLLM_ENABLE_V1_MULTIPROCESSING is set; rapid runs vLLM in its own process (weight sync needs it), so "
              "it is ignored")
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # the start-up chatter; show_weight_warnings() lets some through
+    # the start-up chatter; show_weight_warnings() lets some through
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
     try:
         import vllm
@@ -179,7 +180,8 @@ class VLLMSampler:
                 **kwargs,
             )
         except Exception as err:  # vLLM raises many types for an unsupported model or too little memory
-            why = " ".join(ln.strip() for ln in str(err).splitlines() if ln.strip() and "errors.pydantic" not in ln)[:300]
+            why = " ".join(ln.strip() for ln in str(err).splitlines()
+                           if ln.strip() and "errors.pydantic" not in ln)[:300]
             fix = ("give the engine less (sampler.kv_cache_gb, sampler.max_model_len) or free GPU memory"
                    if "memory" in why.lower() else "use sampler=hf")
             raise RapidError(f"vLLM could not load {model_path} ({type(err).__name__}: {why}); {fix}") from None

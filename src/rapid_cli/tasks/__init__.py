@@ -28,9 +28,9 @@ def check(task_cfg) -> None:
 def make_task(task_cfg, seed: int = 0, cache_dir: str | None = None, reward_cfg=None) -> Task:
     if reward_cfg is not None and reward_cfg.functions and task_cfg.name != "custom":
         # a built-in task scores with its own rule; silently ignoring the user's functions would mislead
-        raise RapidError(f"reward.functions is for task=custom; task={task_cfg.name} scores with its own rule (the same as "
-                         "rapid_cli.rewards.numeric_match / math_equivalent, rapid_cli.tasks.code_tests): use task=custom with "
-                         "task.data_path= to combine rewards")
+        raise RapidError(f"reward.functions is for task=custom; task={task_cfg.name} scores with its own rule (the "
+                         "same as rapid_cli.rewards.numeric_match / math_equivalent, rapid_cli.tasks.code_tests): use "
+                         "task=custom with task.data_path= to combine rewards")
     return TASKS[task_cfg.name](task_cfg, seed=seed, cache_dir=cache_dir, reward_cfg=reward_cfg)
 
 

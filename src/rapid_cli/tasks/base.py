@@ -33,12 +33,13 @@ class Task:
             from rapid_cli.tasks.sources import split_records
 
             if len(train) < 2:
-                raise RapidError(f"task.data_path={self.cfg.data_path} has {len(train)} problem; a train/test split needs "
-                                 "at least 2 (or give a directory with train.jsonl and test.jsonl)")
+                raise RapidError(f"task.data_path={self.cfg.data_path} has {len(train)} problem; a train/test split "
+                                 "needs at least 2 (or give a directory with train.jsonl and test.jsonl)")
             train, test = split_records(train, self.cfg.test_fraction, self.cfg.split_seed)
-            console.print(f"[dim]{self.name}: one data file, so {len(test)} of {len(train) + len(test)} problems are held "
-                          f"out for evaluation (task.test_fraction={self.cfg.test_fraction:g}, task.split_seed="
-                          f"{self.cfg.split_seed}); a directory with train.jsonl and test.jsonl sets the split[/]", soft_wrap=True)
+            console.print(f"[dim]{self.name}: one data file, so {len(test)} of {len(train) + len(test)} problems are "
+                          f"held out for evaluation (task.test_fraction={self.cfg.test_fraction:g}, task.split_seed="
+                          f"{self.cfg.split_seed}); a directory with train.jsonl and test.jsonl sets the split[/]",
+                          soft_wrap=True)
             return train, test
         return train, self._split("test")
 
@@ -81,7 +82,8 @@ class Task:
 
     def longest_prompt(self, tokenizer, chat_template: bool = True, sample: int = 256) -> int:
         """Tokens in the longest prompt among the first `sample` training and test problems."""
-        return max(len(self.prompt_ids(p, tokenizer, chat_template)) for p in [*self.train[:sample], *self.test[:sample]])
+        return max(len(self.prompt_ids(p, tokenizer, chat_template))
+                   for p in [*self.train[:sample], *self.test[:sample]])
 
     def rewards(self, completions: list[str], problems: list[Problem]) -> list[float]:
         return [self.reward(c, p) for c, p in zip(completions, problems, strict=True)]

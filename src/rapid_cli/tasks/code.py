@@ -90,8 +90,8 @@ class CodeTask(Task):
         if dropped:
             from rapid_cli.console import console
 
-            console.print(f"[yellow]{self.name} {split}: left out {len(dropped)} of {len(problems)} problems whose tests "
-                          f"cannot be checked outside the sandbox: {'; '.join(dropped)}[/]")
+            console.print(f"[yellow]{self.name} {split}: left out {len(dropped)} of {len(problems)} problems whose "
+                          f"tests cannot be checked outside the sandbox: {'; '.join(dropped)}[/]")
         return kept
 
     # -- sandboxes -----------------------------------------------------------------------------
@@ -99,7 +99,8 @@ class CodeTask(Task):
         from rapid_cli.config import RewardConfig
         from rapid_cli.sandbox import make_sandbox
 
-        cfg = types.SimpleNamespace(**{f.name: getattr(self.reward_cfg, f.name) for f in dataclasses.fields(RewardConfig)})
+        cfg = types.SimpleNamespace(**{f.name: getattr(self.reward_cfg, f.name)
+                                       for f in dataclasses.fields(RewardConfig)})
         cfg.timeout_s, cfg.memory_mb = timeout_s, memory_mb
         sandbox = make_sandbox(cfg)
         # The values come back on stdout: keep all of it (the reference run also writes more than the default cap).
@@ -239,7 +240,8 @@ class AssertsTask(CodeTask):
         return TestSource(calls[0], "\n".join([*problem.meta["imports"], problem.answer]), f"{record}\n", tuple(rules))
 
 
-_NOT_ENTRY = {"set", "sorted", "list", "tuple", "frozenset", "abs", "len", "isinstance", "bool", "round", "float", "int"}
+_NOT_ENTRY = {"set", "sorted", "list", "tuple", "frozenset", "abs", "len", "isinstance", "bool", "round", "float",
+              "int"}
 
 
 class code_tests:  # noqa: N801 (named in reward.functions like the functions of rewards/library.py)

