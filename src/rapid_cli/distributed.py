@@ -135,11 +135,6 @@ def stream_full_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
         yield name, (value.full_tensor() if hasattr(value, "full_tensor") else value)
 
 
-def full_state_dict(model) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer as a full tensor (all at once: a checkpoint). A collective under FSDP2."""
-    return dict(stream_full_weights(model))
-
-
 def optimizer_state(model, optimizer) -> dict:
     """The optimizer's full state keyed by parameter name, the same for plain, DDP and FSDP2 models (so a
     checkpoint resumes in any mode). With FSDP2 this is a collective: every rank calls it, rank 0 gets
