@@ -42,6 +42,7 @@ def test_typo_and_wrong_type_fail_at_compose_time():
     [
         ("algo.group_size=1", "at least 2"),
         ("algo.micro_batch_size=6", "multiple of algo.group_size"),
+        ("algo.micro_batch_tokens=0", r"algo.micro_batch_tokens=0 must be at least 1"),
         ("sampler.temperature=0", "temperature"),
         ("eval.k=[1,8]", "eval.k"),
         ("task.ops=[/]", "task.ops"),

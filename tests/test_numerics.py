@@ -44,10 +44,11 @@ def shifted(ro: Rollouts, logprobs: torch.Tensor, size: float) -> torch.Tensor:
     return torch.where(ro.completion_mask > 0, logprobs + size * ((i + j) % 3 - 1), 0.0)
 
 
-def raw_gradient(model, cfg, ro, old, ref, micro: int, tok) -> torch.Tensor:
+def raw_gradient(model, cfg, ro, old, ref, micro: int, tok, tokens: int | None = None) -> torch.Tensor:
     """The accumulated gradient of one real learner step, read before any clipping could act
-    (optimizer.max_grad_norm=null) and after the step (which does not touch .grad)."""
-    cfg.algo.micro_batch_size = micro
+    (optimizer.max_grad_norm=null) and after the step (which does not touch .grad). `tokens`: micro-batches
+    cut by algo.micro_batch_tokens instead of `micro` rows."""
+    cfg.algo.micro_batch_size, cfg.algo.micro_batch_tokens = micro, tokens
     ro.old_logprobs, ro.ref_logprobs = old, ref
     learner(cfg, model, tok).step(ro, ro.group_slice(0, cfg.algo.prompts_per_step))
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
@@ -69,10 +70,17 @@ def test_unclipped_gradient_does_not_depend_on_the_micro_batch_size(tiny_policy,
         for micro in (2, 4, 8):  # 4 micro-batches of one group, 2 of two groups, the whole mini-batch at once
             model.load_state_dict(state)
             grads[micro] = raw_gradient(model, cfg, ro, old, ref, micro, tok)
+        # by tokens: every group alone, and a budget of the first two groups' positions (runs of unequal size)
+        two = learner(cfg, model, tok)._positions(ro, ro.group_slice(0, 2))
+        for budget, first in ((1, 2), (two, 4)):
+            model.load_state_dict(state)
+            grads["tokens", budget] = raw_gradient(model, cfg, ro, old, ref, 8, tok, tokens=budget)
+            cuts = [mb.stop - mb.start for mb in learner(cfg, model, tok)._micro_batches(ro, ro.group_slice(0, 4))]
+            assert sum(cuts) == 8 and cuts[0] == first and all(c % 2 == 0 for c in cuts), cuts
     finally:
         model.load_state_dict(state)
     assert grads[8].norm() > 1e-3
-    for micro in (2, 4):
+    for micro in (2, 4, ("tokens", 1), ("tokens", two)):
         rel = ((grads[micro] - grads[8]).norm() / grads[8].norm()).item()
         assert rel < 2e-6, (algo, micro, rel)
         assert torch.allclose(grads[micro], grads[8], rtol=1e-4, atol=1e-8)

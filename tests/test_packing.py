@@ -75,6 +75,9 @@ def test_every_algorithm_takes_the_same_step_packed_or_padded(tiny_policy, algo)
             for micro in (2, 8):
                 model.load_state_dict(state)
                 grads[packing, micro] = raw_gradient(model, cfg, ro, old, ref, micro, tok)
+            budget = learner(cfg, model, tok)._positions(ro, ro.group_slice(1, 2))  # by tokens: groups 1-2 fit
+            model.load_state_dict(state)
+            grads[packing, "tokens"] = raw_gradient(model, cfg, ro, old, ref, 8, tok, tokens=budget)
     finally:
         model.load_state_dict(state)
     want = grads[False, 8]

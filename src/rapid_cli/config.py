@@ -182,6 +182,9 @@ class AlgoConfig:
     group_size: int = 4  # G: completions per prompt
     prompts_per_step: int = 8  # M: prompt groups per mini-batch (one optimizer step)
     micro_batch_size: int = 8  # sequences per forward/backward; a multiple of G (whole groups)
+    # tokens per forward/backward instead (padding included): as many whole groups as fit, so short completions
+    # share a pass and long ones do not exhaust memory; micro_batch_size is then not used. null: rows
+    micro_batch_tokens: int | None = None
     # the update's forward passes: each group's prompt encoded once and its G completions packed without
     # padding, the LM head applied to completion tokens only, a chunk at a time (false: padded rows)
     packing: bool = True

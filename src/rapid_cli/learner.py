@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +68,24 @@ def set_base_lr(optimizer, scheduler, lr: float) -> None:
 def micro_batches(rows: slice, size: int) -> Iterator[slice]:
     for start in range(rows.start, rows.stop, size):
         yield slice(start, min(start + size, rows.stop))
+
+
+def token_micro_batches(rows: slice, group_size: int, cost: Callable[[slice], int], budget: int) -> Iterator[slice]:
+    """`rows` cut into runs of whole groups, each as long as `cost` (the positions a forward over those rows
+    computes, padding included) stays within `budget`; a group over the budget goes alone.
+
+    >>> lengths = [2, 2, 3, 3, 9, 9, 1, 1]  # 4 groups of 2 rows, padded to the longest row
+    >>> cost = lambda mb: (mb.stop - mb.start) * max(lengths[mb])
+    >>> [(mb.start, mb.stop) for mb in token_micro_batches(slice(0, 8), 2, cost, 12)]
+    [(0, 4), (4, 6), (6, 8)]
+    """
+    start = rows.start
+    while start < rows.stop:
+        stop = start + group_size
+        while stop < rows.stop and cost(slice(start, stop + group_size)) <= budget:
+            stop += group_size
+        yield slice(start, stop)
+        start = stop
 
 
 @dataclass
@@ -179,7 +197,7 @@ class Learner:
         was_training = model.training
         model.eval()
         with self.autocast():
-            for mb in micro_batches(rows, self.algo.micro_batch_size):
+            for mb in self._micro_batches(ro, rows):
                 lp, mask = self._forward(model, ro, mb)  # [b, C]
                 lp = torch.where(mask > 0, lp, torch.zeros_like(lp))
                 out[mb.start - rows.start : mb.stop - rows.start, : lp.shape[1]] = lp.cpu()
@@ -205,7 +223,7 @@ class Learner:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, means, maxima, sums, seen = 0.0, {}, {}, {}, None
-        for mb in micro_batches(rows, self.algo.micro_batch_size):
+        for mb in self._micro_batches(ro, rows):
             logprobs, mask = self._forward(self.model, ro, mb)  # [b, C]
             C = logprobs.shape[1]
             old = self._old(ro, mb, logprobs)  # [b, C]
@@ -246,6 +264,26 @@ class Learner:
         ess = effective_sample_size(total["iw_sum"], total["iw_sq_sum"])
         return StepStats(loss_sum, grad_norm, lr, skipped, ess, means, maxima,
                          seen.over_ranks(d) if seen is not None else None)
+
+    def _micro_batches(self, ro: Rollouts, rows: slice) -> Iterator[slice]:
+        """Whole groups of `rows`: `algo.micro_batch_size` rows at a time, or as many as fit in
+        `algo.micro_batch_tokens` positions of the forward pass (`_positions`)."""
+        if self.algo.micro_batch_tokens is None:
+            return micro_batches(rows, self.algo.micro_batch_size)
+        return token_micro_batches(rows, self.algo.group_size, lambda mb: self._positions(ro, mb),
+                                   self.algo.micro_batch_tokens)
+
+    def _positions(self, ro: Rollouts, mb: slice) -> int:
+        """The positions `_forward` computes for micro-batch `mb`, padding included: packed, one row per group
+        as long as its longest group; padded, one row per completion as long as the longest prompt plus the
+        longest completion."""
+        comp = ro.generations.completion_ids
+        if self.algo.packing:
+            G = self.algo.group_size
+            groups = range(mb.start // G, mb.stop // G)
+            return len(groups) * max(len(ro.prompt_ids[g]) + sum(len(c) for c in comp[g * G : (g + 1) * G])
+                                     for g in groups)
+        return (mb.stop - mb.start) * (max(len(p) for p in ro.row_prompts(mb)) + ro.width(mb))
 
     def _forward(self, model, ro: Rollouts, mb: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """(log pi per completion token, completion mask) of micro-batch `mb` under `model`: [b, C] each,

@@ -20,6 +20,8 @@ def validate(cfg) -> None:
     for key in ("steps_per_generation", "prompts_per_step", "micro_batch_size"):
         if getattr(a, key) < 1:
             raise RapidError(f"algo.{key}={getattr(a, key)} must be at least 1")
+    if a.micro_batch_tokens is not None and a.micro_batch_tokens < 1:
+        raise RapidError(f"algo.micro_batch_tokens={a.micro_batch_tokens} must be at least 1 (null: by rows)")
     if a.micro_batch_size % a.group_size:
         raise RapidError(
             f"algo.micro_batch_size={a.micro_batch_size} must be a multiple of algo.group_size={a.group_size} "
