@@ -4,7 +4,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose, rapid
+from conftest import REPO, TINY, compose, rapid
 from rapid_cli.errors import RapidError
 from rapid_cli.validation import validate, validate_data
 
@@ -147,3 +147,24 @@ def test_each_command_has_its_own_help(command):
     assert proc.stdout.startswith(f"rapid {command}:")
     if command in ("train", "eval"):  # every key with its description from config.py
         assert "algo.steps_per_generation" in proc.stdout and "A: optimizer steps per generation round" in proc.stdout
+
+
+@pytest.mark.parametrize("a", [1, 2])
+def test_train_samples_buys_the_same_completions_whatever_a(tmp_path, a):
+    """train.samples=16 with M=G=2: 4 rounds of one step at A=1, 2 rounds of two steps at A=2; the
+    configured train.rounds (the preset's 2) is not used."""
+    import json
+
+    from rapid_cli.trainer import train
+
+    cfg = compose(TINY + [f"algo.steps_per_generation={a}", "train.samples=16", "train.rounds=7",
+                          "eval.at_start=false", "train.save_every=0"])
+    train(cfg, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rounds = [r["round"] for r in rows if "reward/mean" in r]
+    assert rounds == list(range(1, 16 // (2 * 2 * a) + 1))
+
+
+def test_train_samples_must_fill_whole_rounds():
+    with pytest.raises(RapidError, match=r"train.samples=10 must be a positive multiple of the 8 .*train.samples=8"):
+        validate(compose(TINY + ["train.samples=10"]))

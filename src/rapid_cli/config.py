@@ -202,6 +202,9 @@ class AlgoConfig:
 @dataclass
 class TrainConfig:
     rounds: int = 10  # generation rounds
+    # completions to train on in all, instead of train.rounds: rounds = samples / (A x M x G), so runs with
+    # different A (or baselines with A = 1) see the same budget. null: train.rounds
+    samples: int | None = None
     log_samples: int = 2  # completions printed to the console each round (0: none)
     save_every: int = 10  # checkpoint every N rounds (0: only at the end); always at the end and on Ctrl-C
     keep_checkpoints: int = 2  # newest checkpoints kept in <run dir>/checkpoints (0: all)

@@ -39,7 +39,7 @@ from rapid_cli.stopping import Interrupted, StopOnSignal
 from rapid_cli.tasks import make_task
 from rapid_cli.timing import Phase, PhaseTimer
 from rapid_cli.types import Rollouts, SamplingParams
-from rapid_cli.validation import validate, validate_data, validate_training
+from rapid_cli.validation import planned_rounds, validate, validate_data, validate_training
 
 
 class PromptStream:
@@ -89,6 +89,7 @@ def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
 def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: contextlib.ExitStack) -> dict:
     validate(cfg)
     validate_training(cfg)
+    cfg.train.rounds = planned_rounds(cfg)  # train.samples, where set, decides; everything below reads rounds
     # left last, however the job ends
     d = cleanup.enter_context(distributed.process_group(cfg.train, cfg.algo.prompts_per_step, cfg.device))
     run_dir = Path(distributed.broadcast(d, str(run_dir)))  # other ranks' Hydra dirs are throwaway

@@ -45,6 +45,12 @@ def validate(cfg) -> None:
         raise RapidError("sampler.max_tokens must be at least 1")
     if cfg.train.rounds < 0:
         raise RapidError("train.rounds must be >= 0")
+    if cfg.train.samples is not None:
+        per_round = a.steps_per_generation * a.prompts_per_step * a.group_size
+        if cfg.train.samples < 1 or cfg.train.samples % per_round:
+            fit = max(1, round(cfg.train.samples / per_round)) * per_round
+            raise RapidError(f"train.samples={cfg.train.samples} must be a positive multiple of the {per_round} "
+                             f"completions a round takes (A x M x G); e.g. train.samples={fit}")
     if cfg.train.save_every < 0 or cfg.train.keep_checkpoints < 0:
         raise RapidError("train.save_every and train.keep_checkpoints must be >= 0")
     if cfg.optimizer.lr <= 0:
@@ -82,6 +88,14 @@ def validate(cfg) -> None:
     tasks.check(cfg.task)
     algorithms.check(cfg.algo)
     samplers.check(cfg.sampler, cfg.algo)
+
+def planned_rounds(cfg) -> int:
+    """train.rounds, or the rounds train.samples buys (validated to divide)."""
+    a = cfg.algo
+    if cfg.train.samples is None:
+        return cfg.train.rounds
+    return cfg.train.samples // (a.steps_per_generation * a.prompts_per_step * a.group_size)
+
 
 def validate_training(cfg) -> None:
     """Checks that only `rapid train` needs (`rapid eval` may load any dtype)."""
