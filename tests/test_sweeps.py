@@ -23,16 +23,25 @@ def rapid_ok(*args) -> str:
 @pytest.mark.slow
 def test_sweep_over_a_and_seeds_then_report(tmp_path):
     sweep = tmp_path / "sweep"
-    rapid_ok("train", "-m", *SMALL, "algo.steps_per_generation=1,2", "seed=0,1", f"hydra.sweep.dir={sweep}")
+    rapid_ok("train", "-m", *SMALL, "eval.n=2", "eval.k=[1,2]", "algo.steps_per_generation=1,2", "seed=0,1",
+             f"hydra.sweep.dir={sweep}")
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 4 and all((j / "metrics.jsonl").exists() and (j / "checkpoints").is_dir() for j in jobs)
 
-    out = rapid_ok("report", str(sweep), "--target", "0.5")
+    out = rapid_ok("report", str(sweep), "--target", "0.5", "--baseline", "algo.steps_per_generation=1")
     assert "report.md" in out
     table = (sweep / "report.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| config |")).split(" | ")
+    assert "eval pass@2" in header and "x algo.steps_per_generation=1" in header
+    ratio = header.index("x algo.steps_per_generation=1")
     rows = [line for line in table.splitlines() if line.startswith("| algo.steps_per_generation=")]
     assert len(rows) == 2 and all("| 0,1 |" in r for r in rows)  # one row per A, both seeds in each
     assert "± " in rows[0] and "all of them used" in table
+    assert rows[0].split(" | ")[ratio] == "1.00" and float(rows[1].split(" | ")[ratio]) > 0
+    base = next(line for line in table.splitlines() if line.startswith("| base model"))
+    assert "| 0,1 | 0 |" in base  # the round-0 evals of seeds 0 and 1
+    bad = rapid("report", str(sweep), "--baseline", "algo=grpo")
+    assert bad.returncode == 2 and "names no row" in bad.stdout + bad.stderr
     assert (sweep / "report.png").stat().st_size > 5000
 
 

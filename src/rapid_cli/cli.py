@@ -220,11 +220,14 @@ def _report(args: list[str]) -> None:
     from rapid_cli.report import report
 
     ap = argparse.ArgumentParser(prog="rapid report", description="Aggregate a sweep into report.md and report.png.")
-    ap.add_argument("sweep_dir", type=Path, help="the multirun directory of a `rapid train -m` sweep")
+    ap.add_argument("sweep_dir", type=Path,
+                    help="the multirun directory of a `rapid train -m` sweep, or a directory holding several")
     ap.add_argument("--target", type=float, default=0.5, help="train reward whose first crossing time is reported")
+    ap.add_argument("--baseline", help='a row\'s config label (e.g. "algo=grpo"): adds each row\'s training time '
+                    "over that row's")
     opts = ap.parse_args(args)
     try:
-        report(opts.sweep_dir, opts.target)
+        report(opts.sweep_dir, opts.target, opts.baseline)
     except RapidError as err:
         _fail(str(err))
 

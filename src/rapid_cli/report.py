@@ -99,19 +99,52 @@ def _stat(values: list[float], fmt: str = "{:.3f}") -> str:
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
-def sweep_table(runs: list[Run], target: float) -> tuple[list[str], list[list[str]]]:
+def pass_ks(runs: list[Run]) -> list[int]:
+    """The k of every eval/pass@k the runs logged, ascending."""
+    keys = {k for r in runs for row in r.rows for k in row if k.startswith("eval/pass@") and k[10:].isdigit()}
+    return sorted(int(k[10:]) for k in keys)
+
+
+def base_evals(runs: list[Run]) -> dict[str, dict]:
+    """The evaluation before the first round (the base model), one per seed: runs of one seed evaluate the
+    same model with the same sampling seed, so the first run's stands for all of them."""
+    out: dict[str, dict] = {}
+    for run in runs:
+        first = next((r for r in run.rows if r.get("round") == 0 and "eval/pass@1" in r), None)
+        if first is not None:
+            out.setdefault(run.seed, first)
+    return out
+
+
+def sweep_table(runs: list[Run], target: float, baseline: str | None = None,
+                base_row: bool = False) -> tuple[list[str], list[list[str]]]:
+    """One row per group of runs (mean ± std over seeds). `baseline`: a label; an "x <baseline>" column gives
+    each group's training seconds over its. `base_row`: a first row with the base model's evaluation (the
+    runs' round-0 evals), where the runs have one."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.label, []).append(run)
-    header = ["config", "seeds", "rounds", "eval pass@1", "train reward", "wall-clock s", "train s (no eval)",
-              *[f"{p} s" for p in PHASES], f"s to reward >= {target:g}"]
+    if baseline is not None and baseline not in groups:
+        raise RapidError(f"--baseline {baseline!r} names no row; the rows are: {', '.join(groups)}")
+    ks = pass_ks(runs) or [1]
+    ratio = [f"x {baseline}"] if baseline else []
+    header = ["config", "seeds", "rounds", *[f"eval pass@{k}" for k in ks], "train reward", "wall-clock s",
+              "train s (no eval)", *ratio, *[f"{p} s" for p in PHASES], f"s to reward >= {target:g}"]
     rows = []
+    base = base_evals(runs) if base_row else {}
+    if base:
+        row = ["base model (round-0 eval)", ",".join(sorted(base)), "0",
+               *[_stat([e.get(f"eval/pass@{k}") for e in base.values()]) for k in ks]]
+        rows.append(row + ["-"] * (len(header) - len(row)))
+    mean_train = {label: statistics.mean(r.train_seconds for r in group) for label, group in groups.items()}
     for label, group in groups.items():
         reached = [r.time_to("reward/mean", target) for r in group]
         rows.append([
             label, ",".join(sorted(r.seed for r in group)), _stat([r.last("round") for r in group], "{:.0f}"),
-            _stat([r.last("eval/pass@1") for r in group]), _stat([r.last("reward/mean") for r in group]),
+            *[_stat([r.last(f"eval/pass@{k}") for r in group]) for k in ks],
+            _stat([r.last("reward/mean") for r in group]),
             _stat([r.last("time/elapsed") for r in group], "{:.1f}"), _stat([r.train_seconds for r in group], "{:.1f}"),
+            *([f"{mean_train[label] / mean_train[baseline]:.2f}"] if baseline else []),
             *[_stat([sum(x.get(p.key, 0.0) for x in r.rows) for r in group], "{:.1f}") for p in PHASES],
             (_stat([t for t in reached if t is not None], "{:.1f}")
              + f" ({sum(t is not None for t in reached)}/{len(group)})"),
@@ -165,19 +198,21 @@ def plot(runs: list[Run], path: Path) -> Path:
     return path
 
 
-def report(root: Path, target: float = 0.5) -> Path:
+def report(root: Path, target: float = 0.5, baseline: str | None = None) -> Path:
     from rich.table import Table
 
     from rapid_cli.console import console
 
     runs = load_runs(root)
-    header, rows = sweep_table(runs, target)
+    header, rows = sweep_table(runs, target, baseline, base_row=True)
     out = root / "report.md"
     out.write_text(f"# Sweep report: {root}\n\n{len(runs)} runs; all of them used: `{common_settings(runs)}`\n\n"
                    f"{markdown(header, rows)}\n![curves](report.png)\n")
     plot(runs, root / "report.png")
     table = Table(title=f"{root} ({len(runs)} runs)")
-    shown = [0, 1, 3, 4, 6, len(header) - 1]  # the console gets the headline columns; report.md has them all
+    # the console gets the headline columns; report.md has them all
+    shown = [i for i, h in enumerate(header) if h in ("config", "seeds", "train reward", "train s (no eval)")
+             or h.startswith(("eval pass@", "x ", "s to reward"))]
     for i in shown:
         table.add_column(header[i], justify="left" if i == 0 else "right", overflow="fold",
                          min_width=24 if i == 0 else None)
