@@ -18,7 +18,7 @@ from pathlib import Path
 from rapid_cli.errors import RapidError
 from rapid_cli.timing import PHASES, Phase
 
-IGNORED = ("seed=", "hydra.", "logger.", "train.resume=")
+IGNORED = ("seed=", "hydra.", "logger.", "train.resume=", "eval.at_start=")  # change nothing trained or measured after
 
 
 @dataclass
