@@ -45,6 +45,32 @@ def test_sweep_over_a_and_seeds_then_report(tmp_path):
     assert (sweep / "report.png").stat().st_size > 5000
 
 
+@pytest.mark.slow
+def test_report_takes_the_base_model_from_rapid_eval_and_labels_presets_by_name(tmp_path):
+    """The paper's table (docs/results.md): training sweeps without a round-0 eval, the base model measured
+    once per seed by `rapid eval -m`, one report over the directory holding both."""
+    import json
+    import statistics
+
+    rapid_ok("train", "-m", *SMALL, "eval.at_start=false", "eval.n=2", "eval.k=[1,2]", "algo=rapid,grpo",
+             f"hydra.sweep.dir={tmp_path / 'train'}")
+    rapid_ok("eval", "-m", *SMALL, "eval.n=2", "eval.k=[1,2]", "eval.temperature=1.0", "eval.limit=8", "seed=0,1",
+             f"hydra.sweep.dir={tmp_path / 'base'}")
+    rapid_ok("report", str(tmp_path), "--baseline", "algo=grpo")
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| config |")).split(" | ")
+    evals = [json.loads(p.read_text())["metrics"] for p in sorted((tmp_path / "base").rglob("eval.json"))]
+    assert len(evals) == 2
+    base = next(line for line in lines if line.startswith("| base model")).split(" | ")
+    for k in (1, 2):
+        values = [e[f"eval/pass@{k}"] for e in evals]
+        want = f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+        assert base[header.index(f"eval pass@{k}")] == want
+    assert base[1] == "0,1"
+    labels = [line.split(" | ")[0] for line in lines if line.startswith("| algo=")]
+    assert sorted(labels) == ["| algo=grpo", "| algo=rapid"]  # the preset's own A is not spelled out as "-"
+
+
 def test_report_on_a_directory_without_runs_is_one_line(tmp_path):
     proc = subprocess.run([RAPID, "report", str(tmp_path)], capture_output=True, text=True, cwd=REPO)
     out = proc.stdout + proc.stderr

@@ -2,7 +2,9 @@
 
 Runs are grouped by their overrides without `seed`; each group shows mean and spread over its seeds
 of the final eval pass@1 and train reward, the wall-clock (all of it, and without the evaluations),
-seconds per phase, and the training time at which the train reward first reached `--target`. The PNG
+seconds per phase, and the training time at which the train reward first reached `--target`; every eval
+pass@k logged; with `--baseline LABEL` each row's training time over that row's. A first row gives the base
+model: `rapid eval` results (eval.json) found under the directory, else the runs' round-0 evaluations. The PNG
 draws train reward and eval pass@1 against training wall-clock (evaluation time taken out): the mean
 over seeds as a line, min..max as a band. Both are written into the sweep
 directory (report.md, report.png) and the table is printed.
@@ -79,9 +81,24 @@ def load_runs(root: Path) -> list[Run]:
                          "(from rapid train -m)")
     keys = sorted({k for r in runs for k in r.settings})
     swept = [k for k in keys if len({r.settings.get(k) for r in runs}) > 1]
-    for run in runs:
-        run.label = " ".join(f"{k}={run.settings.get(k, '-')}" for k in swept) or "(all runs alike)"
+    for run in runs:  # a key a run did not set is left out: its preset's value (e.g. algo=rapid's A)
+        run.label = " ".join(f"{k}={run.settings[k]}" for k in swept if k in run.settings) or "(all runs alike)"
     return runs
+
+
+def eval_only(root: Path) -> dict[str, dict]:
+    """`rapid eval` results under `root` (eval.json, e.g. the base model's from `rapid eval -m seed=0,1`): their
+    metrics by seed."""
+    out: dict[str, dict] = {}
+    for path in sorted(root.rglob("eval.json")):
+        if (path.parent / "metrics.jsonl").exists():
+            continue
+        try:
+            result = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue
+        out.setdefault(str(result.get("seed", 0)), result.get("metrics", {}))
+    return out
 
 
 def common_settings(runs: list[Run]) -> str:
@@ -105,10 +122,11 @@ def pass_ks(runs: list[Run]) -> list[int]:
     return sorted(int(k[10:]) for k in keys)
 
 
-def base_evals(runs: list[Run]) -> dict[str, dict]:
-    """The evaluation before the first round (the base model), one per seed: runs of one seed evaluate the
-    same model with the same sampling seed, so the first run's stands for all of them."""
-    out: dict[str, dict] = {}
+def base_evals(runs: list[Run], evals: dict[str, dict] | None = None) -> dict[str, dict]:
+    """The base model's evaluation, one per seed: `evals` (eval_only's), else the runs' evaluations before their
+    first round (runs of one seed evaluate the same model with the same sampling seed, so the first run's
+    stands for all of them)."""
+    out: dict[str, dict] = dict(evals or {})
     for run in runs:
         first = next((r for r in run.rows if r.get("round") == 0 and "eval/pass@1" in r), None)
         if first is not None:
@@ -116,11 +134,11 @@ def base_evals(runs: list[Run]) -> dict[str, dict]:
     return out
 
 
-def sweep_table(runs: list[Run], target: float, baseline: str | None = None,
-                base_row: bool = False) -> tuple[list[str], list[list[str]]]:
+def sweep_table(runs: list[Run], target: float, baseline: str | None = None, base_row: bool = False,
+                evals: dict[str, dict] | None = None) -> tuple[list[str], list[list[str]]]:
     """One row per group of runs (mean ± std over seeds). `baseline`: a label; an "x <baseline>" column gives
-    each group's training seconds over its. `base_row`: a first row with the base model's evaluation (the
-    runs' round-0 evals), where the runs have one."""
+    each group's training seconds over its. `base_row`: a first row with the base model's evaluation
+    (`base_evals`), where there is one."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.label, []).append(run)
@@ -131,9 +149,9 @@ def sweep_table(runs: list[Run], target: float, baseline: str | None = None,
     header = ["config", "seeds", "rounds", *[f"eval pass@{k}" for k in ks], "train reward", "wall-clock s",
               "train s (no eval)", *ratio, *[f"{p} s" for p in PHASES], f"s to reward >= {target:g}"]
     rows = []
-    base = base_evals(runs) if base_row else {}
+    base = base_evals(runs, evals) if base_row else {}
     if base:
-        row = ["base model (round-0 eval)", ",".join(sorted(base)), "0",
+        row = ["base model", ",".join(sorted(base)), "0",
                *[_stat([e.get(f"eval/pass@{k}") for e in base.values()]) for k in ks]]
         rows.append(row + ["-"] * (len(header) - len(row)))
     mean_train = {label: statistics.mean(r.train_seconds for r in group) for label, group in groups.items()}
@@ -204,7 +222,7 @@ def report(root: Path, target: float = 0.5, baseline: str | None = None) -> Path
     from rapid_cli.console import console
 
     runs = load_runs(root)
-    header, rows = sweep_table(runs, target, baseline, base_row=True)
+    header, rows = sweep_table(runs, target, baseline, base_row=True, evals=eval_only(root))
     out = root / "report.md"
     out.write_text(f"# Sweep report: {root}\n\n{len(runs)} runs; all of them used: `{common_settings(runs)}`\n\n"
                    f"{markdown(header, rows)}\n![curves](report.png)\n")
