@@ -3,6 +3,7 @@ sweeper (a real 2-trial study) and the SLURM launcher config composing."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -104,3 +105,26 @@ def test_slurm_launcher_config_composes():
                                              "train.parallel=fsdp"], return_hydra_config=True)
     assert multi.hydra.launcher.nodes == 2 and multi.hydra.launcher.tasks_per_node == 4  # one task per GPU
     assert multi.train.parallel == "fsdp"
+
+
+@pytest.mark.slow
+def test_the_paper_table_script_runs_every_contender_and_continues_where_it_stopped(tmp_path):
+    """scripts/paper_table.sh (docs/results.md) with the smoke preset's sizes: every contender once per seed
+    it promises, the base model per seed, one report; a second call trains nothing again."""
+    small = ["model=tiny", "sampler=hf", "task=arith", "train.samples=32", "algo.group_size=2", "algo.prompts_per_step=2",
+             "algo.micro_batch_tokens=64", "sampler.max_tokens=8", "eval.limit=4", "eval.n=2", "eval.k=[1,2]"]
+    env = {"OUT": str(tmp_path), "RAPID": RAPID, "WANDB_MODE": "disabled"}
+    first = subprocess.run(["bash", "scripts/paper_table.sh", "gsm8k", *small], cwd=REPO, capture_output=True,
+                           text=True, env={**os.environ, **env}, timeout=1200)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    labels = sorted(line.split(" | ")[0][2:] for line in lines if line.startswith("| algo=") or "base" in line[:8])
+    assert labels == ["algo=dapo", "algo=grpo", "algo=pg", "algo=rapid", "algo=rapid algo.steps_per_generation=2",
+                      "algo=rapid algo.steps_per_generation=8", "base model"]
+    seeds = {line.split(" | ")[0][2:]: line.split(" | ")[1] for line in lines if line.startswith("| ")}
+    assert seeds["algo=rapid"] == seeds["algo=grpo"] == seeds["base model"] == "0,1"
+    stamps = {p: p.stat().st_mtime for p in tmp_path.rglob("metrics.jsonl")}
+    second = subprocess.run(["bash", "scripts/paper_table.sh", "gsm8k", *small], cwd=REPO, capture_output=True,
+                            text=True, env={**os.environ, **env}, timeout=1200)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert {p: p.stat().st_mtime for p in tmp_path.rglob("metrics.jsonl")} == stamps
