@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 # Choices are StrEnums: a value outside them fails when the config is composed, naming the key and the
 # options, and a member compares equal to (and prints as) its plain string.
@@ -309,8 +309,26 @@ def describe() -> list[tuple[str, str, str]]:
     return list(fields(Config, ""))
 
 
+def job_dirname(overrides: str, limit: int = 120) -> str:
+    """A sweep job's directory name from its overrides, cut to `limit` characters plus a hash of the whole when
+    longer (a file name may hold 255 bytes; a sweep over many keys writes more). The same overrides always
+    give the same name, so train.resume=auto finds the job again.
+
+    >>> job_dirname("algo=grpo,seed=0")
+    'algo=grpo,seed=0'
+    >>> name = job_dirname("x" * 300); len(name), name[:3], name == job_dirname("x" * 300)
+    (129, 'xxx', True)
+    """
+    if len(overrides) <= limit:
+        return overrides
+    import hashlib
+
+    return f"{overrides[:limit]}-{hashlib.sha1(overrides.encode()).hexdigest()[:8]}"
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
+    OmegaConf.register_new_resolver("rapid_dirname", job_dirname, replace=True)
 
 
 def resolve_precision(cfg, cuda: bool) -> tuple[str, str]:
