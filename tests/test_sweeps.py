@@ -112,7 +112,8 @@ def test_the_paper_table_script_runs_every_contender_and_continues_where_it_stop
     """scripts/paper_table.sh (docs/results.md) with the smoke preset's sizes: every contender once per seed
     it promises, the base model per seed, one report; a second call trains nothing again."""
     small = ["model=tiny", "sampler=hf", "task=arith", "train.samples=32", "algo.group_size=2",
-             "algo.prompts_per_step=2", "algo.micro_batch_tokens=64", "sampler.max_tokens=8", "eval.limit=4", "eval.n=2", "eval.k=[1,2]"]
+             "algo.prompts_per_step=2", "algo.micro_batch_tokens=64", "sampler.max_tokens=8", "eval.limit=4",
+             "eval.n=2", "eval.k=[1,2]"]
     env = {"OUT": str(tmp_path), "RAPID": RAPID, "WANDB_MODE": "disabled"}
     first = subprocess.run(["bash", "scripts/paper_table.sh", "gsm8k", *small], cwd=REPO, capture_output=True,
                            text=True, env={**os.environ, **env}, timeout=1200)
