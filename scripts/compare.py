@@ -101,16 +101,7 @@ def main() -> None:
             runs.append(Run(run_dir, [], str(seed), rows, label))
     runs.sort(key=lambda r: [c[0] for c in field].index(r.label))
 
-    header, table = sweep_table(runs, args.target)
-    train_col = header.index("train s (no eval)")
-    means = {label: sum(r.train_seconds for r in runs if r.label == label) / sum(r.label == label for r in runs)
-             for label in {r.label for r in runs}}
-    header.insert(train_col + 1, "x GRPO")
-    header.insert(train_col + 2, "x TRL")
-    for row in table:
-        mine = means[row[0]]
-        row.insert(train_col + 1, f"{mine / means['grpo']:.2f}" if "grpo" in means else "-")
-        row.insert(train_col + 2, f"{mine / means['trl grpo']:.2f}" if "trl grpo" in means else "-")
+    header, table = sweep_table(runs, args.target, {"x GRPO": "grpo", "x TRL": "trl grpo"})
     import platform
 
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"

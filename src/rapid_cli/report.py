@@ -134,20 +134,18 @@ def base_evals(runs: list[Run], evals: dict[str, dict] | None = None) -> dict[st
     return out
 
 
-def sweep_table(runs: list[Run], target: float, baseline: str | None = None, base_row: bool = False,
+def sweep_table(runs: list[Run], target: float, baselines: dict[str, str] | None = None, base_row: bool = False,
                 evals: dict[str, dict] | None = None) -> tuple[list[str], list[list[str]]]:
-    """One row per group of runs (mean ± std over seeds). `baseline`: a label; an "x <baseline>" column gives
-    each group's training seconds over its. `base_row`: a first row with the base model's evaluation
-    (`base_evals`), where there is one."""
+    """One row per group of runs (mean ± std over seeds). `baselines`: column name -> a row's label; each such
+    column gives every row's mean training seconds over that row's ("-" where no row has the label).
+    `base_row`: a first row with the base model's evaluation (`base_evals`), where there is one."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.label, []).append(run)
-    if baseline is not None and baseline not in groups:
-        raise RapidError(f"--baseline {baseline!r} names no row; the rows are: {', '.join(groups)}")
+    baselines = baselines or {}
     ks = pass_ks(runs) or [1]
-    ratio = [f"x {baseline}"] if baseline else []
     header = ["config", "seeds", "rounds", *[f"eval pass@{k}" for k in ks], "train reward", "wall-clock s",
-              "train s (no eval)", *ratio, *[f"{p} s" for p in PHASES], f"s to reward >= {target:g}"]
+              "train s (no eval)", *baselines, *[f"{p} s" for p in PHASES], f"s to reward >= {target:g}"]
     rows = []
     base = base_evals(runs, evals) if base_row else {}
     if base:
@@ -162,7 +160,7 @@ def sweep_table(runs: list[Run], target: float, baseline: str | None = None, bas
             *[_stat([r.last(f"eval/pass@{k}") for r in group]) for k in ks],
             _stat([r.last("reward/mean") for r in group]),
             _stat([r.last("time/elapsed") for r in group], "{:.1f}"), _stat([r.train_seconds for r in group], "{:.1f}"),
-            *([f"{mean_train[label] / mean_train[baseline]:.2f}"] if baseline else []),
+            *[f"{mean_train[label] / mean_train[b]:.2f}" if b in mean_train else "-" for b in baselines.values()],
             *[_stat([sum(x.get(p.key, 0.0) for x in r.rows) for r in group], "{:.1f}") for p in PHASES],
             (_stat([t for t in reached if t is not None], "{:.1f}")
              + f" ({sum(t is not None for t in reached)}/{len(group)})"),
@@ -222,7 +220,11 @@ def report(root: Path, target: float = 0.5, baseline: str | None = None) -> Path
     from rapid_cli.console import console
 
     runs = load_runs(root)
-    header, rows = sweep_table(runs, target, baseline, base_row=True, evals=eval_only(root))
+    if baseline is not None and baseline not in {r.label for r in runs}:
+        raise RapidError(f"--baseline {baseline!r} names no row; the rows are: "
+                         f"{', '.join(dict.fromkeys(r.label for r in runs))}")
+    header, rows = sweep_table(runs, target, {f"x {baseline}": baseline} if baseline else None, base_row=True,
+                               evals=eval_only(root))
     out = root / "report.md"
     out.write_text(f"# Sweep report: {root}\n\n{len(runs)} runs; all of them used: `{common_settings(runs)}`\n\n"
                    f"{markdown(header, rows)}\n![curves](report.png)\n")
