@@ -129,3 +129,21 @@ def test_the_paper_table_script_runs_every_contender_and_continues_where_it_stop
                             text=True, env={**os.environ, **env}, timeout=1200)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert {p: p.stat().st_mtime for p in tmp_path.rglob("metrics.jsonl")} == stamps
+
+
+def test_report_curves_start_from_the_base_model_and_the_plot_has_a_bar_per_row(tmp_path):
+    """Runs trained with eval.at_start=false evaluate only after training: their accuracy curves begin at 0 s
+    from the base model's evaluation of the same seed; a run that evaluated at round 0 keeps its own."""
+    from rapid_cli.report import Run, eval_curve, plot
+
+    rows = [{"round": 1, "time/elapsed": 100.0, "time/update": 60.0, "time/generate": 30.0, "reward/mean": 0.1},
+            {"round": 2, "time/elapsed": 230.0, "time/eval": 30.0, "eval/pass@1": 0.3, "reward/mean": 0.2}]
+    later = Run(tmp_path / "a", ["algo=rapid", "seed=1"], "1", rows, label="algo=rapid")
+    own = Run(tmp_path / "b", ["algo=grpo", "seed=1"], "1",
+              [{"round": 0, "time/elapsed": 12.0, "time/eval": 10.0, "eval/pass@1": 0.05}, *rows], label="algo=grpo")
+    base = {"0": {"eval/pass@1": 0.9}, "1": {"eval/pass@1": 0.1}}
+    assert eval_curve(later, "eval/pass@1", base) == [(0.0, 0.1), (200.0, 0.3)]  # seed 1's base, eval time out
+    assert eval_curve(own, "eval/pass@1", base) == [(2.0, 0.05), (190.0, 0.3)]
+    assert eval_curve(later, "reward/mean", {}) == [(100.0, 0.1), (200.0, 0.2)]
+    png = plot([later, own], tmp_path / "report.png", evals=base)
+    assert png.stat().st_size > 5000

@@ -5,9 +5,9 @@ of the final eval pass@1 and train reward, the wall-clock (all of it, and withou
 seconds per phase, and the training time at which the train reward first reached `--target`; every eval
 pass@k logged; with `--baseline LABEL` each row's training time over that row's. A first row gives the base
 model: `rapid eval` results (eval.json) found under the directory, else the runs' round-0 evaluations. The PNG
-draws train reward and eval pass@1 against training wall-clock (evaluation time taken out): the mean
-over seeds as a line, min..max as a band. Both are written into the sweep
-directory (report.md, report.png) and the table is printed.
+draws train reward and every eval pass@k against training wall-clock (evaluation time taken out; the eval curves
+start from the base model's): the mean over seeds as a line, min..max as a band; under them each row's seconds
+per phase as one bar. Both are written into the sweep directory (report.md, report.png) and the table is printed.
 """
 
 from __future__ import annotations
@@ -174,7 +174,19 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(runs: list[Run], path: Path) -> Path:
+def eval_curve(run: Run, key: str, base: dict[str, dict]) -> list[tuple[float, float]]:
+    """run.curve(key), starting at 0 s from the base model's evaluation of the run's seed (`base_evals`) when the
+    run did not evaluate before its first round: the same model, so accuracy is drawn from where training began."""
+    curve = run.curve(key)
+    start = base.get(run.seed, {}).get(key)
+    if start is not None and not any(r.get("round") == 0 and key in r for r in run.rows):
+        curve = [(0.0, start), *curve]
+    return curve
+
+
+def plot(runs: list[Run], path: Path, evals: dict[str, dict] | None = None) -> Path:
+    """Train reward and every eval pass@k against training wall-clock, one line per group (mean over seeds, band
+    min..max), the base model dashed; under them each group's training seconds per phase."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -184,10 +196,15 @@ def plot(runs: list[Run], path: Path) -> Path:
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.label, []).append(run)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), dpi=110, sharey=True)
-    for ax, key, title in ((axes[0], "reward/mean", "train reward"), (axes[1], "eval/pass@1", "eval pass@1")):
+    base = base_evals(runs, evals)
+    panels = [("reward/mean", "train reward")] + [(f"eval/pass@{k}", f"eval pass@{k}") for k in pass_ks(runs)]
+    fig = plt.figure(figsize=(4.2 * len(panels) + 2.5, 4.0 + 0.35 * len(groups) + 1.2), dpi=110)
+    grid_spec = fig.add_gridspec(2, len(panels), height_ratios=[4.0, 0.35 * len(groups) + 1.2])
+    axes = [fig.add_subplot(grid_spec[0, i]) for i in range(len(panels))]
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        top = 0.0
         for i, (label, group) in enumerate(groups.items()):
-            curves = [c for c in (r.curve(key) for r in group) if c]
+            curves = [c for c in (eval_curve(r, key, base) for r in group) if c]
             if not curves:
                 continue
             color = f"C{i % 10}"
@@ -201,13 +218,40 @@ def plot(runs: list[Run], path: Path) -> Path:
                 ax.fill_between(grid / 60, ys.min(0), ys.max(0), color=color, alpha=0.2)
             for c in curves:  # the points themselves, faint, so short runs are visible
                 ax.plot([t / 60 for t, _ in c], [v for _, v in c], ".", color=color, alpha=0.35, ms=4)
-        ax.set_title(f"{title}: mean over seeds, band = min..max (a finished seed holds its last value)", fontsize=9)
-        ax.set_xlabel("training wall-clock, evaluation excluded (minutes)")
+            top = max(top, float(ys.max()))
+        start = [e[key] for e in base.values() if key in e]
+        if start and key != "reward/mean":
+            ax.axhline(statistics.mean(start), color="0.4", ls="--", lw=1, label=f"base model (n={len(start)})")
+            top = max(top, max(start))
+        # Each panel its own scale from 0: a pass@1 of 2% is unreadable on a 0..1 axis shared with pass@8.
+        ax.set_ylim(-0.02 * max(top, 0.05), min(1.02, 1.15 * top + 0.02) if top > 0 else 1.02)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training wall-clock (minutes)", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("reward / accuracy")
-    axes[0].set_ylim(-0.02, 1.02)
-    # outside: low curves stay visible
-    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    axes[0].set_ylabel("mean over seeds; band min..max")
+    handles, labels = axes[-1].get_legend_handles_labels()
+    axes[-1].legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+
+    bars = fig.add_subplot(grid_spec[1, :])
+    phases = [p for p in PHASES if p is not Phase.EVAL]
+    names = list(groups)
+    left = np.zeros(len(names))
+    for j, phase in enumerate(phases):
+        seconds = np.array([statistics.mean(sum(x.get(phase.key, 0.0) for x in r.rows) for r in groups[n])
+                            for n in names])
+        bars.barh(names, seconds, left=left, color=f"C{j}", alpha=0.75, label=phase.value)
+        left += seconds
+    # what no phase timed (start-up, checkpoints, logging), so each bar ends at the row's "train s"
+    other = np.array([statistics.mean(r.train_seconds for r in groups[n]) for n in names]) - left
+    bars.barh(names, np.maximum(other, 0.0), left=left, color="0.8", label="other")
+    left += np.maximum(other, 0.0)
+    for y, total in enumerate(left):
+        bars.text(total, y, f" {total:.0f} s", va="center", fontsize=8)
+    bars.invert_yaxis()
+    bars.set_xlim(0, left.max() * 1.12 if left.max() > 0 else 1)
+    bars.tick_params(axis="y", labelsize=8)
+    bars.set_xlabel("training seconds per phase, mean over seeds (evaluation excluded everywhere)", fontsize=9)
+    bars.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -223,12 +267,13 @@ def report(root: Path, target: float = 0.5, baseline: str | None = None) -> Path
     if baseline is not None and baseline not in {r.label for r in runs}:
         raise RapidError(f"--baseline {baseline!r} names no row; the rows are: "
                          f"{', '.join(dict.fromkeys(r.label for r in runs))}")
+    evals = eval_only(root)
     header, rows = sweep_table(runs, target, {f"x {baseline}": baseline} if baseline else None, base_row=True,
-                               evals=eval_only(root))
+                               evals=evals)
     out = root / "report.md"
     out.write_text(f"# Sweep report: {root}\n\n{len(runs)} runs; all of them used: `{common_settings(runs)}`\n\n"
                    f"{markdown(header, rows)}\n![curves](report.png)\n")
-    plot(runs, root / "report.png")
+    plot(runs, root / "report.png", evals=evals)
     table = Table(title=f"{root} ({len(runs)} runs)")
     # the console gets the headline columns; report.md has them all
     shown = [i for i, h in enumerate(header) if h in ("config", "seeds", "train reward", "train s (no eval)")
