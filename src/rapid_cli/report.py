@@ -48,9 +48,13 @@ class Run:
                 out.append((r["time/elapsed"] - evals, r[key]))
         return out
 
+    def seconds(self, phase: Phase) -> float:
+        """Seconds spent in `phase` over the whole run."""
+        return sum(r.get(phase.key, 0.0) for r in self.rows)
+
     @property
     def train_seconds(self) -> float:
-        return self.rows[-1].get("time/elapsed", 0.0) - sum(r.get(Phase.EVAL.key, 0.0) for r in self.rows)
+        return self.rows[-1].get("time/elapsed", 0.0) - self.seconds(Phase.EVAL)
 
     def time_to(self, key: str, target: float) -> float | None:
         return next((t for t, v in self.curve(key) if v >= target), None)
@@ -134,14 +138,20 @@ def base_evals(runs: list[Run], evals: dict[str, dict] | None = None) -> dict[st
     return out
 
 
+def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
+    """The runs by label (their seeds together), in the order first seen."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.label, []).append(run)
+    return groups
+
+
 def sweep_table(runs: list[Run], target: float, baselines: dict[str, str] | None = None, base_row: bool = False,
                 evals: dict[str, dict] | None = None) -> tuple[list[str], list[list[str]]]:
     """One row per group of runs (mean ± std over seeds). `baselines`: column name -> a row's label; each such
     column gives every row's mean training seconds over that row's ("-" where no row has the label).
     `base_row`: a first row with the base model's evaluation (`base_evals`), where there is one."""
-    groups: dict[str, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(run.label, []).append(run)
+    groups = group_runs(runs)
     baselines = baselines or {}
     ks = pass_ks(runs) or [1]
     header = ["config", "seeds", "rounds", *[f"eval pass@{k}" for k in ks], "train reward", "wall-clock s",
@@ -161,7 +171,7 @@ def sweep_table(runs: list[Run], target: float, baselines: dict[str, str] | None
             _stat([r.last("reward/mean") for r in group]),
             _stat([r.last("time/elapsed") for r in group], "{:.1f}"), _stat([r.train_seconds for r in group], "{:.1f}"),
             *[f"{mean_train[label] / mean_train[b]:.2f}" if b in mean_train else "-" for b in baselines.values()],
-            *[_stat([sum(x.get(p.key, 0.0) for x in r.rows) for r in group], "{:.1f}") for p in PHASES],
+            *[_stat([r.seconds(p) for r in group], "{:.1f}") for p in PHASES],
             (_stat([t for t in reached if t is not None], "{:.1f}")
              + f" ({sum(t is not None for t in reached)}/{len(group)})"),
         ])
@@ -193,9 +203,7 @@ def plot(runs: list[Run], path: Path, evals: dict[str, dict] | None = None) -> P
     import matplotlib.pyplot as plt
     import numpy as np
 
-    groups: dict[str, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(run.label, []).append(run)
+    groups = group_runs(runs)
     base = base_evals(runs, evals)
     panels = [("reward/mean", "train reward")] + [(f"eval/pass@{k}", f"eval pass@{k}") for k in pass_ks(runs)]
     fig = plt.figure(figsize=(4.2 * len(panels) + 2.5, 4.0 + 0.35 * len(groups) + 1.2), dpi=110)
@@ -229,22 +237,20 @@ def plot(runs: list[Run], path: Path, evals: dict[str, dict] | None = None) -> P
         ax.set_xlabel("training wall-clock (minutes)", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("mean over seeds; band min..max")
-    handles, labels = axes[-1].get_legend_handles_labels()
-    axes[-1].legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
 
     bars = fig.add_subplot(grid_spec[1, :])
     phases = [p for p in PHASES if p is not Phase.EVAL]
     names = list(groups)
     left = np.zeros(len(names))
     for j, phase in enumerate(phases):
-        seconds = np.array([statistics.mean(sum(x.get(phase.key, 0.0) for x in r.rows) for r in groups[n])
-                            for n in names])
+        seconds = np.array([statistics.mean(r.seconds(phase) for r in groups[n]) for n in names])
         bars.barh(names, seconds, left=left, color=f"C{j}", alpha=0.75, label=phase.value)
         left += seconds
     # what no phase timed (start-up, checkpoints, logging), so each bar ends at the row's "train s"
-    other = np.array([statistics.mean(r.train_seconds for r in groups[n]) for n in names]) - left
-    bars.barh(names, np.maximum(other, 0.0), left=left, color="0.8", label="other")
-    left += np.maximum(other, 0.0)
+    other = np.maximum(np.array([statistics.mean(r.train_seconds for r in groups[n]) for n in names]) - left, 0.0)
+    bars.barh(names, other, left=left, color="0.8", label="other")
+    left += other
     for y, total in enumerate(left):
         bars.text(total, y, f" {total:.0f} s", va="center", fontsize=8)
     bars.invert_yaxis()
