@@ -289,3 +289,27 @@ def test_rng_state_restores_with_fewer_gpus_visible(monkeypatch):
     checkpoint.set_rng_state(saved_on_eight)  # an older checkpoint: a list over 8 devices
     checkpoint.set_rng_state(checkpoint.rng_state())  # a new one: this device's state only
     assert [int(t[0]) for t in restored] == [0, 7]
+
+
+def test_resume_without_checkpoints_never_mixes_two_runs_in_one_metrics_file(tmp_path, capsys):
+    """Published results keep metrics.jsonl but not the weights, and users prune checkpoints to free disk:
+    `train.resume=auto` there must neither append a second run to the first's rows nor redo a finished run."""
+    import shutil
+
+    run = tmp_path / "run"
+    args = overrides(tmp_path, rounds=2)
+    train(compose(args), run)
+    shutil.rmtree(run / "checkpoints")
+    before = (run / "metrics.jsonl").read_bytes()
+
+    again = train(compose(args + ["train.resume=auto"]), run)  # finished: nothing to redo, nothing loaded
+    assert (run / "metrics.jsonl").read_bytes() == before
+    assert not (run / "checkpoints").exists()
+    assert "already holds all 2 rounds" in capsys.readouterr().out
+    assert again["eval/pass@1_after"] == records(run)[-1]["eval/pass@1"]
+
+    longer = [o for o in args if not o.startswith("train.rounds")] + ["train.rounds=3", "train.resume=auto"]
+    train(compose(longer), run)  # unfinished and nothing to continue from: afresh, the old rows kept aside
+    assert [r["round"] for r in records(run)] == [0, 1, 2, 3]  # round 0: the eval before training
+    assert sorted(p.name for p in run.glob("metrics*.jsonl")) == ["metrics.before-restart.jsonl", "metrics.jsonl"]
+    assert (run / "metrics.before-restart.jsonl").read_bytes() == before

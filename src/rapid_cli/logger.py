@@ -24,6 +24,19 @@ from rapid_cli.console import console, warn
 from rapid_cli.timing import PHASES
 
 
+def read_rows(path: Path) -> list[dict]:
+    """A metrics.jsonl's whole records (none when there is no file); a line cut short by a crash is left out."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 def status_line(m: dict) -> str:
     """The live one-liner: reward, importance weights, throughput, seconds per phase."""
     parts = [f"reward {m.get('reward/mean', float('nan')):.3f}"]
@@ -70,13 +83,7 @@ class RunLogger:
         if not self.metrics_path.exists():
             return []
         lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
-        records = []
-        for line in lines:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by the crash
-                continue
-        kept = [r for r in records if r.get("round", 0) <= resume_round]
+        kept = [r for r in read_rows(self.metrics_path) if r.get("round", 0) <= resume_round]
         if len(kept) < len(lines):
             backup = self.metrics_path.with_name(f"metrics.before-resume-{resume_round}.jsonl")
             backup.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rapid_cli.errors import RapidError
+from rapid_cli.logger import read_rows
 from rapid_cli.timing import PHASES, Phase
 
 IGNORED = ("seed=", "hydra.", "logger.", "train.resume=", "eval.at_start=")  # change nothing trained or measured after
@@ -70,12 +71,7 @@ def load_runs(root: Path) -> list[Run]:
         job = metrics.parent
         saved = job / ".hydra" / "overrides.yaml"
         overrides = [str(o) for o in OmegaConf.load(saved)] if saved.exists() else []
-        rows = []
-        for line in metrics.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a crash
-                continue
+        rows = read_rows(metrics)
         if not any(r.get("round", 0) > 0 for r in rows):
             continue
         seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), "0")

@@ -11,6 +11,7 @@ A resume is refused when the model or task config differs from the checkpoint's 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 from rapid_cli import checkpoint
 from rapid_cli.console import console
 from rapid_cli.errors import RapidError
+from rapid_cli.logger import read_rows
 from rapid_cli.rundir import claimed
 
 
@@ -58,19 +60,46 @@ def _plain(value):
     return value
 
 
-def resume_point(cfg, run_dir: Path) -> tuple[Path | None, TrainerState]:
-    """The checkpoint `train.resume` points at (None: a fresh run) and its trainer state."""
+def resume_point(cfg, run_dir: Path, main: bool = True) -> tuple[Path | None, TrainerState]:
+    """The checkpoint `train.resume` points at (None: a fresh run) and its trainer state. Without a checkpoint,
+    `finished_earlier` tells a run that already ran every round from one to start afresh."""
     if not cfg.train.resume:
         return None, TrainerState()
     path = checkpoint.find(cfg.train.resume, run_dir / "checkpoints")
     if path is None:
-        console.print(f"[dim]train.resume={cfg.train.resume}: no checkpoint in {run_dir}, starting afresh[/]")
-        return None, TrainerState()
+        return None, _afresh(cfg, run_dir, main)
     conflicts = checkpoint.config_conflicts(path, cfg)
     if conflicts:
         raise RapidError(f"cannot resume from {path}: the model/task config differs ({'; '.join(conflicts)}); "
                          "drop those overrides, or start a new run without train.resume")
     return path, TrainerState.from_dict(checkpoint.load_state(path))
+
+
+def finished_earlier(cfg, run_dir: Path) -> list[dict] | None:
+    """The metrics of a run in `run_dir` that ran all `train.rounds` rounds and kept no checkpoint (published
+    results, or checkpoints pruned to free disk): `train.resume` has nothing to redo there."""
+    if not cfg.train.resume or checkpoint.checkpoints(run_dir / "checkpoints"):
+        return None
+    rows = read_rows(run_dir / "metrics.jsonl")
+    if max((r.get("round", 0) for r in rows), default=0) < cfg.train.rounds:
+        return None
+    console.print(f"train.resume={cfg.train.resume}: {run_dir / 'metrics.jsonl'} already holds all "
+                  f"{cfg.train.rounds} rounds (no checkpoint kept); nothing to do", soft_wrap=True)
+    return rows
+
+
+def _afresh(cfg, run_dir: Path, main: bool) -> TrainerState:
+    """A fresh start where there is no checkpoint to continue from. The rows an earlier, unfinished run left
+    move aside first (metrics.before-restart.jsonl), so one metrics.jsonl never holds two runs."""
+    metrics = run_dir / "metrics.jsonl"
+    kept = ""
+    if main and metrics.exists() and metrics.stat().st_size:
+        backup = metrics.with_name("metrics.before-restart.jsonl")
+        os.replace(metrics, backup)
+        kept = f" (the earlier run's rows: {backup})"
+    console.print(f"[dim]train.resume={cfg.train.resume}: no checkpoint in {run_dir}, starting afresh{kept}[/]",
+                  soft_wrap=True)
+    return TrainerState()
 
 
 def resume_command(overrides: list[str], run_dir: Path) -> str:

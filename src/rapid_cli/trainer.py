@@ -32,7 +32,7 @@ from rapid_cli.gpu import peak_memory
 from rapid_cli.learner import Learner, StepStats, update_metrics
 from rapid_cli.logger import NullLogger, RunLogger
 from rapid_cli.policy import check_fits, load_policy
-from rapid_cli.resume import TrainerState, resume_point
+from rapid_cli.resume import TrainerState, finished_earlier, resume_point
 from rapid_cli.rewards.functions import part_metrics
 from rapid_cli.samplers import make_sampler, resolve_name
 from rapid_cli.stopping import Interrupted, StopOnSignal
@@ -94,7 +94,11 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     d = cleanup.enter_context(distributed.process_group(cfg.train, cfg.algo.prompts_per_step, cfg.device))
     run_dir = Path(distributed.broadcast(d, str(run_dir)))  # other ranks' Hydra dirs are throwaway
     console.quiet = console.quiet or not d.main
-    resumed_from, state = resume_point(cfg, run_dir)  # a fresh run: TrainerState()
+    earlier = finished_earlier(cfg, run_dir)
+    if earlier:  # every round ran before and no checkpoint is left: nothing to redo, nothing to load
+        first_eval = next((r for r in earlier if r.get("round") == 0), {})
+        return {**earlier[-1], **run_summary(earlier, first_eval, PhaseTimer(earlier[-1].get("time/elapsed", 0.0)))}
+    resumed_from, state = resume_point(cfg, run_dir, d.main)  # a fresh run: TrainerState()
     distributed.same_on_all_ranks(d, checkpoint.identity(resumed_from), "the checkpoint to resume from",
                                   "every node must see the run directory on one shared filesystem "
                                   "(README: Many GPUs and nodes)")
