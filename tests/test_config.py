@@ -126,6 +126,9 @@ def test_cfg_job_prints_the_composed_config():
     (["train", "algo.stepz_per_generation=3"], "did you mean algo.steps_per_generation?"),
     (["train", "--cfg", "job", "algo.group_size=1"], "at least 2 completions"),
     (["eval", "--cfg", "job", "eval.limit=0"], "eval.limit=0 must be at least 1"),
+    # a value holding '=' or ',' (a sweep job's directory name) must be quoted for Hydra: say which and how
+    (["train", "hydra.run.dir=runs/1_algo=pg,seed=0"], """cannot parse hydra.run.dir=runs/1_algo=pg,seed=0"""),
+    (["train", "hydra.run.dir=runs/1_algo=pg,seed=0"], """'hydra.run.dir="runs/1_algo=pg,seed=0"'"""),
 ])
 def test_bad_overrides_are_one_line_in_every_mode(args, needle):
     proc = rapid(*args)

@@ -63,6 +63,8 @@ def _hint(message: str) -> str:
 def precheck(overrides: list[str], sweep: bool = False, training: bool = False) -> None:
     """Compose and validate before Hydra starts, so a bad override ends in one line, not a traceback.
     For a sweep, every combination is checked before the first job runs."""
+    from hydra.errors import OverrideParseException
+
     from rapid_cli.config import compose_config
     from rapid_cli.errors import RapidError
     from rapid_cli.validation import validate, validate_training
@@ -75,6 +77,10 @@ def precheck(overrides: list[str], sweep: bool = False, training: bool = False) 
                 validate_training(cfg)
     except RapidError as err:
         _fail(str(err) if not sweep else f"{err} (sweep job {' '.join(job)})")
+    except OverrideParseException as err:  # Hydra's grammar, e.g. an unquoted value holding '=' or ','
+        key, _, value = (err.override or "").partition("=")
+        _fail(f"cannot parse {err.override} ({str(err).splitlines()[0]}); quote a value holding '=', ',' or "
+              f"""spaces, e.g. '{key}="{value}"'""")
     except Exception as err:  # composition errors: unknown key, wrong type, missing group option
         message = _one_line(err)
         _fail(f"{message} ({_did_you_mean(message) or _hint(str(err))})")
