@@ -168,6 +168,26 @@ def test_train_samples_buys_the_same_completions_whatever_a(tmp_path, a):
     assert rounds == list(range(1, 16 // (2 * 2 * a) + 1))
 
 
+@pytest.mark.parametrize("a", [1, 2])
+def test_eval_every_samples_evaluates_at_the_same_completion_counts_whatever_a(tmp_path, a):
+    """eval.every_samples=8 with M=G=2: after rounds 2 and 4 at A=1, after rounds 1 and 2 at A=2, so curves of
+    contenders with different A have points at the same training budgets (8 and 16 completions)."""
+    import json
+
+    from rapid_cli.trainer import train
+
+    cfg = compose(TINY + [f"algo.steps_per_generation={a}", "train.samples=16", "eval.every_samples=8",
+                          "eval.every=3", "eval.at_start=false", "train.save_every=0"])
+    train(cfg, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["perf/samples"] for r in rows if "eval/pass@1" in r] == [8, 16]
+
+
+def test_eval_every_samples_must_fill_whole_rounds():
+    with pytest.raises(RapidError, match=r"eval.every_samples=12 must be a positive multiple of the 8 .*=8 or =16"):
+        validate(compose(TINY + ["eval.every_samples=12"]))
+
+
 def test_train_samples_must_fill_whole_rounds():
     with pytest.raises(RapidError, match=r"train.samples=10 must be a positive multiple of the 8 .*train.samples=8"):
         validate(compose(TINY + ["train.samples=10"]))

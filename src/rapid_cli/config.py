@@ -222,6 +222,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     every: int = 0  # evaluate every N rounds (0: only before and after training)
+    # evaluate every N training completions instead (whole rounds): runs with different A evaluate at the same budgets
+    every_samples: int | None = None
     at_start: bool = True  # evaluate before the first round
     n: int = 1  # samples per problem
     k: list[int] = field(default_factory=lambda: [1])  # pass@k values reported (k <= n)

@@ -39,7 +39,7 @@ from rapid_cli.stopping import Interrupted, StopOnSignal
 from rapid_cli.tasks import make_task
 from rapid_cli.timing import Phase, PhaseTimer
 from rapid_cli.types import Rollouts, SamplingParams
-from rapid_cli.validation import planned_rounds, validate, validate_data, validate_training
+from rapid_cli.validation import planned_eval_every, planned_rounds, validate, validate_data, validate_training
 
 
 class PromptStream:
@@ -90,6 +90,7 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     validate(cfg)
     validate_training(cfg)
     cfg.train.rounds = planned_rounds(cfg)  # train.samples, where set, decides; everything below reads rounds
+    cfg.eval.every = planned_eval_every(cfg)  # and eval.every_samples
     # left last, however the job ends
     d = cleanup.enter_context(distributed.process_group(cfg.train, cfg.algo.prompts_per_step, cfg.device))
     run_dir = Path(distributed.broadcast(d, str(run_dir)))  # other ranks' Hydra dirs are throwaway
