@@ -5,11 +5,12 @@
 # train.resume=auto and skipped, an interrupted one resumes from its last round's checkpoint.
 #
 #   scripts/paper_table.sh gsm8k
+#   scripts/paper_table.sh arith                                              # where SmolLM2-135M learns
 #   scripts/paper_table.sh mbpp task.data_path=/path/to/MbppPlus.jsonl.gz     # offline copy of MBPP+
 #
 # OUT (default docs/results/<task>) is where the runs go; RAPID (default .venv/bin/rapid) the rapid to run.
 set -euo pipefail
-task=${1:?usage: scripts/paper_table.sh gsm8k|mbpp [override ...]}
+task=${1:?usage: scripts/paper_table.sh gsm8k|mbpp|arith [override ...]}
 shift
 out=${OUT:-docs/results/$task}
 rapid=${RAPID:-.venv/bin/rapid}
