@@ -325,6 +325,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     if command in ("train", "eval"):
         informative = {"--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc"} & set(rest)
+        shown, multirun = {"--cfg", "-c", "--info"} & set(rest), {"-m", "--multirun"} & set(rest)
+        if shown and multirun:
+            _fail(f"{min(shown)} works on one job, not a sweep: drop {min(multirun)} and give one value per key "
+                  f"(e.g. the sweep's first job)")
         if not informative:
             values = [a for i, a in enumerate(rest)
                       if not a.startswith("-") and rest[i - 1 : i] not in (["--cfg"], ["-c"])]
