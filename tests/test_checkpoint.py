@@ -305,7 +305,7 @@ def test_resume_without_checkpoints_never_mixes_two_runs_in_one_metrics_file(tmp
     again = train(compose(args + ["train.resume=auto"]), run)  # finished: nothing to redo, nothing loaded
     assert (run / "metrics.jsonl").read_bytes() == before
     assert not (run / "checkpoints").exists()
-    assert "already holds all 2 rounds" in capsys.readouterr().out
+    assert "already holds the last round (2)" in capsys.readouterr().out
     assert again["eval/pass@1_after"] == records(run)[-1]["eval/pass@1"]
 
     longer = [o for o in args if not o.startswith("train.rounds")] + ["train.rounds=3", "train.resume=auto"]
@@ -313,3 +313,9 @@ def test_resume_without_checkpoints_never_mixes_two_runs_in_one_metrics_file(tmp
     assert [r["round"] for r in records(run)] == [0, 1, 2, 3]  # round 0: the eval before training
     assert sorted(p.name for p in run.glob("metrics*.jsonl")) == ["metrics.before-restart.jsonl", "metrics.jsonl"]
     assert (run / "metrics.before-restart.jsonl").read_bytes() == before
+
+    shutil.rmtree(run / "checkpoints")  # and once more: the first restart's rows are not overwritten
+    second = (run / "metrics.jsonl").read_bytes()
+    train(compose([o for o in longer if not o.startswith("train.rounds")] + ["train.rounds=4"]), run)
+    assert (run / "metrics.before-restart.jsonl").read_bytes() == before
+    assert (run / "metrics.before-restart-2.jsonl").read_bytes() == second

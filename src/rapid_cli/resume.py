@@ -83,8 +83,8 @@ def finished_earlier(cfg, run_dir: Path) -> list[dict] | None:
     rows = read_rows(run_dir / "metrics.jsonl")
     if max((r.get("round", 0) for r in rows), default=0) < cfg.train.rounds:
         return None
-    console.print(f"train.resume={cfg.train.resume}: {run_dir / 'metrics.jsonl'} already holds all "
-                  f"{cfg.train.rounds} rounds (no checkpoint kept); nothing to do", soft_wrap=True)
+    console.print(f"train.resume={cfg.train.resume}: {run_dir / 'metrics.jsonl'} already holds the last round "
+                  f"({cfg.train.rounds}) and no checkpoint is kept; nothing to do", soft_wrap=True)
     return rows
 
 
@@ -94,7 +94,10 @@ def _afresh(cfg, run_dir: Path, main: bool) -> TrainerState:
     metrics = run_dir / "metrics.jsonl"
     kept = ""
     if main and metrics.exists() and metrics.stat().st_size:
-        backup = metrics.with_name("metrics.before-restart.jsonl")
+        backup, n = metrics.with_name("metrics.before-restart.jsonl"), 1
+        while backup.exists():  # an earlier restart's rows stay
+            n += 1
+            backup = metrics.with_name(f"metrics.before-restart-{n}.jsonl")
         os.replace(metrics, backup)
         kept = f" (the earlier run's rows: {backup})"
     console.print(f"[dim]train.resume={cfg.train.resume}: no checkpoint in {run_dir}, starting afresh{kept}[/]",
