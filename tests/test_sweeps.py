@@ -21,6 +21,17 @@ def rapid_ok(*args) -> str:
     return proc.stdout
 
 
+def test_a_path_in_a_sweep_override_does_not_nest_the_job_directory():
+    """task.data_path=/data/mbpp.jsonl in `rapid train -m` made Hydra's job directory
+    0_seed=0,task.data_path=/data/mbpp.jsonl: five nested directories, the job's files in the last."""
+    from rapid_cli.config import job_dirname
+
+    name = job_dirname("seed=0,task.data_path=/data/mbpp.jsonl")
+    assert "/" not in name and name.startswith("seed=0,task.data_path=_data_mbpp.jsonl")
+    assert name == job_dirname("seed=0,task.data_path=/data/mbpp.jsonl")  # resume finds the same job
+    assert name != job_dirname("seed=0,task.data_path=_data_mbpp.jsonl")  # and two paths never share one
+
+
 @pytest.mark.slow
 def test_sweep_over_a_and_seeds_then_report(tmp_path):
     sweep = tmp_path / "sweep"

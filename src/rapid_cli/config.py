@@ -312,20 +312,24 @@ def describe() -> list[tuple[str, str, str]]:
 
 
 def job_dirname(overrides: str, limit: int = 120) -> str:
-    """A sweep job's directory name from its overrides, cut to `limit` characters plus a hash of the whole when
-    longer (a file name may hold 255 bytes; a sweep over many keys writes more). The same overrides always
-    give the same name, so train.resume=auto finds the job again.
+    """A sweep job's directory name from its overrides: a path's '/' becomes '_' (it would nest directories),
+    and the name is cut to `limit` characters (a file name may hold 255 bytes; a sweep over many keys writes
+    more); either change adds a hash of the whole, so two override lists never share a name. The same
+    overrides always give the same name, so train.resume=auto finds the job again.
 
     >>> job_dirname("algo=grpo,seed=0")
     'algo=grpo,seed=0'
     >>> name = job_dirname("x" * 300); len(name), name[:3], name == job_dirname("x" * 300)
     (129, 'xxx', True)
+    >>> job_dirname("task.data_path=/data/mbpp.jsonl")
+    'task.data_path=_data_mbpp.jsonl-e85a13b2'
     """
-    if len(overrides) <= limit:
-        return overrides
+    name = overrides.replace("/", "_")[:limit]
+    if name == overrides:
+        return name
     import hashlib
 
-    return f"{overrides[:limit]}-{hashlib.sha1(overrides.encode()).hexdigest()[:8]}"
+    return f"{name}-{hashlib.sha1(overrides.encode()).hexdigest()[:8]}"
 
 
 def register_configs() -> None:
