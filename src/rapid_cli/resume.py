@@ -61,8 +61,8 @@ def _plain(value):
 
 
 def resume_point(cfg, run_dir: Path, main: bool = True) -> tuple[Path | None, TrainerState]:
-    """The checkpoint `train.resume` points at (None: a fresh run) and its trainer state. Without a checkpoint,
-    `finished_earlier` tells a run that already ran every round from one to start afresh."""
+    """The checkpoint `train.resume` points at (None: a fresh run) and its trainer state. A run directory with
+    no checkpoint left either holds a finished run (`finished_earlier`, asked first) or starts afresh here."""
     if not cfg.train.resume:
         return None, TrainerState()
     path = checkpoint.find(cfg.train.resume, run_dir / "checkpoints")
