@@ -129,8 +129,9 @@ def test_dapo_on_two_ranks_matches_one_process_taking_the_whole_mini_batch(tmp_p
             if key in ra:
                 assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-6), (ra["round"], key)
     wa, wb = weights(one, rounds), weights(two, rounds)
-    for k in wa:
-        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+    for k in wa:  # the ddp test's tolerance: AdamW divides by sqrt(v), so summation-order rounding of a
+        # near-zero gradient entry moves that weight by up to ~2e-6 at lr 1e-3 (seen on 2026-12-03's machine)
+        assert torch.allclose(wa[k], wb[k], atol=1e-5), k
 
 
 def test_fsdp_run_resumes_exactly(single):
