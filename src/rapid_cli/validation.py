@@ -45,8 +45,8 @@ def validate(cfg) -> None:
         raise RapidError("sampler.max_tokens must be at least 1")
     if cfg.train.rounds < 0:
         raise RapidError("train.rounds must be >= 0")
-    _whole_rounds(cfg, "train.samples", cfg.train.samples)
-    _whole_rounds(cfg, "eval.every_samples", cfg.eval.every_samples)
+    _whole_rounds("train.samples", cfg.train.samples, round_samples(cfg))
+    _whole_rounds("eval.every_samples", cfg.eval.every_samples, round_samples(cfg))
     if cfg.train.save_every < 0 or cfg.train.keep_checkpoints < 0:
         raise RapidError("train.save_every and train.keep_checkpoints must be >= 0")
     if cfg.optimizer.lr <= 0:
@@ -85,10 +85,14 @@ def validate(cfg) -> None:
     algorithms.check(cfg.algo)
     samplers.check(cfg.sampler, cfg.algo)
 
-def _whole_rounds(cfg, key: str, samples: int | None) -> None:
-    """A count of completions set where rounds are meant must be whole rounds (A x M x G each)."""
+def round_samples(cfg) -> int:
+    """Completions one round takes: A x M x G."""
     a = cfg.algo
-    per_round = a.steps_per_generation * a.prompts_per_step * a.group_size
+    return a.steps_per_generation * a.prompts_per_step * a.group_size
+
+
+def _whole_rounds(key: str, samples: int | None, per_round: int) -> None:
+    """A count of completions set where rounds are meant must be whole rounds."""
     if samples is not None and (samples < 1 or samples % per_round):
         below = max(1, samples // per_round) * per_round
         raise RapidError(f"{key}={samples} must be a positive multiple of the {per_round} completions a round takes "
@@ -97,18 +101,12 @@ def _whole_rounds(cfg, key: str, samples: int | None) -> None:
 
 def planned_rounds(cfg) -> int:
     """train.rounds, or the rounds train.samples buys (validated to divide)."""
-    a = cfg.algo
-    if cfg.train.samples is None:
-        return cfg.train.rounds
-    return cfg.train.samples // (a.steps_per_generation * a.prompts_per_step * a.group_size)
+    return cfg.train.rounds if cfg.train.samples is None else cfg.train.samples // round_samples(cfg)
 
 
 def planned_eval_every(cfg) -> int:
     """eval.every, or the rounds between evaluations eval.every_samples means (validated to divide)."""
-    a = cfg.algo
-    if cfg.eval.every_samples is None:
-        return cfg.eval.every
-    return cfg.eval.every_samples // (a.steps_per_generation * a.prompts_per_step * a.group_size)
+    return cfg.eval.every if cfg.eval.every_samples is None else cfg.eval.every_samples // round_samples(cfg)
 
 
 def validate_training(cfg) -> None:
