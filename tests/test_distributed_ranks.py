@@ -29,8 +29,10 @@ def _rank(rank: int, port: int, out: str, scenario: str) -> None:
     from rapid_cli import distributed
     from rapid_cli.errors import RapidError
 
-    parallel = "fsdp" if scenario == "stream" else "ddp"
-    cfg = compose(TINY + [f"train.parallel={parallel}", "device=cpu", "train.dist_timeout_s=1"])
+    parallel = "fsdp" if scenario in ("stream", "uneven_fsdp") else "ddp"
+    timeout = 30 if scenario.startswith("uneven") else 1  # a mismatched collective fails instead of hanging
+    cfg = compose(TINY + [f"train.parallel={parallel}", "device=cpu", f"train.dist_timeout_s={timeout}",
+                          *(UNEVEN if scenario.startswith("uneven") else [])])
     d = distributed.setup(cfg.train, cfg.algo.prompts_per_step, cfg.device)
     result = {}
     try:
@@ -72,6 +74,26 @@ def _rank(rank: int, port: int, out: str, scenario: str) -> None:
             result["names_in_order"] = [n for n, _ in got] == list(full)
             result["equal"] = all(torch.equal(t, full[n]) for n, t in got)
             result["was_sharded"] = any(hasattr(p, "full_tensor") for p in sharded.parameters())
+        elif scenario.startswith("uneven"):
+            import torch
+
+            from rapid_cli.learner import Learner
+            from rapid_cli.policy import load_policy
+
+            model, tok, _ = load_policy(cfg.model, torch.device("cpu"))
+            learner = Learner(model, cfg.algo, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0,
+                              total_steps=1, d=d)
+            ro = uneven_rollouts(rank)
+            result["passes"] = len(list(learner._micro_batches(ro, slice(0, len(ro.rewards)))))
+            lp = learner.logprobs(ro)  # pi_old's pass: under FSDP2 every forward is a collective too
+            learner.step(ro, slice(0, len(ro.rewards)))
+            weights = dict(learner.full_weights())  # every rank draws every tensor
+            grads = {name.removeprefix("module."): getattr(p.grad, "full_tensor", lambda g=p.grad: g)()
+                     for name, p in learner.model.named_parameters()}  # FSDP2: gathered, a collective too
+            if d.main:
+                torch.save((weights, grads), f"{out}/step.pt")
+            torch.save(lp, f"{out}/logprobs-{rank}.pt")
+            result["done"] = True
         elif scenario == "different_checkpoints":
             seen = "outputs/run/checkpoints/round-000004" if d.main else None  # rank 1's node has no such directory
             distributed.same_on_all_ranks(d, seen, "the checkpoint to resume from", "share the filesystem")
@@ -83,6 +105,25 @@ def _rank(rank: int, port: int, out: str, scenario: str) -> None:
         json.dump(result, f)
     if "exception" not in result:
         dist.destroy_process_group()
+
+
+# 2 prompts per rank, micro-batches of at most 20 positions of the packed forward: rank 0's groups (a 3-token
+# prompt and two 8-token completions: 19 positions each) go one at a time, rank 1's (7 each) together
+UNEVEN = ["algo.prompts_per_step=4", "algo.packing=true", "algo.micro_batch_tokens=20", "optimizer.lr=1e-3",
+          "optimizer.max_grad_norm=null"]
+
+
+def uneven_rollouts(rank: int | None):
+    """Rank `rank`'s 2 groups of 2 of a 4-group mini-batch (None: all 4): rank 0's completions 8 tokens long,
+    rank 1's 2, each group's rewards 1 and 0."""
+    from rapid_cli.types import Generations, Problem, Rollouts
+
+    groups = {0: [0, 1], 1: [2, 3], None: [0, 1, 2, 3]}[rank]
+    length = [8, 8, 2, 2]
+    completions = [[10 + g + i + t for t in range(length[g])] for g in groups for i in range(2)]
+    gens = Generations(completions, None, ["length"] * len(completions), [""] * len(completions))
+    return Rollouts([Problem(str(g), "?", "0") for g in groups], [[1, 2, 3 + g] for g in groups], gens,
+                    [1.0, 0.0] * len(groups), 2)
 
 
 def run_two(tmp_path, scenario: str) -> list[dict | None]:
@@ -117,6 +158,38 @@ def test_a_rank_that_sees_another_checkpoint_stops_every_rank_with_one_line(tmp_
     for r in ranks:
         assert "error" in r and "\n" not in r["error"], ranks
         assert r["error"].startswith("rank 1 sees the checkpoint to resume from None but rank 0 sees 'outputs/run/"), r
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_ranks_with_unequal_micro_batch_counts_take_the_one_process_step(tmp_path, parallel):
+    """With algo.micro_batch_tokens a rank's share of a mini-batch splits into as many micro-batches as its
+    completions' lengths need, so ranks differ; under DDP and FSDP2 every forward/backward is a collective.
+    The step and the log-prob pass still equal one process's over the whole mini-batch."""
+    import torch
+
+    from rapid_cli.learner import Learner
+    from rapid_cli.policy import load_policy
+
+    cfg = compose(TINY + ["device=cpu", *UNEVEN])
+    model, tok, _ = load_policy(cfg.model, torch.device("cpu"))  # the ranks find it in the cache
+    ranks = run_two(tmp_path, f"uneven_{parallel}")
+    assert all(r and r.get("done") for r in ranks), ranks
+    assert [r["passes"] for r in ranks] == [2, 1], ranks  # the premise: rank 0 cuts its share in two, rank 1 not
+    one = Learner(model, cfg.algo, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0, total_steps=1)
+    ro = uneven_rollouts(None)
+    lp = one.logprobs(ro)
+    one.step(ro, slice(0, 8))
+    for rank, rows in ((0, slice(0, 4)), (1, slice(4, 8))):
+        got = torch.load(tmp_path / f"logprobs-{rank}.pt")
+        assert torch.allclose(got, lp[rows, : got.shape[1]], atol=1e-6), rank
+    weights, grads = torch.load(tmp_path / "step.pt")
+    for name, p in one.model.named_parameters():  # the raw gradient (no clipping), before AdamW amplifies
+        # summation-order rounding of near-zero entries (the ddp test's note)
+        assert torch.allclose(grads[name], p.grad, rtol=1e-4, atol=1e-9), (name, (grads[name] - p.grad).abs().max())
+    start = load_policy(cfg.model, torch.device("cpu"))[0].state_dict()
+    assert any(not torch.equal(weights[name], start[name]) for name in start)  # the step did move the weights
+    for name, value in one.full_weights():
+        assert torch.allclose(weights[name], value, atol=1e-5), name
 
 
 def test_fsdp_weights_stream_one_full_tensor_at_a_time(tmp_path):

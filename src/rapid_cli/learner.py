@@ -197,8 +197,10 @@ class Learner:
         was_training = model.training
         model.eval()
         with self.autocast():
-            for mb in self._micro_batches(ro, rows):
+            for mb, counted in self._passes(ro, rows):
                 lp, mask = self._forward(model, ro, mb)  # [b, C]
+                if not counted:
+                    continue
                 lp = torch.where(mask > 0, lp, torch.zeros_like(lp))
                 out[mb.start - rows.start : mb.stop - rows.start, : lp.shape[1]] = lp.cpu()
         model.train(was_training)
@@ -223,8 +225,11 @@ class Learner:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, means, maxima, sums, seen = 0.0, {}, {}, {}, None
-        for mb in self._micro_batches(ro, rows):
+        for mb, counted in self._passes(ro, rows):
             logprobs, mask = self._forward(self.model, ro, mb)  # [b, C]
+            if not counted:
+                (torch.where(mask > 0, logprobs, 0.0).sum() * 0).backward()  # a collective as theirs are; adds 0
+                continue
             C = logprobs.shape[1]
             old = self._old(ro, mb, logprobs)  # [b, C]
             ref = ro.ref_logprobs
@@ -264,6 +269,17 @@ class Learner:
         ess = effective_sample_size(total["iw_sum"], total["iw_sq_sum"])
         return StepStats(loss_sum, grad_norm, lr, skipped, ess, means, maxima,
                          seen.over_ranks(d) if seen is not None else None)
+
+    def _passes(self, ro: Rollouts, rows: slice) -> list[tuple[slice, bool]]:
+        """`_micro_batches`, then this rank's last one repeated, uncounted, until every rank has as many passes
+        as the one with the most. Under DDP and FSDP2 each forward and backward is a collective; with
+        `algo.micro_batch_tokens` a rank's share splits by its completions' lengths, and a rank with fewer
+        passes would pair another rank's extra ones with its own next collective."""
+        passes = [(mb, True) for mb in self._micro_batches(ro, rows)]
+        if self.d.world == 1:
+            return passes
+        most = int(distributed.reduce_metrics(self.d, max={"passes": len(passes)})["passes"])
+        return passes + [(passes[-1][0], False)] * (most - len(passes))
 
     def _micro_batches(self, ro: Rollouts, rows: slice) -> Iterator[slice]:
         """Whole groups of `rows`: `algo.micro_batch_size` rows at a time, or as many as fit in
