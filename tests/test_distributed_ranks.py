@@ -1,5 +1,6 @@
 """Two real gloo processes on the CPU: ranks waiting for rank 0 (evaluating, saving), ranks that disagree on
-the checkpoint to resume from, and FSDP weights streamed to the sampler one tensor at a time."""
+the checkpoint to resume from, FSDP weights streamed to the sampler one tensor at a time, ranks with unequal
+micro-batch counts, and a rank other than 0 filling an empty model cache."""
 
 from __future__ import annotations
 
@@ -94,6 +95,16 @@ def _rank(rank: int, port: int, out: str, scenario: str) -> None:
                 torch.save((weights, grads), f"{out}/step.pt")
             torch.save(lp, f"{out}/logprobs-{rank}.pt")
             result["done"] = True
+        elif scenario == "cold_cache":  # each rank a node of its own, with rapid's cache still empty
+            import torch
+
+            from rapid_cli.models import resolve_model
+            from rapid_cli.policy import load_policy
+
+            os.environ["RAPID_CACHE"] = f"{out}/cache-{rank}"
+            result["files"] = sorted(os.listdir(resolve_model(cfg.model)))
+            model = load_policy(cfg.model, torch.device("cpu"))[0]
+            torch.save(model.state_dict(), f"{out}/cold-{rank}.pt")
         elif scenario == "different_checkpoints":
             seen = "outputs/run/checkpoints/round-000004" if d.main else None  # rank 1's node has no such directory
             distributed.same_on_all_ranks(d, seen, "the checkpoint to resume from", "share the filesystem")
@@ -190,6 +201,20 @@ def test_ranks_with_unequal_micro_batch_counts_take_the_one_process_step(tmp_pat
     assert any(not torch.equal(weights[name], start[name]) for name in start)  # the step did move the weights
     for name, value in one.full_weights():
         assert torch.allclose(weights[name], value, atol=1e-5), name
+
+
+def test_a_rank_other_than_0_fills_an_empty_model_cache_with_a_whole_model(tmp_path):
+    """Every rank whose node lacks a model in rapid's cache builds it (the tiny model here, the GGUF conversion
+    of the default model alike) after the process group exists, when transformers' save_pretrained writes
+    weights and config on rank 0 only."""
+    import torch
+
+    ranks = run_two(tmp_path, "cold_cache")
+    assert ranks[0] == ranks[1], ranks
+    assert {"config.json", "model.safetensors"} <= set(ranks[1]["files"]), ranks
+    one, two = (torch.load(tmp_path / f"cold-{rank}.pt") for rank in range(2))
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    assert torch.equal(two["lm_head.weight"], two["model.embed_tokens.weight"])  # the tied head, re-tied on load
 
 
 def test_fsdp_weights_stream_one_full_tensor_at_a_time(tmp_path):

@@ -82,6 +82,25 @@ def _atomic_dir(target: Path):
     return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
 
 
+def _save(model, tokenizer, folder: Path) -> None:
+    """The model's weights, config and tokenizer into `folder`, written by this process whatever its rank:
+    once a process group exists transformers' save_pretrained writes weights and config on rank 0 alone, and
+    any rank of a torchrun job (one per node with a cache of its own) may be the one filling rapid's cache."""
+    from safetensors.torch import save_file
+
+    weights, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() not in seen:  # a tied copy (lm_head = embeddings) is left out; loading re-ties it
+            seen.add(tensor.data_ptr())
+            weights[name] = tensor.contiguous()
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    model.config.architectures = [type(model).__name__]
+    model.config.save_pretrained(folder)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
 def _publish(tmp: Path, target: Path) -> Path:
     if target.exists():  # another process won the race; keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
@@ -115,8 +134,7 @@ def convert_gguf(gguf: Path, cache_dir: str | None = None) -> Path:
         if loaded.generation_config is not None:
             model.generation_config = loaded.generation_config
         tmp = _atomic_dir(target)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        _save(model, tokenizer, tmp)
     return _publish(tmp, target)
 
 
@@ -194,6 +212,5 @@ def build_tiny_model(model_cfg, cache_dir: str | None = None) -> Path:
     model = Qwen2ForCausalLM(config)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     tmp = _atomic_dir(target)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    _save(model, tokenizer, tmp)
     return _publish(tmp, target)
