@@ -40,10 +40,17 @@ def overrides(tmp_path, rounds: int = 5) -> list[str]:
                    "train.keep_checkpoints=0", "optimizer.lr=1e-3", "eval.every=2"]
 
 
+def interruptible() -> None:
+    """Ctrl-C as a user's terminal delivers it. A test run started in the background by a non-interactive shell
+    (`bash .ci/run &`) hands its children SIGINT ignored, and Python keeps an inherited ignore: `rapid eval`
+    (which installs no handler of its own) would then run to the end under the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_train(*args, **kw):
     env = {**os.environ, "WANDB_MODE": "disabled"}
     return subprocess.Popen([RAPID, "train", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=interruptible, **kw)
 
 
 def records(run_dir) -> list[dict]:
@@ -240,12 +247,11 @@ def test_ctrl_c_before_any_round_is_one_line(tmp_path, command):
     """During the at-start evaluation of `rapid train`, or while `rapid eval` generates."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    # ~8 s of evaluation on the tiny model: the signal lands inside it even when the evaluation's torch threads
-    # keep this process off both cores for a while (at n=4 it took 0.9 s and once ended before the signal came)
+    # ~8 s of evaluation on the tiny model (n=4 took 0.9 s): room for the signal to land inside it on a busy machine
     args = [o for o in overrides(tmp_path) if not o.startswith("eval.")] + ["eval.limit=40", "eval.n=32",
                                                                            "sampler.max_tokens=64"]
     proc = subprocess.Popen([RAPID, command, *args, f"hydra.run.dir={run_dir}"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=interruptible)
     seen = ""
     while "rapid" not in seen.lower() or "->" not in seen:  # the header line: loading is done, evaluation starts
         line = proc.stdout.readline()
