@@ -158,3 +158,43 @@ def test_report_curves_start_from_the_base_model_and_the_plot_has_a_bar_per_row(
     assert eval_curve(later, "reward/mean", {}) == [(100.0, 0.1), (200.0, 0.2)]
     png = plot([later, own], tmp_path / "report.png", evals=base)
     assert png.stat().st_size > 5000
+
+
+def _job(root, name: str, seed: int, rows: list[dict], rounds: int = 2, tail: bytes = b""):
+    """A sweep job directory as `rapid train -m` leaves it: .hydra/config.yaml and overrides.yaml, metrics.jsonl."""
+    import json
+
+    job = root / name
+    (job / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"seed": seed, "train": {"rounds": rounds, "samples": None}}),
+                   job / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(["train.rounds=2", f"seed={seed}"]), job / ".hydra" / "overrides.yaml")
+    (job / "metrics.jsonl").write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in rows) + tail)
+    return job
+
+
+def test_report_names_unfinished_cut_and_unreadable_runs_and_keeps_them_out_of_the_means(tmp_path):
+    """An unfinished job's round-0 (base model) eval was averaged in as its final pass@1 (0.9 here made
+    0.600 +- 0.424), a job cut before round 1 was dropped unnamed, and a metrics.jsonl with a few binary bytes
+    was a UnicodeDecodeError traceback. Each is named on a line of its own; only finished runs are averaged."""
+    start = {"round": 0, "time/elapsed": 5.0, "time/eval": 5.0}
+    done = [{**start, "eval/pass@1": 0.1}, {"round": 1, "time/elapsed": 20.0, "reward/mean": 0.2},
+            {"round": 2, "time/elapsed": 40.0, "time/eval": 5.0, "reward/mean": 0.4, "eval/pass@1": 0.3}]
+    _job(tmp_path, "0", 0, done)
+    _job(tmp_path, "1", 1, [{**start, "eval/pass@1": 0.9}, {"round": 1, "time/elapsed": 20.0, "reward/mean": 0.2}])
+    _job(tmp_path, "2", 2, [{**start, "eval/pass@1": 0.5}])
+    _job(tmp_path, "3", 3, done[:2], tail=b'{"round": 2, "reward/mean": \xff\xfe0.4}\n')
+    proc = rapid("report", str(tmp_path))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Traceback" not in out, out
+    table = (tmp_path / "report.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| (all runs alike)")).split(" | ")
+    header = next(line for line in table.splitlines() if line.startswith("| config |")).split(" | ")
+    assert row[1] == "0" and row[header.index("eval pass@1")] == "0.300"  # the finished run alone
+    base = next(line for line in table.splitlines() if line.startswith("| base model")).split(" | ")
+    assert base[1] == "0" and base[header.index("eval pass@1")] == "0.100"
+    left_out = next(line for line in table.splitlines() if "left out of the means" in line)
+    for name, why in (("1", "unfinished: round 1 of 2"), ("2", "no round finished"),
+                      ("3", "metrics.jsonl line 3 is not UTF-8")):
+        assert f"{tmp_path / name} ({why}" in left_out, left_out
+    assert "left out of the means" in " ".join(proc.stdout.split())

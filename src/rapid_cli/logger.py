@@ -24,16 +24,33 @@ from rapid_cli.console import console, warn
 from rapid_cli.timing import PHASES
 
 
-def read_rows(path: Path) -> list[dict]:
-    """A metrics.jsonl's whole records (none when there is no file); a line cut short by a crash is left out."""
+def read_rows(path: Path, problems: list[str] | None = None) -> list[dict]:
+    """A metrics.jsonl's whole records (none when there is no file); a last line cut short by a crash is left
+    out. Any other line that is not a JSON record (binary bytes, a damaged disk) is left out too, and said in
+    `problems` (e.g. "line 3 is not UTF-8 text"), where given."""
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+    lines = path.read_bytes().split(b"\n")
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
             continue
+        why = None
+        try:
+            row = json.loads(raw.decode("utf-8"))
+            if not isinstance(row, dict):
+                why = "is not a JSON record"
+        except UnicodeDecodeError:
+            why = "is not UTF-8 text"
+        except json.JSONDecodeError:
+            if number == len(lines):  # the last line, without its newline: a write cut short
+                continue
+            why = "is not a JSON record"
+        if why:
+            if problems is not None:
+                problems.append(f"line {number} {why}")
+            continue
+        rows.append(row)
     return rows
 
 
@@ -82,7 +99,7 @@ class RunLogger:
         """Records up to the checkpoint's round; later ones (the rounds being redone) move to a backup file."""
         if not self.metrics_path.exists():
             return []
-        lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
+        lines = self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines()
         kept = [r for r in read_rows(self.metrics_path) if r.get("round", 0) <= resume_round]
         if len(kept) < len(lines):
             backup = self.metrics_path.with_name(f"metrics.before-resume-{resume_round}.jsonl")

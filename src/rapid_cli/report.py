@@ -8,10 +8,15 @@ model: `rapid eval` results (eval.json) found under the directory, else the runs
 draws train reward and every eval pass@k against training wall-clock (evaluation time taken out; the eval curves
 start from the base model's): the mean over seeds as a line, min..max as a band; under them each row's seconds
 per phase as one bar. Both are written into the sweep directory (report.md, report.png) and the table is printed.
+
+Only finished runs (every planned round logged, metrics.jsonl whole) make the table's rows and the base model's:
+an unfinished, cut or damaged run is named with why on a line of its own, and an unfinished one's curves are drawn
+as "<label> (unfinished)".
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from dataclasses import dataclass
@@ -31,13 +36,15 @@ class Run:
     seed: str
     rows: list[dict]
     label: str = ""  # the swept overrides that set this run apart (filled by load_runs)
+    unfinished: str = ""  # why its last values are no final result (e.g. "unfinished: round 1 of 3"); "": finished
 
     @property
     def settings(self) -> dict[str, str]:
         return dict(o.split("=", 1) for o in self.overrides if "=" in o and not o.startswith(IGNORED))
 
     def last(self, key: str):
-        values = [r[key] for r in self.rows if key in r]
+        """The key's last value after training began: the round-0 evaluation is the base model's, never a result."""
+        values = [r[key] for r in self.rows if key in r and r.get("round", 0) > 0]
         return values[-1] if values else None
 
     def curve(self, key: str) -> list[tuple[float, float]]:
@@ -61,29 +68,77 @@ class Run:
         return next((t for t, v in self.curve(key) if v >= target), None)
 
 
-def load_runs(root: Path) -> list[Run]:
-    if not root.is_dir():
-        raise RapidError(f"{root} is not a directory; give the sweep's directory, e.g. multirun/<date>/<time>")
+def planned(job: Path) -> int | None:
+    """The rounds the job's saved config planned (train.rounds, or what train.samples buys); None if unknown."""
     from omegaconf import OmegaConf
 
-    runs = []
-    for metrics in sorted(root.rglob("metrics.jsonl")):
-        job = metrics.parent
-        saved = job / ".hydra" / "overrides.yaml"
+    from rapid_cli.validation import planned_rounds
+
+    try:
+        return int(planned_rounds(OmegaConf.load(job / ".hydra" / "config.yaml")))
+    except Exception:  # no config, or one this version cannot read: judged by its rows alone
+        return None
+
+
+def read_job(metrics: Path) -> Run:
+    """One job directory's run, read defensively: whatever is damaged, unfinished or missing says so in
+    `Run.unfinished` instead of raising."""
+    from omegaconf import OmegaConf
+
+    job = metrics.parent
+    saved = job / ".hydra" / "overrides.yaml"
+    problems: list[str] = []
+    try:
         overrides = [str(o) for o in OmegaConf.load(saved)] if saved.exists() else []
-        rows = read_rows(metrics)
-        if not any(r.get("round", 0) > 0 for r in rows):
-            continue
-        seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), "0")
-        runs.append(Run(job, overrides, seed, rows))
+    except Exception:
+        overrides, problems = [], [".hydra/overrides.yaml is unreadable"]
+    damaged: list[str] = []
+    try:
+        rows = read_rows(metrics, damaged)
+        problems += [f"metrics.jsonl {line}" for line in damaged[:1]]  # the first says enough
+    except OSError as err:
+        rows, problems = [], [*problems, f"metrics.jsonl unreadable ({err.strerror or err})"]
+    seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), "0")
+    run = Run(job, overrides, seed, rows)
+    done = max((r.get("round", 0) for r in rows if isinstance(r.get("round", 0), int)), default=0)
+    plan = planned(job)
+    if problems:
+        run.unfinished = "; ".join(problems)
+    elif done == 0:
+        run.unfinished = "no round finished"
+    elif plan is not None and done < plan:
+        run.unfinished = f"unfinished: round {done} of {plan}"
+    elif plan is None and "eval/pass@1" not in rows[-1] and any("eval/pass@1" in r for r in rows):
+        run.unfinished = f"unfinished: round {done} was not evaluated, as the last round is"
+    return run
+
+
+def load_runs(root: Path) -> list[Run]:
+    """Every run under `root`, finished or not (`Run.unfinished` says which and why), labelled by the overrides
+    that set it apart. Job directories with no metrics at all (a job that failed at start) come as runs without
+    rows."""
+    if not root.is_dir():
+        raise RapidError(f"{root} is not a directory; give the sweep's directory, e.g. multirun/<date>/<time>")
+    runs = [read_job(metrics) for metrics in sorted(root.rglob("metrics.jsonl"))]
+    for job in sorted(p.parent.parent for p in root.rglob(".hydra/overrides.yaml")):
+        if not (job / "metrics.jsonl").exists() and not (job / "eval.json").exists():
+            run = read_job(job / "metrics.jsonl")
+            run.unfinished = "no metrics.jsonl: it failed or stopped before its first round"
+            runs.append(run)
     if not runs:
         raise RapidError(f"no finished rounds under {root}: expected job directories with metrics.jsonl "
                          "(from rapid train -m)")
-    keys = sorted({k for r in runs for k in r.settings})
-    swept = [k for k in keys if len({r.settings.get(k) for r in runs}) > 1]
+    finished = [r for r in runs if not r.unfinished] or runs  # the table's rows set the labels
+    keys = sorted({k for r in finished for k in r.settings})
+    swept = [k for k in keys if len({r.settings.get(k) for r in finished}) > 1]
     for run in runs:  # a key a run did not set is left out: its preset's value (e.g. algo=rapid's A)
         run.label = " ".join(f"{k}={run.settings[k]}" for k in swept if k in run.settings) or "(all runs alike)"
     return runs
+
+
+def left_out(runs: list[Run]) -> list[str]:
+    """The runs kept out of the means, each with why."""
+    return [f"{r.path} ({r.unfinished})" for r in runs if r.unfinished]
 
 
 def eval_only(root: Path) -> dict[str, dict]:
@@ -200,7 +255,7 @@ def plot(runs: list[Run], path: Path, evals: dict[str, dict] | None = None) -> P
     import numpy as np
 
     groups = group_runs(runs)
-    base = base_evals(runs, evals)
+    base = base_evals([r for r in runs if not r.unfinished], evals)  # an unfinished run draws its own curve only
     panels = [("reward/mean", "train reward")] + [(f"eval/pass@{k}", f"eval pass@{k}") for k in pass_ks(runs)]
     fig = plt.figure(figsize=(4.2 * len(panels) + 2.5, 4.0 + 0.35 * len(groups) + 1.2), dpi=110)
     grid_spec = fig.add_gridspec(2, len(panels), height_ratios=[4.0, 0.35 * len(groups) + 1.2])
@@ -263,19 +318,28 @@ def plot(runs: list[Run], path: Path, evals: dict[str, dict] | None = None) -> P
 def report(root: Path, target: float = 0.5, baseline: str | None = None) -> Path:
     from rich.table import Table
 
-    from rapid_cli.console import console
+    from rapid_cli.console import console, warn
 
-    runs = load_runs(root)
+    found = load_runs(root)
+    runs = [r for r in found if not r.unfinished]
+    skipped = left_out(found)
+    if not runs:
+        raise RapidError(f"no finished run under {root}: " + ", ".join(skipped))
     if baseline is not None and baseline not in {r.label for r in runs}:
         raise RapidError(f"--baseline {baseline!r} names no row; the rows are: "
                          f"{', '.join(dict.fromkeys(r.label for r in runs))}")
     evals = eval_only(root)
     header, rows = sweep_table(runs, target, {f"x {baseline}": baseline} if baseline else None, base_row=True,
                                evals=evals)
+    skipped_line = f"{len(skipped)} runs left out of the means: {', '.join(skipped)}" if skipped else ""
     out = root / "report.md"
     out.write_text(f"# Sweep report: {root}\n\n{len(runs)} runs; all of them used: `{common_settings(runs)}`\n\n"
-                   f"{markdown(header, rows)}\n![curves](report.png)\n")
-    plot(runs, root / "report.png", evals=evals)
+                   + (f"{skipped_line}\n\n" if skipped else "")
+                   + f"{markdown(header, rows)}\n![curves](report.png)\n")
+    # unfinished runs' curves are drawn too, marked as such; damaged or empty ones are not
+    partial = [dataclasses.replace(r, label=f"{r.label} (unfinished)") for r in found
+               if r.unfinished.startswith("unfinished") and r.rows]
+    plot(runs + partial, root / "report.png", evals=evals)
     table = Table(title=f"{root} ({len(runs)} runs)")
     # the console gets the headline columns; report.md has them all
     shown = [i for i, h in enumerate(header) if h in ("config", "seeds", "train reward", "train s (no eval)")
@@ -286,5 +350,7 @@ def report(root: Path, target: float = 0.5, baseline: str | None = None) -> Path
     for row in rows:
         table.add_row(*[row[i] for i in shown])
     console.print(table)
+    if skipped:
+        warn(skipped_line)
     console.print(f"wrote {out} and {root / 'report.png'}")
     return out
