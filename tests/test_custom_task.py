@@ -264,7 +264,7 @@ def test_code_tests_runs_the_code_in_the_sandbox(tmp_path):
 # -- errors: one line naming the file, row and column (or the function and row) ------------------------------------
 
 @pytest.mark.parametrize("case", ["missing_prompt", "missing_answer", "template_column", "empty", "bad_json",
-                                  "not_object", "csv_width", "bad_messages", "no_file"])
+                                  "not_object", "csv_width", "bad_messages", "no_file", "not_utf8", "not_utf8_gz"])
 def test_bad_data_stops_with_one_line(tmp_path, case):
     path = tmp_path / "bad.jsonl"
     rows, extra, expect = list(ROWS), [], []
@@ -297,6 +297,14 @@ def test_bad_data_stops_with_one_line(tmp_path, case):
     elif case == "no_file":
         path = tmp_path / "nope.jsonl"
         expect = ["nope.jsonl does not exist"]
+    elif case == "not_utf8":  # an Excel CSV saved as Windows-1252: a UnicodeDecodeError traceback before
+        path = tmp_path / "bad.csv"
+        path.write_bytes("question,answer\n1 + 1,2\n".encode() + "caf\xe9 + 1,3\n".encode("cp1252"))
+        expect = ["bad.csv, line 3", "byte 0xe9 is not UTF-8", "iconv -f cp1252"]
+    elif case == "not_utf8_gz":
+        path = tmp_path / "bad.jsonl.gz"
+        path.write_bytes(gzip.compress(json.dumps(ROWS[0]).encode() + b'\n{"question": "\xff"}\n'))
+        expect = ["bad.jsonl.gz, line 2", "byte 0xff is not UTF-8"]
     elif case not in ("empty",):
         write(path, rows)
     with pytest.raises(RapidError) as err:
@@ -304,6 +312,45 @@ def test_bad_data_stops_with_one_line(tmp_path, case):
     line = one_line(err)
     for part in expect:
         assert part in line, line
+
+
+def test_a_bom_is_no_column_name(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte-order mark, which was read as part of the first column's name."""
+    path = tmp_path / "p.csv"
+    path.write_bytes(b"\xef\xbb\xbfquestion,answer\n" + "".join(f"{a} + {a},{2 * a}\n" for a in range(4)).encode())
+    task = task_for(f"task.data_path={path}")
+    assert sorted(p.question for p in task.train + task.test) == ["0 + 0", "1 + 1", "2 + 2", "3 + 3"]
+
+
+def test_a_prompt_longer_than_the_context_is_named_and_max_prompt_tokens_drops_it(tmp_path, tiny_policy, capsys):
+    """A 2 MB prompt row got "lower sampler.max_tokens to at most 1", naming neither file nor row; it was found
+    only if it was among the first 256 rows. task.max_prompt_tokens leaves such rows out, with a count."""
+    from rapid_cli.policy import check_fits
+
+    model, tok = tiny_policy
+    rows = [{"question": f"{a} + {a}", "answer": str(2 * a)} for a in range(400)]
+    rows[300] = {"question": "1 + 1 = 2. " * 2000, "answer": "2"}  # past the first 256 rows of either split
+    data = write(tmp_path / "p.jsonl", rows)
+    task = task_for(f"task.data_path={data}", "task.test_fraction=0.1")
+    longest = task.longest_prompt(tok)
+    assert longest > 4096 and longest.where == f"{data}, line 301"
+    with pytest.raises(RapidError) as err:
+        check_fits(model, 64, longest, "sampler.max_tokens")
+    line = one_line(err)
+    assert f"the prompt of {data}, line 301 is {int(longest)} tokens" in line and "context of 4096" in line
+    assert "task.max_prompt_tokens=4032" in line and "at most 1" not in line
+
+    task = task_for(f"task.data_path={data}", "task.test_fraction=0.1", "task.max_prompt_tokens=64")
+    sizes = len(task.train), len(task.test)
+    check_fits(model, 64, task.longest_prompt(tok), "sampler.max_tokens")  # fits now
+    assert len(task.train) + len(task.test) == sum(sizes) - 1
+    assert all(p.id != f"{data}, line 301" for p in task.train + task.test)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "task.max_prompt_tokens=64: left out" in out and f"(the longest: {data}, line 301," in out
+    from rapid_cli.tasks import check
+
+    with pytest.raises(RapidError, match="task.max_prompt_tokens=0 must be at least 1"):
+        check(compose(["task=custom", "task.max_prompt_tokens=0"]).task)
 
 
 @pytest.mark.parametrize("fn,expect", [

@@ -131,6 +131,9 @@ class TaskConfig:
     max_train: int | None = None  # keep only the first N training problems
     max_test: int | None = None  # keep only the first N test problems
     pass_threshold: float = 1.0  # eval: a sample counts as correct (pass@k) when its total reward is at least this
+    # leave out problems whose prompt (chat template included) is longer than this many tokens, with a count; null: keep
+    # all (a prompt that cannot fit the model's context then stops the run, naming its file and row)
+    max_prompt_tokens: int | None = None
     # custom only: your data set (docs/tasks.md, "Your own task")
     # custom: a separate test file or save_to_disk directory; null: cut from the training data
     test_path: str | None = None

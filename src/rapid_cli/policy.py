@@ -91,11 +91,22 @@ def context_length(model) -> int | None:
 
 
 def check_fits(model, max_tokens: int, longest_prompt: int, key: str) -> None:
-    """A prompt plus `max_tokens` must fit the model's context: past it, decoding runs on garbage positions."""
+    """A prompt plus `max_tokens` must fit the model's context: past it, decoding runs on garbage positions.
+    `longest_prompt` may say whose it is (tasks.base.PromptLength: file and row for task=custom)."""
     limit = context_length(model)
-    if limit is not None and longest_prompt + max_tokens > limit:
-        raise RapidError(f"{key}={max_tokens} plus the longest prompt ({longest_prompt} tokens) exceeds the model's "
-                         f"context of {limit} tokens; lower {key} to at most {max(1, limit - longest_prompt)}")
+    if limit is None or longest_prompt + max_tokens <= limit:
+        return
+    if max_tokens >= limit:
+        raise RapidError(f"{key}={max_tokens} leaves no room for a prompt in the model's context of {limit} tokens; "
+                         f"lower {key}")
+    where = getattr(longest_prompt, "where", "")
+    drop = f"task.max_prompt_tokens={limit - max_tokens} to leave out longer prompts"
+    if longest_prompt >= limit:
+        raise RapidError(f"the prompt of {where or 'a problem'} is {longest_prompt} tokens, longer than the model's "
+                         f"context of {limit} tokens; shorten or remove it, or set {drop}")
+    raise RapidError(f"{key}={max_tokens} plus the longest prompt ({longest_prompt} tokens"
+                     + (f", {where}" if where else "") + f") exceeds the model's context of {limit} tokens; lower "
+                     f"{key} to at most {limit - longest_prompt}, or set {drop}")
 
 
 def disable_dropout(model) -> None:

@@ -20,9 +20,13 @@ TASKS: dict[str, type[Task]] = {"arith": ArithTask, "gsm8k": GSM8KTask, "math": 
 
 
 def check(task_cfg) -> None:
-    """The task name is one registered here (a choice that grows with the registry, so not an Enum)."""
+    """The task name is one registered here (a choice that grows with the registry, so not an Enum); a
+    task.max_prompt_tokens, if set, is positive."""
     if task_cfg.name not in TASKS:
         raise RapidError(f"task.name={task_cfg.name!r} is unknown; choose one of {', '.join(sorted(TASKS))}")
+    limit = task_cfg.get("max_prompt_tokens")
+    if limit is not None and limit < 1:
+        raise RapidError(f"task.max_prompt_tokens={limit} must be at least 1 (null: keep every prompt)")
 
 
 def make_task(task_cfg, seed: int = 0, cache_dir: str | None = None, reward_cfg=None) -> Task:

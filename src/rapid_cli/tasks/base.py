@@ -8,6 +8,18 @@ from rapid_cli.errors import RapidError
 from rapid_cli.types import Problem
 
 
+class PromptLength(int):
+    """A prompt's length in tokens that also says whose it is (`where`: the problem's id, which for task=custom
+    is its file and row), so a prompt too long for the context can be named."""
+
+    where: str = ""
+
+    def __new__(cls, tokens: int, where: str = ""):
+        length = super().__new__(cls, tokens)
+        length.where = where
+        return length
+
+
 class Task:
     name = "base"
 
@@ -21,6 +33,7 @@ class Task:
         self.seed = seed
         self.cache_dir = cache_dir
         self._splits: tuple[list[Problem], list[Problem]] | None = None
+        self._prompts_fitted = False
 
     # -- what a task implements: `load`, or `_split` for tasks with train/test files -----------
     def load(self) -> tuple[list[Problem], list[Problem]]:
@@ -80,10 +93,47 @@ class Task:
         text = "\n\n".join(m["content"] for m in msgs) + "\n"
         return tokenizer(text, add_special_tokens=True)["input_ids"]
 
-    def longest_prompt(self, tokenizer, chat_template: bool = True, sample: int = 256) -> int:
-        """Tokens in the longest prompt among the first `sample` training and test problems."""
-        return max(len(self.prompt_ids(p, tokenizer, chat_template))
-                   for p in [*self.train[:sample], *self.test[:sample]])
+    def longest_prompt(self, tokenizer, chat_template: bool = True, sample: int = 256) -> PromptLength:
+        """Tokens in the longest prompt, and which problem has it: among the first `sample` training and test
+        problems and the `sample` longest in characters anywhere (so one huge row is found without tokenizing
+        every row). With `task.max_prompt_tokens` set, longer prompts are dropped first (`drop_long_prompts`)."""
+        self.drop_long_prompts(tokenizer, chat_template)
+        head = [*self.train[:sample], *self.test[:sample]]
+        chars = lambda p: sum(len(str(m.get("content", ""))) for m in self.messages(p))  # noqa: E731
+        most = max(chars(p) for p in head)
+        rest = [p for p in [*self.train[sample:], *self.test[sample:]] if chars(p) > most]
+        candidates = head + sorted(rest, key=chars, reverse=True)[:sample]
+        tokens, where = max(((len(self.prompt_ids(p, tokenizer, chat_template)), p.id) for p in candidates),
+                            key=lambda t: t[0])
+        return PromptLength(tokens, where)
+
+    def drop_long_prompts(self, tokenizer, chat_template: bool = True, train_too: bool = True) -> None:
+        """`task.max_prompt_tokens`: leaves out every problem whose prompt is longer (once; every prompt is
+        tokenized), saying how many of each split went and the longest one's place. `train_too=False`
+        (`rapid eval`): the test split only."""
+        limit = getattr(self.cfg, "max_prompt_tokens", None)
+        if limit is None or self._prompts_fitted:
+            return
+        self._prompts_fitted = train_too
+        train, test = self.splits()
+        lengths = {id(p): len(self.prompt_ids(p, tokenizer, chat_template)) for p in [*(train if train_too else []),
+                                                                                      *test]}
+        fits = lambda p: lengths.get(id(p), 0) <= limit  # noqa: E731
+        kept = ([p for p in train if fits(p)], [p for p in test if fits(p)])
+        dropped = len(train) - len(kept[0]), len(test) - len(kept[1])
+        if not any(dropped):
+            return
+        longest = max([p for p in [*train, *test] if id(p) in lengths], key=lambda p: lengths[id(p)])
+        for split, whole, left in (("training", train, kept[0]), ("test", test, kept[1])):
+            if whole and not left:
+                raise RapidError(f"task.max_prompt_tokens={limit} leaves no {split} problem: the shortest prompt is "
+                                 f"{min(lengths[id(p)] for p in whole)} tokens")
+        from rapid_cli.console import warn
+
+        warn(f"task.max_prompt_tokens={limit}: left out {dropped[0]} of {len(train)} training and {dropped[1]} of "
+             f"{len(test)} test problems with longer prompts (the longest: {longest.id}, {lengths[id(longest)]} "
+             "tokens)")
+        self._splits = kept
 
     def rewards(self, completions: list[str], problems: list[Problem]) -> list[float]:
         return [self.reward(c, p) for c, p in zip(completions, problems, strict=True)]

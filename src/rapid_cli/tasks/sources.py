@@ -53,7 +53,7 @@ def read_rows(path: Path, text: str | None = None) -> list[tuple[str, dict]]:
     else:
         if text is None:
             raw = path.read_bytes()
-            text = (gzip.decompress(raw) if name.endswith(".gz") else raw).decode("utf-8")
+            text = _utf8(name, gzip.decompress(raw) if name.endswith(".gz") else raw)
         if name.endswith((".csv", ".csv.gz")):
             rows = _csv_rows(name, text)
         elif name.endswith((".json", ".json.gz")) and text.lstrip().startswith("["):
@@ -76,6 +76,19 @@ def read_rows(path: Path, text: str | None = None) -> list[tuple[str, dict]]:
         if not isinstance(rec, dict):
             raise RapidError(f"{name}, {where}: expected a JSON object, got {type(rec).__name__}")
     return rows
+
+
+def _utf8(name: str, data: bytes) -> str:
+    """The file's text; a byte that is not UTF-8 (a CSV saved by Excel in cp1252, say) is one line naming it."""
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")  # a BOM (Excel's "CSV UTF-8") is no column name
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        byte = data[err.start]
+        how = ("" if name.endswith(".gz") else
+               f", e.g. from Windows-1252: iconv -f cp1252 -t utf-8 {name} > utf8-{Path(name).name}")
+        raise RapidError(f"{name}, line {line}: byte 0x{byte:02x} is not UTF-8 text; save the file as UTF-8 (Excel: "
+                         f"'CSV UTF-8'){how}") from None
 
 
 def _csv_rows(name: str, text: str) -> list[tuple[str, dict]]:
