@@ -299,7 +299,7 @@ def test_bad_data_stops_with_one_line(tmp_path, case):
         expect = ["nope.jsonl does not exist"]
     elif case == "not_utf8":  # an Excel CSV saved as Windows-1252: a UnicodeDecodeError traceback before
         path = tmp_path / "bad.csv"
-        path.write_bytes("question,answer\n1 + 1,2\n".encode() + "caf\xe9 + 1,3\n".encode("cp1252"))
+        path.write_bytes(b"question,answer\n1 + 1,2\n" + "caf\xe9 + 1,3\n".encode("cp1252"))
         expect = ["bad.csv, line 3", "byte 0xe9 is not UTF-8", "iconv -f cp1252"]
     elif case == "not_utf8_gz":
         path = tmp_path / "bad.jsonl.gz"
@@ -385,6 +385,77 @@ def test_bad_function_entries_stop_with_one_line(tmp_path, user_module, function
     with pytest.raises(RapidError) as err:
         task_for(f"task.data_path={write(tmp_path / 'p.jsonl')}", functions=functions)
     assert expect in one_line(err)
+
+
+@pytest.mark.parametrize("module,target,expect", [
+    ("def ok(completions, **kw):\n    return [1.0] * len(completions)\ndef bad(completions\n", "my_rewards.ok",
+     "reward.functions[0]: syntax error at my_rewards.py:3 ('(' was never closed)"),
+    ("def boom(completions, **kw):\n    return [0.0] * len(completions)\n", "my_rewards.boomm",
+     "reward.functions[0]: my_rewards has no function boomm; did you mean my_rewards.boom?"),
+    ("import no_such_dependency\n", "my_rewards.ok",
+     "reward.functions[0]: importing my_rewards failed: No module named 'no_such_dependency'"),
+    ("raise RuntimeError('needs an API key')\n", "my_rewards.ok",
+     "reward.functions[0]: importing my_rewards raised RuntimeError: needs an API key"),
+    ("", "rapid_cli.rewards.numric_match",
+     "reward.functions[0]: rapid_cli.rewards has no function numric_match; did you mean "
+     "rapid_cli.rewards.numeric_match?"),
+], ids=["syntax_error", "misspelt", "missing_dependency", "raises_on_import", "misspelt_builtin"])
+def test_a_broken_reward_module_says_exactly_what_is_wrong_in_one_line(tmp_path, module, target, expect):
+    """A syntax error or a misspelt function got four lines of Hydra's log and "put its module on PYTHONPATH"."""
+    (tmp_path / "my_rewards.py").write_text(module)
+    data = write(tmp_path / "p.jsonl")
+    proc = subprocess.run([RAPID, "train", *TINY, "task=custom", f"task.data_path={data}", "task.prompt_field=question",
+                           f"reward.functions=[{{_target_: {target}}}]", f"hydra.run.dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env={**os.environ, "WANDB_MODE": "disabled"})
+    out = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode == 2 and out == f"error: {expect}", out
+
+
+def test_a_function_that_returns_only_none_is_warned_once_then_stops_the_run(tmp_path, user_module, capsys):
+    """TRL warns when a reward function returns None for every row; rapid trained on nothing without a word."""
+    (user_module / "none_rewards.py").write_text("def never(completions, **kw):\n"
+                                                 "    return [None] * len(completions)\n")
+    sys.modules.pop("none_rewards", None)
+    task = task_for(f"task.data_path={write(tmp_path / 'p.jsonl')}", "reward.max_none_rounds=3",
+                    functions="{_target_: none_rewards.never}")
+    problems = task.train[:4]
+    with task.evaluating():  # an evaluation's batches are no training rounds
+        for _ in range(5):
+            task.score(["1"] * 4, problems)
+    assert "returned None" not in capsys.readouterr().out
+    for _ in range(2):
+        assert task.score(["1"] * 4, problems).total == [0, 0, 0, 0]
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.count("reward function never returned None (not applicable) for all 4 completions of this round, the "
+                     "only function: every reward is 0 and the round trains on nothing; 3 such rounds in a row stop "
+                     "the run (reward.max_none_rounds)") == 1, out
+    with pytest.raises(RapidError) as err:
+        task.score(["1"] * 4, problems)
+    assert "reward function never returned None (not applicable) for every completion in 3 training rounds in a " \
+           "row" in one_line(err)
+    # a round with a value starts the count again; reward.max_none_rounds=null never stops
+    task = task_for(f"task.data_path={write(tmp_path / 'p.jsonl')}", "reward.max_none_rounds=null",
+                    functions="{_target_: none_rewards.never}, {_target_: user_rewards.sometimes}")
+    for _ in range(5):
+        task.score(["1"] * 4, problems)
+    assert "reward function never returned None" in capsys.readouterr().out
+    from rapid_cli.validation import validate
+
+    with pytest.raises(RapidError, match="reward.max_none_rounds=0 must be at least 1"):
+        validate(compose(["reward.max_none_rounds=0"]))
+
+
+def test_weights_that_cannot_reach_the_pass_threshold_are_one_line_at_start(tmp_path, capsys):
+    """Weights 0.5 + 0.3 against task.pass_threshold=1.0 reported pass@1 0.000 forever, unsaid."""
+    fns = ("{_target_: rapid_cli.rewards.numeric_match, weight: 0.5}, {_target_: rapid_cli.rewards.format_match, "
+           "pattern: '\\d+', weight: 0.3}")
+    task_for(f"task.data_path={write(tmp_path / 'p.jsonl')}", functions=fns)
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("task.pass_threshold=1 is more than the reward functions' weights add up to (0.5 + 0.3 = 0.8, if each "
+            "scores at most 1)") in out and "task.pass_threshold=0.8 or lower" in out
+    task_for(f"task.data_path={write(tmp_path / 'p.jsonl')}", "task.pass_threshold=0.8", functions=fns)
+    assert "pass_threshold" not in capsys.readouterr().out
 
 
 def test_no_functions_or_no_data_is_refused(tmp_path):

@@ -260,6 +260,9 @@ class RewardConfig:
     # none | thread | process: run the reward functions (and chunks of rows) in parallel
     pool: RewardPool = RewardPool.none
     pool_workers: int | None = None  # pool size; null: one per CPU core
+    # task=custom: a reward function that returns None (not applicable) for every completion of a training round is
+    # warned about once; this many such rounds in a row stop the run (null: never)
+    max_none_rounds: int | None = 3
 
 
 @dataclass

@@ -53,7 +53,8 @@ def sample_and_score(task, problems, prompt_ids, sampler, params: SamplingParams
     for start in range(0, len(problems), chunk):
         gens = sampler.generate(prompt_ids[start : start + chunk], replace(params, seed=params.seed + start))
         rows = [p for p in problems[start : start + chunk] for _ in range(n)]
-        rewards += task.score(gens.texts, rows, gens.completion_ids, gens.finish_reasons).total
+        with task.evaluating():
+            rewards += task.score(gens.texts, rows, gens.completion_ids, gens.finish_reasons).total
         texts += gens.texts
         tokens += gens.num_tokens
         if progress is not None:

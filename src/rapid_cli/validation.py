@@ -67,6 +67,8 @@ def validate(cfg) -> None:
         raise RapidError(f"task.test_fraction={cfg.task.test_fraction} must be in (0, 1)")
     if cfg.reward.timeout_s <= 0 or cfg.reward.math_timeout_s <= 0:
         raise RapidError("reward.timeout_s and reward.math_timeout_s must be > 0")
+    if cfg.reward.max_none_rounds is not None and cfg.reward.max_none_rounds < 1:
+        raise RapidError(f"reward.max_none_rounds={cfg.reward.max_none_rounds} must be at least 1 (null: never stop)")
     if cfg.task.digits < 1:
         raise RapidError("task.digits must be at least 1")
     # Python slices would quietly turn 0 into "all" and -5 into "all but 5": refuse them.

@@ -91,16 +91,46 @@ def _is_reward_function(obj) -> bool:
 
 
 def _import(target: str, where: str):
-    import hydra.utils
+    """The object `target` ("module.function", "package.module.Class") names. What is wrong is said exactly, in
+    one line: no such module, a syntax error (file and line), an error raised while importing, or no such
+    function in the module (with the nearest name). Hydra's get_object logged its own lines in front of that."""
+    import importlib
 
     if os.getcwd() not in sys.path:  # `my_rewards.py` beside you imports, as with `python script.py`
         sys.path.append(os.getcwd())
-    try:
-        return hydra.utils.get_object(target)
-    except Exception as err:  # ImportError, or Hydra's wrapping of it
-        cause = err.__cause__ or err
-        raise RapidError(f"{where}: cannot import {target!r} ({str(cause).splitlines()[0]}); put its module on "
-                         "PYTHONPATH or in the current directory") from None
+    parts = target.split(".")
+    if len(parts) < 2 or not all(part.isidentifier() for part in parts):
+        raise RapidError(f"{where}: _target_={target!r} must be module.function, e.g. my_rewards.format_ok "
+                         "(the module my_rewards.py in the current directory or on PYTHONPATH)")
+    for i in range(len(parts) - 1, 0, -1):  # the longest prefix that is a module
+        module_name = ".".join(parts[:i])
+        try:
+            obj = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):
+                continue  # not a module: perhaps a shorter prefix is
+            raise RapidError(f"{where}: importing {module_name} failed: {err}") from None  # a module it imports
+        except SyntaxError as err:
+            place = err.filename or module_name
+            if os.path.isabs(place) and os.path.realpath(place).startswith(os.path.realpath(os.getcwd()) + os.sep):
+                place = os.path.relpath(place)
+            raise RapidError(f"{where}: syntax error at {place}:{err.lineno} ({err.msg})") from None
+        except Exception as err:
+            raise RapidError(f"{where}: importing {module_name} raised {type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''}") from None
+        for j, attr in enumerate(parts[i:], start=i):
+            if not hasattr(obj, attr):
+                import difflib
+
+                owner = ".".join(parts[:j])
+                what = "function" if j == len(parts) - 1 else "attribute"
+                near = difflib.get_close_matches(attr, [n for n in dir(obj) if not n.startswith("_")], n=1)
+                raise RapidError(f"{where}: {owner} has no {what} {attr}"
+                                 + (f"; did you mean {owner}.{near[0]}?" if near else "")) from None
+            obj = getattr(obj, attr)
+        return obj
+    raise RapidError(f"{where}: cannot import {target!r}: there is no module {parts[0]}; put {parts[0]}.py in the "
+                     "current directory or its directory on PYTHONPATH")
 
 
 def build_function(entry, where: str, reward_cfg=None, default_timeout: float | None = None) -> RewardFunction:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from rapid_cli.errors import RapidError
@@ -34,6 +35,7 @@ class Task:
         self.cache_dir = cache_dir
         self._splits: tuple[list[Problem], list[Problem]] | None = None
         self._prompts_fitted = False
+        self._evaluating = False
 
     # -- what a task implements: `load`, or `_split` for tasks with train/test files -----------
     def load(self) -> tuple[list[Problem], list[Problem]]:
@@ -134,6 +136,15 @@ class Task:
              f"{len(test)} test problems with longer prompts (the longest: {longest.id}, {lengths[id(longest)]} "
              "tokens)")
         self._splits = kept
+
+    @contextmanager
+    def evaluating(self):
+        """Scoring inside it is an evaluation's, not a training round's (tasks/custom.py counts only rounds)."""
+        self._evaluating, before = True, getattr(self, "_evaluating", False)
+        try:
+            yield
+        finally:
+            self._evaluating = before
 
     def rewards(self, completions: list[str], problems: list[Problem]) -> list[float]:
         return [self.reward(c, p) for c, p in zip(completions, problems, strict=True)]

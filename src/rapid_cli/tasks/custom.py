@@ -138,6 +138,46 @@ class CustomTask(Task):
             raise RapidError("task=custom needs reward functions: reward.functions='[{_target_: "
                              "rapid_cli.rewards.numeric_match}]' (see docs/tasks.md, 'Your own task')")
         self._pool = None
+        self._none_rounds: dict[str, int] = {}  # per function: training rounds in a row it returned only None
+        self._none_warned: set[str] = set()  # the functions warned about (once each)
+        self._check_threshold()
+
+    def _check_threshold(self) -> None:
+        """One line at start when the weights cannot add up to task.pass_threshold, assuming each function scores at
+        most 1 (the usual range; a function may go higher, so it is a warning): no sample would count as correct."""
+        from rapid_cli.console import warn
+
+        best = sum(max(f.weight, 0.0) for f in self.functions)
+        threshold = self.cfg.pass_threshold
+        if best < threshold:
+            terms = " + ".join(f"{max(f.weight, 0.0):g}" for f in self.functions)
+            warn(f"task.pass_threshold={threshold:g} is more than the reward functions' weights add up to ({terms} = "
+                 f"{best:g}, if each scores at most 1): no sample would count as correct and eval pass@k stays 0; set "
+                 f"task.pass_threshold={best:g} or lower, or raise the weights")
+
+    def _watch_none(self, parts: dict[str, list]) -> None:
+        """After a training round's scoring: a function that returned None for every completion adds nothing to any
+        reward (with no other function, every reward is 0 and the round trains on nothing). Said once; after
+        reward.max_none_rounds such rounds in a row, the run stops."""
+        from rapid_cli.console import warn
+
+        limit = getattr(self.reward_cfg, "max_none_rounds", None)
+        for name, values in parts.items():
+            if not values or any(v is not None for v in values):
+                self._none_rounds[name] = 0
+                continue
+            seen = self._none_rounds[name] = self._none_rounds.get(name, 0) + 1
+            if limit is not None and seen >= limit:
+                raise RapidError(f"reward function {name} returned None (not applicable) for every completion in "
+                                 f"{seen} training rounds in a row, so it rewarded nothing; check what it returns, or "
+                                 "raise reward.max_none_rounds (null: never stop)")
+            if name not in self._none_warned:
+                self._none_warned.add(name)
+                alone = ", the only function: every reward is 0 and the round trains on nothing" if len(parts) == 1 \
+                    else ""
+                stops = f"; {limit} such rounds in a row stop the run (reward.max_none_rounds)" if limit else ""
+                warn(f"reward function {name} returned None (not applicable) for all {len(values)} completions of "
+                     f"this round{alone}{stops}")
 
     # -- data ---------------------------------------------------------------------------------------------------
     def load(self):
@@ -241,8 +281,11 @@ class CustomTask(Task):
         # TRL passes conversational completions as a one-message chat: reward functions written for it expect that
         texts = [[{"role": "assistant", "content": t}] if p.meta["messages"] is not None else t
                  for t, p in zip(completions, problems, strict=True)]
-        return score(self.functions, texts, self.columns(problems, completion_ids, finish_reasons),
-                     [p.id for p in problems], self._pool, pool_size(self.reward_cfg.pool_workers))
+        scores = score(self.functions, texts, self.columns(problems, completion_ids, finish_reasons),
+                       [p.id for p in problems], self._pool, pool_size(self.reward_cfg.pool_workers))
+        if not self._evaluating:  # a training round's: evaluations are counted by their pass@k
+            self._watch_none(scores.parts)
+        return scores
 
     def rewards(self, completions: list[str], problems: list[Problem]) -> list[float]:
         return self.score(completions, problems).total
