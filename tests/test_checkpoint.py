@@ -20,13 +20,16 @@ from rapid_cli import checkpoint
 from rapid_cli.errors import RapidError
 from rapid_cli.trainer import train
 
+NUMERIC = "reward.functions=[{_target_: rapid_cli.rewards.numeric_match}]"
+
 
 def learnable_data(tmp_path) -> str:
-    """GSM8K-format problems whose answer (90) the random tiny model sometimes writes, so rewards are
-    not all zero and the update really moves the weights."""
+    """Problems whose answer (90) the random tiny model sometimes writes, scored by `numeric_match` (the last
+    number anywhere), so rewards are not all zero and the update really moves the weights. (task=gsm8k's rule
+    gives a completion cut off at max_tokens nothing unless it states its answer, which a random model never does.)"""
     folder = tmp_path / "nineties"
     folder.mkdir(exist_ok=True)
-    rows = "".join(json.dumps({"question": f"What is {a} + {90 - a}?", "answer": "#### 90"}) + "\n" for a in range(40))
+    rows = "".join(json.dumps({"question": f"What is {a} + {90 - a}?", "answer": "90"}) + "\n" for a in range(40))
     for split in ("train", "test"):  # train on all 40 (a single file would hold 12 out)
         (folder / f"{split}.jsonl").write_text(rows)
     return str(folder)
@@ -35,7 +38,8 @@ def learnable_data(tmp_path) -> str:
 def overrides(tmp_path, rounds: int = 5) -> list[str]:
     keep = [o for o in TINY if not o.startswith(("task=", "train.rounds", "algo.group_size", "algo.micro_batch_size",
                                                   "sampler.max_tokens"))]
-    return keep + ["task=gsm8k", f"task.data_path={learnable_data(tmp_path)}", "algo.group_size=4",
+    return keep + ["task=custom", f"task.data_path={learnable_data(tmp_path)}", "task.prompt_field=question", NUMERIC,
+                   "algo.group_size=4",
                    "algo.micro_batch_size=4", "sampler.max_tokens=16", f"train.rounds={rounds}", "train.save_every=1",
                    "train.keep_checkpoints=0", "optimizer.lr=1e-3", "eval.every=2"]
 

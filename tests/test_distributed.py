@@ -27,34 +27,37 @@ QUESTION = "What is 45 + 3?"
 
 def learnable_data(folder: Path) -> str:
     """One question whose reference answer is the number the random tiny model writes most often, so
-    some rewards are 1 and the update really moves the weights (a random model rarely hits "48")."""
+    some rewards are 1 and the update really moves the weights (a random model rarely hits "48"); scored by
+    `numeric_match` (the last number anywhere: task=gsm8k's rule gives a completion cut off at max_tokens nothing
+    unless it states its answer, which a random model never does)."""
     import collections
 
     from rapid_cli.policy import load_policy
     from rapid_cli.rewards.answers import extract_answer
     from rapid_cli.samplers.hf import HFSampler
-    from rapid_cli.tasks import make_task
-    from rapid_cli.types import Problem, SamplingParams
+    from rapid_cli.types import SamplingParams
 
     path = folder / "mode"  # train.jsonl and test.jsonl: every row trains (a single file would be split)
     if not path.exists():
-        cfg = compose([o for o in TINY if not o.startswith("task=")] + ["task=gsm8k"])
-        model, tok, _ = load_policy(cfg.model, torch.device("cpu"))
-        prompt = make_task(cfg.task).prompt_ids(Problem("q", QUESTION, "0"), tok)
+        model, tok, _ = load_policy(compose(TINY).model, torch.device("cpu"))
+        ids = tok.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True,
+                                      tokenize=True)
+        prompt = list(ids["input_ids"] if hasattr(ids, "keys") else ids)  # task=custom's prompt: the question alone
         texts = HFSampler(model, tok).generate([prompt],
                                                SamplingParams(n=128, temperature=1.0, max_tokens=16, seed=7)).texts
         answer = collections.Counter(a for a in map(extract_answer, texts) if a).most_common(1)[0][0]
         path.mkdir()
         for split in ("train", "test"):
             (path / f"{split}.jsonl").write_text(
-                "".join(json.dumps({"question": QUESTION, "answer": f"#### {answer}"}) + "\n" for _ in range(40)))
+                "".join(json.dumps({"question": QUESTION, "answer": answer}) + "\n" for _ in range(40)))
     return str(path)
 
 
 def overrides(tmp_path, rounds=ROUNDS) -> list[str]:
     keep = [o for o in TINY if not o.startswith(("task=", "train.rounds", "algo.group_size", "algo.micro_batch_size",
                                                   "sampler.max_tokens"))]
-    return keep + ["task=gsm8k", f"task.data_path={learnable_data(tmp_path)}", "algo.group_size=8",
+    return keep + ["task=custom", f"task.data_path={learnable_data(tmp_path)}", "task.prompt_field=question",
+                   "reward.functions=[{_target_: rapid_cli.rewards.numeric_match}]", "algo.group_size=8",
                    "algo.micro_batch_size=8", "sampler.max_tokens=16", f"train.rounds={rounds}", "optimizer.lr=1e-3",
                    "train.save_every=0", "device=cpu"]
 

@@ -1,9 +1,9 @@
 """Built-in reward functions for `reward.functions`, in TRL's form: `fn(completions, **columns) -> list[float]`.
 
 Each applies the same rule as the built-in task that uses it (one implementation of each rule):
-`numeric_match` is arith/gsm8k's, `math_equivalent` is math's. (`code_tests`, mbpp's sandboxed verdict,
-lives beside the code tasks whose machinery it uses: `rapid_cli.tasks.code_tests`.) `format_match` and
-`overlong_penalty` are the usual shaping terms of R1-style runs. Completions may be texts or TRL's
+`numeric_match` is arith's, `gsm8k_match` is gsm8k's, `math_equivalent` is math's. (`code_tests`, mbpp's
+sandboxed verdict, lives beside the code tasks whose machinery it uses: `rapid_cli.tasks.code_tests`.)
+`format_match` and `overlong_penalty` are the usual shaping terms of R1-style runs. Completions may be texts or TRL's
 conversational form (a list of messages, the last one the reply).
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from rapid_cli.rewards.answers import numeric_reward
+from rapid_cli.rewards.gsm8k_answers import gsm8k_reward
 from rapid_cli.rewards.math_answers import boxed_reward
 
 THINK_ANSWER = r"<think>.*?</think>\s*<answer>.*?</answer>"
@@ -23,12 +24,26 @@ def text_of(completion) -> str:
 
 
 def numeric_match(completions: list, answer: list, **_) -> list[float]:
-    """1.0 when the final number (last \\boxed{}, else after `####`, else the last number) equals `answer`.
+    """1.0 when the final number (last \\boxed{}, else after `####`, else the last number) equals `answer`
+    (arith's rule; for GSM8K-style word problems use `gsm8k_match`).
 
     >>> numeric_match(["so it is 12", "<answer>7</answer>", "no idea"], answer=["12", 7, "3"])
     [1.0, 1.0, 0.0]
     """
     return [numeric_reward(text_of(c), str(a)) for c, a in zip(completions, answer, strict=True)]
+
+
+def gsm8k_match(completions: list, answer: list, truncated: list | None = None, **_) -> list[float]:
+    """1.0 when the final answer under gsm8k's rule (rewards/gsm8k_answers.py: the first `#### N`, else
+    the last numeric `\\boxed{}`, else the last "the answer is N", else -- unless the completion was cut
+    off at max_tokens -- the last number) equals `answer`.
+
+    >>> gsm8k_match(["#### 18 dollars", "so 9 * 2 = 18", "so 9 * 2 = 18"], answer=["18", "18", 18],
+    ...             truncated=[True, False, True])
+    [1.0, 1.0, 0.0]
+    """
+    cut = truncated if truncated is not None else [False] * len(completions)
+    return [gsm8k_reward(text_of(c), str(a), bool(t)) for c, a, t in zip(completions, answer, cut, strict=True)]
 
 
 def math_equivalent(completions: list, answer: list, timeout_s: float = 5.0, **_) -> list[float]:

