@@ -96,6 +96,7 @@ def test_eval_pass_at_k_uses_the_finish_reasons():
     params = SamplingParams(n=2, temperature=1.0, max_tokens=8, seed=0)
     result = sample_and_score(gsm8k(), problems, [[0], [0]], Sampler(), params)
     assert result.rewards == [1.0, 0.0, 0.0, 0.0] and result.correct == [1, 0]
+    assert result.finish_reasons == ["stop", "stop", "length", "length"]  # samples.jsonl records them
     metrics = pass_at_k_metrics(result, 2, [1, 2])
     assert metrics["eval/pass@1"] == 0.25 and metrics["eval/pass@2"] == 0.5
 

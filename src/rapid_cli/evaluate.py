@@ -8,7 +8,7 @@ the same measurement on any model, with a results table, `eval.json` and every c
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import comb
 from pathlib import Path
 
@@ -39,6 +39,7 @@ class EvalResult:
     rewards: list[float]
     correct: list[int]  # per problem: samples whose reward reaches task.pass_threshold (1 by default)
     completion_tokens: int
+    finish_reasons: list[str] = field(default_factory=list)  # per completion, as texts: "stop" | "length"
 
 
 def sample_and_score(task, problems, prompt_ids, sampler, params: SamplingParams, progress=None) -> EvalResult:
@@ -49,18 +50,19 @@ def sample_and_score(task, problems, prompt_ids, sampler, params: SamplingParams
 
     n = params.n
     chunk = max(32, -(-len(problems) // 20)) if progress is not None else max(1, len(problems))
-    texts, rewards, tokens = [], [], 0
+    texts, rewards, tokens, reasons = [], [], 0, []
     for start in range(0, len(problems), chunk):
         gens = sampler.generate(prompt_ids[start : start + chunk], replace(params, seed=params.seed + start))
         rows = [p for p in problems[start : start + chunk] for _ in range(n)]
         with task.evaluating():
             rewards += task.score(gens.texts, rows, gens.completion_ids, gens.finish_reasons).total
         texts += gens.texts
+        reasons += gens.finish_reasons
         tokens += gens.num_tokens
         if progress is not None:
             progress(min(start + chunk, len(problems)), len(problems))
     correct = [sum(r >= task.pass_threshold for r in rewards[i * n : (i + 1) * n]) for i in range(len(problems))]
-    return EvalResult(texts, rewards, correct, tokens)
+    return EvalResult(texts, rewards, correct, tokens, reasons)
 
 
 def pass_at_k_metrics(result: EvalResult, n: int, ks) -> dict[str, float]:
@@ -131,6 +133,7 @@ def run_eval(cfg, run_dir: Path) -> dict:
         for i, p in enumerate(problems):
             for j in range(n):
                 f.write(json.dumps({"id": p.id, "sample": j, "reward": result.rewards[i * n + j],
+                                    "finish_reason": result.finish_reasons[i * n + j],
                                     "completion": result.texts[i * n + j]}) + "\n")
     report = {
         "model": cfg.model.path, "task": cfg.task.name, "problems": len(problems), "n": n,
