@@ -48,3 +48,38 @@ def test_missing_paths_name_the_problem(tmp_path):
     cfg.path = "pkg:no_such_pkg_xyz/model.gguf"
     with pytest.raises(RapidError, match="needs the Python package 'no_such_pkg_xyz'"):
         resolve_model(cfg)
+
+
+def test_a_model_file_or_a_checkpoint_directory_names_the_model_directory(tmp_path):
+    """model.path=<.../model.safetensors> said the file "does not exist"; it is a file, and its directory is the
+    model. A checkpoint directory (round-NNNNNN) holds its model in model/."""
+    model = tmp_path / "seed=0,lr=1e-6" / "checkpoints" / "round-000002" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"")
+    cfg = compose(["model=tiny"]).model
+    cfg.path = str(model / "model.safetensors")
+    with pytest.raises(RapidError) as err:
+        resolve_model(cfg)
+    assert str(err.value) == (f"model.path={model / 'model.safetensors'} is a file; give the directory that holds it: "
+                              f"\"model.path='{model}'\"")  # quoted: the path holds '=' and ','
+    cfg.path = str(model.parent)
+    with pytest.raises(RapidError, match=f"is a checkpoint directory; its model is \"model.path='{model}'\""):
+        resolve_model(cfg)
+
+
+@pytest.mark.parametrize("command", ["eval", "train"])
+def test_a_path_given_without_a_key_says_which_key_takes_it(tmp_path, command):
+    """`rapid eval <checkpoint>` got Hydra's parse error and the advice to write '<path>=""'."""
+    from conftest import rapid
+
+    checkpoint = tmp_path / "run" / "checkpoints" / "round-000002"
+    (checkpoint / "model").mkdir(parents=True)
+    (checkpoint / "model" / "config.json").write_text("{}")
+    proc = rapid(command, str(checkpoint), "task=arith")
+    out = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode == 2 and "\n" not in out, out
+    assert out.startswith(f"error: rapid {command} takes key=value overrides, not a path ({checkpoint})"), out
+    want = (f"to evaluate that model: rapid eval model.path={checkpoint / 'model'}" if command == "eval" else
+            f"train.resume={checkpoint} continues that run")
+    assert out.endswith(want), out

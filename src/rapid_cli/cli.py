@@ -86,6 +86,30 @@ def precheck(overrides: list[str], sweep: bool = False, training: bool = False) 
         _fail(f"{message} ({_did_you_mean(message) or _hint(str(err))})")
 
 
+def refuse_paths(command: str, values: list[str]) -> None:
+    """A word without '=' is no override; a path there (`rapid eval outputs/.../round-000002`) is meant as a model
+    or a run, so say which key takes it instead of Hydra's parse error and quoting advice."""
+    from rapid_cli.overrides import override
+
+    for word in values:
+        if "=" in word or word.startswith("~"):
+            continue
+        path = Path(word).expanduser()
+        if not (path.exists() or "/" in word or word.startswith(".")):
+            continue
+        saved = sorted((path / "checkpoints").glob("round-*/model/config.json"))  # a run directory's newest
+        model = (path.parent if path.is_file() else path / "model" if (path / "model" / "config.json").exists()
+                 else saved[-1].parent if saved else path)
+        model = model if model != path else word  # as typed, where nothing better was found
+        is_run = bool(saved) or path.name.startswith("round-")
+        hint = f"to evaluate that model: rapid eval {override('model.path', str(model))}"
+        if command == "train":
+            hint = (f"{override('train.resume', str(path))} continues that run" if is_run else
+                    f"{override('model.path', str(model))} trains that model; train.resume=<run directory> continues "
+                    "a run")
+        _fail(f"rapid {command} takes key=value overrides, not a path ({word}); {hint}")
+
+
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     """The override lists of a sweep's jobs (Hydra's basic sweeper: the product of comma lists and ranges).
     Other sweepers (Optuna) choose values as they go: their fixed overrides are what can be checked."""
@@ -131,6 +155,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _train_job(cfg) -> float:
     from hydra.core.hydra_config import HydraConfig
+    from rich.markup import escape
 
     from rapid_cli import checkpoint
     from rapid_cli.console import console
@@ -153,7 +178,8 @@ def _train_job(cfg) -> float:
         with RunLock(run_dir):
             result = train(cfg, run_dir, run_name=name)
     except Interrupted as stop:
-        console.print(f"stopped after round {stop.round}; checkpoint saved in {stop.checkpoint}\nresume with: {resume}",
+        console.print(f"stopped after round {stop.round}; checkpoint saved in {stop.checkpoint}\nresume with: "
+                      f"{escape(resume)}",
                       soft_wrap=True)
         sys.exit(128 + stop.signum)
     except Abandoned as stop:
@@ -332,6 +358,7 @@ def main(argv: list[str] | None = None) -> None:
         if not informative:
             values = [a for i, a in enumerate(rest)
                       if not a.startswith("-") and rest[i - 1 : i] not in (["--cfg"], ["-c"])]
+            refuse_paths(command, values)
             precheck(values, sweep=bool({"-m", "--multirun"} & set(rest)), training=command == "train")
         if not informative and not {"--cfg", "-c"} & set(rest):
             rest = _run_dirs(command, rest)

@@ -193,8 +193,13 @@ class RunLogger:
             files.append(("checkpoint", checkpoint))
         for label, path in files:
             console.print(f"{label + ':':<12}{path}")
-        if checkpoint is not None:
-            console.print(f"{'try it:':<12}rapid eval model.path={checkpoint / 'model'} {task_args}")
+        if checkpoint is not None:  # pastes as printed: the path quoted for Hydra and the shell, no markup read
+            from rich.markup import escape
+
+            from rapid_cli.overrides import override
+
+            console.print(f"{'try it:':<12}rapid eval {escape(override('model.path', str(checkpoint / 'model')))} "
+                          f"{escape(task_args)}")
 
     def samples(self, rows: list[tuple[str, str, float]], rnd: int, printed: int) -> None:
         """Prints `printed` completions; every `logger.wandb.samples_every` rounds a W&B table of up to 16."""

@@ -34,8 +34,19 @@ def resolve_model(model_cfg, cache_dir: str | None = None) -> str:
     if path.startswith(PKG_PREFIX) or path.endswith(".gguf"):
         return str(convert_gguf(_gguf_file(path), cache_dir))
     local = Path(path).expanduser()
+    if local.is_file():  # model.safetensors, config.json: the directory holding them is the model
+        from rapid_cli.overrides import override
+
+        raise RapidError(f"model.path={path} is a file; give the directory that holds it: "
+                         f"{override('model.path', str(local.parent))}")
     if local.is_dir():
         if not (local / "config.json").exists():
+            inner = local / "model"
+            if (inner / "config.json").exists():  # a checkpoint directory (round-NNNNNN): its model is inside
+                from rapid_cli.overrides import override
+
+                raise RapidError(f"model.path={path} is a checkpoint directory; its model is "
+                                 f"{override('model.path', str(inner))}")
             raise RapidError(f"model.path={path} is a directory without config.json; "
                              "point it at a Hugging Face model directory")
         return str(local)

@@ -106,9 +106,12 @@ def _afresh(cfg, run_dir: Path, main: bool) -> TrainerState:
 
 
 def resume_command(overrides: list[str], run_dir: Path) -> str:
-    """The command that continues the run in `run_dir` (printed when a run stops early)."""
-    again = " ".join(o for o in overrides if not o.startswith(("train.resume=", "hydra.run.dir=")))
-    return f"rapid train {again} hydra.run.dir={run_dir} train.resume=auto".replace("  ", " ")
+    """The command that continues the run in `run_dir` (printed when a run stops early); it pastes as printed:
+    each override (already in Hydra's grammar) quoted for the shell, the directory for Hydra and the shell."""
+    from rapid_cli.overrides import override, shell_arg
+
+    again = [shell_arg(o) for o in overrides if not o.startswith(("train.resume=", "hydra.run.dir="))]
+    return " ".join(["rapid train", *again, override("hydra.run.dir", str(run_dir)), "train.resume=auto"])
 
 
 def _comparable_config(run_dir: Path):

@@ -157,8 +157,11 @@ class Task:
         return Scores(self.rewards(completions, problems))
 
     def cli_args(self) -> str:
-        """The task's part of a `rapid eval` command that evaluates on the same problems."""
-        return f"task={self.name}" + (f" task.data_path={self.cfg.data_path}" if self.cfg.data_path else "")
+        """The task's part of a `rapid eval` command that evaluates on the same problems (quoted to paste)."""
+        from rapid_cli.overrides import override
+
+        return f"task={self.name}" + (f" {override('task.data_path', self.cfg.data_path)}" if self.cfg.data_path
+                                      else "")
 
     @property
     def pass_threshold(self) -> float:

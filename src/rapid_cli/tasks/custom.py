@@ -27,11 +27,11 @@ hub is out of reach. Their reward rules are shared instead: `numeric_match`, `ma
 
 from __future__ import annotations
 
-import re
 import string
 from pathlib import Path
 
 from rapid_cli.errors import RapidError
+from rapid_cli.overrides import hydra_value
 from rapid_cli.rewards.functions import EXTRAS, Scores, build_functions, make_pool, pool_size, score
 from rapid_cli.tasks.base import Task
 from rapid_cli.tasks.sources import read_rows, split_records
@@ -102,30 +102,6 @@ def template_fields(template: str) -> list[str]:
         if not name.isidentifier():
             raise RapidError(f"task.prompt_template={template!r}: {{{name}}} is not a column name")
     return list(dict.fromkeys(names))
-
-
-def _hydra_value(value) -> str:
-    """A value as Hydra's override grammar reads it back.
-
-    >>> _hydra_value({"_target_": "m.fn", "weight": 0.5, "pattern": "<a>.*</a>"})
-    "{_target_: m.fn, weight: 0.5, pattern: '<a>.*</a>'}"
-    """
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(value, (DictConfig, ListConfig)):
-        value = OmegaConf.to_container(value, resolve=True)
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_hydra_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_hydra_value(v) for v in value) + "]"
-    if value is None or isinstance(value, (bool, int, float)):
-        return ({None: "null", True: "true", False: "false"}.get(value, str(value)) if not isinstance(value, float)
-                else repr(value))
-    text = str(value)
-    if text and all(ch.isalnum() or ch in "._-/" for ch in text):
-        return text
-    # Hydra reads backslashes literally except before a quote (then they escape): escape those runs only
-    return "'" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), text) + "'"
 
 
 class CustomTask(Task):
@@ -256,8 +232,8 @@ class CustomTask(Task):
         args = ["task=custom"]
         for key, value in OmegaConf.to_container(self.cfg, resolve=True).items():
             if key in preset and value != preset[key]:
-                args.append(f"task.{key}={_hydra_value(value)}")
-        args.append("reward.functions=[" + ", ".join(_hydra_value(e) for e in self.reward_cfg.functions) + "]")
+                args.append(f"task.{key}={hydra_value(value)}")
+        args.append("reward.functions=[" + ", ".join(hydra_value(e) for e in self.reward_cfg.functions) + "]")
         return " ".join(shlex.quote(a) for a in args)
 
     # -- rewards ------------------------------------------------------------------------------------------------
