@@ -30,7 +30,7 @@ def _rank(rank: int, port: int, out: str, scenario: str) -> None:
     from rapid_cli import distributed
     from rapid_cli.errors import RapidError
 
-    parallel = "fsdp" if scenario in ("stream", "uneven_fsdp") else "ddp"
+    parallel = "fsdp" if scenario in ("stream", "uneven_fsdp", "uneven_skip_fsdp") else "ddp"
     timeout = 30 if scenario.startswith("uneven") else 1  # a mismatched collective fails instead of hanging
     cfg = compose(TINY + [f"train.parallel={parallel}", "device=cpu", f"train.dist_timeout_s={timeout}",
                           *(UNEVEN if scenario.startswith("uneven") else [])])
@@ -84,7 +84,9 @@ def _rank(rank: int, port: int, out: str, scenario: str) -> None:
             model, tok, _ = load_policy(cfg.model, torch.device("cpu"))
             learner = Learner(model, cfg.algo, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0,
                               total_steps=1, d=d)
-            ro = uneven_rollouts(rank)
+            ro = uneven_rollouts(rank, SKIPPING if "skip" in scenario else None)
+            if "skip" in scenario:  # rank 0's groups all score 0: it computes nothing, rank 1 one group
+                ro.moving = learner.moving_rows(ro, torch.zeros(len(ro.rewards), dtype=torch.bool))
             result["passes"] = len(list(learner._micro_batches(ro, slice(0, len(ro.rewards)))))
             lp = learner.logprobs(ro)  # pi_old's pass: under FSDP2 every forward is a collective too
             learner.step(ro, slice(0, len(ro.rewards)))
@@ -124,17 +126,21 @@ UNEVEN = ["algo.prompts_per_step=4", "algo.packing=true", "algo.micro_batch_toke
           "optimizer.max_grad_norm=null"]
 
 
-def uneven_rollouts(rank: int | None):
+# per group of uneven_rollouts: rank 0's two all 0 (left out), rank 1's one all 0 and one mixed
+SKIPPING = [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [1.0, 0.0]]
+
+
+def uneven_rollouts(rank: int | None, rewards: list[list[float]] | None = None):
     """Rank `rank`'s 2 groups of 2 of a 4-group mini-batch (None: all 4): rank 0's completions 8 tokens long,
-    rank 1's 2, each group's rewards 1 and 0."""
+    rank 1's 2, each group's rewards 1 and 0 (or `rewards[g]`)."""
     from rapid_cli.types import Generations, Problem, Rollouts
 
     groups = {0: [0, 1], 1: [2, 3], None: [0, 1, 2, 3]}[rank]
     length = [8, 8, 2, 2]
     completions = [[10 + g + i + t for t in range(length[g])] for g in groups for i in range(2)]
     gens = Generations(completions, None, ["length"] * len(completions), [""] * len(completions))
-    return Rollouts([Problem(str(g), "?", "0") for g in groups], [[1, 2, 3 + g] for g in groups], gens,
-                    [1.0, 0.0] * len(groups), 2)
+    scores = [r for g in groups for r in (rewards[g] if rewards else [1.0, 0.0])]
+    return Rollouts([Problem(str(g), "?", "0") for g in groups], [[1, 2, 3 + g] for g in groups], gens, scores, 2)
 
 
 def run_two(tmp_path, scenario: str) -> list[dict | None]:
@@ -199,6 +205,35 @@ def test_ranks_with_unequal_micro_batch_counts_take_the_one_process_step(tmp_pat
         assert torch.allclose(grads[name], p.grad, rtol=1e-4, atol=1e-9), (name, (grads[name] - p.grad).abs().max())
     start = load_policy(cfg.model, torch.device("cpu"))[0].state_dict()
     assert any(not torch.equal(weights[name], start[name]) for name in start)  # the step did move the weights
+    for name, value in one.full_weights():
+        assert torch.allclose(weights[name], value, atol=1e-5), name
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_ranks_that_skip_unequally_take_the_one_process_step_without_skipping(tmp_path, parallel):
+    """algo.skip_zero_advantage on 2 ranks: rank 0's groups all score 0, so it forwards nothing of its own (its
+    passes are uncounted stand-ins joining rank 1's collectives); the step equals one process's over the whole
+    mini-batch with skipping off, and no rank hangs."""
+    import torch
+
+    from rapid_cli.learner import Learner
+    from rapid_cli.policy import load_policy
+
+    cfg = compose(TINY + ["device=cpu", *UNEVEN, "algo.skip_zero_advantage=false"])
+    model, tok, _ = load_policy(cfg.model, torch.device("cpu"))
+    ranks = run_two(tmp_path, f"uneven_skip_{parallel}")
+    assert all(r and r.get("done") for r in ranks), ranks
+    one = Learner(model, cfg.algo, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0, total_steps=1)
+    ro = uneven_rollouts(None, SKIPPING)
+    lp = one.logprobs(ro)
+    stats = one.step(ro, slice(0, 8))
+    assert stats.skipped_rows == 0
+    got = torch.load(tmp_path / "logprobs-1.pt")  # rank 1's moving group (its second) as one process's
+    assert torch.allclose(got[2:], lp[6:8, : got.shape[1]], atol=1e-6)
+    assert (torch.load(tmp_path / "logprobs-0.pt") == 0).all()  # rank 0 computed none of its rows
+    weights, grads = torch.load(tmp_path / "step.pt")
+    for name, p in one.model.named_parameters():  # as tests/test_numerics.py compares micro-batch cuts
+        assert torch.allclose(grads[name], p.grad, rtol=1e-4, atol=1e-8), (name, (grads[name] - p.grad).abs().max())
     for name, value in one.full_weights():
         assert torch.allclose(weights[name], value, atol=1e-5), name
 

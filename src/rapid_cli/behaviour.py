@@ -38,8 +38,20 @@ class BehaviourLogprobs:
             console.print("[dim]algo.old_logprobs=auto: sampler/precision/parallel settings changed since "
                           "the checkpoint; recomputing pi_old until the sampler passes the audit again[/]")
 
+    def own_rows(self, ro: Rollouts) -> torch.Tensor:
+        """[B] bool: the rows whose pi_old will be their step's own detached log-probs (not in `old_rows`):
+        every row on-policy or when the sampler reports no log-probs, none with `sampler`, else the round's
+        first mini-batch. Known before any forward pass (Learner.moving_rows decides on it)."""
+        B = len(ro.rewards)
+        if self.on_policy or (ro.sampler_logprobs is None and self.mode == OldLogprobs.sampler):
+            return torch.ones(B, dtype=torch.bool)
+        if self.mode == OldLogprobs.sampler:
+            return torch.zeros(B, dtype=torch.bool)
+        return torch.arange(B) < self.first_rows
+
     def __call__(self, learner: Learner, ro: Rollouts) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(old_logprobs [B, T], old_rows [B]) for `ro` (Rollouts' fields; None, None: on-policy)."""
+        """(old_logprobs [B, T], old_rows [B]) for `ro` (Rollouts' fields; None, None: on-policy). Rows
+        outside `ro.moving` are not computed (0)."""
         sampled = ro.sampler_logprobs  # None: the sampler reports none that are the trainer's quantity
         if self.on_policy:
             return None, None

@@ -191,6 +191,9 @@ class AlgoConfig:
     # the update's forward passes: each group's prompt encoded once and its G completions packed without
     # padding, the LM head applied to completion tokens only, a chunk at a time (false: padded rows)
     packing: bool = True
+    # leave out of every forward/backward the prompt groups whose gradient is exactly zero (each algorithm's
+    # rule, README "Skipping groups that cannot move the weights"); the step's gradient is unchanged
+    skip_zero_advantage: bool = True
     iw_clip: float | None = 2.0  # c: importance weights are clipped at c before the baseline
     eps: float | None = 0.2  # PPO ratio clip; null = unclipped importance-weighted PG
     old_logprobs: OldLogprobs = OldLogprobs.auto  # with A=1 (on-policy) nothing is recomputed: ratio = 1

@@ -14,6 +14,7 @@ own full copy of the weights, gathered after each round).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -157,25 +158,25 @@ def load_optimizer_state(model, optimizer, state: dict) -> None:
 def reduce_metrics(d: Dist, mean: dict[str, float] | None = None, max: dict[str, float] | None = None,
                    sum: dict[str, float] | None = None) -> dict[str, float]:
     """Combines each rank's numbers into the whole batch's, by the rule of the argument they are passed in:
-    `mean` averaged over ranks, `max` their maximum, `sum` added up. One flat dict comes back; a key some
-    rank lacks (e.g. time/eval, rank 0's alone) keeps this rank's value."""
+    `mean` averaged over ranks, `max` their maximum, `sum` added up. One flat dict comes back, with every key
+    any rank passed: a key some ranks lack (time/eval, rank 0's alone; a loss statistic of a rank whose rows
+    were all skipped) is combined over the ranks that have it."""
     mean, maxes, sums = mean or {}, max or {}, sum or {}
     if d.world == 1:
         return {**mean, **maxes, **sums}
     every = [None] * d.world
     dist.all_gather_object(every, (sorted(mean), sorted(maxes), sorted(sums)))
-    common = [sorted(set.intersection(*(set(keys[i]) for keys in every))) for i in range(3)]
+    union = [sorted(set().union(*(set(keys[i]) for keys in every))) for i in range(3)]
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    added = torch.tensor([mean[k] for k in common[0]] + [sums[k] for k in common[2]], dtype=torch.float64,
-                         device=device)
-    maxed = torch.tensor([maxes[k] for k in common[1]], dtype=torch.float64, device=device)
+    added = torch.tensor([mean.get(k, 0.0) for k in union[0]] + [float(k in mean) for k in union[0]]
+                         + [sums.get(k, 0.0) for k in union[2]], dtype=torch.float64, device=device)
+    maxed = torch.tensor([maxes.get(k, -math.inf) for k in union[1]], dtype=torch.float64, device=device)
     dist.all_reduce(added, op=dist.ReduceOp.SUM)
     dist.all_reduce(maxed, op=dist.ReduceOp.MAX)
-    added, maxed = added.tolist(), maxed.tolist()
-    out = {**mean, **maxes, **sums}
-    out.update({k: added[i] / d.world for i, k in enumerate(common[0])})
-    out.update({k: added[len(common[0]) + i] for i, k in enumerate(common[2])})
-    out.update({k: maxed[i] for i, k in enumerate(common[1])})
+    added, maxed, n = added.tolist(), maxed.tolist(), len(union[0])
+    out = {k: added[i] / added[n + i] for i, k in enumerate(union[0])}
+    out.update({k: added[2 * n + i] for i, k in enumerate(union[2])})
+    out.update({k: maxed[i] for i, k in enumerate(union[1])})
     return out
 
 

@@ -4,6 +4,7 @@ It owns the model (wrapped for DDP/FSDP2 through `distributed.wrap`), the frozen
 algorithm's KL term needs one, AdamW and the LR schedule, autocast, and micro-batching. The loop sees a
 small surface:
 
+    moving_rows(ro, own_old) -> [B] bool | None      the rows whose gradient can be non-zero (ro.moving)
     logprobs(ro, rows, reference=False) -> [n, T]   log pi per completion token (pi_old, the reference)
     step(ro, rows, audit=False) -> StepStats         one optimizer step on a mini-batch of whole groups
     state_dict() / load_state_dict(state)           optimizer and schedule, for checkpoints
@@ -11,7 +12,9 @@ small surface:
 
 A step's gradient does not depend on how its mini-batch is cut: the loss's denominator is the whole
 mini-batch's (every rank's rows included), computed from the rollouts before any forward pass
-(algorithms/aggregate.py), and each micro-batch's loss is its part of that one sum.
+(algorithms/aggregate.py), and each micro-batch's loss is its part of that one sum. Rows outside
+`ro.moving` (groups whose part of that sum has an exactly zero gradient) are never forwarded: the sum and
+its gradient are the same without them.
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ from dataclasses import dataclass
 import torch
 
 from rapid_cli import algorithms, distributed
-from rapid_cli.algorithms.aggregate import effective_sample_size
+from rapid_cli.algorithms.aggregate import effective_sample_size, informative_rows
 from rapid_cli.algorithms.primitives import MAXIMA, SUMS
 from rapid_cli.console import console
 from rapid_cli.policy import completion_logprobs, grouped_logprobs, pack, pack_groups
 from rapid_cli.types import Rollouts
 
 AUDIT_KEY = "iw/sampler_seq_logw_gap_max"
+ROWS = "rows*"  # a loss metric's row-weighted sum, on its way to a mean over every rank's moving rows
 
 
 def build_optimizer(opt_cfg, model, total_steps: int):
@@ -119,15 +123,20 @@ class Audit:
         return Audit(whole["seq"], whole["tok"], whole["gap"], whole["tokens"])
 
     def metrics(self) -> dict[str, float]:
+        """The gaps, and the tokens they were measured on: none when the round's first mini-batch had no
+        moving rows (then no gap is reported and `algo.old_logprobs=auto` decides nothing this round)."""
+        if not self.tokens:
+            return {"iw/sampler_audit_tokens": 0.0}
         return {AUDIT_KEY: self.seq_logw_gap_max, "iw/sampler_logprob_gap_max": self.logprob_gap_max,
-                "iw/sampler_logprob_gap_mean": self.logprob_gap_sum / max(1.0, self.tokens)}
+                "iw/sampler_logprob_gap_mean": self.logprob_gap_sum / self.tokens,
+                "iw/sampler_audit_tokens": self.tokens}
 
 
 @dataclass
 class StepStats:
     """One optimizer step on one mini-batch. Over its micro-batches the loss's parts add up, its metrics
-    combine as algorithms/primitives.py declares (`means`: row-weighted means of this rank's rows;
-    `maxima`); `grad_norm`, `skipped`, `ess` and `audit` already cover every rank. Over a round's steps
+    combine as algorithms/primitives.py declares (`means`: row-weighted means of every rank's moving rows;
+    `maxima`); `grad_norm`, `skipped`, `ess` and `audit` cover every rank too. Over a round's steps
     and the ranks: `update_metrics`."""
 
     loss: float  # this rank's part of the mini-batch's loss (DDP averages the gradients alike)
@@ -135,8 +144,10 @@ class StepStats:
     lr: float  # the rate this step used (the scheduler moves on after it)
     skipped: bool  # a non-finite loss or gradient norm on some rank: no update anywhere
     ess: float  # effective sample size (sum w)^2 / sum w^2 over every row of the mini-batch
-    means: dict[str, float]
+    means: dict[str, float]  # over every rank's moving rows; no loss statistic when none moved
     maxima: dict[str, float]
+    rows: int = 0  # this rank's rows of the mini-batch
+    skipped_rows: int = 0  # of them, those left out (algo.skip_zero_advantage)
     audit: Audit | None = None  # asked for on the round's first step, when the sampler reports log-probs
 
 
@@ -150,19 +161,55 @@ LOGGED = {"iw_mean": "iw/mean", "iw_clipped_mean": "iw/clipped_mean", "iw_clip_f
 def update_metrics(steps: list[StepStats]) -> tuple[dict[str, float], dict[str, float]]:
     """A round's update phase as logged metrics: (values to average over ranks, values to max over ranks).
     Over the round's steps: means, except the count of skipped steps, the rate (the last step's) and the
-    weights' maximum."""
+    weights' maximum. The loss's own statistics (`LOGGED`, iw/*) are over the moving rows of the steps
+    that had any; a round without any has none of them."""
     n = len(steps)
+    computed = [s for s in steps if "iw_mean" in s.means]
     means = {
         "train/loss": sum(s.loss for s in steps) / n,
         "train/grad_norm": sum(s.grad_norm for s in steps) / n,
         "train/skipped_steps": float(sum(s.skipped for s in steps)),
+        "train/skipped_rows_frac": sum(s.skipped_rows for s in steps) / max(1, sum(s.rows for s in steps)),
         "train/lr": steps[-1].lr,
-        "iw/first_step_mean": steps[0].means["iw_mean"],
-        "iw/last_step_mean": steps[-1].means["iw_mean"],
-        "iw/ess": sum(s.ess for s in steps) / n,
-        **{LOGGED[k]: sum(s.means[k] for s in steps) / n for k in steps[0].means if k in LOGGED},
     }
-    return means, {"iw/max": max(s.maxima["iw_max"] for s in steps)}
+    if "iw_mean" in steps[0].means:
+        means["iw/first_step_mean"] = steps[0].means["iw_mean"]
+    if "iw_mean" in steps[-1].means:
+        means["iw/last_step_mean"] = steps[-1].means["iw_mean"]
+    if computed:
+        means["iw/ess"] = sum(s.ess for s in computed) / len(computed)
+    for key, name in LOGGED.items():
+        having = [s.means[key] for s in steps if key in s.means]
+        if having:
+            means[name] = sum(having) / len(having)
+    return means, {"iw/max": max(s.maxima["iw_max"] for s in computed)} if computed else {}
+
+
+def combine(metrics: dict, rows: int, row_sums: dict, maxima: dict, sums: dict) -> None:
+    """Adds one micro-batch's loss metrics (over its `rows` rows) into the step's, as algorithms/primitives.py
+    declares: maxima, sums, and the rest as row-weighted sums (made means over every rank's rows later)."""
+    for k, v in metrics.items():
+        if k in MAXIMA:
+            maxima[k] = max(maxima.get(k, v), v)
+        elif k in SUMS:
+            sums[k] = sums.get(k, 0.0) + v
+        else:
+            row_sums[k] = row_sums.get(k, 0.0) + v * rows
+
+
+@dataclass
+class Share:
+    """What a pass over some rows computes: their moving groups as rollouts of their own (`part`, or a
+    stand-in group when there are none), the rows of the round they are (`rows`, [n]), and the
+    micro-batches of `part`, each marked whether it counts."""
+
+    part: Rollouts
+    rows: torch.Tensor
+    passes: list[tuple[slice, bool]]
+
+    @property
+    def computed(self) -> int:
+        return len(self.rows)
 
 
 class Learner:
@@ -187,22 +234,34 @@ class Learner:
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
+    def moving_rows(self, ro: Rollouts, own_old: torch.Tensor) -> torch.Tensor | None:
+        """The rows whose part of their step's gradient can be non-zero, by the algorithm's zero-gradient rule
+        (`Rollouts.moving`); None: all, when `algo.skip_zero_advantage` is off. Decided from the rewards
+        before any forward pass; `own_old` [B] bool marks the rows whose pi_old is their step's own
+        log-probs (BehaviourLogprobs.own_rows)."""
+        if not self.algo.skip_zero_advantage:
+            return None
+        rewards = torch.tensor(ro.rewards, dtype=torch.float32)
+        return ~self.algorithm.zero_gradient_rows(rewards, self.algo.group_size, self.options, own_old)
+
     @torch.no_grad()
     def logprobs(self, ro: Rollouts, rows: slice = slice(None), reference: bool = False) -> torch.Tensor:
         """log pi per completion token of `rows` under the current policy (or the frozen reference): [n, T]
-        float32 on the CPU, T = ro.width(), 0 past each completion's end. Run in eval mode, micro-batched."""
+        float32 on the CPU, T = ro.width(), 0 past each completion's end and on rows outside `ro.moving`
+        (never computed). Run in eval mode, micro-batched."""
         model = self.reference if reference else self.model
         rows = slice(*rows.indices(len(ro.rewards)))
         out = torch.zeros((rows.stop - rows.start, ro.width()), dtype=torch.float32)
+        share = self._share(ro, rows)
         was_training = model.training
         model.eval()
         with self.autocast():
-            for mb, counted in self._passes(ro, rows):
-                lp, mask = self._forward(model, ro, mb)  # [b, C]
+            for mb, counted in share.passes:
+                lp, mask = self._forward(model, share.part, mb)  # [b, C]
                 if not counted:
                     continue
                 lp = torch.where(mask > 0, lp, torch.zeros_like(lp))
-                out[mb.start - rows.start : mb.stop - rows.start, : lp.shape[1]] = lp.cpu()
+                out[share.rows[mb] - rows.start, : lp.shape[1]] = lp.cpu()
         model.train(was_training)
         return out
 
@@ -216,43 +275,53 @@ class Learner:
 
     def _step(self, ro: Rollouts, rows: slice, audit: bool) -> StepStats:
         G, d = self.algo.group_size, self.d
-        B = rows.stop - rows.start
         rewards = torch.tensor(ro.rewards[rows], dtype=torch.float32)  # [B]
-        # DDP averages gradients over ranks, so each rank divides by the mean of the ranks' denominators.
+        # The denominator covers every row of the mini-batch, moving or not. DDP averages gradients over
+        # ranks, so each rank divides by the mean of the ranks' denominators.
         mask = ro.completion_mask[rows, : ro.width(rows)]  # [B, C]
         mine = self.algorithm.denominator(mask, rewards, G, self.options)
         denominator = distributed.reduce_metrics(d, mean={"d": mine})["d"] or 1.0  # 0: nothing kept, loss 0
+        share = self._share(ro, rows)
+        part, computed = share.part, share.computed
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, means, maxima, sums, seen = 0.0, {}, {}, {}, None
-        for mb, counted in self._passes(ro, rows):
-            logprobs, mask = self._forward(self.model, ro, mb)  # [b, C]
+        loss_sum, row_sums, maxima, sums = 0.0, {}, {}, {"iw_sum": 0.0, "iw_sq_sum": 0.0}
+        seen = Audit(0.0, 0.0, 0.0, 0.0)
+        for mb, counted in share.passes:
+            logprobs, mask = self._forward(self.model, part, mb)  # [b, C]
+            C = logprobs.shape[1]
+            if audit and (counted or not computed):  # a rank with no moving row audits its stand-in group
+                seen = seen.merge(Audit.of(logprobs.detach(), part.sampler_logprobs[mb, :C].to(self.device), mask))
             if not counted:
                 (torch.where(mask > 0, logprobs, 0.0).sum() * 0).backward()  # a collective as theirs are; adds 0
                 continue
-            C = logprobs.shape[1]
-            old = self._old(ro, mb, logprobs)  # [b, C]
-            ref = ro.ref_logprobs
+            old = self._old(part, mb, logprobs)  # [b, C]
+            ref = part.ref_logprobs
             extra = {} if ref is None else {"ref_logprobs": ref[mb, :C].to(self.device)}
-            r = rewards[mb.start - rows.start : mb.stop - rows.start].to(self.device)  # [b]
+            r = torch.tensor(part.rewards[mb], dtype=torch.float32, device=self.device)  # [b]
             loss, metrics = self.algorithm.loss(logprobs, old, mask, r, G, **self.options,
                                                 **extra, denominator=denominator)
             loss.backward()
             loss_sum += loss.item()  # the parts add up to the mini-batch's loss
+            combine(metrics, mb.stop - mb.start, row_sums, maxima, sums)
+        if not share.passes:  # nothing moves on any rank: AdamW steps on the exactly zero gradient
+            # One group's forward still audits the sampler, and tells a diverged policy: without skipping its
+            # NaN log-probs make the loss NaN, the step is refused and SkipGuard stops the run before a save.
+            with torch.no_grad():
+                logprobs, mask = self._forward(self.model, part, slice(0, G))
+            loss_sum = torch.where(mask > 0, logprobs, 0.0).sum().item() * 0.0  # 0.0, or NaN
             if audit:
-                sampled = ro.sampler_logprobs[mb, :C].to(self.device)
-                part = Audit.of(logprobs.detach(), sampled, mask)
-                seen = part if seen is None else seen.merge(part)
-            share = (mb.stop - mb.start) / B
-            for k, v in metrics.items():
-                if k in MAXIMA:
-                    maxima[k] = max(maxima.get(k, v), v)
-                elif k in SUMS:
-                    sums[k] = sums.get(k, 0.0) + v
-                else:
-                    means[k] = means.get(k, 0.0) + v * share
-        means.pop("ess", None)  # a micro-batch's own; the mini-batch's comes from the summed weights
-        total = distributed.reduce_metrics(d, sum=sums)
+                seen = Audit.of(logprobs, part.sampler_logprobs[:G, : logprobs.shape[1]].to(self.device), mask)
+            for p in self.model.parameters():
+                p.grad = torch.zeros_like(p)
+        row_sums.pop("ess", None)  # a micro-batch's own; the mini-batch's comes from the summed weights
+        # over every rank's moving rows (ranks skip unequally)
+        total = distributed.reduce_metrics(d, max=maxima, sum={**sums, "rows": float(computed),
+                                                                **{ROWS + k: v for k, v in row_sums.items()}})
+        means = {k.removeprefix(ROWS): v / total["rows"] for k, v in total.items() if k.startswith(ROWS)}
+        maxima = {k: v for k, v in total.items() if k in MAXIMA}
+        if self.options.get("drop_equal_groups"):  # over the whole mini-batch: dropped groups are not computed
+            means["groups_dropped_frac"] = 1 - informative_rows(rewards, G).float().mean().item()
         lr = self.optimizer.param_groups[0]["lr"]
         max_norm = self.optim.max_grad_norm or float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
@@ -267,19 +336,25 @@ class Learner:
             self.optimizer.step()
             self.scheduler.step()
         ess = effective_sample_size(total["iw_sum"], total["iw_sq_sum"])
-        return StepStats(loss_sum, grad_norm, lr, skipped, ess, means, maxima,
-                         seen.over_ranks(d) if seen is not None else None)
+        return StepStats(loss_sum, grad_norm, lr, skipped, ess, means, maxima, rows=len(rewards),
+                         skipped_rows=len(rewards) - computed, audit=seen.over_ranks(d) if audit else None)
 
-    def _passes(self, ro: Rollouts, rows: slice) -> list[tuple[slice, bool]]:
-        """`_micro_batches`, then this rank's last one repeated, uncounted, until every rank has as many passes
-        as the one with the most. Under DDP and FSDP2 each forward and backward is a collective; with
-        `algo.micro_batch_tokens` a rank's share splits by its completions' lengths, and a rank with fewer
-        passes would pair another rank's extra ones with its own next collective."""
-        passes = [(mb, True) for mb in self._micro_batches(ro, rows)]
-        if self.d.world == 1:
-            return passes
-        most = int(distributed.reduce_metrics(self.d, max={"passes": len(passes)})["passes"])
-        return passes + [(passes[-1][0], False)] * (most - len(passes))
+    def _share(self, ro: Rollouts, rows: slice) -> Share:
+        """The moving groups of `rows` and the passes over them (`_micro_batches`), then, under DDP and FSDP2,
+        uncounted repeats until every rank has as many passes as the one with the most: there each forward and
+        backward is a collective, and ranks' shares split unequally (by `algo.micro_batch_tokens`, by
+        skipping). A rank with nothing to compute repeats its share's first group, uncounted."""
+        groups = ro.moving_groups(rows)
+        G = ro.group_size
+        stand_in = [rows.start // G] if rows.stop > rows.start else []
+        part = ro.take(groups or stand_in)
+        passes = [(mb, True) for mb in self._micro_batches(part, slice(0, len(part.rewards)))] if groups else []
+        if self.d.world > 1:
+            most = int(distributed.reduce_metrics(self.d, max={"passes": len(passes)})["passes"])
+            filler = passes[-1][0] if passes else slice(0, G)
+            passes += [(filler, False)] * (most - len(passes))
+        origin = torch.tensor([g * G + i for g in groups for i in range(G)], dtype=torch.long)
+        return Share(part, origin, passes)
 
     def _micro_batches(self, ro: Rollouts, rows: slice) -> Iterator[slice]:
         """Whole groups of `rows`: `algo.micro_batch_size` rows at a time, or as many as fit in

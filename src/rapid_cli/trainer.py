@@ -203,6 +203,7 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
                                     gens.finish_reasons)
                 rewards = scores.total
             ro = Rollouts(problems, prompt_ids, gens, rewards, a.group_size)
+            ro.moving = learner.moving_rows(ro, behaviour.own_rows(ro))  # the rows any pass below computes
             with timer(Phase.OLD_LOGPROBS):
                 ro.old_logprobs, ro.old_rows = behaviour(learner, ro)
             if learner.reference is not None:

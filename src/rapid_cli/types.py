@@ -79,6 +79,8 @@ class Rollouts:
           by the very policy their optimizer step starts from (the round's first mini-batch, or every
           mini-batch when A = 1), so their pi_old is that step's own detached log-probs.
       ref_logprobs: the frozen reference policy's log-probs (a KL penalty), set by the ref_logprobs phase
+    moving: [B] bool, the rows whose gradient can be non-zero (whole groups; the others are left out of every
+        forward pass: Learner.moving_rows); None: all rows
     """
 
     problems: list[Problem]
@@ -89,6 +91,7 @@ class Rollouts:
     old_logprobs: torch.Tensor | None = None
     old_rows: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
+    moving: torch.Tensor | None = None
     completion_mask: torch.Tensor = field(init=False, repr=False)
     sampler_logprobs: torch.Tensor | None = field(init=False, repr=False)
 
@@ -106,6 +109,31 @@ class Rollouts:
     def group_slice(self, first_group: int, n_groups: int) -> slice:
         G = self.group_size
         return slice(first_group * G, (first_group + n_groups) * G)
+
+    def moving_groups(self, rows: slice) -> list[int]:
+        """The groups among whole-group `rows` that hold moving rows (all of them when `moving` is None)."""
+        G = self.group_size
+        groups = range(rows.start // G, rows.stop // G)
+        return list(groups) if self.moving is None else [g for g in groups if self.moving[g * G]]
+
+    def take(self, groups: list[int]) -> Rollouts:
+        """These groups' rows as rollouts of their own (per-token tensors cut to their longest completion)."""
+        G = self.group_size
+        rows = [g * G + i for g in groups for i in range(G)]
+        gens = self.generations
+        part = Generations([gens.completion_ids[i] for i in rows],
+                           None if gens.logprobs is None else [gens.logprobs[i] for i in rows],
+                           [gens.finish_reasons[i] for i in rows], [gens.texts[i] for i in rows])
+        out = Rollouts([self.problems[g] for g in groups], [self.prompt_ids[g] for g in groups], part,
+                       [self.rewards[i] for i in rows], G)
+        index, T = torch.tensor(rows, dtype=torch.long), out.width()
+
+        def cut(t: torch.Tensor | None) -> torch.Tensor | None:  # [B, T] -> [b, T'], [B] -> [b]
+            return None if t is None else t[index, :T] if t.dim() == 2 else t[index]
+
+        out.old_logprobs, out.old_rows, out.ref_logprobs, out.sampler_logprobs = map(
+            cut, (self.old_logprobs, self.old_rows, self.ref_logprobs, self.sampler_logprobs))
+        return out
 
     def row_prompts(self, rows: slice) -> list[list[int]]:
         return [self.prompt_ids[i // self.group_size] for i in range(*rows.indices(len(self.rewards)))]

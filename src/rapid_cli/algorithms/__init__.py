@@ -5,6 +5,11 @@ frozen reference policy's log-probs (a KL penalty) and whether it is an on-polic
 algorithm is one loss function (pure, built from primitives.py and aggregate.py) and one `register`
 call here; the learner and the config check read everything else from the record.
 
+Next to its loss a record declares its zero-gradient rule: which rows' part of the gradient is exactly
+zero whatever the policy, decided from the rewards before any forward pass (rows whose pi_old is their
+step's own log-probs, where w = 1 exactly, may say more). With `algo.skip_zero_advantage` the learner
+leaves those rows out of every pass and the step's gradient stays the same (learner.Learner.moving_rows).
+
 A loss takes (logprobs, old_logprobs, mask, rewards, group_size, **options, [ref_logprobs,]
 denominator=None) with the shapes documented in `losses` and returns (loss, metrics). `denominator`
 is the whole mini-batch's (`Algorithm.denominator`, computed from the rollouts before any forward
@@ -15,12 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from rapid_cli.algorithms.aggregate import denominator
-from rapid_cli.algorithms.baselines import dapo_loss, dr_grpo_loss, grpo_loss
-from rapid_cli.algorithms.losses import rapid_loss
+from rapid_cli.algorithms.baselines import dapo_loss, dr_grpo_loss, grpo_loss, zero_gradient
+from rapid_cli.algorithms.losses import rapid_loss, rapid_zero_gradient
 from rapid_cli.errors import RapidError
 
 
@@ -29,6 +35,8 @@ class Algorithm:
     name: str
     loss: Callable  # see the module docstring; marked with its aggregation (aggregate.aggregated)
     options: tuple[str, ...]  # the algo config fields the loss takes as keyword options
+    # (rewards [B], group_size, own_old [B] bool, **options) -> [B] bool: rows whose gradient is exactly 0
+    zero_gradient: Callable
     reference: bool = False  # the loss takes `ref_logprobs` (a KL penalty weighted by algo.kl_beta)
     on_policy: bool = False  # made for one step per generation (its preset: steps_per_generation=1)
 
@@ -43,6 +51,12 @@ class Algorithm:
     def needs_reference(self, algo_cfg) -> bool:
         """Whether a frozen copy of the initial policy must be kept for this config (its KL term is on)."""
         return self.reference and bool(algo_cfg.kl_beta)
+
+    def zero_gradient_rows(self, rewards: torch.Tensor, group_size: int, options: dict,
+                           own_old: torch.Tensor) -> torch.Tensor:
+        """Rows (whole groups) whose part of this loss's gradient is exactly zero. rewards [B] float, `own_old`
+        [B] bool (rows whose pi_old is their step's own log-probs) -> [B] bool."""
+        return self.zero_gradient(rewards, group_size, own_old, **options)
 
     def denominator(self, mask: torch.Tensor, rewards: torch.Tensor, group_size: int, options: dict) -> float:
         """What the loss divides its summed terms by, for a whole mini-batch with completion `mask` [B, T] and
@@ -61,12 +75,13 @@ def register(algorithm: Algorithm) -> Algorithm:
     return algorithm
 
 
-register(Algorithm("rapid", rapid_loss, options=("iw_clip", "eps")))
-register(Algorithm("grpo", grpo_loss, options=("eps", "kl_beta"), reference=True, on_policy=True))
+z_scored, centred = partial(zero_gradient, scale=True), partial(zero_gradient, scale=False)
+register(Algorithm("rapid", rapid_loss, ("iw_clip", "eps"), rapid_zero_gradient))
+register(Algorithm("grpo", grpo_loss, ("eps", "kl_beta"), z_scored, reference=True, on_policy=True))
 # pg is GRPO's loss with its preset's kl_beta = 0 (conf/algo/pg.yaml)
-register(Algorithm("pg", grpo_loss, options=("eps", "kl_beta"), reference=True, on_policy=True))
-register(Algorithm("dapo", dapo_loss, options=("eps", "eps_high", "drop_equal_groups"), on_policy=True))
-register(Algorithm("dr_grpo", dr_grpo_loss, options=("eps", "norm_len"), on_policy=True))
+register(Algorithm("pg", grpo_loss, ("eps", "kl_beta"), z_scored, reference=True, on_policy=True))
+register(Algorithm("dapo", dapo_loss, ("eps", "eps_high", "drop_equal_groups"), z_scored, on_policy=True))
+register(Algorithm("dr_grpo", dr_grpo_loss, ("eps", "norm_len"), centred, on_policy=True))
 
 
 def get(name: str) -> Algorithm:

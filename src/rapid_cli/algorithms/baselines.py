@@ -40,6 +40,27 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool) -> tor
     return adv.view(-1)
 
 
+def zero_gradient(rewards: torch.Tensor, group_size: int, own_old: torch.Tensor, *, scale: bool,
+                  kl_beta: float = 0.0, drop_equal_groups: bool = False, **_) -> torch.Tensor:
+    """The rows whose part of the gradient is exactly zero whatever the policy: whole groups whose
+    advantages (which depend on the rewards alone) are all 0, or that DAPO's filter drops. A KL term has a
+    gradient of its own everywhere, so with kl_beta > 0 no row is. [B] -> [B] bool; `own_old` is unused
+    (the advantages do not depend on the importance weights).
+
+    >>> zero_gradient(torch.tensor([1., 1., 0., 1., 0., 0.]), 2, None, scale=True).tolist()
+    [True, True, False, False, True, True]
+    >>> zero_gradient(torch.tensor([1., 1., 0., 1.]), 2, None, scale=True, kl_beta=0.04).tolist()
+    [False, False, False, False]
+    """
+    if kl_beta:
+        return torch.zeros(rewards.shape, dtype=torch.bool)
+    r = rewards.float()
+    zero = group_advantages(r, group_size, scale) == 0
+    if drop_equal_groups:
+        zero |= ~informative_rows(r, group_size)
+    return zero.view(-1, group_size).all(-1).repeat_interleave(group_size)
+
+
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Schulman's k3 estimator of KL(pi_theta || pi_ref) per token: exp(d) - d - 1, d = ref - logp (>= 0);
     0 where `mask` is 0. The mask goes in before exp(): at padding the reference log-prob is a 0 placeholder

@@ -19,6 +19,40 @@ from rapid_cli.algorithms.primitives import (
 )
 
 
+def rapid_advantages(rewards: torch.Tensor, group_size: int, w_used: torch.Tensor) -> torch.Tensor:
+    """A_i = r_i - b_g with the importance-weighted group baseline b_g = mean_j w~_j r_j, w~ the clipped
+    weights. [B] -> [B], no std normalisation.
+
+    >>> rapid_advantages(torch.tensor([1., 0., 0., 0.]), 2, torch.tensor([2., 1., 5., 1.])).tolist()
+    [0.0, -1.0, 0.0, 0.0]
+    """
+    r = rewards.view(-1, group_size)  # [n_groups, G]
+    baseline = (w_used.view(-1, group_size) * r).mean(-1, keepdim=True)  # [n_groups, 1]
+    return (r - baseline).view(-1)
+
+
+def rapid_zero_gradient(rewards: torch.Tensor, group_size: int, own_old: torch.Tensor, iw_clip: float | None = 2.0,
+                        **_) -> torch.Tensor:
+    """The rows whose part of `rapid_loss`'s gradient is exactly zero whatever the policy, decided from the
+    rewards alone (before any forward pass): a whole group whose advantages are all 0. [B] -> [B] bool.
+    - rewards all 0: b_g = mean(w~ * 0) = 0 for any finite w~ (log w is capped), so every A_i = 0;
+    - rows whose pi_old is their step's own detached log-probs (`own_old`: the round's first mini-batch):
+      log w = logp - logp = 0 exactly, w = 1, so A is the advantage at w~ = min(1, c), computed here with
+      the loss's own arithmetic (all-equal rewards give 0 when c >= 1).
+    A token term is then -min(rho * 0, clip(rho) * 0) = 0, whose gradient is 0.
+
+    >>> rapid_zero_gradient(torch.tensor([0., 0., 1., 1., 1., 0.]), 2, torch.tensor([False] * 4 + [True] * 2)).tolist()
+    [True, True, False, False, False, False]
+    >>> rapid_zero_gradient(torch.tensor([1., 1., 1., 0.]), 2, torch.ones(4, dtype=torch.bool)).tolist()
+    [True, True, False, False]
+    """
+    r = rewards.float()
+    at_one = torch.full_like(r, 1.0 if iw_clip is None else min(1.0, iw_clip))
+    settled = (rapid_advantages(r, group_size, at_one) == 0) & own_old
+    zero = (r == 0).view(-1, group_size).all(-1) | settled.view(-1, group_size).all(-1)
+    return zero.repeat_interleave(group_size)
+
+
 @aggregated("seq_mean")
 def rapid_loss(
     logprobs: torch.Tensor,
@@ -51,9 +85,7 @@ def rapid_loss(
     seq_log_w = sequence_log_weights(log_ratio)  # [B], detached
     w = seq_log_w.exp()  # [B]
     w_used = w.clamp(max=iw_clip) if iw_clip is not None else w  # [B]
-    r = rewards.to(logprobs.dtype).view(-1, group_size)  # [n_groups, G]
-    baseline = (w_used.view(-1, group_size) * r).mean(-1, keepdim=True)  # [n_groups, 1]
-    adv = (r - baseline).view(-1)  # [B], no std normalisation
+    adv = rapid_advantages(rewards.to(logprobs.dtype), group_size, w_used)  # [B]
     token_loss, cut = clipped_objective(log_ratio.exp(), adv, eps)  # [B, T]; the ratio carries the gradient
     loss = aggregate(token_loss, mask, rapid_loss.aggregation, denominator)
 
