@@ -47,7 +47,7 @@ def test_a_run_dir_in_use_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     with RunLock(run_dir):
         proc = train_tiny(f"hydra.run.dir={run_dir}", "train.resume=auto")
-    assert proc.returncode == 2 and f"in use by another rapid process (pid {os.getpid()})" in proc.stdout, proc.stdout
+    assert proc.returncode == 2 and f"holds a run in progress (pid {os.getpid()})" in proc.stdout, proc.stdout
     assert not (run_dir / "metrics.jsonl").exists()
 
 
@@ -81,11 +81,34 @@ def test_resume_auto_continues_only_a_provably_same_run(tmp_path):
     OmegaConf.save(compose([*args, "train.resume=auto", "optimizer.lr=0.5"]), new / ".hydra" / "config.yaml")
     assert same_run(new, [*args, "train.resume=auto"]) == new
     assert same_run(day / "named-by-the-user", [*args, "train.resume=auto"]) == day / "named-by-the-user"
+    # the job's own config, in memory: its .hydra/ is written only once the run directory is locked
+    (new / ".hydra" / "config.yaml").unlink()
+    assert same_run(new, [*args, "train.resume=auto"], compose([*args, "train.resume=auto"])) == same
+    assert same_run(new, [*args, "train.resume=auto"], compose([*args, "train.resume=auto", "optimizer.lr=0.5"])) == new
 
 
 def test_lock_is_released_when_the_run_ends(tmp_path):
     with RunLock(tmp_path):
-        with pytest.raises(RapidError, match="in use"):
+        with pytest.raises(RapidError, match="holds a run in progress"):
             RunLock(tmp_path).__enter__()
     with RunLock(tmp_path):
         pass
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_run_in_progress_is_refused_before_anything_is_written(tmp_path, resume):
+    """A start or resume in a directory another rapid process trains in overwrote that live run's
+    .hydra/config.yaml and overrides.yaml before the lock refused it (and then `rapid report` labelled the live run
+    with the newcomer's settings); a start there before the live run's first round suggested train.resume=auto."""
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    live = {name: f"the live run's {name}\n" for name in ("config.yaml", "overrides.yaml", "hydra.yaml")}
+    for name, text in live.items():
+        (run_dir / ".hydra" / name).write_text(text)
+    with RunLock(run_dir):
+        proc = train_tiny(f"hydra.run.dir={run_dir}", "optimizer.lr=1e-3", *(["train.resume=auto"] if resume else []))
+    out = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode == 2 and "\n" not in out, out
+    assert f"{run_dir} holds a run in progress (pid {os.getpid()})" in out and "train.resume" not in out, out
+    assert {name: (run_dir / ".hydra" / name).read_text() for name in live} == live
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", ".rapid.lock"]

@@ -161,21 +161,23 @@ def _train_job(cfg) -> float:
     from rapid_cli.console import console
     from rapid_cli.errors import RapidError
     from rapid_cli.resume import resume_command, same_run
-    from rapid_cli.rundir import RunLock, holds_a_run
+    from rapid_cli.rundir import RunLock, holds_a_run, save_hydra_files
     from rapid_cli.stopping import Abandoned, Interrupted
     from rapid_cli.trainer import train
 
     hc = HydraConfig.get()
     name = hc.job.override_dirname or "default"
-    run_dir = Path(hc.runtime.output_dir)
+    run_dir = hydra_dir = Path(hc.runtime.output_dir)
     if cfg.train.resume == "auto" and hc.mode.name == "RUN" and not holds_a_run(run_dir):
-        found = same_run(run_dir, list(hc.overrides.task))
+        found = same_run(run_dir, list(hc.overrides.task), cfg)
         if found != run_dir:  # continue that run in its own directory; this fresh one stays unused
             shutil.rmtree(run_dir, ignore_errors=True)
             run_dir = found
     resume = resume_command(list(hc.overrides.task), run_dir)
     try:
         with RunLock(run_dir):
+            if run_dir == hydra_dir:  # an earlier run continued elsewhere keeps its own .hydra/
+                save_hydra_files(run_dir, cfg)
             result = train(cfg, run_dir, run_name=name)
     except Interrupted as stop:
         console.print(f"stopped after round {stop.round}; checkpoint saved in {stop.checkpoint}\nresume with: "
@@ -311,13 +313,17 @@ def _run_dirs(command: str, rest: list[str]) -> list[str]:
     """Run directories are claimed here, before Hydra writes into them: a fresh one per run (never shared
     with a run started in the same second), and a named one only when it holds no run or is resumed."""
     from rapid_cli.errors import RapidError
-    from rapid_cli.rundir import claim, refuse_reuse, writable
+    from rapid_cli.rundir import CONFIG_SUBDIR_ENV, claim, refuse_reuse, writable
 
     if os.environ.get("RANK", "0") != "0":  # torchrun's other ranks: rank 0 owns the run directory
         import tempfile
 
         return [*rest, f"hydra.run.dir={tempfile.mkdtemp(prefix='rapid-rank-')}", "hydra.output_subdir=null"]
     sub = "eval/" if command == "eval" else ""
+    if command == "train" and _value(rest, "hydra.output_subdir") is None:
+        # Hydra writes .hydra/ before the job starts, so before the run's lock: into a live run's directory too.
+        # The job writes it under the lock instead (rundir.save_hydra_files), as the job's environment says.
+        rest = [*rest, "hydra.output_subdir=null", f"+hydra.job.env_set.{CONFIG_SUBDIR_ENV}=.hydra"]
     try:
         if {"-m", "--multirun"} & set(rest):
             if _value(rest, "hydra.sweep.dir") is None:

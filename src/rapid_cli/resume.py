@@ -114,23 +114,27 @@ def resume_command(overrides: list[str], run_dir: Path) -> str:
     return " ".join(["rapid train", *again, override("hydra.run.dir", str(run_dir)), "train.resume=auto"])
 
 
-def _comparable_config(run_dir: Path):
-    """The run's composed config without the keys that may differ between a run and its resumption."""
+def _comparable_config(run_dir: Path, config=None):
+    """The run's composed config (`config`, else its saved .hydra/config.yaml) without the keys that may differ
+    between a run and its resumption."""
     from omegaconf import OmegaConf
 
     path = run_dir / ".hydra" / "config.yaml"
-    if not path.exists():
+    if config is None and not path.exists():
         return None
-    cfg = OmegaConf.to_container(OmegaConf.load(path))
+    # through YAML either way, so an enum in memory compares equal to its saved name
+    cfg = OmegaConf.to_container(OmegaConf.create(OmegaConf.to_yaml(config)) if config is not None
+                                 else OmegaConf.load(path))
     cfg.get("train", {}).pop("resume", None)
     cfg.pop("logger", None)
     return cfg
 
 
-def same_run(run_dir: Path, overrides: list[str]) -> Path:
+def same_run(run_dir: Path, overrides: list[str], config=None) -> Path:
     """For `train.resume=auto` in a directory `claim` made: the newest earlier run under the same output
     root that was started with the same overrides and config and has an intact checkpoint; else `run_dir`.
-    A directory the user named (hydra.run.dir=) is the run to resume, never a reason to look elsewhere."""
+    A directory the user named (hydra.run.dir=) is the run to resume, never a reason to look elsewhere.
+    `config`: this job's composed config (else read from `run_dir`'s .hydra/)."""
     if run_dir.resolve() not in claimed:
         return run_dir
     from omegaconf import OmegaConf
@@ -138,7 +142,7 @@ def same_run(run_dir: Path, overrides: list[str]) -> Path:
     def key(items) -> list[str]:
         return sorted(o for o in items if not o.startswith(("train.resume=", "hydra.", "logger.")))
 
-    wanted, config = key(overrides), _comparable_config(run_dir)
+    wanted, config = key(overrides), _comparable_config(run_dir, config)
     candidates = []
     for other in run_dir.parent.parent.glob("*/*"):
         saved = other / ".hydra" / "overrides.yaml"

@@ -6,6 +6,10 @@
   resume it (`train.resume=...`), never to start over on top of it;
 - `RunLock`: a process holds an exclusive lock on its run directory while it trains, so a second process
   (a resume started while the run still lives, a copy of the same command) stops with one line;
+  `in_progress` asks the same lock beforehand, so such a process stops before Hydra starts;
+- nothing is written into a run directory before its lock is held: `rapid train` turns off Hydra's own
+  writing of `.hydra/` (written before the job starts) and writes the same three files itself under the lock
+  (`save_hydra_files`).
 
 Which earlier run `train.resume=auto` continues is resume.py's business (`same_run`).
 """
@@ -21,6 +25,7 @@ from pathlib import Path
 from rapid_cli.errors import RapidError
 
 LOCK = ".rapid.lock"
+CONFIG_SUBDIR_ENV = "RAPID_CONFIG_SUBDIR"  # set in a job whose .hydra/ rapid writes itself, once locked
 RUN_FILES = ("metrics.jsonl", "checkpoints")
 claimed: set[Path] = set()  # directories this process created for its run (not named by the user)
 
@@ -57,7 +62,33 @@ def holds_a_run(path: Path) -> bool:
     return any((path / f).exists() for f in RUN_FILES)
 
 
+def in_progress(path: Path) -> str | None:
+    """The pid of the rapid process training in `path` now (it holds the run's lock), else None. Asks with a
+    shared lock, which the holder's exclusive one refuses, and lets it go at once."""
+    try:
+        fd = os.open(path / LOCK, os.O_RDONLY)
+    except OSError:  # no lock file: no run has started there
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)  # releases the shared lock, if taken
+
+
+def busy(path: Path, pid: str) -> str:
+    return (f"{path} holds a run in progress (pid {pid}); wait for it to end (or stop it), or use another "
+            "hydra.run.dir")
+
+
 def refuse_reuse(path: Path, resuming: bool) -> None:
+    """Before Hydra starts: a directory a live run trains in is refused (start or resume alike), and one holding
+    a finished or stopped run is entered only to resume it."""
+    pid = in_progress(path)
+    if pid is not None:
+        raise RapidError(busy(path, pid))
     if holds_a_run(path) and not resuming:
         raise RapidError(f"{path} already holds a run (metrics.jsonl, checkpoints); continue it with "
                          "train.resume=auto, or start a new one in another hydra.run.dir")
@@ -78,8 +109,7 @@ class RunLock:
         except BlockingIOError:
             owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise RapidError(f"{self.path.parent} is in use by another rapid process (pid {owner}); wait for it to "
-                             "end, or use another hydra.run.dir") from None
+            raise RapidError(busy(self.path.parent, owner)) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
@@ -89,3 +119,20 @@ class RunLock:
         if self._fd is not None:
             os.close(self._fd)  # releases the lock
             self._fd = None
+
+
+def save_hydra_files(run_dir: Path, cfg) -> None:
+    """What Hydra writes into `<run_dir>/.hydra/` before a job starts (config.yaml, hydra.yaml, overrides.yaml),
+    written by the job itself while it holds the run's lock (`CONFIG_SUBDIR_ENV` names the subdirectory)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    subdir = os.environ.get(CONFIG_SUBDIR_ENV)
+    if not subdir:
+        return
+    out = run_dir / subdir
+    out.mkdir(parents=True, exist_ok=True)
+    hydra_cfg = HydraConfig.instance().cfg  # {"hydra": ...}, as Hydra saves it
+    overrides = hydra_cfg.hydra.overrides.task
+    for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg), ("overrides.yaml", overrides)):
+        (out / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
