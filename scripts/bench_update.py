@@ -9,6 +9,9 @@ same rollouts in the same process, alternating, so the machine's noise hits both
 Shapes (prompts rendered with the model's chat template, as training does):
   demo   the cpu-demo round: arith prompts, completions of 4-12 tokens, G=4, M=8, micro-batch 32
   gsm8k  real GSM8K prompts, completions of 50-256 tokens, G=4 and G=8, M=8, micro-batch 8 and 16
+  skip   a whole RAPID round (A=4, M=8, G=4, GSM8K prompts, completions of 50-256 tokens) at GSM8K's reward
+         rate with SmolLM2-135M (1 group in 12 holds a correct answer, docs/results/gsm8k): the pi_old pass and
+         the round's 4 optimizer steps with algo.skip_zero_advantage off and on, in this process
 
 For each: the time of the round's old-log-prob pass (no gradient) and of one optimizer step over one
 mini-batch (forward, backward, AdamW), the median of --repeats, and the peak resident memory each
@@ -95,9 +98,46 @@ def bench(name: str, cfg, model, tok, task, lengths, group_size: int, micro: int
               f"{new_m / max(old_m, 1e-9):>9.2f}x")
 
 
+def bench_skipping(cfg, model, tok, task, repeats: int) -> None:
+    """A RAPID round's pi_old pass and its A steps, every row computed vs the zero-gradient groups left out."""
+    from rapid_cli.behaviour import BehaviourLogprobs
+    from rapid_cli.distributed import Dist
+    from rapid_cli.learner import Learner
+
+    a = cfg.algo
+    A, M, G = 4, 8, 4
+    a.steps_per_generation, a.prompts_per_step, a.group_size, a.micro_batch_size = A, M, G, 8
+    ro = rollouts(task, tok, cfg, (50, 256), G, A * M, seed=12)
+    rng = random.Random(12)
+    ro.rewards = [float(rng.random() < 0.5) if rng.random() < 1 / 12 else 0.0 for _ in ro.rewards]
+    mixed = sum(len(set(ro.rewards[g * G : (g + 1) * G])) > 1 for g in range(A * M))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    results: dict[tuple[bool, str], list[float]] = {}
+    for _ in range(repeats):
+        for skip in (False, True):
+            a.skip_zero_advantage = skip
+            learner = Learner(model, a, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0, total_steps=10)
+            behaviour = BehaviourLogprobs(a, Dist(), {})
+            ro.moving = learner.moving_rows(ro, behaviour.own_rows(ro))
+            start = time.perf_counter()
+            ro.old_logprobs, ro.old_rows = behaviour(learner, ro)
+            results.setdefault((skip, "pi_old"), []).append(time.perf_counter() - start)
+            start = time.perf_counter()
+            steps = [learner.step(ro, ro.group_slice(i * M, M)) for i in range(A)]
+            results.setdefault((skip, "update"), []).append(time.perf_counter() - start)
+            skipped = sum(s.skipped_rows for s in steps) / sum(s.rows for s in steps)
+            model.load_state_dict(state)
+    print(f"\nskip: RAPID round A={A} x M={M} x G={G}, {mixed} of {A * M} groups with unequal rewards, "
+          f"{skipped:.0%} of the update's rows left out, completion tokens {ro.generations.num_tokens}")
+    print(f"  {'pass':<10}{'all rows s':>12}{'skipping s':>12}{'speed-up':>10}")
+    for part in ("pi_old", "update"):
+        old_s, new_s = (statistics.median(results[skip, part]) for skip in (False, True))
+        print(f"  {part:<10}{old_s:>12.2f}{new_s:>12.2f}{old_s / new_s:>9.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shapes", nargs="+", default=["demo", "gsm8k"], choices=["demo", "gsm8k"])
+    ap.add_argument("--shapes", nargs="+", default=["demo", "gsm8k", "skip"], choices=["demo", "gsm8k", "skip"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
@@ -125,6 +165,9 @@ def main() -> None:
         task = make_task(cfg.task, seed=0, cache_dir=cfg.cache_dir)
         for G, micro in ((4, 8), (8, 16)):
             bench(f"gsm8k G={G}", cfg, model, tok, task, (50, 256), group_size=G, micro=micro, repeats=args.repeats)
+    if "skip" in args.shapes:
+        cfg = compose_config([*base, "task=gsm8k", "task.source=offline"])
+        bench_skipping(cfg, model, tok, make_task(cfg.task, seed=0, cache_dir=cfg.cache_dir), args.repeats)
 
 
 if __name__ == "__main__":

@@ -281,7 +281,7 @@ class Learner:
         mask = ro.completion_mask[rows, : ro.width(rows)]  # [B, C]
         mine = self.algorithm.denominator(mask, rewards, G, self.options)
         denominator = distributed.reduce_metrics(d, mean={"d": mine})["d"] or 1.0  # 0: nothing kept, loss 0
-        share = self._share(ro, rows)
+        share = self._share(ro, rows, step=True)
         part, computed = share.part, share.computed
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -304,16 +304,6 @@ class Learner:
             loss.backward()
             loss_sum += loss.item()  # the parts add up to the mini-batch's loss
             combine(metrics, mb.stop - mb.start, row_sums, maxima, sums)
-        if not share.passes:  # nothing moves on any rank: AdamW steps on the exactly zero gradient
-            # One group's forward still audits the sampler, and tells a diverged policy: without skipping its
-            # NaN log-probs make the loss NaN, the step is refused and SkipGuard stops the run before a save.
-            with torch.no_grad():
-                logprobs, mask = self._forward(self.model, part, slice(0, G))
-            loss_sum = torch.where(mask > 0, logprobs, 0.0).sum().item() * 0.0  # 0.0, or NaN
-            if audit:
-                seen = Audit.of(logprobs, part.sampler_logprobs[:G, : logprobs.shape[1]].to(self.device), mask)
-            for p in self.model.parameters():
-                p.grad = torch.zeros_like(p)
         row_sums.pop("ess", None)  # a micro-batch's own; the mini-batch's comes from the summed weights
         # over every rank's moving rows (ranks skip unequally)
         total = distributed.reduce_metrics(d, max=maxima, sum={**sums, "rows": float(computed),
@@ -339,20 +329,25 @@ class Learner:
         return StepStats(loss_sum, grad_norm, lr, skipped, ess, means, maxima, rows=len(rewards),
                          skipped_rows=len(rewards) - computed, audit=seen.over_ranks(d) if audit else None)
 
-    def _share(self, ro: Rollouts, rows: slice) -> Share:
+    def _share(self, ro: Rollouts, rows: slice, step: bool = False) -> Share:
         """The moving groups of `rows` and the passes over them (`_micro_batches`), then, under DDP and FSDP2,
         uncounted repeats until every rank has as many passes as the one with the most: there each forward and
         backward is a collective, and ranks' shares split unequally (by `algo.micro_batch_tokens`, by
-        skipping). A rank with nothing to compute repeats its share's first group, uncounted."""
+        skipping). A rank with nothing to compute repeats its share's first group, uncounted.
+        `step`: an optimizer step, which takes at least one pass even when nothing moves on any rank: its
+        gradient, 0 x the stand-in group's log-probs, is exactly zero for AdamW to step on, and NaN when the
+        policy has diverged (which the skipped rows would have shown: the step is refused, SkipGuard stops the
+        run before a save); the first step's also audits the sampler on it."""
         groups = ro.moving_groups(rows)
         G = ro.group_size
         stand_in = [rows.start // G] if rows.stop > rows.start else []
         part = ro.take(groups or stand_in)
         passes = [(mb, True) for mb in self._micro_batches(part, slice(0, len(part.rewards)))] if groups else []
+        most = len(passes)
         if self.d.world > 1:
             most = int(distributed.reduce_metrics(self.d, max={"passes": len(passes)})["passes"])
-            filler = passes[-1][0] if passes else slice(0, G)
-            passes += [(filler, False)] * (most - len(passes))
+        filler = passes[-1][0] if passes else slice(0, G)
+        passes += [(filler, False)] * (max(most, int(step)) - len(passes))
         origin = torch.tensor([g * G + i for g in groups for i in range(G)], dtype=torch.long)
         return Share(part, origin, passes)
 
