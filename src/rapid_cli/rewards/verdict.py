@@ -32,7 +32,7 @@ from rapid_cli.rewards.asserts import RECORD, Rule
 
 MARK = "\x1erapid-values "  # starts the line that carries the results; the last such line counts
 BIG = 1 << 16  # an exactly-compared value whose canonical form is longer than this travels as its digest
-VERSION = 3  # part of the cache key: bump when the recording or the comparison changes
+VERSION = 4  # part of the cache key: bump when the recording or the comparison changes
 
 
 @dataclass(frozen=True)
@@ -299,7 +299,7 @@ def passes(check: Check, out) -> bool:
         return rule.exact and check.digest is not None and _digest(out) == check.digest
     try:
         if rule.compare == "mbpp":
-            return mbpp_close(out, exp, check.param, as_set=rule.wrap == "set")
+            return mbpp_close(out, exp, check.param, as_set=rule.wrap == "set", oracle=rule.oracle, args=check.args)
         if rule.wrap:
             out = {"set": set, "sorted": sorted, "list": list, "tuple": tuple, "frozenset": frozenset}[rule.wrap](out)
         if rule.compare == "eq":
@@ -316,18 +316,59 @@ def passes(check: Check, out) -> bool:
 
 
 def _floats(x) -> bool:
-    return type(x) is float or (type(x) in (list, tuple) and all(type(i) is float for i in x))
+    """A float, or a NON-EMPTY list/tuple of floats (EvalPlus's is_floats; the data set's copy of it
+    also calls `[]` floats, which is how `[0]` passed for `[]`)."""
+    return type(x) is float or (type(x) in (list, tuple) and len(x) > 0 and all(type(i) is float for i in x))
 
 
-def mbpp_close(out, exp, atol: float, as_set: bool = False) -> bool:
-    """MBPP+'s own rule (its `assertion` helper): exact, unless the expected value is made of floats
-    (then atol 1e-6 at least) or the test gives an atol: then numpy.allclose with rtol 1e-7."""
+def _surface_area(base_edge, height):
+    """Mbpp/581's second reading (EvalPlus's _special_oracle.py): `height` is the pyramid's height, not
+    its slant height."""
+    slant = math.sqrt((base_edge / 2) ** 2 + height ** 2)
+    return round(base_edge ** 2 + 2 * base_edge * slant)
+
+
+def _digit_distance(a, b):
+    """Mbpp/558's second reading (EvalPlus): the numbers are zero-padded to the same length first."""
+    x, y = str(a), str(b)
+    width = max(len(x), len(y))
+    return sum(abs(int(p) - int(q)) for p, q in zip(x.zfill(width), y.zfill(width), strict=True))
+
+
+# EvalPlus's special oracles for MBPP+, keyed like EvalPlus by the function's name (evalplus/eval/
+# __init__.py, unsafe_execute): what else counts as an exact match on one input.
+ORACLES = {
+    "are_equivalent": lambda out, exp, args, atol: True,  # Mbpp/164: any returned value
+    "sum_div": lambda out, exp, args, atol: out == 0,  # Mbpp/295
+    "surface_Area": lambda out, exp, args, atol: abs(out - _surface_area(*args)) <= atol,  # Mbpp/581
+    "digit_distance_nums": lambda out, exp, args, atol: out == _digit_distance(*args),  # Mbpp/558
+}
+
+
+def mbpp_close(out, exp, atol: float, as_set: bool = False, oracle: str | None = None, args: tuple = ()) -> bool:
+    """EvalPlus's verdict on one MBPP+ input (evalplus/eval/__init__.py, unsafe_execute; the data set's
+    own `assertion` helper is the same without the type and length checks):
+
+    - an exact match (`out == exp`; for the set problems `set(out) == set(exp)`; for the special-oracle
+      problems also the oracle's second reading) passes;
+    - otherwise, when the expected value is a float or a non-empty list/tuple of floats (tolerance at
+      least 1e-6) or the problem gives a tolerance: the returned value must have exactly the expected
+      type, for a list/tuple the expected length, and be numpy.allclose to it (rtol 1e-7, atol);
+    - anything else fails.
+    """
+    exact = bool(out == exp)
+    if oracle is not None:
+        exact = exact or bool(ORACLES[oracle](out, exp, args, atol))
+    elif as_set:
+        exact = set(out) == set(exp)
+    if exact:
+        return True
     if atol == 0 and _floats(exp):
         atol = 1e-6
-    if as_set:
-        out, exp = set(out), set(exp)
-    if out != exp and atol != 0:
-        import numpy as np
+    if atol == 0 or type(out) is not type(exp):
+        return False
+    if type(exp) in (list, tuple) and len(out) != len(exp):
+        return False
+    import numpy as np
 
-        return bool(np.allclose(out, exp, rtol=1e-07, atol=atol))
-    return bool(out == exp)
+    return bool(np.allclose(out, exp, rtol=1e-07, atol=atol))
