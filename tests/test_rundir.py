@@ -112,3 +112,41 @@ def test_a_run_in_progress_is_refused_before_anything_is_written(tmp_path, resum
     assert f"{run_dir} holds a run in progress (pid {os.getpid()})" in out and "train.resume" not in out, out
     assert {name: (run_dir / ".hydra" / name).read_text() for name in live} == live
     assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", ".rapid.lock"]
+
+
+def test_resume_auto_with_one_override_changed_names_the_closest_run_and_how_to_continue_it(tmp_path, capsys):
+    """"Extend my run": train.rounds 1 -> 2 with train.resume=auto started from scratch in a new directory,
+    naming neither the near-identical earlier run nor train.resume=<dir>. Now one line names the closest earlier
+    run, the keys that differ and the command that continues it, and that command pastes as printed."""
+    from rapid_cli.overrides import override
+
+    day = tmp_path / "outputs" / "2026-11-24"
+    earlier, farther = day / "09-00-00", day / "09-30-00"
+    _fake_hydra_run(earlier, [*TINY, "train.rounds=1"])
+    _fake_hydra_run(farther, [*TINY, "train.rounds=1", "seed=3"])  # newer, but two keys away
+    os.utime(farther, (2e9, 2e9))
+    capsys.readouterr()
+    new = claim(tmp_path / "outputs", datetime.datetime(2026, 11, 24, 10, 0, 0))
+    now = [*TINY, "train.rounds=2", "train.resume=auto"]
+    assert same_run(new, now, compose(now)) == new  # not the same run: a new one, as before
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"the closest earlier run, {earlier}, differs in train.rounds 1 -> 2" in out, out
+    assert str(farther) not in out
+    command = out.split(": ")[-1]
+    assert command == f"rapid train {' '.join(TINY)} train.rounds=2 {override('train.resume', str(earlier))}", out
+    assert "round-1 checkpoint to round 2" in out
+
+    env = {**os.environ, "WANDB_MODE": "disabled", "PATH": f"{os.path.dirname(RAPID)}:{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "resuming" in proc.stdout, proc.stdout + proc.stderr
+    assert "round 1 of 2" in proc.stdout, proc.stdout
+
+
+def test_resume_auto_names_no_run_when_none_is_close(tmp_path, capsys):
+    day = tmp_path / "outputs" / "2026-11-24"
+    _fake_hydra_run(day / "09-00-00", [*TINY, "train.rounds=1", "seed=3", "optimizer.lr=0.5", "sampler.max_tokens=4"])
+    capsys.readouterr()
+    new = claim(tmp_path / "outputs", datetime.datetime(2026, 11, 24, 10, 0, 0))
+    now = [*TINY, "train.rounds=2", "train.resume=auto"]
+    assert same_run(new, now, compose(now)) == new
+    assert "closest" not in capsys.readouterr().out

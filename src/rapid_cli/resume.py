@@ -2,7 +2,9 @@
 checkpoint carries beside the weights, and the command that resumes a stopped run.
 
     train.resume=auto        the newest intact checkpoint of this run directory; in a directory rapid
-                             claimed itself, the newest earlier run with the same overrides and config
+                             claimed itself, the newest earlier run with the same overrides and config;
+                             when there is none, a new run, and the closest earlier one (a few keys
+                             apart, e.g. train.rounds raised) is named with the command continuing it
     train.resume=<dir>       that checkpoint, or the newest one of that run directory
 
 A resume is refused when the model or task config differs from the checkpoint's (checkpoint.FIXED_GROUPS).
@@ -156,7 +158,69 @@ def same_run(run_dir: Path, overrides: list[str], config=None) -> Path:
             continue  # no intact checkpoint: not a run to continue
         candidates.append(other)
     if not candidates:
+        near = closest_run(run_dir, config)
+        if near is not None:
+            from rich.markup import escape
+
+            console.print(escape(continue_hint(run_dir, overrides, *near)), soft_wrap=True, highlight=False)
         return run_dir
     found = max(candidates, key=lambda p: p.stat().st_mtime)
     console.print(f"[dim]train.resume=auto: continuing the run in {found}[/]", soft_wrap=True)
     return found
+
+
+def _flat(node, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (node or {}).items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def closest_run(run_dir: Path, config, most: int = 3) -> tuple[Path, list[tuple[str, object, object]]] | None:
+    """For `train.resume=auto` that found no run to continue (`same_run`): the earlier run under the same output
+    root with a checkpoint whose composed config differs from this one (`config`, comparable as
+    `_comparable_config` makes it) in the fewest keys -- at most `most`, none of model.* or task.* (a resume
+    refuses those) -- the newest among equals; with those keys as (key, its value, this run's value)."""
+    if not config:
+        return None
+    mine = _flat(config)
+    best = None
+    for other in run_dir.parent.parent.glob("*/*"):
+        if other == run_dir or not (other / ".hydra" / "config.yaml").exists():
+            continue
+        if not checkpoint.checkpoints(other / "checkpoints"):
+            continue
+        try:
+            theirs = _flat(_comparable_config(other))
+        except Exception:  # an unreadable saved config: not a run to name
+            continue
+        keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if len(keys) > most or any(k.startswith(tuple(f"{g}." for g in checkpoint.FIXED_GROUPS)) for k in keys):
+            continue
+        rank = (len(keys), -other.stat().st_mtime)
+        if best is None or rank < best[0]:
+            best = (rank, other, [(k, theirs.get(k, "(unset)"), mine.get(k, "(unset)")) for k in keys])
+    return None if best is None else (best[1], best[2])
+
+
+def continue_hint(run_dir: Path, overrides: list[str], near: Path, keys: list[tuple[str, object, object]]) -> str:
+    """One line: the earlier run closest to this one, the keys that differ, and the command that continues it
+    (`train.resume=<dir>`: from its newest checkpoint, with this command's settings, e.g. train.rounds raised)."""
+    from rapid_cli.overrides import override, shell_arg
+
+    last = checkpoint.checkpoints(near / "checkpoints")[-1]
+    done = int(last.name.rsplit("-", 1)[-1]) if last.name.rsplit("-", 1)[-1].isdigit() else None
+    differ = ", ".join(f"{k} {a} -> {b}" for k, a, b in keys) or "only in how its overrides are written"
+    again = [shell_arg(o) for o in overrides if not o.startswith(("train.resume=", "hydra.run.dir="))]
+    command = " ".join(["rapid train", *again, override("train.resume", str(near))])
+    rounds = dict((k, (a, b)) for k, a, b in keys).get("train.rounds")
+    if rounds is not None and isinstance(rounds[1], int) and done is not None and rounds[1] > done:
+        how = f"to continue it from its round-{done} checkpoint to round {rounds[1]}"
+    else:
+        how = (f"to continue it from its {last.name} checkpoint (with train.rounds raised above "
+               f"{done if done is not None else 'its last round'})")
+    return (f"train.resume=auto: no earlier run has these overrides, so this is a new run in {run_dir}; the closest "
+            f"earlier run, {near}, differs in {differ}; {how}: {command}")
