@@ -109,7 +109,8 @@ def bench_skipping(cfg, model, tok, task, repeats: int) -> None:
     a.steps_per_generation, a.prompts_per_step, a.group_size, a.micro_batch_size = A, M, G, 8
     ro = rollouts(task, tok, cfg, (50, 256), G, A * M, seed=12)
     rng = random.Random(12)
-    ro.rewards = [float(rng.random() < 0.5) if rng.random() < 1 / 12 else 0.0 for _ in ro.rewards]
+    solved = [rng.random() < 1 / 12 for _ in range(A * M)]  # a group with a correct answer: 1 and G-1 draws
+    ro.rewards = [float(i == 0 or rng.random() < 0.3) if solved[g] else 0.0 for g in range(A * M) for i in range(G)]
     mixed = sum(len(set(ro.rewards[g * G : (g + 1) * G])) > 1 for g in range(A * M))
     state = {k: v.clone() for k, v in model.state_dict().items()}
     results: dict[tuple[bool, str], list[float]] = {}

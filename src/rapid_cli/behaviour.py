@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import torch
 
-from rapid_cli.config import OldLogprobs
+from rapid_cli.config import EngineCorrection, OldLogprobs
 from rapid_cli.console import console
 from rapid_cli.learner import AUDIT_KEY, Learner
 from rapid_cli.types import Rollouts
 
 
 class BehaviourLogprobs:
-    def __init__(self, algo, d, settings: dict, saved: dict | None = None):
+    def __init__(self, algo, d, settings: dict, saved: dict | None = None, gap: float | None = None):
         self.mode, self.tol, self.settings = algo.old_logprobs, algo.sampler_logw_tol, settings
+        self.correction = algo.engine_correction
+        # the last audit's gap (None: none yet, or audited under other settings): `auto` engine correction's input
+        self.gap = gap if saved and saved.get("settings") == settings else None
         self.first_rows = algo.prompts_per_step // d.world * algo.group_size
         self.on_policy = algo.steps_per_generation == 1  # A=1: the one step's detached log-probs are pi_old
         self.trusted = bool(saved and saved.get("trusted") and saved.get("settings") == settings)
@@ -64,10 +67,28 @@ class BehaviourLogprobs:
         old[self.first_rows :] = learner.logprobs(ro, slice(self.first_rows, None))
         return old, past_first
 
+    def engine_correction(self, ro: Rollouts) -> str:
+        """The engine correction for this round's steps (none | tis | mis; algorithms/engine.py). None is needed
+        where pi_old is the sampler's own log-probs (`sampler` mode: the ratio is 1) or where the sampler reports
+        no mu (top_p < 1: an explicit tis/mis was refused at start); `auto` corrects by tis when the last audit
+        found a gap above algo.sampler_logw_tol, or, before any audit, when engine or trainer compute in 16 bits."""
+        if (self.correction == EngineCorrection.none or self.mode == OldLogprobs.sampler
+                or ro.sampler_logprobs is None or self.settings.get("top_p", 1.0) < 1):
+            return "none"
+        if self.correction != EngineCorrection.auto:
+            return str(self.correction)
+        if self.gap is None:
+            reduced = self.settings.get("engine_dtype") not in (None, "float32") or self.settings.get(
+                "mixed_precision") == "bf16"
+            return "tis" if reduced else "none"
+        return "tis" if self.gap > self.tol else "none"
+
     def after_round(self, audit: dict) -> None:
         """Takes the round's audit metrics (the same on every rank: taken over all ranks), once its weights
         were synced."""
         gap = audit.get(AUDIT_KEY)
+        if gap is not None:
+            self.gap = gap
         if self.mode == OldLogprobs.auto and not self.on_policy and gap is not None:
             if self.trusted and gap > self.tol:
                 self.trusted = False

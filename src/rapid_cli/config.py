@@ -20,6 +20,15 @@ from omegaconf import MISSING, OmegaConf
 # options, and a member compares equal to (and prints as) its plain string.
 
 
+class EngineCorrection(StrEnum):
+    none = "none"
+    tis = "tis"  # per token min(pi_old / mu, algo.engine_cap) on each token's loss term
+    mis = "mis"  # per sequence: dropped unless pi_old / mu lies in [1 / algo.engine_cap, algo.engine_cap]
+    # tis where the engine reports mu and its log-probs are not the trainer's: the last audit's gap is above
+    # algo.sampler_logw_tol, or, before any audit, engine or trainer computes in 16 bits
+    auto = "auto"
+
+
 class OldLogprobs(StrEnum):
     recompute = "recompute"  # trainer model recomputes log pi_old before the first update (authors)
     sampler = "sampler"  # take the sampler's per-token logprobs as they came out of generation
@@ -198,6 +207,9 @@ class AlgoConfig:
     eps: float | None = 0.2  # PPO ratio clip; null = unclipped importance-weighted PG
     old_logprobs: OldLogprobs = OldLogprobs.auto  # with A=1 (on-policy) nothing is recomputed: ratio = 1
     sampler_logw_tol: float = 1e-2  # auto: largest |sum_t (sampler - trainer)| of a sequence (error in log w) trusted
+    # the samples are the engine's (mu), the losses assume pi_old's: correct for the gap (algorithms/engine.py)
+    engine_correction: EngineCorrection = EngineCorrection.auto
+    engine_cap: float = 2.0  # C: tis truncates pi_old / mu at C; mis keeps sequences whose ratio is in [1/C, C]
     # Baselines (conf/algo/grpo|pg|dapo|dr_grpo.yaml); each loss takes only the options it names.
     kl_beta: float = 0.0  # grpo: weight of the k3 KL to the frozen initial policy (0.04); needs a reference copy
     eps_high: float | None = None  # dapo: upper PPO clip ("clip-higher", 0.28); null: eps

@@ -28,6 +28,7 @@ import torch
 
 from rapid_cli import algorithms, distributed
 from rapid_cli.algorithms.aggregate import effective_sample_size, informative_rows
+from rapid_cli.algorithms.engine import engine_weights
 from rapid_cli.algorithms.primitives import MAXIMA, SUMS
 from rapid_cli.console import console
 from rapid_cli.policy import completion_logprobs, grouped_logprobs, pack, pack_groups
@@ -155,7 +156,8 @@ class StepStats:
 LOGGED = {"iw_mean": "iw/mean", "iw_clipped_mean": "iw/clipped_mean", "iw_clip_frac": "iw/clip_frac",
           "staleness": "iw/staleness", "log_ratio_abs_mean": "iw/log_ratio_abs_mean",
           "adv_abs_mean": "train/adv_abs_mean", "ppo_clip_frac": "train/ppo_clip_frac", "kl": "train/kl",
-          "groups_dropped_frac": "train/groups_dropped_frac"}
+          "groups_dropped_frac": "train/groups_dropped_frac", "engine_weight_mean": "iw/engine_weight_mean",
+          "engine_truncated_frac": "iw/engine_truncated_frac", "engine_masked_frac": "iw/engine_masked_frac"}
 
 
 def update_metrics(steps: list[StepStats]) -> tuple[dict[str, float], dict[str, float]]:
@@ -182,7 +184,11 @@ def update_metrics(steps: list[StepStats]) -> tuple[dict[str, float], dict[str, 
         having = [s.means[key] for s in steps if key in s.means]
         if having:
             means[name] = sum(having) / len(having)
-    return means, {"iw/max": max(s.maxima["iw_max"] for s in computed)} if computed else {}
+    maxima = {"iw/max": max(s.maxima["iw_max"] for s in computed)} if computed else {}
+    ratios = [s.maxima["engine_ratio_max"] for s in steps if "engine_ratio_max" in s.maxima]
+    if ratios:
+        maxima["iw/engine_ratio_max"] = max(ratios)
+    return means, maxima
 
 
 def combine(metrics: dict, rows: int, row_sums: dict, maxima: dict, sums: dict) -> None:
@@ -289,18 +295,18 @@ class Learner:
         seen = Audit(0.0, 0.0, 0.0, 0.0)
         for mb, counted in share.passes:
             logprobs, mask = self._forward(self.model, part, mb)  # [b, C]
-            C = logprobs.shape[1]
             if audit and (counted or not computed):  # a rank with no moving row audits its stand-in group
-                seen = seen.merge(Audit.of(logprobs.detach(), part.sampler_logprobs[mb, :C].to(self.device), mask))
+                mu = part.sampler_logprobs[mb, : logprobs.shape[1]].to(self.device)
+                seen = seen.merge(Audit.of(logprobs.detach(), mu, mask))
             if not counted:
                 (torch.where(mask > 0, logprobs, 0.0).sum() * 0).backward()  # a collective as theirs are; adds 0
                 continue
             old = self._old(part, mb, logprobs)  # [b, C]
-            ref = part.ref_logprobs
-            extra = {} if ref is None else {"ref_logprobs": ref[mb, :C].to(self.device)}
+            extra, corrected = self._loss_inputs(part, mb, old, mask)
             r = torch.tensor(part.rewards[mb], dtype=torch.float32, device=self.device)  # [b]
             loss, metrics = self.algorithm.loss(logprobs, old, mask, r, G, **self.options,
                                                 **extra, denominator=denominator)
+            metrics |= corrected
             loss.backward()
             loss_sum += loss.item()  # the parts add up to the mini-batch's loss
             combine(metrics, mb.stop - mb.start, row_sums, maxima, sums)
@@ -384,6 +390,17 @@ class Learner:
             return grouped_logprobs(model, batch, self.temperature), batch.completion_mask
         batch = pack(ro.row_prompts(mb), completions, self.pad_id, self.device)
         return completion_logprobs(model, batch, self.temperature), batch.completion_mask
+
+    def _loss_inputs(self, part: Rollouts, mb: slice, old: torch.Tensor, mask: torch.Tensor) -> tuple[dict, dict]:
+        """The loss's optional inputs for micro-batch `mb` ([b, C] each): the reference log-probs (a KL term) and
+        the engine correction's token weights (algorithms/engine.py); and the correction's statistics."""
+        C = old.shape[1]
+        extra = {} if part.ref_logprobs is None else {"ref_logprobs": part.ref_logprobs[mb, :C].to(self.device)}
+        if part.engine_correction == "none":
+            return extra, {}
+        mu = part.sampler_logprobs[mb, :C].to(self.device)
+        extra["token_weights"], stats = engine_weights(old, mu, mask, part.engine_correction, self.algo.engine_cap)
+        return extra, stats
 
     def _old(self, ro: Rollouts, mb: slice, logprobs: torch.Tensor) -> torch.Tensor:
         """log pi_old of micro-batch `mb` [b, C]: the recorded one where there is one, else the step's own

@@ -41,6 +41,7 @@ class TrainerState:
     phase_totals: dict | None = None  # seconds per phase so far
     wandb_id: str | None = None  # the W&B run a resume continues
     sampler_trust: dict | None = None  # BehaviourLogprobs.state(): whether the sampler's log-probs are trusted
+    engine_gap: float | None = None  # the last sampler audit's gap (BehaviourLogprobs.gap), for the engine correction
 
     def to_dict(self) -> dict:
         """Plain Python and tensors only: torch.load(weights_only=True) refuses other classes (a config Enum)."""

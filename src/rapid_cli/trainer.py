@@ -135,7 +135,7 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     trust_settings = {"sampler": resolve_name(s.name), "engine_dtype": engine_dtype, "mixed_precision": precision,
                       "parallel": d.parallel, "world": d.world, "device": device.type, "temperature": s.temperature,
                       "top_p": s.top_p}
-    behaviour = BehaviourLogprobs(a, d, trust_settings, state.sampler_trust)
+    behaviour = BehaviourLogprobs(a, d, trust_settings, state.sampler_trust, state.engine_gap)
     to_ids = lambda p: task.prompt_ids(p, tokenizer, cfg.model.chat_template)  # noqa: E731
     eval_problems = task.test[: cfg.eval.limit] if cfg.eval.limit else task.test
     eval_prompts = [to_ids(p) for p in eval_problems]
@@ -176,7 +176,8 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
             return run_dir / "checkpoints"
         trainer_state = TrainerState(round=rnd, cursor=stream.cursor, **learner_state, rng=checkpoint.rng_state(),
                                      totals=totals, first_eval=first_eval, elapsed=timer.elapsed,
-                                     phase_totals=timer.totals, wandb_id=log.wandb_id, sampler_trust=behaviour.state())
+                                     phase_totals=timer.totals, wandb_id=log.wandb_id, sampler_trust=behaviour.state(),
+                                     engine_gap=behaviour.gap)
         stop.saving()
         with console.status(f"saving checkpoint round {rnd}"):
             path = checkpoint.save(run_dir / "checkpoints", rnd, model, tokenizer, trainer_state.to_dict(), cfg,
@@ -206,6 +207,7 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
             ro.moving = learner.moving_rows(ro, behaviour.own_rows(ro))  # the rows any pass below computes
             with timer(Phase.OLD_LOGPROBS):
                 ro.old_logprobs, ro.old_rows = behaviour(learner, ro)
+                ro.engine_correction = behaviour.engine_correction(ro)
             if learner.reference is not None:
                 with timer(Phase.REF_LOGPROBS):
                     ro.ref_logprobs = learner.logprobs(ro, reference=True)
@@ -266,6 +268,7 @@ def round_metrics(ro: Rollouts, steps: list[StepStats], timer: PhaseTimer) -> tu
         "reward/groups_all_equal_frac": sum(len(set(g)) == 1 for g in groups) / len(groups),
         "train/completion_len": gens.num_tokens / len(gens),
         "train/stop_frac": sum(f == "stop" for f in gens.finish_reasons) / len(gens),
+        "iw/engine_corrected": float(ro.engine_correction != "none"),  # algo.engine_correction acted this round
         **updates,
         **times,
     }

@@ -81,6 +81,7 @@ class Rollouts:
       ref_logprobs: the frozen reference policy's log-probs (a KL penalty), set by the ref_logprobs phase
     moving: [B] bool, the rows whose gradient can be non-zero (whole groups; the others are left out of every
         forward pass: Learner.moving_rows); None: all rows
+      engine_correction: none | tis | mis, how the steps correct for the engine's mu (algorithms/engine.py)
     """
 
     problems: list[Problem]
@@ -92,6 +93,7 @@ class Rollouts:
     old_rows: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
     moving: torch.Tensor | None = None
+    engine_correction: str = "none"
     completion_mask: torch.Tensor = field(init=False, repr=False)
     sampler_logprobs: torch.Tensor | None = field(init=False, repr=False)
 
@@ -125,7 +127,7 @@ class Rollouts:
                            None if gens.logprobs is None else [gens.logprobs[i] for i in rows],
                            [gens.finish_reasons[i] for i in rows], [gens.texts[i] for i in rows])
         out = Rollouts([self.problems[g] for g in groups], [self.prompt_ids[g] for g in groups], part,
-                       [self.rewards[i] for i in rows], G)
+                       [self.rewards[i] for i in rows], G, engine_correction=self.engine_correction)
         index, T = torch.tensor(rows, dtype=torch.long), out.width()
 
         def cut(t: torch.Tensor | None) -> torch.Tensor | None:  # [B, T] -> [b, T'], [B] -> [b]

@@ -69,10 +69,15 @@ def denominator(how: str, mask: torch.Tensor, rewards: torch.Tensor, group_size:
 
 
 def aggregate(token_loss: torch.Tensor, mask: torch.Tensor, how: str, denominator: float | None = None,
-              keep: torch.Tensor | None = None, norm_len: int | None = None) -> torch.Tensor:
+              keep: torch.Tensor | None = None, norm_len: int | None = None,
+              weights: torch.Tensor | None = None) -> torch.Tensor:
     """sum over rows of each row's term / denominator. token_loss, mask [B, T] -> scalar.
-    `denominator=None`: this batch is the whole batch (the loss used on its own)."""
+    `denominator=None`: this batch is the whole batch (the loss used on its own). `weights` [B, T]: detached
+    per-token weights on the terms (the engine correction, algorithms/engine.py); the denominator keeps
+    counting every token, as a truncated importance weight does not renormalise."""
     masked = torch.where(mask > 0, token_loss, torch.zeros_like(token_loss))  # a NaN at padding stays out
+    if weights is not None:
+        masked = masked * weights
     rows = masked.sum(-1)  # [B]
     if how == "seq_mean":
         rows = rows / mask.sum(-1).clamp(min=1)

@@ -73,7 +73,8 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor
 
 def _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, *, scale: bool, eps: float,
                      eps_high: float | None, aggregate: str, kl_beta: float, ref_logprobs, drop_equal_groups: bool,
-                     norm_len: int | None = None, denominator: float | None = None):
+                     norm_len: int | None = None, denominator: float | None = None,
+                     token_weights: torch.Tensor | None = None):
     B = logprobs.shape[0]
     if B % group_size:
         raise ValueError(f"batch of {B} rows is not a whole number of groups of {group_size}")
@@ -90,7 +91,7 @@ def _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, *, scale
             raise ValueError("kl_beta > 0 needs ref_logprobs from the reference model")
         kl = kl_k3(logprobs, ref_logprobs, mask)
         token_loss = token_loss + kl_beta * kl
-    loss = aggregate_loss(token_loss, mask, aggregate, denominator, keep, norm_len)
+    loss = aggregate_loss(token_loss, mask, aggregate, denominator, keep, norm_len, weights=token_weights)
     if keep is not None:
         mask = mask * keep[:, None].to(mask.dtype)  # the metrics below describe the kept tokens only
     with torch.no_grad():
@@ -103,29 +104,31 @@ def _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, *, scale
 
 @aggregated("seq_mean")
 def grpo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | None = 0.2, kl_beta: float = 0.04,
-              ref_logprobs=None, denominator: float | None = None):
+              ref_logprobs=None, denominator: float | None = None, token_weights=None):
     """GRPO: z-scored group advantages, PPO clip, k3 KL to the reference (beta), per-sequence token mean.
     With kl_beta = 0 this is the paper's PG baseline."""
     return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=True, eps=eps, eps_high=None,
                             aggregate=grpo_loss.aggregation, kl_beta=kl_beta, ref_logprobs=ref_logprobs,
-                            drop_equal_groups=False, denominator=denominator)
+                            drop_equal_groups=False, denominator=denominator, token_weights=token_weights)
 
 
 @aggregated("token_mean")
 def dapo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | None = 0.2, eps_high: float | None = 0.28,
-              drop_equal_groups: bool = True, denominator: float | None = None):
+              drop_equal_groups: bool = True, denominator: float | None = None, token_weights=None):
     """DAPO: one token-level mean over the batch, clip-higher (eps_high), groups with equal rewards dropped, no KL."""
     return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=True, eps=eps,
                             eps_high=eps_high, aggregate=dapo_loss.aggregation, kl_beta=0.0, ref_logprobs=None,
-                            drop_equal_groups=drop_equal_groups, denominator=denominator)
+                            drop_equal_groups=drop_equal_groups, denominator=denominator,
+                            token_weights=token_weights)
 
 
 @aggregated("token_sum")
 def dr_grpo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | None = 0.2,
-                 norm_len: int | None = None, denominator: float | None = None):
+                 norm_len: int | None = None, denominator: float | None = None, token_weights=None):
     """Dr. GRPO: group-centred advantages without std scaling, token sum over a constant length (norm_len,
     the generation budget), so neither long nor short answers are favoured by the normalisation."""
     return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=False, eps=eps, eps_high=None,
                             aggregate=dr_grpo_loss.aggregation, kl_beta=0.0, ref_logprobs=None,
-                            drop_equal_groups=False, norm_len=norm_len, denominator=denominator)
+                            drop_equal_groups=False, norm_len=norm_len, denominator=denominator,
+                            token_weights=token_weights)
 

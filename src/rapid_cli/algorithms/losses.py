@@ -63,6 +63,7 @@ def rapid_loss(
     iw_clip: float | None = 2.0,
     eps: float | None = 0.2,
     denominator: float | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """RAPID's off-policy loss with an importance-weighted group baseline (docs/algorithm.md, "The loss of one step").
 
@@ -70,6 +71,7 @@ def rapid_loss(
     baseline b_g = mean_j min(w_j, c) r_j re-weights the group's rewards toward the current policy, and
     A_i = r_i - b_g drives a PPO-clipped token loss averaged per sequence, then over the batch (or divided
     by `denominator`, the row count of the whole mini-batch this batch is a piece of: algorithms/aggregate.py).
+    `token_weights` [B, T]: the engine correction's detached weight on each token's term (algorithms/engine.py).
 
     >>> B, T = 4, 3
     >>> lp = torch.zeros(B, T); m = torch.ones(B, T); r = torch.tensor([1., 0., 1., 1.])
@@ -87,7 +89,7 @@ def rapid_loss(
     w_used = w.clamp(max=iw_clip) if iw_clip is not None else w  # [B]
     adv = rapid_advantages(rewards.to(logprobs.dtype), group_size, w_used)  # [B]
     token_loss, cut = clipped_objective(log_ratio.exp(), adv, eps)  # [B, T]; the ratio carries the gradient
-    loss = aggregate(token_loss, mask, rapid_loss.aggregation, denominator)
+    loss = aggregate(token_loss, mask, rapid_loss.aggregation, denominator, weights=token_weights)
 
     with torch.no_grad():
         metrics = {

@@ -16,7 +16,7 @@ MAX_LOG_W = 60.0
 
 # How a loss's metrics combine over the pieces of one mini-batch (its micro-batches, then its ranks):
 # these by their maximum or their sum, every other one as a mean over rows.
-MAXIMA = frozenset({"iw_max"})
+MAXIMA = frozenset({"iw_max", "engine_ratio_max"})
 SUMS = frozenset({"iw_sum", "iw_sq_sum"})  # what the whole mini-batch's effective sample size is made of
 
 

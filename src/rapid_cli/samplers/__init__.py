@@ -44,7 +44,14 @@ def resolve_name(name: str) -> str:
 
 def check(sampler_cfg, algo_cfg) -> None:
     """Settings a sampler cannot serve. vLLM renormalises its log-probs over the top-p nucleus, which is not
-    the untruncated log softmax(logits/T) the trainer's importance ratio uses."""
+    the untruncated log softmax(logits/T) the trainer's importance ratio uses; and at top_p < 1 no sampler
+    reports the distribution it drew from (mu), which the engine correction needs."""
+    if algo_cfg.engine_correction in ("tis", "mis") and sampler_cfg.top_p < 1:
+        raise RapidError(f"algo.engine_correction={algo_cfg.engine_correction} needs the sampler's own probabilities "
+                         f"(mu), which no sampler reports at sampler.top_p={sampler_cfg.top_p}; use sampler.top_p=1 "
+                         "or algo.engine_correction=auto (off where mu is unknown)")
+    if algo_cfg.engine_cap <= 1:
+        raise RapidError(f"algo.engine_cap={algo_cfg.engine_cap} must be > 1 (at or below 1 it keeps no ratio)")
     off_policy = algo_cfg.steps_per_generation > 1
     if algo_cfg.old_logprobs == OldLogprobs.sampler and off_policy and sampler_cfg.top_p < 1:
         if resolve_name(sampler_cfg.name) == "vllm":
