@@ -9,12 +9,12 @@ from conftest import REPO
 
 PACKAGE = REPO / "src" / "rapid_cli"
 LAYERS = [  # lowest first; a module may import its own layer and the ones below it
-    {"errors", "types", "timing", "console", "hub", "gpu"},
+    {"errors", "types", "timing", "console", "hub", "gpu", "overrides"},
     {"config"},
     {"algorithms", "rewards", "sandbox", "models", "policy", "tasks", "samplers", "distributed", "checkpoint",
      "rundir", "stopping"},
     {"validation"},
-    {"learner", "behaviour", "evaluate", "logger", "plots", "resume", "report"},
+    {"learner", "behaviour", "evaluate", "logger", "plots", "resume", "report", "sweeps"},
     {"trainer"},
     {"cli", "doctor", "__main__", "__init__"},
 ]

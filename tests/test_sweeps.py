@@ -198,3 +198,69 @@ def test_report_names_unfinished_cut_and_unreadable_runs_and_keeps_them_out_of_t
                       ("3", "metrics.jsonl line 3 is not UTF-8")):
         assert f"{tmp_path / name} ({why}" in left_out, left_out
     assert "left out of the means" in " ".join(proc.stdout.split())
+
+
+def _data(path, broken: bool = False):
+    """A custom task's data file; `broken`: its second line is no JSON (the job fails when it loads it)."""
+    import json
+
+    rows = [json.dumps({"question": f"{a} + {a}", "answer": str(2 * a)}) for a in range(10)]
+    if broken:
+        rows[1] = "{not json"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_a_failed_job_is_recorded_the_sweep_runs_every_job_and_a_rerun_redoes_only_it(tmp_path):
+    """`rapid train -m` stopped at the first job that failed: the later jobs never ran and nothing said which
+    were skipped. Every job runs; the failed one's directory says why (FAILED), the sweep ends with a table and
+    exit 1, and the printed command (pasted as printed) redoes only the job that did not finish."""
+    import shlex
+
+    bad, good = _data(tmp_path / "bad.jsonl", broken=True), _data(tmp_path / "good.jsonl")
+    sweep = tmp_path / "sweep"
+    args = ["train", "-m", *SMALL, "train.rounds=1", "eval.at_start=false", "task=custom",
+            "task.prompt_field=question", "reward.functions=[{_target_: rapid_cli.rewards.numeric_match}]",
+            f"task.data_path={bad},{good}", f"hydra.sweep.dir={sweep}"]
+    proc = rapid(*args)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in out, out
+    jobs = {p.name[0]: p for p in sweep.iterdir() if p.is_dir()}
+    assert sorted(jobs) == ["0", "1"], out
+    why = (jobs["0"] / "FAILED").read_text().strip()
+    assert "\n" not in why and "bad.jsonl, line 2" in why, why
+    assert not (jobs["1"] / "FAILED").exists() and (jobs["1"] / "metrics.jsonl").exists()
+    lines = proc.stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith(f"sweep {sweep}: 2 jobs"))
+    assert "1 finished, 1 failed" in lines[head], out
+    assert lines[head + 1].split()[0] == "failed" and "bad.jsonl, line 2" in lines[head + 1]
+    assert lines[head + 2].split()[0] == "finished" and jobs["1"].name in lines[head + 2]
+    again = next(line for line in lines if line.startswith("run again")).split(": ", 1)[1]
+    assert again.startswith("rapid train -m ") and "train.resume=auto" in again
+
+    _data(bad)  # the data fixed: the printed command, pasted into a shell, trains only the failed job
+    finished = (jobs["1"] / "metrics.jsonl").stat().st_mtime
+    words = shlex.split(again)
+    proc = rapid(*words[1:])
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert (jobs["1"] / "metrics.jsonl").stat().st_mtime == finished
+    assert not (jobs["0"] / "FAILED").exists() and (jobs["0"] / "metrics.jsonl").exists()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == sorted(p.name for p in jobs.values()), out
+    assert "2 finished" in out and "run again" not in out
+
+
+def test_the_sweep_table_names_jobs_that_never_ran(tmp_path, capsys):
+    """A sweep stopped by a signal (or a launcher that gave up) left later jobs unrun without a word."""
+    from rapid_cli.sweeps import summary
+
+    _job(tmp_path, "0_seed=0", 0, [{"round": 1}, {"round": 2}])
+    (_job(tmp_path, "1_seed=1", 1, [{"round": 1}]) / "FAILED").write_text("CUDA out of memory\ntraceback...\n")
+    planned = [["train.rounds=2", f"seed={s}"] for s in range(3)]
+    assert summary(tmp_path, planned, "rapid train -m seed=0,1,2 train.resume=auto") is False
+    out = capsys.readouterr().out
+    assert "3 jobs, 1 finished, 1 failed, 1 not run" in out
+    states = [line.split()[0] for line in out.splitlines()[1:4]]
+    assert states == ["finished", "failed", "not"] and "(CUDA out of memory)" in out
+    assert "rapid train -m seed=0,1,2 train.resume=auto" in out

@@ -153,11 +153,54 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+class _JobFailed(Exception):
+    """A job's user-fixable failure, as one line: the end of a single run, one row of a sweep's table."""
+
+    def __init__(self, message: str, code: int = 2, recorded: bool = False):
+        super().__init__(message)
+        self.code, self.recorded = code, recorded
+
+
 def _train_job(cfg) -> float:
+    """One run (`rapid train`) or one job of a sweep (`rapid train -m`). A sweep's job that fails is recorded
+    (sweeps.py) and the sweep goes on; a signal (Ctrl-C, SIGTERM) still stops the whole sweep."""
     from hydra.core.hydra_config import HydraConfig
+
+    from rapid_cli import sweeps
+
+    hc = HydraConfig.get()
+    if hc.mode.name != "MULTIRUN":
+        try:
+            return _run_train_job(cfg, hc, sweep=False)
+        except _JobFailed as err:
+            _fail(str(err), code=err.code)
+    job = sweeps.key(hc.overrides.task)
+    try:
+        return _run_train_job(cfg, hc, sweep=True)
+    except _JobFailed as err:
+        if not err.recorded:
+            sweeps.refused[job] = str(err)
+        message = str(err)
+    except Exception as err:  # a bug or an out-of-memory error: recorded with its traceback, the sweep goes on
+        message = sweeps.failure_line(err)
+        if job in sweeps.started:
+            message += f" (traceback in {sweeps.started[job] / sweeps.FAILED})"
+        else:
+            import traceback
+
+            traceback.print_exc()
+            sweeps.refused[job] = message
+    from rapid_cli.console import error_line
+
+    where = sweeps.started.get(job, Path(hc.runtime.output_dir))
+    error_line(f"sweep job {hc.job.num} ({where.name}) failed: {message}; going on with the next job")
+    return float("nan")  # a sweeper records the job as failed without stopping (Optuna: a failed trial)
+
+
+def _run_train_job(cfg, hc, sweep: bool) -> float:
     from rich.markup import escape
 
-    from rapid_cli import checkpoint
+    from rapid_cli import checkpoint, sweeps
     from rapid_cli.console import console
     from rapid_cli.errors import RapidError
     from rapid_cli.resume import resume_command, same_run
@@ -165,7 +208,6 @@ def _train_job(cfg) -> float:
     from rapid_cli.stopping import Abandoned, Interrupted
     from rapid_cli.trainer import train
 
-    hc = HydraConfig.get()
     name = hc.job.override_dirname or "default"
     run_dir = hydra_dir = Path(hc.runtime.output_dir)
     if cfg.train.resume == "auto" and hc.mode.name == "RUN" and not holds_a_run(run_dir):
@@ -173,12 +215,36 @@ def _train_job(cfg) -> float:
         if found != run_dir:  # continue that run in its own directory; this fresh one stays unused
             shutil.rmtree(run_dir, ignore_errors=True)
             run_dir = found
+    elif sweep and cfg.train.resume and not holds_a_run(run_dir):
+        # a sweep first run without train.resume=auto named its job directories without it: continue there
+        found = sweeps.earlier_attempt(run_dir, list(hc.overrides.task))
+        if found is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir = found
     resume = resume_command(list(hc.overrides.task), run_dir)
     try:
         with RunLock(run_dir):
+            if sweep:
+                sweeps.started[sweeps.key(hc.overrides.task)] = run_dir
+                sweeps.clear_failure(run_dir)  # an earlier attempt's; this one is judged afresh
             if run_dir == hydra_dir:  # an earlier run continued elsewhere keeps its own .hydra/
                 save_hydra_files(run_dir, cfg)
-            result = train(cfg, run_dir, run_name=name)
+            try:
+                result = train(cfg, run_dir, run_name=name)
+            except Interrupted:
+                raise
+            except RapidError as err:
+                if sweep:
+                    sweeps.record_failure(run_dir, str(err))
+                raise _JobFailed(str(err), recorded=sweep) from None
+            except OSError as err:  # a full disk, a read-only cache: checkpoints already written are intact
+                if sweep:
+                    sweeps.record_failure(run_dir, _os_error(err))
+                raise _JobFailed(_os_error(err), recorded=sweep) from None
+            except Exception as err:
+                if sweep:
+                    sweeps.record_failure(run_dir, sweeps.failure_line(err), err)
+                raise
     except Interrupted as stop:
         console.print(f"stopped after round {stop.round}; checkpoint saved in {stop.checkpoint}\nresume with: "
                       f"{escape(resume)}",
@@ -189,10 +255,10 @@ def _train_job(cfg) -> float:
         kept = (f"the last checkpoint, {last}, is intact; resume with: {resume}" if last
                 else "no checkpoint was written yet")
         _fail(f"{stop}; nothing of the unfinished round was saved, {kept}", code=128 + stop.signum)
-    except RapidError as err:
-        _fail(str(err))
-    except OSError as err:  # a full disk, a read-only cache: checkpoints already written are intact
-        _fail(_os_error(err))
+    except RapidError as err:  # before the run's directory was held (e.g. another process trains in it)
+        raise _JobFailed(str(err)) from None
+    except OSError as err:
+        raise _JobFailed(_os_error(err)) from None
     # The value a sweeper (Optuna) optimises: final eval accuracy, else the last round's reward.
     return float(result.get("eval/pass@1_after", result.get("reward/last_round", 0.0)))
 
@@ -343,6 +409,32 @@ def _run_dirs(command: str, rest: list[str]) -> list[str]:
     return rest
 
 
+def _sweep_summary(values: list[str], rest: list[str]) -> bool:
+    """The table of a `rapid train -m` sweep's jobs (sweeps.summary); whether every job finished."""
+    from rapid_cli.overrides import override, shell_arg
+    from rapid_cli.sweeps import summary
+
+    sweep_dir = _value(rest, "hydra.sweep.dir")
+    if sweep_dir is None:
+        return True
+    try:
+        planned = sweep_jobs(values)
+    except Exception:
+        planned = None
+    if any(v.startswith("hydra/sweeper=") for v in values):  # Optuna picks its trials: the ones it ran
+        planned = None
+    again = ["rapid train -m", *(shell_arg(v) for v in values
+                                 if not v.startswith(("hydra.sweep.dir=", "train.resume="))),
+             override("hydra.sweep.dir", sweep_dir), "train.resume=auto"]
+    try:
+        return summary(Path(sweep_dir).expanduser(), planned, " ".join(again))
+    except Exception as err:  # never hide how the sweep itself ended
+        from rapid_cli.console import warn
+
+        warn(f"could not list the sweep's jobs ({err}); see the job directories under {sweep_dir}")
+        return True
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     sys.stdout.reconfigure(line_buffering=True)  # vLLM's exit path can skip flushing a redirected stdout
@@ -368,10 +460,17 @@ def main(argv: list[str] | None = None) -> None:
             precheck(values, sweep=bool({"-m", "--multirun"} & set(rest)), training=command == "train")
         if not informative and not {"--cfg", "-c"} & set(rest):
             rest = _run_dirs(command, rest)
+        sweep = command == "train" and not informative and bool(multirun) and not shown
         try:
             run_hydra(_train_job if command == "train" else _eval_job, rest)
         except OSError as err:  # Hydra writing the run's config into a full or read-only directory
             _fail(_os_error(err))
+        finally:  # also when a signal stopped the sweep: which jobs finished, failed, or never ran
+            done = _sweep_summary(values, rest) if sweep else True
+        if not done:
+            from rapid_cli.sweeps import EXIT_JOBS_FAILED
+
+            sys.exit(EXIT_JOBS_FAILED)
     elif command == "prepare":
         prepare()
     elif command == "doctor":
