@@ -44,3 +44,16 @@ def test_doctor_refuses_cuda_without_a_gpu():
         pytest.skip("a GPU is visible")
     proc = doctor("--quick", "device=cuda")
     assert proc.returncode == 1 and "gpu" in proc.stdout.split("error:")[1], proc.stdout
+
+
+def test_doctor_says_whether_the_hub_is_reachable_and_what_needs_it():
+    # a closed local port stands for an unreachable hub, wherever the tests run
+    env = {**os.environ, "COLUMNS": "400", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
+    proc = subprocess.run([RAPID, "doctor", "--quick"], cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    row = next((ln for ln in proc.stdout.splitlines() if ln.startswith("│ hub")), "")
+    assert "warn" in row and "not reachable" in row, proc.stdout
+    assert "model=llama-1b, qwen-0.5b-instruct, qwen-0.5b, qwen-1.5b and task=mbpp need it" in row
+    assert "warnings: " in proc.stdout and "hub" in proc.stdout.splitlines()[-1]
+    row = next((ln for ln in proc.stdout.splitlines() if ln.startswith("│ bf16")), "")
+    assert ("fast on the CPU" in row) == (("amx_bf16" in open("/proc/cpuinfo").read()) or
+                                          ("avx512_bf16" in open("/proc/cpuinfo").read())), row

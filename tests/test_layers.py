@@ -9,7 +9,7 @@ from conftest import REPO
 
 PACKAGE = REPO / "src" / "rapid_cli"
 LAYERS = [  # lowest first; a module may import its own layer and the ones below it
-    {"errors", "types", "timing", "console", "hub", "gpu", "overrides"},
+    {"errors", "types", "timing", "console", "hub", "gpu", "hardware", "overrides"},
     {"config"},
     {"algorithms", "rewards", "sandbox", "models", "policy", "tasks", "samplers", "distributed", "checkpoint",
      "rundir", "stopping"},

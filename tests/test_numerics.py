@@ -255,16 +255,61 @@ def test_training_low_precision_weights_is_refused_in_one_line(tmp_path, dtype):
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
-def test_precision_defaults_resolve_to_fp32_masters_with_bf16_compute_on_cuda():
+AMX_CPU = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+AVX2_CPU = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 fma f16c\n"
+
+
+def test_fast_bf16_is_read_from_the_cpus_flags(tmp_path):
+    from rapid_cli.hardware import bf16_units, fast_bf16
+
+    (tmp_path / "amx").write_text(AMX_CPU)
+    (tmp_path / "avx2").write_text(AVX2_CPU)
+    assert fast_bf16(False, tmp_path / "amx")
+    assert not fast_bf16(False, tmp_path / "avx2")
+    assert not fast_bf16(False, tmp_path / "missing")  # not Linux: no claim of fast bf16
+    assert bf16_units(False, tmp_path / "amx") == "amx_bf16, avx512_bf16"
+
+
+def test_precision_auto_is_bf16_compute_with_fp32_masters_where_the_device_has_bf16_units():
     from rapid_cli.config import resolve_precision
 
     cfg = compose(TINY)
     assert (cfg.train.mixed_precision, cfg.sampler.dtype) == ("auto", "auto")
-    assert resolve_precision(cfg, cuda=True) == ("bf16", "bfloat16")
-    assert resolve_precision(cfg, cuda=False) == ("none", "float32")
+    assert resolve_precision(cfg, cuda=True, bf16=True) == ("bf16", "bfloat16")
+    assert resolve_precision(cfg, cuda=False, bf16=True) == ("bf16", "bfloat16")  # AMX / AVX512-BF16 CPUs
+    assert resolve_precision(cfg, cuda=False, bf16=False) == ("none", "float32")
+    assert resolve_precision(cfg, cuda=True, bf16=False) == ("none", "float32")  # a V100 or T4
     explicit = compose(TINY + ["train.mixed_precision=none", "sampler.dtype=float32"])
-    assert resolve_precision(explicit, cuda=True) == ("none", "float32")
-    assert resolve_precision(compose(TINY + ["train.mixed_precision=bf16"]), cuda=False) == ("bf16", "float32")
+    assert resolve_precision(explicit, cuda=True, bf16=True) == ("none", "float32")  # the fp32 path stays selectable
+    assert resolve_precision(compose(TINY + ["train.mixed_precision=bf16"]), cuda=False, bf16=True) == ("bf16",
+                                                                                                      "bfloat16")
+
+
+@pytest.mark.parametrize("key", ["train.mixed_precision=bf16", "sampler.dtype=bfloat16"])
+def test_explicit_bf16_without_bf16_units_is_one_line_before_anything_runs(tmp_path, monkeypatch, key):
+    from rapid_cli import hardware
+    from rapid_cli.errors import RapidError
+    from rapid_cli.trainer import train
+
+    (tmp_path / "cpuinfo").write_text(AVX2_CPU)
+    monkeypatch.setattr(hardware, "CPUINFO", tmp_path / "cpuinfo")
+    with pytest.raises(RapidError, match=rf"^{key}: this CPU has no fast bf16 units .* leave .*=auto") as err:
+        train(compose(TINY + [key, "train.rounds=1"]), tmp_path / "run")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_auto_precision_trains_in_bf16_on_a_cpu_with_bf16_units(tmp_path, monkeypatch, capsys):
+    from rapid_cli import hardware
+    from rapid_cli.trainer import train
+
+    (tmp_path / "cpuinfo").write_text(AMX_CPU)
+    monkeypatch.setattr(hardware, "CPUINFO", tmp_path / "cpuinfo")
+    train(compose(TINY + ["train.rounds=1", "eval.at_start=false"]), tmp_path / "run")
+    assert "bf16 compute on cpu" in capsys.readouterr().out
+    (tmp_path / "cpuinfo").write_text(AVX2_CPU)
+    train(compose(TINY + ["train.rounds=1", "eval.at_start=false"]), tmp_path / "run2")
+    assert "fp32 on cpu" in capsys.readouterr().out
 
 
 def test_vllm_sampler_logprobs_at_top_p_below_one_are_refused_in_one_line():

