@@ -273,7 +273,7 @@ def test_fast_bf16_is_read_from_the_cpus_flags(tmp_path):
 def test_precision_auto_is_bf16_compute_with_fp32_masters_where_the_device_has_bf16_units():
     from rapid_cli.config import resolve_precision
 
-    cfg = compose(TINY)
+    cfg = compose(["logger.live=false"])
     assert (cfg.train.mixed_precision, cfg.sampler.dtype) == ("auto", "auto")
     assert resolve_precision(cfg, cuda=True, bf16=True) == ("bf16", "bfloat16")
     assert resolve_precision(cfg, cuda=False, bf16=True) == ("bf16", "bfloat16")  # AMX / AVX512-BF16 CPUs
@@ -281,8 +281,8 @@ def test_precision_auto_is_bf16_compute_with_fp32_masters_where_the_device_has_b
     assert resolve_precision(cfg, cuda=True, bf16=False) == ("none", "float32")  # a V100 or T4
     explicit = compose(TINY + ["train.mixed_precision=none", "sampler.dtype=float32"])
     assert resolve_precision(explicit, cuda=True, bf16=True) == ("none", "float32")  # the fp32 path stays selectable
-    assert resolve_precision(compose(TINY + ["train.mixed_precision=bf16"]), cuda=False, bf16=True) == ("bf16",
-                                                                                                      "bfloat16")
+    assert resolve_precision(compose(["train.mixed_precision=bf16"]), cuda=False, bf16=True) == ("bf16",
+                                                                                           "bfloat16")
 
 
 @pytest.mark.parametrize("key", ["train.mixed_precision=bf16", "sampler.dtype=bfloat16"])
@@ -305,10 +305,11 @@ def test_auto_precision_trains_in_bf16_on_a_cpu_with_bf16_units(tmp_path, monkey
 
     (tmp_path / "cpuinfo").write_text(AMX_CPU)
     monkeypatch.setattr(hardware, "CPUINFO", tmp_path / "cpuinfo")
-    train(compose(TINY + ["train.rounds=1", "eval.at_start=false"]), tmp_path / "run")
+    auto = TINY + ["train.mixed_precision=auto", "sampler.dtype=auto", "train.rounds=1", "eval.at_start=false"]
+    train(compose(auto), tmp_path / "run")
     assert "bf16 compute on cpu" in capsys.readouterr().out
     (tmp_path / "cpuinfo").write_text(AVX2_CPU)
-    train(compose(TINY + ["train.rounds=1", "eval.at_start=false"]), tmp_path / "run2")
+    train(compose(auto), tmp_path / "run2")
     assert "fp32 on cpu" in capsys.readouterr().out
 
 
