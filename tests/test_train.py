@@ -43,6 +43,19 @@ def test_cli_trains_tiny_arith_for_two_rounds(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 1000
     assert list((tmp_path / "wandb").glob("offline-run-*")), "W&B offline run missing"
     assert "wandb sync" in proc.stdout
+    # rapid.log holds what the console printed, as plain text, so another terminal can follow the run
+    log = (tmp_path / "rapid.log").read_text()
+    for line in ("rapid ", "round 1: ", "round 2: ", "wandb sync"):
+        assert line in log, (line, log)
+    assert "\x1b[" not in log
+
+
+def test_a_run_that_stops_with_an_error_says_why_in_its_log(tmp_path):
+    proc = subprocess.run([RAPID, "train", *TINY, f"hydra.run.dir={tmp_path}", "algo.prompts_per_step=4",
+                           "task.max_train=3"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode != 0
+    log = (tmp_path / "rapid.log").read_text()
+    assert "error: a round needs algo.steps_per_generation x algo.prompts_per_step = 8 prompts" in log
 
 
 def _round(cfg, model, tok):

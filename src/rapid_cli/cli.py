@@ -201,7 +201,7 @@ def _run_train_job(cfg, hc, sweep: bool) -> float:
     from rich.markup import escape
 
     from rapid_cli import checkpoint, sweeps
-    from rapid_cli.console import console
+    from rapid_cli.console import console, log_to
     from rapid_cli.errors import RapidError
     from rapid_cli.resume import resume_command, same_run
     from rapid_cli.rundir import RunLock, holds_a_run, save_hydra_files
@@ -223,7 +223,7 @@ def _run_train_job(cfg, hc, sweep: bool) -> float:
             run_dir = found
     resume = resume_command(list(hc.overrides.task), run_dir)
     try:
-        with RunLock(run_dir):
+        with RunLock(run_dir), log_to(run_dir / "rapid.log"):
             if sweep:
                 sweeps.started[sweeps.key(hc.overrides.task)] = run_dir
                 sweeps.clear_failure(run_dir)  # an earlier attempt's; this one is judged afresh
