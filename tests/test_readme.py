@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import RAPID, REPO, offline_hub_env
+from rapid_cli.hardware import fast_bf16
 
 BUDGET = ["train.rounds=1", "algo.steps_per_generation=1", "algo.prompts_per_step=2", "algo.group_size=2",
           "algo.micro_batch_size=2", "sampler.max_tokens=8", "eval.limit=2", "eval.n=1", "eval.k=[1]",
@@ -46,6 +47,8 @@ REWRITES = [
     ("--nproc-per-node 4", "--nproc-per-node 2"),
     ("--nproc-per-node 8", "--nproc-per-node 2"),
 ]
+if not fast_bf16(cuda=False):  # an explicit bf16 is refused where the CPU has no bf16 units (test_numerics.py)
+    REWRITES.append(("train.mixed_precision=bf16", "train.mixed_precision=auto"))
 
 
 def readme_commands() -> list[str]:
@@ -62,6 +65,20 @@ def readme_commands() -> list[str]:
 
 
 COMMANDS = readme_commands()
+
+
+def readme_block(lang: str, after: str) -> str:
+    """The first ```lang block of README.md after the text `after` (a file the README shows in full)."""
+    text = (REPO / "README.md").read_text()
+    return re.search(rf"```{lang}\n(.*?)```", text[text.index(after):], re.DOTALL).group(1)
+
+
+def test_the_custom_task_files_the_readme_shows_are_what_its_commands_need():
+    row = json.loads(readme_block("json", after="`problems.jsonl`"))
+    assert {"question", "answer"} <= set(row)  # task.prompt_field=question; numeric_match reads `answer`
+    namespace = {}
+    exec(readme_block("python", after="`my_rewards.py`"), namespace)
+    assert namespace["format_ok"](["36", "The answer is 36."]) == [1.0, 0.0]
 
 
 def _key(override: str) -> str:
@@ -95,8 +112,7 @@ def user_dir(tmp_path_factory, hub_home):
     # "Your own task": the user's problems and reward module in the working directory
     (home / "problems.jsonl").write_text("".join(json.dumps({"question": f"What is {a} + {b}?", "answer": str(a + b)})
                                                  + "\n" for a in range(5) for b in range(4)))
-    (home / "my_rewards.py").write_text("def format_ok(completions, **kwargs):\n"
-                                        "    return [float(c.strip().isdigit()) for c in completions]\n")
+    (home / "my_rewards.py").write_text(readme_block("python", after="`my_rewards.py`"))
     model = build_tiny_model(compose(["model=tiny"]).model)
     return {"cwd": home, "env": offline_hub_env(hub_home), "/path/to/hf/model": str(model), "/path/to/gsm8k/": str(gsm)}
 
