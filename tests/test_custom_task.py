@@ -585,3 +585,20 @@ def test_the_eval_hint_composes_back_to_the_same_task(tmp_path):
     assert again.reward.functions == task.reward_cfg.functions
     for key in ("data_path", "test_fraction", "prompt_template", "prompt_field"):
         assert again.task[key] == task.cfg[key], key
+
+
+def test_a_round_that_max_prompt_tokens_leaves_too_few_problems_for_stops_before_training(tmp_path):
+    """validate_data counted the problems before task.max_prompt_tokens dropped the long ones, so a round could
+    need more prompts than were left."""
+    from rapid_cli.trainer import train
+
+    rows = [{"question": f"{a} + {a}", "answer": str(2 * a)} for a in range(3)]
+    rows += [{"question": "1 + 1 = 2. " * 50 + f"{a} + 1", "answer": str(a + 1)} for a in range(40)]
+    data = write(tmp_path / "p.jsonl", rows)
+    test = write(tmp_path / "t.jsonl", rows[:2])
+    cfg = compose(TINY + ["task=custom", f"task.data_path={data}", f"task.test_path={test}",
+                          "task.prompt_field=question", "task.max_prompt_tokens=64", "algo.prompts_per_step=4", "train.rounds=1",
+                          "reward.functions=[{_target_: rapid_cli.rewards.numeric_match}]"])
+    with pytest.raises(RapidError, match=r"^a round needs .* = 8 prompts but task custom has only 3 training problems"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -112,14 +112,14 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     M = a.prompts_per_step // d.world  # prompt groups per mini-batch on this rank
 
     task = make_task(cfg.task, seed=cfg.seed, cache_dir=cfg.cache_dir, reward_cfg=cfg.reward)
-    validate_data(cfg, len(task.train))
     shared = {p.id for p in task.train} & {p.id for p in task.test}
     if shared:  # humaneval has no training split; a user's data may overlap too
         warn(f"task={cfg.task.name}: it trains on {len(shared)} of its {len(task.test)} test problems, so eval/ "
              "metrics measure problems the model trained on")
     model_cfg = OmegaConf.merge(cfg.model, {"path": str(resumed_from / "model")}) if resumed_from else cfg.model
     model, tokenizer, model_path = load_policy(model_cfg, device, cfg.cache_dir)
-    longest = task.longest_prompt(tokenizer, cfg.model.chat_template)
+    longest = task.longest_prompt(tokenizer, cfg.model.chat_template)  # drops prompts over task.max_prompt_tokens
+    validate_data(cfg, len(task.train))  # on the problems left
     check_fits(model, s.max_tokens, longest, "sampler.max_tokens")
     eval_sampling = eval_params(cfg.eval, s.max_tokens, cfg.seed)
     check_fits(model, eval_sampling.max_tokens, longest, "eval.max_tokens")
