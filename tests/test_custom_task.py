@@ -597,7 +597,8 @@ def test_a_round_that_max_prompt_tokens_leaves_too_few_problems_for_stops_before
     data = write(tmp_path / "p.jsonl", rows)
     test = write(tmp_path / "t.jsonl", rows[:2])
     cfg = compose(TINY + ["task=custom", f"task.data_path={data}", f"task.test_path={test}",
-                          "task.prompt_field=question", "task.max_prompt_tokens=64", "algo.prompts_per_step=4", "train.rounds=1",
+                          "task.prompt_field=question", "task.max_prompt_tokens=64", "algo.prompts_per_step=4",
+                          "train.rounds=1",
                           "reward.functions=[{_target_: rapid_cli.rewards.numeric_match}]"])
     with pytest.raises(RapidError, match=r"^a round needs .* = 8 prompts but task custom has only 3 training problems"):
         train(cfg, tmp_path / "run")
