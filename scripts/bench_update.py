@@ -5,6 +5,7 @@ same rollouts in the same process, alternating, so the machine's noise hits both
     .venv/bin/python scripts/bench_update.py                  # the two shapes below, SmolLM2-135M, fp32 CPU
     .venv/bin/python scripts/bench_update.py --shapes demo --repeats 5
     .venv/bin/python scripts/bench_update.py -- model=tiny    # any config override after --
+    .venv/bin/python scripts/bench_update.py --shapes gsm8k --precision both   # fp32 and bf16 and their ratio
 
 Shapes (prompts rendered with the model's chat template, as training does):
   demo   the cpu-demo round: arith prompts, completions of 4-12 tokens, G=4, M=8, micro-batch 32
@@ -17,6 +18,30 @@ For each: the time of the round's old-log-prob pass (no gradient) and of one opt
 mini-batch (forward, backward, AdamW), the median of --repeats, and the peak resident memory each
 adds over what the process held before it (Linux: the peak is reset through /proc/self/clear_refs).
 Completion token ids are random (the update's cost depends on their lengths, not their content).
+
+Precision (--precision): `auto` (the default) is what `train.mixed_precision=auto` resolves to on this CPU
+(rapid_cli.hardware.fast_bf16: bf16 where it reports amx_bf16 or avx512_bf16, fp32 elsewhere); `fp32` and `bf16`
+force one; `both` measures the two in this process, alternating within each repeat, and prints the bf16 over
+fp32 speed-up of every pass. The Learner gets it as the trainer passes it (`precision="bf16"` or `"none"`): fp32
+master weights, bf16 autocast around every forward and backward.
+
+Achieved FLOP rate: useful model FLOPs per second, counted by `update_flops` from the model's config, one count
+for the padded and the packed path alike (the padded path's work on padding and on prompts repeated G times is
+not counted, so its rate is the useful work it achieves). A multiply-add is 2 FLOPs. In each layer every token
+goes through the q, k, v, o projections (hidden x heads*head_dim for q and o, hidden x kv_heads*head_dim for k
+and v) and the gated MLP (3 x hidden x intermediate); the LM head (hidden x vocab) is counted on the positions
+that predict a completion token only, one per completion token (the packed path computes no other; the padded
+one's extra prompt positions are not counted); attention's two products (q.k and weights.v) cost
+4 x heads x head_dim per layer per (query, key) pair the causal mask keeps: a prompt of P tokens has P(P+1)/2
+pairs, a completion of n tokens behind it n*P + n(n+1)/2 (completions of one group do not see each other).
+Prompt tokens count once per group, as the packed layout computes them, not G times. Embedding look-ups, norms,
+rotary, activations, softmax, biases, the loss and AdamW are not counted (under 1% at 135M). The pi_old pass is
+one forward, F = 2 x (layer parameters x every token + head parameters x completion tokens) + attention; an
+optimizer step is 3 F (the backward pass costs twice the forward: gradients of activations and of weights).
+
+Peak: this process also times one matrix product at the model's MLP shape, 4096 tokens x hidden_size by
+hidden_size x intermediate_size (4096x576 @ 576x1536 for SmolLM2-135M), in fp32 and in bf16 (best of at least 2
+runs after a warm-up), and prints each pass's achieved rate as a fraction of the peak of the precision it ran in.
 """
 
 from __future__ import annotations
@@ -55,6 +80,48 @@ def measured(fn) -> tuple[float, float]:
     return time.perf_counter() - start, (_kib("VmHWM") - before) / 1024
 
 
+LABEL = {"none": "fp32", "bf16": "bf16"}  # Learner precision -> what the tables call it
+PROBE_TOKENS = 4096  # rows of the peak probe's matrix product
+
+
+def update_flops(config, prompt_lengths: list[int], completion_lengths: list[int], group_size: int) -> tuple[int, int]:
+    """(pi_old forward, optimizer step) useful FLOPs of groups of `group_size` completions, `prompt_lengths` one
+    per group, `completion_lengths` group by group; `config` is the model's (a transformers config of a
+    Llama/Qwen2-like decoder with a gated MLP). The count is the module docstring's."""
+    H, L, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or H // heads
+    layer = H * head_dim * (2 * heads + 2 * kv_heads) + 3 * H * inter  # q, o + k, v + gate, up, down
+    if len(completion_lengths) != len(prompt_lengths) * group_size:
+        raise ValueError(f"{len(completion_lengths)} completions for {len(prompt_lengths)} groups of {group_size}")
+    tokens = pairs = 0
+    for g, P in enumerate(prompt_lengths):
+        mine = completion_lengths[g * group_size : (g + 1) * group_size]
+        tokens += P + sum(mine)
+        pairs += P * (P + 1) // 2 + sum(n * P + n * (n + 1) // 2 for n in mine)
+    completion = sum(completion_lengths)
+    forward = 2 * (L * layer * tokens + H * config.vocab_size * completion) + 4 * L * heads * head_dim * pairs
+    return forward, 3 * forward
+
+
+def matmul_rate(rows: int, inner: int, cols: int, dtype, seconds: float = 1.0) -> float:
+    """GFLOP/s of one [rows, inner] @ [inner, cols] product in `dtype` on the CPU: the best of at least 2 runs
+    (more while under `seconds`) after one warm-up run."""
+    import torch
+
+    a, b = torch.randn(rows, inner).to(dtype), torch.randn(inner, cols).to(dtype)
+    a @ b  # warm-up: the library picks and prepares its kernel for this shape
+    best, start = float("inf"), time.perf_counter()
+    runs = 0
+    while runs < 2 or (time.perf_counter() - start < seconds and runs < 100):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+        runs += 1
+    return 2 * rows * inner * cols / best / 1e9
+
+
 def rollouts(task, tok, cfg, lengths: tuple[int, int], group_size: int, groups: int, seed: int):
     from rapid_cli.types import Generations, Rollouts
 
@@ -67,7 +134,8 @@ def rollouts(task, tok, cfg, lengths: tuple[int, int], group_size: int, groups: 
     return Rollouts(problems, prompts, gens, rewards, group_size)
 
 
-def bench(name: str, cfg, model, tok, task, lengths, group_size: int, micro: int, repeats: int) -> None:
+def bench(name: str, cfg, model, tok, task, lengths, group_size: int, micro: int, repeats: int,
+          precisions: list[str], peaks: dict[str, float]) -> None:
     from rapid_cli.learner import Learner
 
     cfg.algo.group_size, cfg.algo.micro_batch_size = group_size, micro
@@ -76,29 +144,47 @@ def bench(name: str, cfg, model, tok, task, lengths, group_size: int, micro: int
     state = {k: v.clone() for k, v in model.state_dict().items()}
     tokens = sum(len(c) for c in ro.generations.completion_ids)
     prompt_tokens = sum(len(p) for p in ro.prompt_ids) * group_size
-    results: dict[tuple[bool, str], list[tuple[float, float]]] = {}
+    # both passes cover the same M groups: the pi_old pass all rows of ro, the step the mini-batch of all M
+    forward, train = update_flops(model.config, [len(p) for p in ro.prompt_ids],
+                                  [len(c) for c in ro.generations.completion_ids], group_size)
+    flops = {"logprobs": forward, "step": train}
+    results: dict[tuple[str, bool, str], list[tuple[float, float]]] = {}
     for _ in range(repeats):
-        for packing in (False, True):
-            cfg.algo.packing = packing
-            learner = Learner(model, cfg.algo, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0, total_steps=10)
-            results.setdefault((packing, "logprobs"), []).append(measured(lambda: learner.logprobs(ro)))  # noqa: B023
-            rows = ro.group_slice(0, M)
-            results.setdefault((packing, "step"), []).append(measured(lambda: learner.step(ro, rows)))  # noqa: B023
-            model.load_state_dict(state)
+        for precision in precisions:
+            for packing in (False, True):
+                cfg.algo.packing = packing
+                learner = Learner(model, cfg.algo, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0,
+                                  total_steps=10, precision=precision)
+                results.setdefault((precision, packing, "logprobs"), []).append(
+                    measured(lambda: learner.logprobs(ro)))  # noqa: B023
+                rows = ro.group_slice(0, M)
+                results.setdefault((precision, packing, "step"), []).append(
+                    measured(lambda: learner.step(ro, rows)))  # noqa: B023
+                model.load_state_dict(state)
     print(f"\n{name}: {M} groups x G={group_size}, micro-batch {micro}, prompt tokens {prompt_tokens} "
-          f"(x G as padded rows), completion tokens {tokens}")
-    print(f"  {'pass':<10}{'padded s':>10}{'packed s':>10}{'speed-up':>10}"
-          f"{'padded MiB':>12}{'packed MiB':>12}{'mem ratio':>10}")
-    for part in ("logprobs", "step"):
-        old_s = statistics.median(t for t, _ in results[False, part])
-        new_s = statistics.median(t for t, _ in results[True, part])
-        old_m = statistics.median(m for _, m in results[False, part])
-        new_m = statistics.median(m for _, m in results[True, part])
-        print(f"  {part:<10}{old_s:>10.2f}{new_s:>10.2f}{old_s / new_s:>9.2f}x{old_m:>12.0f}{new_m:>12.0f}"
-              f"{new_m / max(old_m, 1e-9):>9.2f}x")
+          f"(x G as padded rows), completion tokens {tokens}; useful work: logprobs {forward / 1e9:.1f} GFLOP, "
+          f"step {train / 1e9:.1f} GFLOP")
+    seconds = {key: statistics.median(t for t, _ in runs) for key, runs in results.items()}
+    for precision in precisions:
+        peak = peaks[precision]
+        print(f"  {LABEL[precision]} (matmul peak {peak:.1f} GFLOP/s)")
+        print(f"  {'pass':<10}{'padded s':>10}{'packed s':>10}{'speed-up':>10}"
+              f"{'padded MiB':>12}{'packed MiB':>12}{'mem ratio':>10}"
+              f"{'padded GF/s':>13}{'packed GF/s':>13}{'of peak':>9}")
+        for part in ("logprobs", "step"):
+            old_s, new_s = seconds[precision, False, part], seconds[precision, True, part]
+            old_m = statistics.median(m for _, m in results[precision, False, part])
+            new_m = statistics.median(m for _, m in results[precision, True, part])
+            old_r, new_r = flops[part] / old_s / 1e9, flops[part] / new_s / 1e9
+            print(f"  {part:<10}{old_s:>10.2f}{new_s:>10.2f}{old_s / new_s:>9.2f}x{old_m:>12.0f}{new_m:>12.0f}"
+                  f"{new_m / max(old_m, 1e-9):>9.2f}x{old_r:>13.1f}{new_r:>13.1f}{new_r / peak:>9.1%}")
+    if len(precisions) == 2:
+        for part in ("logprobs", "step"):
+            padded, packed = (seconds["none", p, part] / seconds["bf16", p, part] for p in (False, True))
+            print(f"  bf16 vs fp32, {part:<8}: padded {padded:.2f}x, packed {packed:.2f}x faster")
 
 
-def bench_skipping(cfg, model, tok, task, repeats: int) -> None:
+def bench_skipping(cfg, model, tok, task, repeats: int, precisions: list[str]) -> None:
     """A RAPID round's pi_old pass and its A steps, every row computed vs the zero-gradient groups left out."""
     from rapid_cli.behaviour import BehaviourLogprobs
     from rapid_cli.distributed import Dist
@@ -113,33 +199,39 @@ def bench_skipping(cfg, model, tok, task, repeats: int) -> None:
     ro.rewards = [float(i == 0 or rng.random() < 0.3) if solved[g] else 0.0 for g in range(A * M) for i in range(G)]
     mixed = sum(len(set(ro.rewards[g * G : (g + 1) * G])) > 1 for g in range(A * M))
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    results: dict[tuple[bool, str], list[float]] = {}
+    results: dict[tuple[str, bool, str], list[float]] = {}
     for _ in range(repeats):
-        for skip in (False, True):
-            a.skip_zero_advantage = skip
-            learner = Learner(model, a, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0, total_steps=10)
-            behaviour = BehaviourLogprobs(a, Dist(), {})
-            ro.moving = learner.moving_rows(ro, behaviour.own_rows(ro))
-            start = time.perf_counter()
-            ro.old_logprobs, ro.old_rows = behaviour(learner, ro)
-            results.setdefault((skip, "pi_old"), []).append(time.perf_counter() - start)
-            start = time.perf_counter()
-            steps = [learner.step(ro, ro.group_slice(i * M, M)) for i in range(A)]
-            results.setdefault((skip, "update"), []).append(time.perf_counter() - start)
-            skipped = sum(s.skipped_rows for s in steps) / sum(s.rows for s in steps)
-            model.load_state_dict(state)
+        for precision in precisions:
+            for skip in (False, True):
+                a.skip_zero_advantage = skip
+                learner = Learner(model, a, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0, total_steps=10,
+                                  precision=precision)
+                behaviour = BehaviourLogprobs(a, Dist(), {})
+                ro.moving = learner.moving_rows(ro, behaviour.own_rows(ro))
+                start = time.perf_counter()
+                ro.old_logprobs, ro.old_rows = behaviour(learner, ro)
+                results.setdefault((precision, skip, "pi_old"), []).append(time.perf_counter() - start)
+                start = time.perf_counter()
+                steps = [learner.step(ro, ro.group_slice(i * M, M)) for i in range(A)]
+                results.setdefault((precision, skip, "update"), []).append(time.perf_counter() - start)
+                skipped = sum(s.skipped_rows for s in steps) / sum(s.rows for s in steps)
+                model.load_state_dict(state)
     print(f"\nskip: RAPID round A={A} x M={M} x G={G}, {mixed} of {A * M} groups with unequal rewards, "
           f"{skipped:.0%} of the update's rows left out, completion tokens {ro.generations.num_tokens}")
-    print(f"  {'pass':<10}{'all rows s':>12}{'skipping s':>12}{'speed-up':>10}")
-    for part in ("pi_old", "update"):
-        old_s, new_s = (statistics.median(results[skip, part]) for skip in (False, True))
-        print(f"  {part:<10}{old_s:>12.2f}{new_s:>12.2f}{old_s / new_s:>9.2f}x")
+    for precision in precisions:
+        print(f"  {LABEL[precision]}")
+        print(f"  {'pass':<10}{'all rows s':>12}{'skipping s':>12}{'speed-up':>10}")
+        for part in ("pi_old", "update"):
+            old_s, new_s = (statistics.median(results[precision, skip, part]) for skip in (False, True))
+            print(f"  {part:<10}{old_s:>12.2f}{new_s:>12.2f}{old_s / new_s:>9.2f}x")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="+", default=["demo", "gsm8k", "skip"], choices=["demo", "gsm8k", "skip"])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "both"],
+                    help="auto: what train.mixed_precision=auto picks on this CPU; both: fp32 and bf16, alternating")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:  # glibc reads it at start: start again with it
@@ -148,27 +240,43 @@ def main() -> None:
     import torch
 
     from rapid_cli.config import compose_config
+    from rapid_cli.hardware import bf16_units, fast_bf16
     from rapid_cli.policy import load_policy
     from rapid_cli.tasks import make_task
 
+    fast = fast_bf16(False)
+    precisions = {"auto": ["bf16" if fast else "none"], "fp32": ["none"], "bf16": ["bf16"],
+                  "both": ["none", "bf16"]}[args.precision]
     torch.manual_seed(0)
     base = ["model=smollm2-135m", "algo.prompts_per_step=8", "optimizer.lr=1e-5", "logger.wandb.mode=disabled",
             *args.overrides]
     cfg = compose_config([*base, "task=arith"])
     model, tok, _ = load_policy(cfg.model, torch.device("cpu"), cfg.cache_dir)
+    c = model.config
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {cfg.model.name}, "
-          f"vocab {model.config.vocab_size}")
+          f"vocab {c.vocab_size}; CPU bf16 units: {bf16_units(False)}; precision {args.precision}: "
+          f"{' and '.join(LABEL[p] for p in precisions)}")
+    if "bf16" in precisions and not fast:
+        print("  note: this CPU has no fast bf16 units; train.mixed_precision=bf16 is refused here and this "
+              "measures why")
+    shape = (PROBE_TOKENS, c.hidden_size, c.intermediate_size)
+    peaks = {p: matmul_rate(*shape, torch.bfloat16 if p == "bf16" else torch.float32) for p in ("none", "bf16")}
+    print(f"matmul {shape[0]}x{shape[1]} @ {shape[1]}x{shape[2]}: fp32 {peaks['none']:.1f} GFLOP/s, "
+          f"bf16 {peaks['bf16']:.1f} GFLOP/s (bf16/fp32 {peaks['bf16'] / peaks['none']:.2f}x)")
     if "demo" in args.shapes:
         task = make_task(cfg.task, seed=0)
-        bench("demo (arith)", cfg, model, tok, task, (4, 12), group_size=4, micro=32, repeats=args.repeats)
+        bench("demo (arith)", cfg, model, tok, task, (4, 12), group_size=4, micro=32, repeats=args.repeats,
+              precisions=precisions, peaks=peaks)
     if "gsm8k" in args.shapes:
         cfg = compose_config([*base, "task=gsm8k", "task.source=offline"])
         task = make_task(cfg.task, seed=0, cache_dir=cfg.cache_dir)
         for G, micro in ((4, 8), (8, 16)):
-            bench(f"gsm8k G={G}", cfg, model, tok, task, (50, 256), group_size=G, micro=micro, repeats=args.repeats)
+            bench(f"gsm8k G={G}", cfg, model, tok, task, (50, 256), group_size=G, micro=micro, repeats=args.repeats,
+                  precisions=precisions, peaks=peaks)
     if "skip" in args.shapes:
         cfg = compose_config([*base, "task=gsm8k", "task.source=offline"])
-        bench_skipping(cfg, model, tok, make_task(cfg.task, seed=0, cache_dir=cfg.cache_dir), args.repeats)
+        bench_skipping(cfg, model, tok, make_task(cfg.task, seed=0, cache_dir=cfg.cache_dir), args.repeats,
+                       precisions)
 
 
 if __name__ == "__main__":
