@@ -27,10 +27,11 @@ from pathlib import Path
 import torch
 
 from rapid_cli.errors import RapidError
+from rapid_cli.lora import ADAPTER_DIR, has_adapters, save_adapter
 
 _NAME = re.compile(r"^round-(\d{6})$")
 # Keys whose change makes a checkpoint a different experiment: resuming across them is refused.
-FIXED_GROUPS = ("model", "task")
+FIXED_GROUPS = ("model", "task", "lora")
 
 
 def rng_state() -> dict:
@@ -98,8 +99,12 @@ def save(root: Path, rnd: int, model, tokenizer, state: dict, cfg, keep: int | N
         if weights is not None and getattr(model.config, "tie_word_embeddings", False):
             tied = getattr(model, "_tied_weights_keys", None) or {}  # gathered copies no longer share storage
             weights = {k: v for k, v in weights.items() if k not in tied}
-        model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=weights)
-        tokenizer.save_pretrained(tmp / "model")
+        if has_adapters(model):  # the adapter alone, in peft's format; `rapid export` merges it
+            save_adapter(model, tmp / ADAPTER_DIR, base=cfg.model.path)
+            tokenizer.save_pretrained(tmp / ADAPTER_DIR)
+        else:
+            model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=weights)
+            tokenizer.save_pretrained(tmp / "model")
         torch.save(state, tmp / "trainer_state.pt")
         (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
         files = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
@@ -177,6 +182,8 @@ def config_conflicts(path: Path, cfg) -> list[str]:
     now = OmegaConf.to_container(cfg, resolve=False)
     diffs = []
     for group in FIXED_GROUPS:
+        if group == "lora" and group not in saved and not now.get(group, {}).get("enabled"):
+            continue  # a checkpoint from before LoRA existed: full fine-tuning, as now
         a, b = saved.get(group, {}), now.get(group, {})
         for key in sorted(set(a) | set(b)):
             if a.get(key) != b.get(key):

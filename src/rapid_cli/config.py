@@ -108,6 +108,11 @@ class Device(StrEnum):
     cuda = "cuda"
 
 
+class LoraSync(StrEnum):
+    merged = "merged"  # the engine gets base + scaled BA as full weights after every round
+    adapter = "adapter"  # the engine serves the unmerged adapter (not built yet: refused at start)
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING  # preset name, used in run names
@@ -123,6 +128,20 @@ class ModelConfig:
     tiny_hidden: int = 128  # tiny model: hidden size (a multiple of tiny_heads)
     tiny_heads: int = 2  # tiny model: attention heads
     tiny_vocab: int = 512  # tiny model: BPE vocabulary size
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters (peft's LoRA) on the decoder's linear layers instead of full fine-tuning: `lora=default`.
+    The base weights stay frozen and the optimizer holds only the adapters."""
+
+    enabled: bool = False  # lora=default turns it on
+    r: int = 16  # rank of each adapter
+    alpha: float = 32.0  # scale alpha / r on B @ A
+    # peft's `all-linear`: every linear layer of the decoder (attention and MLP projections), not the LM head
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    dropout: float = 0.0  # must stay 0: dropout would make the trained forward differ from the sampler's pi_old
+    sync: LoraSync = LoraSync.merged
 
 
 @dataclass
@@ -300,6 +319,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     seed: int = 0  # seeds data order, sampling and the tiny model's weights
     device: Device = Device.auto  # auto | cpu | cuda
     cache_dir: str | None = None  # converted models and offline data; null: $RAPID_CACHE or ~/.cache/rapid

@@ -131,8 +131,9 @@ def stream_full_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
     FSDP2-sharded, so a consumer (the sampler's weight load) takes each before the next is gathered: FSDP then
     holds one extra full parameter at a time instead of the whole fp32 model (6 GB at 1.5B). With FSDP2 every
     `next()` is a collective (DTensor.full_tensor): every rank must draw every item, in this order."""
-    module = getattr(model, "module", model)
-    for name, value in module.state_dict().items():
+    from rapid_cli.lora import merged_state
+
+    for name, value in merged_state(model):  # LoRA: each adapted weight merged, under the base model's names
         yield name, (value.full_tensor() if hasattr(value, "full_tensor") else value)
 
 

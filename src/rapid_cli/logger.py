@@ -198,7 +198,8 @@ class RunLogger:
 
             from rapid_cli.overrides import override
 
-            console.print(f"{'try it:':<12}rapid eval {escape(override('model.path', str(checkpoint / 'model')))} "
+            weights = checkpoint / "adapter" if (checkpoint / "adapter").is_dir() else checkpoint / "model"  # LoRA
+            console.print(f"{'try it:':<12}rapid eval {escape(override('model.path', str(weights)))} "
                           f"{escape(task_args)}")
 
     def samples(self, rows: list[tuple[str, str, float]], rnd: int, printed: int) -> None:

@@ -40,6 +40,8 @@ def resolve_model(model_cfg, cache_dir: str | None = None) -> str:
         raise RapidError(f"model.path={path} is a file; give the directory that holds it: "
                          f"{override('model.path', str(local.parent))}")
     if local.is_dir():
+        if (local / "adapter_config.json").exists() and not (local / "config.json").exists():
+            return str(local)  # a LoRA adapter (a checkpoint's adapter/): policy.load_policy loads its base under it
         if not (local / "config.json").exists():
             inner = local / "model"
             if (inner / "config.json").exists():  # a checkpoint directory (round-NNNNNN): its model is inside

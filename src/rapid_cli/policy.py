@@ -30,13 +30,23 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_policy(model_cfg, device: torch.device, cache_dir: str | None = None):
-    """Returns (model, tokenizer, local_or_hub_path)."""
+def load_policy(model_cfg, device: torch.device, cache_dir: str | None = None, lora_cfg=None,
+                adapter: Path | None = None):
+    """Returns (model, tokenizer, local_or_hub_path of the full weights). With `lora_cfg.enabled`, fresh LoRA
+    adapters are injected; `adapter` (or a model.path that is an adapter directory) loads a trained one onto the
+    base model its adapter_config.json names, and the path returned is that base's."""
+    from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from rapid_cli import lora
+
     hf_logging.disable_progress_bar()
     path = resolve_model(model_cfg, cache_dir)
+    if adapter is None and lora.is_adapter_dir(path):
+        adapter = Path(path)
+        model_cfg = OmegaConf.merge(model_cfg, {"path": lora.adapter_base(adapter)})
+        path = resolve_model(model_cfg, cache_dir)
     if Path(path).is_dir():
         check_model_files(Path(path))
     else:
@@ -58,9 +68,15 @@ def load_policy(model_cfg, device: torch.device, cache_dir: str | None = None):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
+    if adapter is not None:
+        lora.add_adapters(model, saved=adapter)
+    elif lora_cfg is not None and lora_cfg.enabled:
+        lora.add_adapters(model, lora_cfg)
     disable_dropout(model)
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+        if lora.has_adapters(model):
+            model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
     model.config.use_cache = True
     return model.to(device), tokenizer, path
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from rapid_cli import checkpoint, distributed
+from rapid_cli import algorithms, checkpoint, distributed
 from rapid_cli.behaviour import BehaviourLogprobs
 from rapid_cli.config import resolve_precision
 from rapid_cli.console import console, warn
@@ -32,6 +32,7 @@ from rapid_cli.gpu import peak_memory
 from rapid_cli.hardware import fast_bf16
 from rapid_cli.learner import Learner, StepStats, update_metrics
 from rapid_cli.logger import NullLogger, RunLogger
+from rapid_cli.lora import ADAPTER_DIR, trainable_summary
 from rapid_cli.policy import check_fits, load_policy
 from rapid_cli.resume import TrainerState, finished_earlier, resume_point
 from rapid_cli.rewards.functions import part_metrics
@@ -116,8 +117,13 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     if shared:  # humaneval has no training split; a user's data may overlap too
         warn(f"task={cfg.task.name}: it trains on {len(shared)} of its {len(task.test)} test problems, so eval/ "
              "metrics measure problems the model trained on")
-    model_cfg = OmegaConf.merge(cfg.model, {"path": str(resumed_from / "model")}) if resumed_from else cfg.model
-    model, tokenizer, model_path = load_policy(model_cfg, device, cfg.cache_dir)
+    if resumed_from and cfg.lora.enabled:  # the base as configured, the adapter as trained so far
+        model, tokenizer, model_path = load_policy(cfg.model, device, cfg.cache_dir, adapter=resumed_from / ADAPTER_DIR)
+    else:
+        model_cfg = OmegaConf.merge(cfg.model, {"path": str(resumed_from / "model")}) if resumed_from else cfg.model
+        model, tokenizer, model_path = load_policy(model_cfg, device, cfg.cache_dir, cfg.lora)
+    if cfg.lora.enabled:
+        console.print(f"LoRA r={cfg.lora.r}: training {trainable_summary(model)}")
     longest = task.longest_prompt(tokenizer, cfg.model.chat_template)  # drops prompts over task.max_prompt_tokens
     validate_data(cfg, len(task.train))  # on the problems left
     check_fits(model, s.max_tokens, longest, "sampler.max_tokens")
@@ -127,9 +133,12 @@ def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: conte
     sampler = make_sampler(cfg, copy.deepcopy(model) if d.parallel == "fsdp" else model, tokenizer, model_path)
     cleanup.callback(sampler.close)  # on every way out, so the next job of a sweep finds the memory free
     torch.manual_seed(cfg.seed)  # an inference engine may have reseeded the global generators
+    # a KL term's anchor is the run's initial policy: a resumed run loads it afresh rather than copy the checkpoint's
+    initial = (load_policy(cfg.model, device, cfg.cache_dir)[0]
+               if resumed_from and algorithms.get(a.name).needs_reference(a) else None)
     learner = Learner(model, a, cfg.optimizer, pad_id=tokenizer.pad_token_id, temperature=s.temperature,
                       total_steps=cfg.train.rounds * a.steps_per_generation, d=d, device=device,
-                      precision=precision)
+                      precision=precision, reference=initial)
     stream = PromptStream(task.train, cfg.seed)
     skips = SkipGuard(cfg.optimizer.max_skipped_steps)
     # what the sampler's log-probs were audited under: trust earned with other settings does not carry over

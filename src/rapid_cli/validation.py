@@ -35,6 +35,7 @@ def validate(cfg) -> None:
         raise RapidError(f"algo.sampler_logw_tol={a.sampler_logw_tol} must be >= 0")
     if a.kl_beta < 0:
         raise RapidError("algo.kl_beta must be >= 0")
+    validate_lora(cfg)
     if cfg.sampler.temperature <= 0:
         raise RapidError("sampler.temperature must be > 0 for training (behaviour logprobs need a distribution)")
     if not 0 < cfg.sampler.top_p <= 1:
@@ -99,6 +100,23 @@ def _whole_rounds(key: str, samples: int | None, per_round: int) -> None:
         below = max(1, samples // per_round) * per_round
         raise RapidError(f"{key}={samples} must be a positive multiple of the {per_round} completions a round takes "
                          f"(A x M x G); e.g. {key}={below}" + (f" or ={below + per_round}" if below < samples else ""))
+
+
+def validate_lora(cfg) -> None:
+    lo = cfg.lora
+    if not lo.enabled:
+        return
+    if lo.r < 1 or lo.alpha <= 0:
+        raise RapidError(f"lora.r={lo.r}, lora.alpha={lo.alpha}: the rank must be at least 1 and alpha positive")
+    if lo.dropout != 0:
+        raise RapidError(f"lora.dropout={lo.dropout}: rapid trains without dropout so that the trained forward is the "
+                         "pi_old the sampler drew from; keep lora.dropout=0")
+    if lo.sync != "merged":
+        raise RapidError(f"lora.sync={lo.sync} is not built yet: the vLLM engine gets the merged weights each round; "
+                         "use lora.sync=merged (the default)")
+    if cfg.train.parallel == "fsdp":
+        raise RapidError("lora=default with train.parallel=fsdp is not supported yet; use train.parallel=ddp (the "
+                         "adapters are small: every rank holds them whole) or full fine-tuning")
 
 
 def planned_rounds(cfg) -> int:

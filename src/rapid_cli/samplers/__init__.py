@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 from rapid_cli.config import OldLogprobs, resolve_precision
 from rapid_cli.errors import RapidError
 from rapid_cli.hardware import fast_bf16
+from rapid_cli.lora import merged_state
 from rapid_cli.types import Generations, SamplingParams
 
 if TYPE_CHECKING:
@@ -78,6 +79,6 @@ def make_sampler(cfg, model, tokenizer, model_path: str) -> Sampler:
         sampler = VLLMSampler(cfg.sampler, model_path, dtype, seed=cfg.seed,
                               trust_remote_code=cfg.model.trust_remote_code, model=model,
                               sequences=a.steps_per_generation * a.prompts_per_step * a.group_size // world)
-        sampler.sync_weights(model.state_dict().items())  # it loaded from disk: the trainer's exact weights
+        sampler.sync_weights(merged_state(model))  # it loaded from disk: the trainer's exact weights (LoRA merged)
         return sampler
     raise RapidError(f"sampler.name={cfg.sampler.name!r} is unknown; use sampler=vllm or sampler=hf")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from rapid_cli.lora import has_adapters
 from rapid_cli.policy import stop_token_ids
 from rapid_cli.types import Generations, SamplingParams
 
@@ -50,7 +51,10 @@ class HFSampler:
     @torch.no_grad()
     def sync_weights(self, weights) -> None:
         """Copies each (name, tensor) into this sampler's model, one at a time. A tensor that already is this
-        model's own (the trainer's model object, shared unless FSDP shards it) is not copied."""
+        model's own (the trainer's model object, shared unless FSDP shards it) is not copied. A LoRA model
+        generates through its own adapters: nothing to copy, and the merged weights are not even computed."""
+        if has_adapters(self.model):
+            return
         own = self.model.state_dict()
         names = set(own)
         for name, tensor in weights:

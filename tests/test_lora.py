@@ -1,0 +1,152 @@
+"""LoRA (lora=default): only the adapters train, the engine gets exactly the merged weights, checkpoints hold the
+adapter in peft's format (loadable by peft itself), `rapid export` writes the merged model, `rapid eval` takes an
+adapter, and a resumed LoRA run ends with the same weights as an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import RAPID, REPO, TINY, compose
+from rapid_cli.errors import RapidError
+from rapid_cli.lora import merged_state
+from rapid_cli.policy import load_policy
+from rapid_cli.samplers.vllm import vllm_available
+from rapid_cli.trainer import train
+from test_checkpoint import comparable, overrides, records
+
+LORA = ["lora=default", "lora.r=4"]
+# a reward the random tiny model earns now and then (a 9 anywhere in its reply), so groups differ and updates move
+NINE = "reward.functions=[{_target_: rapid_cli.rewards.format_match, pattern: '.*9.*'}]"
+
+
+def learning(tmp, rounds: int) -> list[str]:
+    return [o for o in overrides(tmp, rounds=rounds) if not o.startswith("reward.functions")] + [NINE]
+IDS = torch.tensor([[1, 5, 9, 30, 7, 2, 11, 4]])
+
+
+def logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    """Three LoRA rounds of the tiny model on problems it sometimes gets right, so the update moves the adapters."""
+    tmp = tmp_path_factory.mktemp("lora")
+    result = train(compose(learning(tmp, 3) + LORA), tmp / "run")
+    assert any(r["reward/mean"] > 0 for r in records(tmp / "run") if r["round"] > 0), result
+    return tmp / "run" / "checkpoints" / "round-000003"
+
+
+def test_only_the_adapters_train_and_the_checkpoint_holds_them_in_peft_format(lora_run):
+    files = sorted(p.name for p in (lora_run / "adapter").iterdir())
+    assert "adapter_config.json" in files and "adapter_model.safetensors" in files and not (lora_run / "model").exists()
+    config = json.loads((lora_run / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "tiny" and config["r"] == 4 and config["peft_type"] == "LORA"
+    saved = load_file(lora_run / "adapter" / "adapter_model.safetensors")
+    assert saved and all(k.startswith("base_model.model.") and ".lora_" in k for k in saved)
+    assert any(".lora_B." in k and v.abs().max() > 0 for k, v in saved.items())  # B starts at 0: it trained
+    # every linear layer of the decoder, not the LM head (peft's all-linear)
+    assert {k.split(".")[-3] for k in saved} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                 "down_proj"}
+    state = torch.load(lora_run / "trainer_state.pt", weights_only=True)
+    assert len(state["optimizer"]["state"]) == len(saved)  # AdamW holds the adapters only
+    cfg = compose(TINY)
+    base, _, _ = load_policy(cfg.model, torch.device("cpu"))
+    trained, _, _ = load_policy(compose(TINY + [f"model.path={lora_run / 'adapter'}"]).model, torch.device("cpu"))
+    frozen = {k.replace(".base_layer.", "."): v for k, v in trained.state_dict().items() if ".lora_" not in k}
+    assert all(torch.equal(frozen[k], v) for k, v in base.state_dict().items())  # the base did not move
+    assert not torch.allclose(logits(trained), logits(base))
+
+
+def test_merged_weights_are_the_adapted_model_and_peft_loads_the_adapter(lora_run):
+    from peft import PeftModel
+
+    cfg = compose(TINY + [f"model.path={lora_run / 'adapter'}"])
+    trained, _, _ = load_policy(cfg.model, torch.device("cpu"))
+    plain, _, _ = load_policy(compose(TINY).model, torch.device("cpu"))
+    plain.load_state_dict(dict(merged_state(trained)))
+    assert torch.allclose(logits(plain), logits(trained), atol=1e-5)
+    base, _, _ = load_policy(compose(TINY).model, torch.device("cpu"))
+    via_peft = PeftModel.from_pretrained(base, str(lora_run / "adapter"))
+    assert torch.allclose(logits(via_peft), logits(trained), atol=1e-6)
+
+
+def test_rapid_export_writes_the_merged_model_and_rapid_eval_takes_the_adapter(lora_run, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "merged"
+    proc = subprocess.run([RAPID, "export", str(lora_run.parent.parent), str(out)], capture_output=True,
+                          text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "merged the adapter" in proc.stdout and not (out / "adapter_config.json").exists()
+    exported = AutoModelForCausalLM.from_pretrained(out)
+    trained, _, _ = load_policy(compose(TINY + [f"model.path={lora_run / 'adapter'}"]).model, torch.device("cpu"))
+    assert torch.allclose(logits(exported), logits(trained), atol=1e-5)
+    again = subprocess.run([RAPID, "export", str(lora_run), str(out)], capture_output=True, text=True, timeout=600,
+                           cwd=REPO)
+    assert again.returncode != 0 and "is not empty" in again.stdout + again.stderr
+    proc = subprocess.run([RAPID, "eval", *TINY, f"model.path={lora_run / 'adapter'}", "eval.limit=2", "eval.n=1",
+                           f"hydra.run.dir={tmp_path / 'eval'}"], capture_output=True, text=True, timeout=600,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["problems"] == 2
+
+
+@pytest.mark.parametrize("extra", [LORA, LORA + ["algo=grpo"], ["algo=grpo"]], ids=["lora", "lora-grpo", "grpo"])
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, extra):
+    """grpo: its KL term's anchor is the run's initial policy, also after a resume (it was the checkpoint's)."""
+    whole = train(compose(learning(tmp_path, 2) + extra), tmp_path / "whole")
+    train(compose(learning(tmp_path, 1) + extra), tmp_path / "cut")
+    resumed = train(compose(learning(tmp_path, 2) + extra + ["train.resume=auto"]), tmp_path / "cut")
+    assert any(r["train/grad_norm"] > 0 for r in records(tmp_path / "whole") if r["round"] > 0)
+    no_eval = lambda rows: [{k: v for k, v in r.items() if not k.startswith("eval/")} for r in comparable(rows)]  # noqa: E731
+    assert no_eval(records(tmp_path / "whole")) == no_eval(records(tmp_path / "cut"))  # the cut run evaluated at 1
+    assert whole["reward/last_round"] == resumed["reward/last_round"]
+    sub = "adapter/adapter_model.safetensors" if extra[0].startswith("lora") else "model/model.safetensors"
+    a = load_file(tmp_path / "whole" / "checkpoints" / "round-000002" / sub)
+    b = load_file(tmp_path / "cut" / "checkpoints" / "round-000002" / sub)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("bad,expect", [
+    ("lora.sync=adapter", "lora.sync=adapter is not built yet"),
+    ("lora.dropout=0.1", "lora.dropout=0.1: rapid trains without dropout"),
+    ("lora.r=0", "the rank must be at least 1"),
+    ("lora.target_modules=[nonexistent]", "lora.target_modules=['nonexistent']"),
+])
+def test_a_bad_lora_setting_is_one_line(tmp_path, bad, expect):
+    with pytest.raises(RapidError) as err:
+        train(compose(TINY + LORA + [bad, "train.rounds=1"]), tmp_path / "run")
+    assert expect in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not vllm_available(), reason="vLLM not installed")
+def test_the_vllm_engine_gets_exactly_the_merged_lora_weights(lora_run):
+    """After a sync the engine's greedy tokens and log-probs are those of the LoRA model in the trainer."""
+    from rapid_cli.samplers import make_sampler
+    from rapid_cli.samplers.hf import HFSampler
+    from rapid_cli.types import SamplingParams
+
+    cfg = compose(TINY + LORA + ["sampler=vllm", "sampler.kv_cache_gb=0.25", "sampler.max_model_len=256",
+                                 f"model.path={lora_run / 'adapter'}"])
+    model, tok, path = load_policy(cfg.model, torch.device("cpu"))
+    assert path != str(lora_run / "adapter")  # the engine starts from the base's full weights
+    sampler = make_sampler(cfg, model, tok, path)
+    try:
+        prompts = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                           tokenize=True)["input_ids"] for t in ("What is 1 + 2?", "Hi there")]
+        params = SamplingParams(n=1, temperature=0, max_tokens=12)
+        v, h = sampler.generate(prompts, params), HFSampler(model, tok).generate(prompts, params)
+        assert v.completion_ids == h.completion_ids
+        for a, b in zip(v.logprobs, h.logprobs, strict=True):
+            assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4)
+    finally:
+        sampler.close()
