@@ -41,7 +41,11 @@ def mbpp(*extra):
 def test_mbpp_split_and_prompt_follow_the_paper():
     task = mbpp()
     train, test = task.splits()
-    assert (len(train), len(test)) == (264, 114)
+    # The paper's 264 / 114, less the problems whose gold solution cannot pass within the limits (Mbpp/255,
+    # in the test split, needs minutes and over 2 GiB): they are left out (test_mbpp_limits.py).
+    whole = task.load()
+    assert (len(whole[0]), len(whole[1])) == (264, 114) and len(train) == 264
+    assert {p.id for p in whole[1]} - {p.id for p in test} <= {"Mbpp/255"}
     assert not {p.id for p in train} & {p.id for p in test}
     assert [p.id for p in test[:3]] == [p.id for p in mbpp().test[:3]]  # seeded: the same every time
     first = test[0]
@@ -55,15 +59,15 @@ def test_mbpp_split_and_prompt_follow_the_paper():
 def test_every_mbpp_gold_solution_passes_and_wrong_code_fails():
     task = mbpp(*ROOMY)
     problems = task.train + task.test
-    assert len(problems) == 378  # every test converts to (inputs, expected, rule) form
-    # Mbpp/255's gold solution needs more than 2 GiB and minutes for EvalPlus's extra inputs: its
-    # reference run may not finish within the reference limits, and then it scores 0 for everyone.
-    broken = [p.id for p, s in zip(problems, task.suites(problems), strict=True) if s.error]
-    assert broken in ([], ["Mbpp/255"])
+    # Every test converts to (inputs, expected, rule) form. Mbpp/255's gold solution needs more than 2 GiB
+    # and minutes for EvalPlus's extra inputs: its reference run does not finish within the reference
+    # limits, so it is left out of the splits (named once) rather than scoring 0 for everyone.
+    assert len(problems) in (377, 378) and ("Mbpp/255" in {p.id for p in problems}) == (len(problems) == 378)
+    assert not [p.id for p, s in zip(problems, task.suites(problems), strict=True) if s.error]
     assert sum(len(s.checks) for s in task.suites(problems)) > 30000  # test_list + EvalPlus's inputs
     gold = task.rewards([f"Here you go:\n```python\n{p.answer}\n```" for p in problems], problems)
     failed = [p.id for p, r in zip(problems, gold, strict=True) if r != 1.0]
-    assert failed == broken
+    assert failed == []
     shifted = [problems[(i + 1) % len(problems)].answer for i in range(len(problems))]  # another problem's code
     assert sum(task.rewards(shifted, problems)) == 0
     assert sum(task.rewards(["", "I don't know.", "```python\nimport sys\nsys.exit(0)\n```"], problems[:3])) == 0

@@ -31,8 +31,17 @@ from rapid_cli.rewards import plain
 from rapid_cli.rewards.asserts import RECORD, Rule
 
 MARK = "\x1erapid-values "  # starts the line that carries the results; the last such line counts
+TIMES = "\x1erapid-times "  # starts the reference run's line of the gold solution's seconds per call
 BIG = 1 << 16  # an exactly-compared value whose canonical form is longer than this travels as its digest
-VERSION = 4  # part of the cache key: bump when the recording or the comparison changes
+VERSION = 5  # part of the cache key: bump when the recording or the comparison changes
+
+# EvalPlus's time limits (evalplus/config.py and evalplus/eval/__init__.py, untrusted_check, at 26d6d00): each
+# input gets max(MIN_INPUT_S, GOLD_FACTOR x the gold solution's time on it); the whole run gets the sum of
+# those, at most TASK_CAP_S, plus a little for starting up and reporting (EvalPlus: 1-3 s).
+MIN_INPUT_S = 4.0
+GOLD_FACTOR = 4.0
+TASK_CAP_S = 60.0
+RUN_EXTRA_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -92,25 +101,63 @@ def _digest(value) -> str | None:
 
 @dataclass(frozen=True)
 class Suite:
-    """The checks of one problem (empty with `error` set when the reference run failed)."""
+    """The checks of one problem (empty with `error` set when the reference run failed) and the gold
+    solution's seconds on each (from the reference run; None when it did not report them)."""
 
     checks: tuple[Check, ...]
     error: str | None = None
+    times: tuple[float, ...] | None = None
+
+    def input_limits(self) -> tuple[float, ...] | None:
+        """EvalPlus's limit per input: max(MIN_INPUT_S, GOLD_FACTOR x the gold solution's time on it)."""
+        if self.times is None or len(self.times) != len(self.checks):
+            return None
+        return tuple(max(MIN_INPUT_S, GOLD_FACTOR * t) for t in self.times)
+
+    def run_limit(self) -> float | None:
+        """The wall-clock limit of a whole candidate run, enforced from outside: the sum of the per-input
+        limits, at most TASK_CAP_S, plus RUN_EXTRA_S."""
+        limits = self.input_limits()
+        return None if limits is None else min(TASK_CAP_S, sum(limits)) + RUN_EXTRA_S
 
 
 # -- programs ----------------------------------------------------------------------------------
 # Both run after other code in one module (the candidate's, or the gold solution). Their own names
 # live in a separate namespace, so a candidate defining `encode` or `json` does not break them.
 _CALLER = """
-import json as _json, os as _os, sys as _sys
+import json as _json, os as _os, signal as _signal, sys as _sys, time as _time
 _p = {}
 exec(PLAIN, _p)
 _fn = NS.get(ENTRY)
-_out = []
+_out, _times = [], []
+_clock = _time.perf_counter
+
+
+class _Late(BaseException):
+    pass
+
+
+def _late(_sig, _frame):
+    raise _Late()
+
+
+if LIMITS:  # each call gets its own limit (EvalPlus's); the whole run's limit is enforced from outside
+    _signal.signal(_signal.SIGALRM, _late)
 _stdout, _sys.stdout = _sys.stdout, _sys.stderr  # the function's prints must not split the results line
-for _args, _observe, _exact in _p["decode"](_json.loads(CALLS)):
+for _i, (_args, _observe, _exact) in enumerate(_p["decode"](_json.loads(CALLS))):
+    _limit = LIMITS[_i] if LIMITS else 0
     try:
-        _v = _fn(*_args)
+        _t = _clock()
+        try:
+            if _limit:
+                _signal.setitimer(_signal.ITIMER_REAL, _limit)
+            _v = _fn(*_args)
+        finally:
+            if _limit:
+                _signal.setitimer(_signal.ITIMER_REAL, 0)
+            _times.append(_clock() - _t)
+        if _limit and _times[-1] > _limit:  # the function held off the alarm
+            raise _Late()
         if _observe == "truth":
             _v = bool(_v)
         elif _observe == "not_none":
@@ -125,6 +172,9 @@ for _args, _observe, _exact in _p["decode"](_json.loads(CALLS)):
             except ValueError:  # NaN
                 pass
         _out.append([1, _v])
+    except _Late:
+        _out.append([0, "timeout: over " + str(_limit) + " s"])
+        break
     except BaseException as _e:  # SystemExit included: exiting inside a call fails the call
         _out.append([0, type(_e).__name__ + ": " + str(_e)[:200]])
         break  # the first failing call decides; the rest would only cost time
@@ -161,9 +211,10 @@ _REFERENCE_END = """
 import json as _json
 _calls = _json.dumps(_rapid_p["encode"]([[_rapid_p["decode"](c[1]), OBSERVE[c[0]], EXACT[c[0]]] \
 for c in _rapid_checks]))
-_ns = {"NS": globals(), "ENTRY": ENTRY, "CALLS": _calls, "PLAIN": PLAIN, "MARK": MARK, "BIG": BIG}
+_ns = {"NS": globals(), "ENTRY": ENTRY, "CALLS": _calls, "PLAIN": PLAIN, "MARK": MARK, "BIG": BIG, "LIMITS": None}
 print(MARK + _json.dumps(_rapid_checks, separators=(",", ":")))
 exec(CALLER, _ns)
+print(TIMES + _json.dumps(_ns["_times"]))
 """
 
 
@@ -174,14 +225,16 @@ def _constants(**values) -> str:
 def reference_program(src: TestSource) -> str:
     """Gold solution + recording test code: prints the recorded checks, then the gold outputs."""
     head = _constants(PLAIN=plain.source(), MARK=MARK, EXACT=[r.exact for r in src.rules], BIG=BIG)
-    tail = _constants(ENTRY=src.entry, CALLER=_CALLER, OBSERVE=[r.observe for r in src.rules])
+    tail = _constants(ENTRY=src.entry, CALLER=_CALLER, OBSERVE=[r.observe for r in src.rules], TIMES=TIMES)
     return "\n".join([head + _RECORDER, src.context, "", src.record, "", tail + _REFERENCE_END])
 
 
-def candidate_program(code: str, entry: str, checks: tuple[Check, ...]) -> str:
-    """The candidate's code followed by the caller: argument tuples go in, return values come out."""
+def candidate_program(code: str, entry: str, checks: tuple[Check, ...], limits: tuple[float, ...] | None = None) -> str:
+    """The candidate's code followed by the caller: argument tuples go in, return values come out.
+    `limits`: seconds per call (a call over its limit fails the run: EvalPlus's per-input limits)."""
     calls = json.dumps(plain.encode([[c.args, c.rule.observe, c.rule.exact] for c in checks]))
-    caller = _constants(ENTRY=entry, CALLS=calls, PLAIN=plain.source(), MARK=MARK, BIG=BIG) + _CALLER
+    caller = _constants(ENTRY=entry, CALLS=calls, PLAIN=plain.source(), MARK=MARK, BIG=BIG,
+                        LIMITS=list(limits) if limits else None) + _CALLER
     return f"{code}\n\n\nexec({caller!r}, {{'NS': globals()}})\n"
 
 
@@ -239,7 +292,18 @@ def parse_reference(stdout: str, rules: tuple[Rule, ...]) -> Suite:
               if c.rule.compare != "holds" and not passes(c, v)]
     if failed:
         return Suite((), f"the gold solution fails {len(failed)} of {len(checks)} checks (first: {failed[0]})")
-    return Suite(checks)
+    return Suite(checks, times=_gold_times(stdout, len(checks)))
+
+
+def _gold_times(stdout: str, n: int) -> tuple[float, ...] | None:
+    lines = [line for line in stdout.split("\n") if line.startswith(TIMES)]
+    try:
+        times = json.loads(lines[-1][len(TIMES):]) if lines else None
+    except ValueError:
+        return None
+    if type(times) is not list or len(times) != n or not all(type(t) is float and t >= 0 for t in times):
+        return None
+    return tuple(times)
 
 
 def judge(suite: Suite, values: list | None, holds: list[bool] | None = None) -> bool:

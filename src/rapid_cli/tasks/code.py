@@ -5,17 +5,20 @@ A subclass gives the candidate's code (`program`) and the problem's tests as a `
 checks are recorded once per problem by a reference run of the gold solution in the sandbox and
 cached under `<cache>/code-checks/`. Each completion then runs in the sandbox with the argument
 tuples only; its return values come back as plain data and are compared outside with the expected
-values. A problem whose tests cannot be converted is left out of the splits with a warning; one
-whose reference run fails scores 0 for every completion, also with a warning. A round's programs
-run in parallel (sandbox.run_many).
+values. A problem whose tests cannot be converted is left out of the splits with a warning; so is one
+whose gold solution does not pass within the limits (its reference run fails, or the gold solution run as
+a candidate scores 0), named in one line when the splits are made (the outcome is cached beside the
+checks, so later starts read it). A round's programs run in parallel.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 import types
+from concurrent.futures import ThreadPoolExecutor
 
 from rapid_cli.rewards.asserts import Unconvertible
 from rapid_cli.rewards.library import text_of
@@ -42,11 +45,15 @@ CANDIDATE_CHARS = 4 << 20
 class CodeTask(Task):
     _sandbox = None
     _reference_sandbox = None
+    # EvalPlus's per-input time limits, scaled from the gold solution's time on each input (MBPP+); otherwise
+    # reward.timeout_s limits a candidate's whole run
+    per_input_limits = False
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._sources: dict[str, TestSource | Unconvertible] = {}
         self._suites: dict[str, Suite] = {}
+        self._timed: dict[float, object] = {}
 
     def program(self, completion: str, problem: Problem) -> str:
         """The candidate's code (it must define the function the tests call)."""
@@ -71,7 +78,16 @@ class CodeTask(Task):
     def splits(self):
         if self._splits is None:
             train, test = super().splits()
-            self._splits = (self._convertible(train, "train"), self._convertible(test, "test"))
+            train, test = self._convertible(train, "train"), self._convertible(test, "test")
+            bad = self.gold_fails([*train, *test])
+            if bad:
+                from rapid_cli.console import warn
+
+                every = list({p.id: p for p in [*train, *test]})
+                warn(f"task={self.name}: {len(bad)} of {len(every)} problems left out: their gold solution does not "
+                     f"pass within the limits ({'; '.join(f'{k}: {v}' for k, v in bad.items())})")
+                train, test = [p for p in train if p.id not in bad], [p for p in test if p.id not in bad]
+            self._splits = (train, test)
         return self._splits
 
     def convertible(self, problems: list[Problem]) -> tuple[list[Problem], list[str]]:
@@ -125,7 +141,7 @@ class CodeTask(Task):
         return self._reference_sandbox
 
     # -- checks ---------------------------------------------------------------------------------
-    def suites(self, problems: list[Problem]) -> list[Suite]:
+    def suites(self, problems: list[Problem], warn: bool = True) -> list[Suite]:
         """Each problem's checks: from memory, the cache, or a reference run (all missing ones at once)."""
         sources, todo = {}, []
         for p in problems:
@@ -152,18 +168,51 @@ class CodeTask(Task):
                 if suite.error:
                     why = (o.stderr.strip().splitlines() or [o.status])[-1]
                     suite = Suite((), f"{suite.error}: {o.status}, {why}")
-                    from rapid_cli.console import console
+                    if warn:
+                        from rapid_cli.console import console
 
-                    console.print(f"[yellow]{p.id}: every completion scores 0: {suite.error}[/]")
+                        console.print(f"[yellow]{p.id}: every completion scores 0: {suite.error}[/]")
                 else:
                     self._save(self._cache_file(sources[p.id]), o.stdout)
                 self._suites[p.id] = suite
         return [self._suites[p.id] for p in problems]
 
+    def gold_fails(self, problems: list[Problem]) -> dict[str, str]:
+        """{problem id: why} for the problems whose gold solution does not pass within the limits: its
+        reference run (with room) fails, or the gold solution run as a candidate (the candidate's memory
+        and time limits) scores 0. The outcome is cached per problem and limits, so only problems never
+        checked before cost a run."""
+        found, todo = {}, []
+        for p in {p.id: p for p in problems}.values():
+            f = self._status_file(self.source(p))
+            try:
+                found[p.id] = json.loads(f.read_text())["why"]
+            except (OSError, ValueError, KeyError, TypeError):
+                todo.append(p)
+        if todo:
+            suites = self.suites(todo, warn=False)
+            ok = [(p, s) for p, s in zip(todo, suites, strict=True) if not s.error]
+            runs = self._judged([self.source(p).context for p, _ in ok], [p for p, _ in ok])
+            why = {p.id: _short(s.error) for p, s in zip(todo, suites, strict=True) if s.error}
+            for (p, _), (passed, o) in zip(ok, runs, strict=True):
+                if not passed:
+                    why[p.id] = f"run as a candidate: {_failure(o)}"
+            for p in todo:
+                found[p.id] = why.get(p.id)
+                self._save(self._status_file(self.source(p)), json.dumps({"why": found[p.id]}))
+        return {k: v for k, v in found.items() if v is not None}
+
     def _cache_file(self, src: TestSource):
         from rapid_cli.models import cache_root
 
         return cache_root(self.cache_dir) / "code-checks" / self.name / f"{src.key()}.txt"
+
+    def _status_file(self, src: TestSource):
+        """Whether the gold solution passes within the candidate's limits: depends on those limits too."""
+        cfg = self.reward_cfg
+        limits = json.dumps([cfg.sandbox, cfg.memory_mb, None if self.per_input_limits else cfg.timeout_s])
+        tag = hashlib.sha256(limits.encode()).hexdigest()[:8]
+        return self._cache_file(src).with_name(f"{src.key()}.gold-{tag}.json")
 
     @staticmethod
     def _save(path, text: str) -> None:
@@ -173,19 +222,50 @@ class CodeTask(Task):
         tmp.replace(path)
 
     # -- scoring ------------------------------------------------------------------------------
-    def candidate_programs(self, completions: list[str], problems: list[Problem]) -> list[tuple[str | None, Suite]]:
+    def _programs(self, codes: list[str | None], problems: list[Problem]):
+        """(candidate program or None when the problem has no valid checks, suite, the run's time limit or None
+        for reward.timeout_s) per code."""
         out = []
-        for c, p, suite in zip(completions, problems, self.suites(problems), strict=True):
-            program = None if suite.error else candidate_program(self.program(c, p), self.source(p).entry, suite.checks)
-            out.append((program, suite))
+        for code, p, suite in zip(codes, problems, self.suites(problems), strict=True):
+            if suite.error or code is None:
+                out.append((None, suite, None))
+                continue
+            limits = suite.input_limits() if self.per_input_limits else None
+            program = candidate_program(code, self.source(p).entry, suite.checks, limits)
+            out.append((program, suite, suite.run_limit() if limits else None))
         return out
 
     def outcomes(self, completions: list[str], problems: list[Problem]):
         """(sandbox outcome or None when the problem has no valid checks, suite) per completion."""
-        pairs = self.candidate_programs(completions, problems)
-        runs = self.sandbox.run_many([prog for prog, _ in pairs if prog is not None])
+        codes = [None if s.error else self.program(c, p)
+                 for c, p, s in zip(completions, problems, self.suites(problems), strict=True)]
+        return self._outcomes(codes, problems)
+
+    def _outcomes(self, codes: list[str | None], problems: list[Problem]):
+        jobs = self._programs(codes, problems)
+        todo = [(prog, limit) for prog, _, limit in jobs if prog is not None]
+        run = lambda job: self._sandbox_for(job[1]).run(job[0])  # noqa: E731
+        workers = self.sandbox.workers
+        if len(todo) <= 1 or workers == 1:
+            runs = [run(job) for job in todo]
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                runs = list(pool.map(run, todo))
         it = iter(runs)
-        return [(next(it) if prog is not None else None, suite) for prog, suite in pairs]
+        return [(next(it) if prog is not None else None, suite) for prog, suite, _ in jobs]
+
+    def _sandbox_for(self, timeout_s: float | None):
+        """The candidate sandbox, or a copy of it whose whole-run limit (wall clock, and CPU seconds) is
+        `timeout_s`: the per-input limits' sum for MBPP+. The copy shares the original's cgroups and
+        settings; only its limits differ."""
+        if timeout_s is None:
+            return self.sandbox
+        timeout_s = round(timeout_s, 1)
+        if timeout_s not in self._timed:
+            timed = copy.copy(self.sandbox)
+            timed.limits = dataclasses.replace(self.sandbox.limits, timeout_s=timeout_s)
+            self._timed[timeout_s] = timed
+        return self._timed[timeout_s]
 
     def _holds(self, sandbox, sources: list[TestSource], suites: list[Suite], values: list) -> list[list[bool] | None]:
         """Each run's property-check results (None where it has none or reported no values): one extra
@@ -199,16 +279,47 @@ class CodeTask(Task):
             out[i] = holds_results(o.stdout, n) or [False] * n
         return out
 
-    def rewards(self, completions: list[str], problems: list[Problem]) -> list[float]:
-        runs = self.outcomes(completions, problems)
+    def _judged(self, codes: list[str | None], problems: list[Problem]) -> list[tuple[bool, object]]:
+        """(passed, sandbox outcome or None) per candidate code. A run stopped at its time limit fails
+        whatever it printed: the per-input limits are kept by the program's own timer, the whole-run
+        limit from outside."""
+        runs = self._outcomes(codes, problems)
         suites = [suite for _, suite in runs]
-        values = [reported_values(o.stdout, len(s.checks)) if o is not None else None for o, s in runs]
+        values = [reported_values(o.stdout, len(s.checks)) if o is not None and o.status != "timeout" else None
+                  for o, s in runs]
         sources = [self.source(p) if not s.error else None for p, s in zip(problems, suites, strict=True)]
         holds = self._holds(self.sandbox, sources, suites, values)
-        return [float(judge(s, v, h)) for s, v, h in zip(suites, values, holds, strict=True)]
+        return [(judge(s, v, h), o) for s, v, h, (o, _) in zip(suites, values, holds, runs, strict=True)]
+
+    def rewards(self, completions: list[str], problems: list[Problem]) -> list[float]:
+        codes = [None if s.error else self.program(c, p)
+                 for c, p, s in zip(completions, problems, self.suites(problems), strict=True)]
+        return [float(ok) for ok, _ in self._judged(codes, problems)]
 
     def reward(self, completion: str, problem: Problem) -> float:
         return self.rewards([completion], [problem])[0]
+
+
+def _short(error: str) -> str:
+    return error if len(error) <= 160 else error[:157] + "..."
+
+
+def _failure(o) -> str:
+    """Why a candidate run did not pass: the call that failed, as the run reported it, or how it ended."""
+    from rapid_cli.rewards.verdict import MARK
+
+    if o is None:
+        return "no run"
+    if o.status in ("timeout", "killed"):
+        return f"{o.status} after {o.seconds:.1f} s" + (" (the memory limit?)" if o.status == "killed" else "")
+    for line in reversed(o.stdout.split("\n")):
+        if line.startswith(MARK):
+            try:
+                last = json.loads(line[len(MARK):])[-1]
+                return _short(str(last[1])) if last[0] == 0 else "a wrong value"
+            except (ValueError, IndexError, TypeError, KeyError):
+                break
+    return _short((o.stderr.strip().splitlines() or [o.status])[-1])
 
 
 class AssertsTask(CodeTask):
