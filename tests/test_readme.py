@@ -129,11 +129,11 @@ def resolve_placeholders(cmd: str, ctx: dict) -> str:
         cmd = cmd.replace(old, new)
     for placeholder in ("/path/to/hf/model", "/path/to/gsm8k/"):
         cmd = cmd.replace(placeholder, ctx[placeholder])
-    if "outputs/<run>/" in cmd or "outputs/2026-" in cmd:
+    if "outputs/<run>" in cmd or "outputs/2026-" in cmd:
         run = _newest("outputs/*/*/checkpoints", cwd).parent
-        model = max((run / "checkpoints").glob("round-*")) / "model"
-        cmd = re.sub(r"outputs/(<run>|\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d)(/checkpoints/round-\d+/model)?",
-                     lambda m: str(model if m.group(2) else run), cmd)
+        newest = max((run / "checkpoints").glob("round-*"))  # its model/ or, for a LoRA run, its adapter/
+        cmd = re.sub(r"outputs/(<run>|\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d)(/checkpoints/round-\d+/(model|adapter))?",
+                     lambda m: str(newest / m.group(3) if m.group(2) else run), cmd)
         if " ... " in cmd:
             import yaml
 
