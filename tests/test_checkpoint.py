@@ -76,9 +76,17 @@ def wait_for(path, proc, timeout=300):
         time.sleep(0.01)
 
 
+# LoRA: the adapter is what trains and what the checkpoint holds; a reward the random model earns now and then
+LORA_RUN = ["lora=default", "lora.r=4",
+            "reward.functions=[{_target_: rapid_cli.rewards.format_match, pattern: '.*9.*'}]"]
+
+
 @pytest.mark.slow
-def test_sigkill_mid_round_then_resume_equals_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_sigkill_mid_round_then_resume_equals_an_uninterrupted_run(tmp_path, lora):
     args = overrides(tmp_path, rounds=6)
+    if lora:
+        args = [o for o in args if not o.startswith("reward.functions")] + LORA_RUN
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     proc = start_train(*args, f"hydra.run.dir={whole}")
     assert proc.wait(600) == 0, proc.stdout.read()
@@ -99,9 +107,10 @@ def test_sigkill_mid_round_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert [r["round"] for r in b] == list(range(7))  # no round twice, none missing
     assert comparable(a) == comparable(b)
     assert sum(r.get("reward/mean", 0) for r in a) > 0  # the comparison covered real learning
-    wa = load_file(whole / "checkpoints" / "round-000006" / "model" / "model.safetensors")
-    wb = load_file(killed / "checkpoints" / "round-000006" / "model" / "model.safetensors")
-    w0 = load_file(whole / "checkpoints" / "round-000001" / "model" / "model.safetensors")
+    weights = "adapter/adapter_model.safetensors" if lora else "model/model.safetensors"
+    wa = load_file(whole / "checkpoints" / "round-000006" / weights)
+    wb = load_file(killed / "checkpoints" / "round-000006" / weights)
+    w0 = load_file(whole / "checkpoints" / "round-000001" / weights)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert any(not torch.equal(wa[k], w0[k]) for k in wa)
 
