@@ -1,13 +1,18 @@
-"""LoRA against full fine-tuning, in one process on the same model: what a round's weight sync into the vLLM
-engine costs (full: the trainer's state_dict; LoRA merged: W + scale * B @ A computed for every adapted layer,
-then the same load), what one optimizer step over a cpu-demo mini-batch costs, and how much the optimizer holds.
+"""LoRA against full fine-tuning, and the two ways to hand a LoRA policy to the vLLM engine, in one process on
+the same model:
 
-    .venv/bin/python scripts/bench_lora.py                     # SmolLM2-135M, vLLM (CPU build), r=16
-    .venv/bin/python scripts/bench_lora.py --repeats 5 -- lora.r=64 model=qwen-0.5b
+- weight sync per round: full fine-tuning's state_dict; LoRA merged (`lora.sync=merged`: W + scale * B @ A for
+  every adapted layer, then the same load); LoRA adapter (`lora.sync=adapter`: the adapter written to the
+  sampler's own directory and registered with an engine started with LoRA enabled);
+- generation tokens/s of the merged engine against the adapter-serving one (same prompts, same lengths);
+- one optimizer step over a cpu-demo mini-batch, and the optimizer state held.
 
-The sync is timed after the engine has started and been synced once (as in a run from round 2 on). The
-update step uses the demo's shape (8 arith prompts x G=4, completions of 4-12 tokens, one micro-batch).
-Medians of --repeats; every timing alternates full and LoRA so the machine's noise hits both alike.
+    .venv/bin/python scripts/bench_lora.py                      # SmolLM2-135M, vLLM (CPU build), r=16
+    .venv/bin/python scripts/bench_lora.py --repeats 5 -- lora.r=64
+
+Syncs are timed after each engine has started and been synced once (as in a run from round 2 on).
+Generation: 32 arith prompts x 4 completions, temperature 1, exactly --tokens new tokens each (no stop).
+Medians of --repeats; each repeat alternates the contenders so the machine's noise hits both alike.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ def optimizer_mib(learner) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
@@ -50,45 +56,59 @@ def main() -> None:
     from rapid_cli.policy import load_policy
     from rapid_cli.samplers import make_sampler
     from rapid_cli.tasks import make_task
+    from rapid_cli.types import SamplingParams
 
     torch.manual_seed(0)
-    cfg = compose_config(["model=smollm2-135m", "task=arith", "lora=default", "sampler=vllm", "sampler.kv_cache_gb=0.5",
-                          "sampler.max_model_len=512", "algo.prompts_per_step=8", "algo.micro_batch_size=32",
-                          "logger.wandb.mode=disabled", *args.overrides])
+    base = ["model=smollm2-135m", "task=arith", "lora=default", "sampler=vllm", "sampler.kv_cache_gb=0.5",
+            "sampler.max_model_len=512", "algo.prompts_per_step=8", "algo.micro_batch_size=32",
+            "logger.wandb.mode=disabled", *args.overrides]
+    cfg = compose_config(base)
     full, tok, path = load_policy(cfg.model, torch.device("cpu"), cfg.cache_dir)
     adapted, _, _ = load_policy(cfg.model, torch.device("cpu"), cfg.cache_dir)
     add_adapters(adapted, cfg.lora)
-    with torch.no_grad():  # B = 0 at the start; a trained adapter's merge costs the same, give it values
+    with torch.no_grad():  # B = 0 at the start; a trained adapter costs the same, give it values
         for name, p in adapted.named_parameters():
             if ".lora_B." in name:
                 p.normal_(0, 1e-3)
-    sampler = make_sampler(cfg, full, tok, path)
+    merged = make_sampler(cfg, full, tok, path)
+    served = make_sampler(compose_config([*base, "lora.sync=adapter"]), adapted, tok, path)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {cfg.model.name}, LoRA r={cfg.lora.r} "
           f"alpha={cfg.lora.alpha} on {list(cfg.lora.target_modules)}: trains {trainable_summary(adapted)}")
-    sync = {"full": [], "lora": []}
-    merge = []
+    sync: dict[str, list[float]] = {"full": [], "merged": [], "adapter": []}
     for _ in range(args.repeats):
-        sync["full"].append(timed(lambda: sampler.sync_weights(full.state_dict().items())))
-        sync["lora"].append(timed(lambda: sampler.sync_weights(merged_state(adapted))))
-        merge.append(timed(lambda: list(merged_state(adapted))))
+        sync["full"].append(timed(lambda: merged.sync_weights(full.state_dict().items())))
+        sync["merged"].append(timed(lambda: merged.sync_weights(merged_state(adapted))))
+        sync["adapter"].append(timed(lambda: served.sync_weights(())))
     task = make_task(cfg.task, seed=0)
+    prompts = [task.prompt_ids(p, tok, cfg.model.chat_template) for p in task.train[:32]]
+    params = SamplingParams(n=4, temperature=1.0, max_tokens=args.tokens, seed=0)
+    rate: dict[str, list[float]] = {"merged": [], "adapter": []}
+    for _ in range(args.repeats):
+        for name, sampler in (("merged", merged), ("adapter", served)):
+            start = time.perf_counter()
+            gens = sampler.generate(prompts, params)
+            rate[name].append(sum(len(c) for c in gens.completion_ids) / (time.perf_counter() - start))
+    merged.close()
+    served.close()
     ro = rollouts(task, tok, cfg, (4, 12), group_size=cfg.algo.group_size, groups=cfg.algo.prompts_per_step, seed=0)
-    steps = {"full": [], "lora": []}
     learners = {name: Learner(model, cfg.algo, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0,
                               total_steps=10) for name, model in (("full", full), ("lora", adapted))}
     rows = ro.group_slice(0, cfg.algo.prompts_per_step)
+    steps: dict[str, list[float]] = {"full": [], "lora": []}
     for _ in range(args.repeats):
         for name, learner in learners.items():
             steps[name].append(timed(lambda: learner.step(ro, rows)))  # noqa: B023
-    med = {k: statistics.median(v) for k, v in sync.items()}
+    s = {k: statistics.median(v) for k, v in sync.items()}
+    g = {k: statistics.median(v) for k, v in rate.items()}
     step = {k: statistics.median(v) for k, v in steps.items()}
-    print(f"weight sync into vLLM: full {med['full']:.3f} s, LoRA merged {med['lora']:.3f} s "
-          f"({med['lora'] / med['full']:.2f}x; of which the merge alone {statistics.median(merge):.3f} s)")
+    print(f"weight sync per round: full {s['full']:.3f} s, LoRA merged {s['merged']:.3f} s "
+          f"({s['merged'] / s['full']:.2f}x full), LoRA adapter {s['adapter']:.3f} s ({s['adapter'] / s['full']:.2f}x)")
+    print(f"generation: merged engine {g['merged']:.0f} tokens/s, adapter-serving engine {g['adapter']:.0f} tokens/s "
+          f"({g['adapter'] / g['merged']:.2f}x)")
     print(f"optimizer step (demo mini-batch): full {step['full']:.2f} s, LoRA {step['lora']:.2f} s "
-          f"({step['full'] / step['lora']:.2f}x faster with LoRA)")
+          f"(LoRA {step['full'] / step['lora']:.2f}x as fast)")
     held = {name: optimizer_mib(learner) for name, learner in learners.items()}
     print(f"optimizer state: full {held['full']:.0f} MiB, LoRA {held['lora']:.1f} MiB")
-    sampler.close()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,7 +116,6 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, e
 
 
 @pytest.mark.parametrize("bad,expect", [
-    ("lora.sync=adapter", "lora.sync=adapter is not built yet"),
     ("lora.dropout=0.1", "lora.dropout=0.1: rapid trains without dropout"),
     ("lora.r=0", "the rank must be at least 1"),
     ("lora.target_modules=[nonexistent]", "lora.target_modules=['nonexistent']"),
@@ -148,5 +148,38 @@ def test_the_vllm_engine_gets_exactly_the_merged_lora_weights(lora_run):
         assert v.completion_ids == h.completion_ids
         for a, b in zip(v.logprobs, h.logprobs, strict=True):
             assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4)
+    finally:
+        sampler.close()
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not vllm_available(), reason="vLLM not installed")
+def test_the_vllm_engine_serving_the_adapter_follows_every_sync(lora_run):
+    """lora.sync=adapter: the engine runs the base weights and the trainer's adapter unmerged; after the adapter
+    changes and a sync, its greedy tokens and log-probs are the trainer's again."""
+    from rapid_cli.samplers import make_sampler
+    from rapid_cli.samplers.hf import HFSampler
+    from rapid_cli.types import SamplingParams
+
+    cfg = compose(TINY + LORA + ["lora.sync=adapter", "sampler=vllm", "sampler.kv_cache_gb=0.25",
+                                 "sampler.max_model_len=256", f"model.path={lora_run / 'adapter'}"])
+    model, tok, path = load_policy(cfg.model, torch.device("cpu"))
+    sampler = make_sampler(cfg, model, tok, path)
+    try:
+        prompts = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                           tokenize=True)["input_ids"] for t in ("What is 1 + 2?", "Hi there")]
+        params = SamplingParams(n=1, temperature=0, max_tokens=12)
+        for change in range(2):
+            if change:
+                with torch.no_grad():
+                    for name, p in model.named_parameters():
+                        if ".lora_B." in name:
+                            p.add_(torch.randn_like(p) * 0.05)
+                sampler.sync_weights(iter(()))  # what it is handed is not used: it serves the model's adapter
+            v, h = sampler.generate(prompts, params), HFSampler(model, tok).generate(prompts, params)
+            assert v.completion_ids == h.completion_ids
+            for a, b in zip(v.logprobs, h.logprobs, strict=True):
+                assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4)
+        assert len(list(Path(sampler._lora_dir).iterdir())) == 1  # the previous round's adapter files are gone
     finally:
         sampler.close()

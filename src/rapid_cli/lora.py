@@ -10,6 +10,7 @@ round: RAPID syncs after A optimizer steps, not after each. A checkpoint holds t
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,7 +104,7 @@ def save_adapter(model, path: Path, base: str) -> None:
     state = peft.get_peft_model_state_dict(inner, adapter_name=ADAPTER)
     save_file({PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()},
               path / "adapter_model.safetensors", metadata={"format": "pt"})
-    config = inner.peft_config[ADAPTER]
+    config = copy.copy(inner.peft_config[ADAPTER])  # the model's own stays as it is
     config.base_model_name_or_path = base
     config.save_pretrained(str(path))
 

@@ -111,9 +111,6 @@ def validate_lora(cfg) -> None:
     if lo.dropout != 0:
         raise RapidError(f"lora.dropout={lo.dropout}: rapid trains without dropout so that the trained forward is the "
                          "pi_old the sampler drew from; keep lora.dropout=0")
-    if lo.sync != "merged":
-        raise RapidError(f"lora.sync={lo.sync} is not built yet: the vLLM engine gets the merged weights each round; "
-                         "use lora.sync=merged (the default)")
     if cfg.train.parallel == "fsdp":
         raise RapidError("lora=default with train.parallel=fsdp is not supported yet; use train.parallel=ddp (the "
                          "adapters are small: every rank holds them whole) or full fine-tuning")

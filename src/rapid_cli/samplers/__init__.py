@@ -76,9 +76,11 @@ def make_sampler(cfg, model, tokenizer, model_path: str) -> Sampler:
         _, dtype = resolve_precision(cfg, cuda, fast_bf16(cuda))
         a = cfg.algo
         world = int(os.environ.get("WORLD_SIZE", "1"))
+        serve_adapter = cfg.lora.enabled and cfg.lora.sync == "adapter"
         sampler = VLLMSampler(cfg.sampler, model_path, dtype, seed=cfg.seed,
                               trust_remote_code=cfg.model.trust_remote_code, model=model,
-                              sequences=a.steps_per_generation * a.prompts_per_step * a.group_size // world)
+                              sequences=a.steps_per_generation * a.prompts_per_step * a.group_size // world,
+                              lora_rank=cfg.lora.r if serve_adapter else None)
         sampler.sync_weights(merged_state(model))  # it loaded from disk: the trainer's exact weights (LoRA merged)
         return sampler
     raise RapidError(f"sampler.name={cfg.sampler.name!r} is unknown; use sampler=vllm or sampler=hf")

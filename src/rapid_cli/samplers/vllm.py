@@ -12,6 +12,11 @@ vLLM's internals.
   with `collective_rpc`; it takes (name, tensor) pairs in Hugging Face checkpoint format, so the
   learner's `full_weights()` go in as they are produced, without touching disk. The prefix cache is
   reset after it, since cached KV blocks were computed with the old weights.
+- LoRA (`lora.sync=adapter`): the engine starts with LoRA enabled on the base weights and serves the trainer's
+  adapter unmerged. vLLM loads adapters from peft-format directories only, so each sync writes the adapter
+  (a few MB) into a directory the sampler owns and deletes on close, and registers it under a new id (the
+  engine keeps one adapter: the previous round's is evicted). `lora.sync=merged` needs none of this: the
+  merged weights go through `reload_weights` like full fine-tuning's.
 - Sleep/wake (`sampler.sleep_between_rounds`, CUDA only) frees the KV cache, and only it, while the trainer
   updates (free_kv_cache: why not vLLM's sleep levels 1 or 2).
 """
@@ -138,8 +143,9 @@ def engine_options(s, cuda: bool, config, n_params: int, dtype_bytes: int, seque
 
 class VLLMSampler:
     def __init__(self, sampler_cfg, model_path: str, dtype: str, seed: int, trust_remote_code: bool = False, *,
-                 model, sequences: int = MAX_SEQS):
-        """`model`: the trainer's (its shape sizes the KV cache); `sequences`: completions per round on this rank."""
+                 model, sequences: int = MAX_SEQS, lora_rank: int | None = None):
+        """`model`: the trainer's (its shape sizes the KV cache); `sequences`: completions per round on this rank;
+        `lora_rank`: serve `model`'s LoRA adapter of that rank unmerged (lora.sync=adapter), None: plain weights."""
         vllm, self._TokensPrompt = _import_vllm()
         self._vllm = vllm
         self.cfg = sampler_cfg
@@ -157,6 +163,17 @@ class VLLMSampler:
                                 sequences, gpu_total)
         if sampler_cfg.sleep_between_rounds:
             kwargs["enable_sleep_mode"] = True
+        self.adapter_of, self._lora, self._lora_dir = None, None, None
+        if lora_rank is not None:
+            ranks = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM 0.32 sizes its LoRA buffers for
+            if lora_rank > ranks[-1]:
+                raise RapidError(f"lora.r={lora_rank}: vLLM serves adapters up to rank {ranks[-1]}; lower it or use "
+                                 "lora.sync=merged")
+            kwargs |= {"enable_lora": True, "max_loras": 1, "max_lora_rank": next(r for r in ranks if r >= lora_rank)}
+            import tempfile
+
+            self.adapter_of, self._lora_dir = model, tempfile.mkdtemp(prefix="rapid-lora-")
+            self._base = model_path
         import torch.distributed as dist
 
         # Under torchrun (even 1 process) the engine's groups are built on the trainer's process group, which
@@ -197,7 +214,8 @@ class VLLMSampler:
             max_tokens=params.max_tokens,
             logprobs=0 if exact else None,  # the sampled token's own log-prob only, when it is the trainer's quantity
         )
-        outputs = self.llm.generate([self._TokensPrompt(prompt_token_ids=p) for p in prompts], sp, use_tqdm=False)
+        outputs = self.llm.generate([self._TokensPrompt(prompt_token_ids=p) for p in prompts], sp, use_tqdm=False,
+                                    lora_request=self._lora)
         out = Generations([], [] if exact else None, [], [])
         for request in outputs:  # same order as prompts; each holds its n completions
             for c in sorted(request.outputs, key=lambda c: c.index):
@@ -211,13 +229,35 @@ class VLLMSampler:
 
     def sync_weights(self, weights) -> None:
         """Streams the trainer's (name, tensor) pairs into the running engine (no disk); vLLM loads each as it
-        comes, so under FSDP one full parameter is gathered at a time."""
+        comes, so under FSDP one full parameter is gathered at a time. Serving an adapter, the (merged) weights
+        are not even computed: the trainer's adapter is handed over instead."""
         self._wake()
+        if self.adapter_of is not None:
+            self._sync_adapter()
+            return
         weights = iter(weights)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         # Under FSDP each item is a collective: should vLLM have stopped early, the other ranks still wait on the rest.
         for _ in weights:
             pass
+        self.llm.reset_prefix_cache()
+
+    def _sync_adapter(self) -> None:
+        from pathlib import Path
+
+        from vllm.lora.request import LoRARequest
+
+        from rapid_cli.lora import save_adapter
+
+        number = 1 if self._lora is None else self._lora.lora_int_id + 1
+        folder = Path(self._lora_dir) / f"round-{number}"
+        save_adapter(self.adapter_of, folder, base=self._base)
+        self._lora = LoRARequest(f"rapid-{number}", number, str(folder))
+        self.llm.llm_engine.add_lora(self._lora)  # loaded now, not at the first request: the sync's time is its own
+        if number > 1:
+            import shutil
+
+            shutil.rmtree(Path(self._lora_dir) / f"round-{number - 1}", ignore_errors=True)
         self.llm.reset_prefix_cache()
 
     def release_memory(self) -> None:
@@ -230,6 +270,10 @@ class VLLMSampler:
         """Shuts the engine down and frees its memory: a sweep (`rapid train -m`, Optuna) starts the next
         job's engine in this same process, and the first one's KV cache would leave it no room."""
         llm, self.llm = getattr(self, "llm", None), None
+        if getattr(self, "_lora_dir", None):
+            import shutil
+
+            shutil.rmtree(self._lora_dir, ignore_errors=True)
         if llm is None or self._trainers_group:
             return  # under torchrun the engine's shutdown would destroy groups of the trainer's process group (gone
             # already at 1 process: "Invalid process group specified"); the job's process ends with the job anyway
