@@ -183,3 +183,13 @@ def test_the_vllm_engine_serving_the_adapter_follows_every_sync(lora_run):
         assert len(list(Path(sampler._lora_dir).iterdir())) == 1  # the previous round's adapter files are gone
     finally:
         sampler.close()
+
+
+def test_resuming_with_another_lora_shape_is_refused_but_another_sync_is_not(tmp_path):
+    from rapid_cli import checkpoint
+
+    train(compose(TINY + LORA + ["train.rounds=1"]), tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints" / "round-000001"
+    assert checkpoint.config_conflicts(ckpt, compose(TINY + LORA + ["lora.sync=adapter"])) == []
+    assert checkpoint.config_conflicts(ckpt, compose(TINY + LORA + ["lora.r=8"])) == ["lora.r: 4 -> 8"]
+    assert checkpoint.config_conflicts(ckpt, compose(TINY)) == ["lora.enabled: True -> False"]

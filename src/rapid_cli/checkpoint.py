@@ -175,7 +175,8 @@ def find(resume: str, ckpt_root: Path) -> Path | None:
 
 
 def config_conflicts(path: Path, cfg) -> list[str]:
-    """Keys of the model and task groups whose values differ between the checkpoint's config and `cfg`."""
+    """Keys of the model, task and lora groups whose values differ between the checkpoint's config and `cfg`
+    (lora.sync aside: it only changes how the engine receives the same policy)."""
     from omegaconf import OmegaConf
 
     saved = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=False)
@@ -185,7 +186,10 @@ def config_conflicts(path: Path, cfg) -> list[str]:
         if group == "lora" and group not in saved and not now.get(group, {}).get("enabled"):
             continue  # a checkpoint from before LoRA existed: full fine-tuning, as now
         a, b = saved.get(group, {}), now.get(group, {})
-        for key in sorted(set(a) | set(b)):
+        keys = set(a) | set(b)
+        if group == "lora":  # the adapter's shape matters only where there is an adapter
+            keys = keys - {"sync"} if a.get("enabled") and b.get("enabled") else {"enabled"}
+        for key in sorted(keys):
             if a.get(key) != b.get(key):
                 diffs.append(f"{group}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
     return diffs
