@@ -2,6 +2,7 @@ r"""MBPP+ verdicts: gold solutions and mutants under rapid's EvalPlus rule and t
 
     .venv/bin/python scripts/mbpp_verdict.py ../shared/data/mbppplus/MbppPlus-OriginFmt.jsonl.gz
     .venv/bin/python scripts/mbpp_verdict.py FILE --timeout 90 --memory 4096   # the tests' roomy limits
+    .venv/bin/python scripts/mbpp_verdict.py FILE --time Mbpp/630   # what reporting the values costs
 
 rapid judges an MBPP+ input the way EvalPlus does (rewards/verdict.py, mbpp_close: type- and
 length-aware, EvalPlus's float tolerance and special oracles); the data set's own test script compares
@@ -74,6 +75,8 @@ def main() -> None:
     ap.add_argument("--memory", type=int, default=None, help="reward.memory_mb (default: the config's)")
     ap.add_argument("--cache", default=None, help="cache directory (reference runs are cached there)")
     ap.add_argument("--no-programs", action="store_true", help="skip the program mutants (sandbox runs)")
+    ap.add_argument("--time", nargs="+", metavar="ID", help="only time the named problems' gold solutions run as "
+                    "candidates in the sandbox (3 runs each), next to the same calls without reporting anything")
     args = ap.parse_args()
 
     from rapid_cli.config import compose_config
@@ -83,6 +86,8 @@ def main() -> None:
     extra += [f"reward.memory_mb={args.memory}"] * (args.memory is not None)
     cfg = compose_config(["task=mbpp", f"task.data_path={Path(args.data).resolve()}", *extra])
     task = make_task(cfg.task, cache_dir=args.cache, reward_cfg=cfg.reward)
+    if args.time:  # the named problems only (the splits would check every gold solution first)
+        return timing(task, [p for split in task.load() for p in split if p.id in args.time])
     problems = task.train + task.test
     t0 = time.time()
     suites = task.suites(problems)
@@ -132,6 +137,26 @@ def main() -> None:
                 kept.append(p.id)
             old_ok += values is not None and all(old_passes(c, v) for c, v in zip(s.checks, values, strict=True))
         print(f"  {name:16s} {len(todo):4d} / {old_ok:4d} / {new_ok:4d}  {', '.join(kept)}")
+
+
+def timing(task, problems) -> None:
+    """Seconds of a whole sandboxed candidate run of each gold solution (calls, encoding and reporting the
+    values, starting the jail), of the same calls alone in the jail, and of an empty jail run."""
+    from rapid_cli.rewards import plain
+
+    empty = min(task.sandbox.run("pass").seconds for _ in range(3))
+    print(f"empty sandbox run: {empty:.2f} s")
+    for p in problems:
+        (suite,) = task.suites([p])
+        calls = repr(plain.dumps([c.args for c in suite.checks]))
+        alone = (f"{p.answer}\n\nimport json, time\n_plain = {{}}\nexec({plain.source()!r}, _plain)\n"
+                 f"_args = _plain['decode'](json.loads({calls}))\n_t = time.perf_counter()\n"
+                 f"for _a in _args:\n    {task.source(p).entry}(*_a)\nprint(time.perf_counter() - _t)\n")
+        runs = [task.outcomes([f"```python\n{p.answer}\n```"], [p])[0][0] for _ in range(3)]
+        calls_s = [float(task.sandbox.run(alone).stdout.strip().splitlines()[-1]) for _ in range(3)]
+        whole, alone_s = " ".join(f"{o.seconds:.2f}" for o in runs), " ".join(f"{t:.2f}" for t in calls_s)
+        print(f"{p.id}: {len(suite.checks)} calls; whole candidate run {whole} s "
+              f"({', '.join(sorted({o.status for o in runs}))}); the calls alone {alone_s} s")
 
 
 if __name__ == "__main__":

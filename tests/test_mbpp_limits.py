@@ -9,8 +9,10 @@ import gzip
 import json
 
 from conftest import compose
-from rapid_cli.rewards.verdict import MARK, Suite
+from rapid_cli.rewards.asserts import Rule
+from rapid_cli.rewards.verdict import MARK, Check, Suite
 from rapid_cli.tasks import make_task
+from test_code_tasks import MBPP_FILE, needs_mbpp
 from test_mbpp_verdict import script
 
 
@@ -96,7 +98,59 @@ def test_limits_scale_with_the_gold_solutions_own_time(tmp_path):
     assert task.rewards([twice, too_slow], [p, p]) == [1.0, 0.0]
 
 
-def test_without_gold_times_the_whole_run_keeps_reward_timeout(tmp_path):
-    """A suite whose reference run reported no times (none is cached that way, but a task may build one)
-    has no per-input limits: the run falls back to reward.timeout_s."""
-    assert Suite(()).input_limits() is None and Suite(()).run_limit() is None
+def test_the_whole_runs_limit():
+    """EvalPlus's: the sum of the per-input limits, at most 60 s, plus a little (here 2 s); but at least 4x
+    the gold solution's whole time (Mbpp/599's gold solution needs 27-40 s on this 2-core machine, and lost
+    to load under a flat 60 s). Without the gold solution's times there are no per-input limits."""
+    checks = tuple(Check(Rule("mbpp"), (i,), i, 0.0) for i in range(100))
+    assert Suite(checks, times=(0.01,) * 100).input_limits() == (4.0,) * 100
+    assert Suite(checks, times=(0.01,) * 100).run_limit() == 62.0  # 400 s of limits, capped
+    assert Suite(checks[:3], times=(0.1,) * 3).run_limit() == 14.0  # 3 x 4 s
+    assert abs(Suite(checks, times=(0.4,) * 100).run_limit() - 162.0) < 1e-9  # the gold solution's 40 s, 4x
+    assert Suite(checks).input_limits() is None and Suite(checks).run_limit() is None
+
+
+# -- reporting large values (Mbpp/630: 14 MB of nested lists of ints) -----------------------------
+def test_large_values_are_judged_by_digest_with_pythons_equality(tmp_path):
+    """A return value longer than 64 KiB travels as the digest of a canonical text in which values that
+    Python calls equal coincide; a tree of exact ints/strs gets it from repr() (fast), anything else from
+    the general form: both must agree."""
+    gold = "def grid(n):\n    return [[i, j] for i in range(n) for j in range(3)]\n"
+    task = _task(tmp_path, [_record(9131, "grid", gold, [[5000], [2]], [
+        [[i, j] for i in range(5000) for j in range(3)], [[i, j] for i in range(2) for j in range(3)]])])
+    (p,) = task.train + task.test
+    assert type(task.suites([p])[0].checks[0].expected).__name__ == "Digest"
+    programs = {
+        "gold": gold,
+        "floats and bools": "def grid(n):\n    return [[float(i), j == 1 or 2 * (j == 2)] for i in range(n) "
+                            "for j in range(3)]\n",
+        "numpy ints": "import numpy as np\ndef grid(n):\n    return [[np.int64(i), j] for i in range(n) "
+                      "for j in range(3)]\n",
+        "tuples inside": "def grid(n):\n    return [(i, j) for i in range(n) for j in range(3)]\n",
+        "one value off": "def grid(n):\n    return [[i, j + (i == 4000)] for i in range(n) for j in range(3)]\n",
+    }
+    got = dict(zip(programs, task.rewards(list(programs.values()), [p] * len(programs)), strict=True))
+    assert got == {"gold": 1.0, "floats and bools": 1.0, "numpy ints": 1.0, "tuples inside": 0.0,
+                   "one value off": 0.0}
+
+
+@needs_mbpp
+def test_reporting_mbpp_630s_values_costs_less_than_computing_them(tmp_path):
+    """Mbpp/630's gold solution returns about 14 MB of nested lists of ints over 123 inputs: computing them
+    takes about 0.5 s here, encoding and digesting them took about 2 s (4x) before issue 27's fix."""
+    from rapid_cli.rewards import plain
+
+    record = next(r for r in map(json.loads, gzip.open(MBPP_FILE, "rt")) if r["task_id"] == 630)
+    task = _task(tmp_path, [record])
+    (p,) = task.train + task.test
+    (suite,) = task.suites([p])
+    calls = repr(plain.dumps([c.args for c in suite.checks]))
+    alone = (f"{p.answer}\n\nimport json, time\n_plain = {{}}\nexec({plain.source()!r}, _plain)\n"
+             f"_args = _plain['decode'](json.loads({calls}))\n_t = time.perf_counter()\n"
+             "for _a in _args:\n    get_coordinates(*_a)\nprint(time.perf_counter() - _t)\n")
+    empty = min(task.sandbox.run("pass").seconds for _ in range(3))
+    compute = min(float(task.sandbox.run(alone).stdout.split()[-1]) for _ in range(3))
+    runs = [task.outcomes([p.answer], [p])[0][0] for _ in range(3)]
+    assert task.rewards([p.answer], [p]) == [1.0]
+    reporting = min(o.seconds for o in runs) - compute - empty
+    assert reporting < 1.5 * compute + 0.3, (reporting, compute, empty)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 
 from rapid_cli.rewards import plain
 from rapid_cli.rewards.asserts import RECORD, Rule
@@ -33,11 +33,12 @@ from rapid_cli.rewards.asserts import RECORD, Rule
 MARK = "\x1erapid-values "  # starts the line that carries the results; the last such line counts
 TIMES = "\x1erapid-times "  # starts the reference run's line of the gold solution's seconds per call
 BIG = 1 << 16  # an exactly-compared value whose canonical form is longer than this travels as its digest
-VERSION = 5  # part of the cache key: bump when the recording or the comparison changes
+VERSION = 6  # part of the cache key: bump when the recording or the comparison changes
 
 # EvalPlus's time limits (evalplus/config.py and evalplus/eval/__init__.py, untrusted_check, at 26d6d00): each
 # input gets max(MIN_INPUT_S, GOLD_FACTOR x the gold solution's time on it); the whole run gets the sum of
-# those, at most TASK_CAP_S, plus a little for starting up and reporting (EvalPlus: 1-3 s).
+# those, at most TASK_CAP_S (or GOLD_FACTOR x the gold's whole time, if more: Suite.run_limit), plus a little
+# for starting up and reporting (EvalPlus: 1-3 s).
 MIN_INPUT_S = 4.0
 GOLD_FACTOR = 4.0
 TASK_CAP_S = 60.0
@@ -94,9 +95,78 @@ def _digest(value) -> str | None:
     if type(value) is Digest:
         return str(value)
     try:
-        return plain.digest(plain.encode(value))
-    except (ValueError, TypeError):
+        text = quick_canon(value)
+        return sha_of(canon(value) if text is None else text)
+    except (ValueError, TypeError, RecursionError):
         return None
+
+
+# -- digests of large values ---------------------------------------------------------------------
+# These functions run outside (on decoded values) and are pasted into the jail programs (`jail_plain`):
+# self-contained, standard library only. `canon` gives one text for all values that Python's == calls
+# equal (1, 1.0 and True; a set and a frozenset; dicts in any order) and different texts otherwise (NaN,
+# which equals nothing, raises ValueError); for a tree of lists and tuples of exact ints, strs and None
+# that text is the value's repr, so `quick_canon` gets it from repr() and two C-speed type scans instead
+# of a Python call per element (MBPP+'s largest outputs, Mbpp/630's nested lists of ints, are such trees).
+def canon(v) -> str:
+    t = type(v)
+    if t is int or t is str or v is None or t is bytes:
+        return repr(v)
+    if t is bool:
+        return "1" if v else "0"
+    if t is float:
+        if v != v:
+            raise ValueError("NaN has no canonical form")
+        return repr(int(v)) if v.is_integer() else repr(v)
+    if t is list:
+        return "[" + ", ".join(map(canon, v)) + "]"
+    if t is tuple:
+        return "(" + ", ".join(map(canon, v)) + ("," if len(v) == 1 else "") + ")"
+    if t is set or t is frozenset:
+        return "s{" + ", ".join(sorted(map(canon, v))) + "}"
+    if t is dict:
+        return "d{" + ", ".join(sorted(canon(k) + ": " + canon(x) for k, x in v.items())) + "}"
+    if t is complex:
+        return canon(v.real) if v.imag == 0 else "c(" + canon(v.real) + ", " + canon(v.imag) + ")"
+    raise TypeError(f"not plain data: {t.__name__}")
+
+
+def quick_canon(v) -> str | None:
+    """canon(v) when v is a list/tuple of exact ints, strs and None, or a list/tuple of such lists/tuples;
+    None otherwise (then canon decides)."""
+    import itertools
+
+    if type(v) is not list and type(v) is not tuple:
+        return None
+    leaves = {int, str, type(None)}
+    kinds = set(map(type, v))
+    if not kinds <= leaves:
+        if not kinds <= {list, tuple} or not set(map(type, itertools.chain.from_iterable(v))) <= leaves:
+            return None
+    return repr(v)
+
+
+def sha_of(text: str) -> str:
+    from hashlib import sha256  # imported here: a jail run that never needs it does not pay for it
+
+    return sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def size_and_digest(v) -> tuple[int, str]:
+    """(length of canon(v), its sha256) of a plain value in the jail; ValueError for NaN."""
+    text = quick_canon(v)
+    if text is None:
+        text = canon(v)
+    return len(text), sha_of(text)
+
+
+@cache
+def jail_plain() -> str:
+    """plain.py's code and the digest functions above, for pasting into a jail program."""
+    import inspect
+
+    return plain.source() + "\n\n" + "\n\n".join(inspect.getsource(f) for f in (canon, quick_canon, sha_of,
+                                                                                 size_and_digest))
 
 
 @dataclass(frozen=True)
@@ -116,9 +186,12 @@ class Suite:
 
     def run_limit(self) -> float | None:
         """The wall-clock limit of a whole candidate run, enforced from outside: the sum of the per-input
-        limits, at most TASK_CAP_S, plus RUN_EXTRA_S."""
+        limits, at most TASK_CAP_S (EvalPlus's cap) or GOLD_FACTOR x the gold solution's whole time if that
+        is more (a gold solution that needs 30 s on this machine keeps its factor's room), plus RUN_EXTRA_S."""
         limits = self.input_limits()
-        return None if limits is None else min(TASK_CAP_S, sum(limits)) + RUN_EXTRA_S
+        if limits is None:
+            return None
+        return min(max(TASK_CAP_S, GOLD_FACTOR * sum(self.times)), sum(limits)) + RUN_EXTRA_S
 
 
 # -- programs ----------------------------------------------------------------------------------
@@ -162,10 +235,19 @@ for _i, (_args, _observe, _exact) in enumerate(_p["decode"](_json.loads(CALLS)))
             _v = bool(_v)
         elif _observe == "not_none":
             _v = _v if isinstance(_v, bool) else _v is not None
-        _v = _p["encode"](_v)
-        if _exact:  # compared exactly: if it is large, its digest says as much in 64 characters
+        _quick = None
+        if _exact:  # a plain tree of ints/strs: its digest needs no encoding
             try:
-                _size, _digest = _p["fingerprint"](_v)
+                _quick = _p["quick_canon"](_v)
+            except ValueError:  # an int too long for repr
+                pass
+        if _quick is not None and len(_quick) > BIG:
+            _out.append([2, _p["sha_of"](_quick)])
+            continue
+        _v = _p["encode"](_v)
+        if _exact and _quick is None:  # compared exactly: if it is large, its digest says as much in 64 characters
+            try:
+                _size, _digest = _p["size_and_digest"](_p["decode"](_v))
                 if _size > BIG:
                     _out.append([2, _digest])
                     continue
@@ -194,14 +276,20 @@ exec(PLAIN, _rapid_p)
 
 
 def _rapid_rec(k, args, expected, param=None):
-    expected, digest = _rapid_p["encode"](expected), 0
+    digest = 0
     if EXACT[k]:  # a large expected value is kept as its digest (the candidate's is compared by digest too)
         try:
-            size, hexdigest = _rapid_p["fingerprint"](expected)
-            if size > BIG:
-                expected, digest = hexdigest, 1
+            quick = _rapid_p["quick_canon"](expected)
+            if quick is not None and len(quick) > BIG:
+                expected, digest = _rapid_p["sha_of"](quick), 1
+            elif quick is None:
+                size, hexdigest = _rapid_p["size_and_digest"](_rapid_p["decode"](_rapid_p["encode"](expected)))
+                if size > BIG:
+                    expected, digest = hexdigest, 1
         except ValueError:
             pass
+    if not digest:
+        expected = _rapid_p["encode"](expected)
     _rapid_checks.append([k, _rapid_p["encode"](tuple(args)), expected, _rapid_p["encode"](param), digest])
 """
 
@@ -224,7 +312,7 @@ def _constants(**values) -> str:
 
 def reference_program(src: TestSource) -> str:
     """Gold solution + recording test code: prints the recorded checks, then the gold outputs."""
-    head = _constants(PLAIN=plain.source(), MARK=MARK, EXACT=[r.exact for r in src.rules], BIG=BIG)
+    head = _constants(PLAIN=jail_plain(), MARK=MARK, EXACT=[r.exact for r in src.rules], BIG=BIG)
     tail = _constants(ENTRY=src.entry, CALLER=_CALLER, OBSERVE=[r.observe for r in src.rules], TIMES=TIMES)
     return "\n".join([head + _RECORDER, src.context, "", src.record, "", tail + _REFERENCE_END])
 
@@ -233,7 +321,7 @@ def candidate_program(code: str, entry: str, checks: tuple[Check, ...], limits: 
     """The candidate's code followed by the caller: argument tuples go in, return values come out.
     `limits`: seconds per call (a call over its limit fails the run: EvalPlus's per-input limits)."""
     calls = json.dumps(plain.encode([[c.args, c.rule.observe, c.rule.exact] for c in checks]))
-    caller = _constants(ENTRY=entry, CALLS=calls, PLAIN=plain.source(), MARK=MARK, BIG=BIG,
+    caller = _constants(ENTRY=entry, CALLS=calls, PLAIN=jail_plain(), MARK=MARK, BIG=BIG,
                         LIMITS=list(limits) if limits else None) + _CALLER
     return f"{code}\n\n\nexec({caller!r}, {{'NS': globals()}})\n"
 

@@ -180,8 +180,8 @@ class CodeTask(Task):
     def gold_fails(self, problems: list[Problem]) -> dict[str, str]:
         """{problem id: why} for the problems whose gold solution does not pass within the limits: its
         reference run (with room) fails, or the gold solution run as a candidate (the candidate's memory
-        and time limits) scores 0. The outcome is cached per problem and limits, so only problems never
-        checked before cost a run."""
+        and time limits) scores 0. One out of time while other runs shared the machine is run once more,
+        alone. The outcome is cached per problem and limits, so only problems never checked before cost a run."""
         found, todo = {}, []
         for p in {p.id: p for p in problems}.values():
             f = self._status_file(self.source(p))
@@ -193,6 +193,9 @@ class CodeTask(Task):
             suites = self.suites(todo, warn=False)
             ok = [(p, s) for p, s in zip(todo, suites, strict=True) if not s.error]
             runs = self._judged([self.source(p).context for p, _ in ok], [p for p, _ in ok])
+            for i, (passed, o) in enumerate(runs):  # out of time beside other runs: once more, alone
+                if not passed and o is not None and _failure(o).startswith("timeout"):
+                    runs[i] = self._judged([self.source(ok[i][0]).context], [ok[i][0]])[0]
             why = {p.id: _short(s.error) for p, s in zip(todo, suites, strict=True) if s.error}
             for (p, _), (passed, o) in zip(ok, runs, strict=True):
                 if not passed:
