@@ -6,11 +6,11 @@ file, or a directory with train.jsonl and test.jsonl already split). A single sp
 the description and the first assert inside a docstring. Reward: the extracted code (rewards/code.py),
 after `test_imports`, is called in the sandbox on the `test` script's `inputs` (EvalPlus's base + plus
 inputs) and on any `test_list` assert's arguments the script lacks, each call within EvalPlus's limit
-(max(4 s, 4 x the gold solution's time on that input), the whole run within their sum, at most 60 s, plus
-2 s; reward.timeout_s does not apply); the values it returns are compared outside with the expected ones as
-EvalPlus compares them (type- and length-aware, its float tolerance, its per-problem oracles:
-rewards/verdict.py, mbpp_close). A problem whose gold solution does not pass within the limits is left
-out of the splits (tasks/code.py).
+(max(4 s, 4 x the gold solution's time on that input), the whole run within their sum, at most 60 s or 4 x
+the gold solution's whole time, plus 2 s; reward.timeout_s does not apply); the values it returns are
+compared outside with the expected ones as EvalPlus compares them (type- and length-aware, its float
+tolerance, its per-problem oracles: rewards/verdict.py, mbpp_close). A problem whose gold solution does
+not pass within the limits is left out of the splits (tasks/code.py).
 """
 
 from __future__ import annotations
