@@ -118,7 +118,9 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, e
 @pytest.mark.parametrize("bad,expect", [
     ("lora.dropout=0.1", "lora.dropout=0.1: rapid trains without dropout"),
     ("lora.r=0", "the rank must be at least 1"),
-    ("lora.target_modules=[nonexistent]", "lora.target_modules=['nonexistent']"),
+    ("lora.target_modules=[nonexistent]", "lora.target_modules=['nonexistent'] names no layer of this model; its "
+                                          "linear layers: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, "
+                                          "up_proj, v_proj"),
 ])
 def test_a_bad_lora_setting_is_one_line(tmp_path, bad, expect):
     with pytest.raises(RapidError) as err:

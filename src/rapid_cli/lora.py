@@ -69,9 +69,12 @@ def add_adapters(model, lora_cfg=None, saved: str | Path | None = None):
                                  target_modules="all-linear" if targets == ["all-linear"] else targets)
     try:
         peft.inject_adapter_in_model(config, model, adapter_name=ADAPTER)
-    except ValueError as err:  # e.g. target_modules naming no layer of this model
-        raise RapidError(f"lora.target_modules={list(config.target_modules or [])}: {str(err).splitlines()[0]}"
-                         ) from None
+    except ValueError:  # target_modules naming no layer of this model
+        linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                         if isinstance(m, torch.nn.Linear)})
+        asked = sorted(config.target_modules) if isinstance(config.target_modules, set) else config.target_modules
+        raise RapidError(f"lora.target_modules={asked} names no layer of this model; its linear layers: "
+                         f"{', '.join(linear)} (or all-linear)") from None
     if saved is not None:
         load_adapter(model, saved)
     return model
