@@ -5,7 +5,8 @@ the same model:
   every adapted layer, then the same load); LoRA adapter (`lora.sync=adapter`: the adapter written to the
   sampler's own directory and registered with an engine started with LoRA enabled);
 - generation tokens/s of the merged engine against the adapter-serving one (same prompts, same lengths);
-- one optimizer step over a cpu-demo mini-batch, and the optimizer state held.
+- one optimizer step over a cpu-demo mini-batch (seconds, and the peak resident memory it adds, measured as
+  scripts/bench_update.py does), and the optimizer state held.
 
     .venv/bin/python scripts/bench_lora.py                      # SmolLM2-135M, vLLM (CPU build), r=16
     .venv/bin/python scripts/bench_lora.py --repeats 5 -- lora.r=64
@@ -46,10 +47,12 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:  # glibc reads it at start: start again with it
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
     sys.stdout.reconfigure(line_buffering=True)
     import torch
 
-    from bench_update import rollouts
+    from bench_update import measured, rollouts
     from rapid_cli.config import compose_config
     from rapid_cli.learner import Learner
     from rapid_cli.lora import add_adapters, merged_state, trainable_summary
@@ -94,19 +97,21 @@ def main() -> None:
     learners = {name: Learner(model, cfg.algo, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0,
                               total_steps=10) for name, model in (("full", full), ("lora", adapted))}
     rows = ro.group_slice(0, cfg.algo.prompts_per_step)
-    steps: dict[str, list[float]] = {"full": [], "lora": []}
+    steps: dict[str, list[tuple[float, float]]] = {"full": [], "lora": []}
     for _ in range(args.repeats):
         for name, learner in learners.items():
-            steps[name].append(timed(lambda: learner.step(ro, rows)))  # noqa: B023
+            steps[name].append(measured(lambda: learner.step(ro, rows)))  # noqa: B023
     s = {k: statistics.median(v) for k, v in sync.items()}
     g = {k: statistics.median(v) for k, v in rate.items()}
-    step = {k: statistics.median(v) for k, v in steps.items()}
+    step = {k: statistics.median(t for t, _ in v) for k, v in steps.items()}
+    peak = {k: statistics.median(m for _, m in v) for k, v in steps.items()}
     print(f"weight sync per round: full {s['full']:.3f} s, LoRA merged {s['merged']:.3f} s "
           f"({s['merged'] / s['full']:.2f}x full), LoRA adapter {s['adapter']:.3f} s ({s['adapter'] / s['full']:.2f}x)")
     print(f"generation: merged engine {g['merged']:.0f} tokens/s, adapter-serving engine {g['adapter']:.0f} tokens/s "
           f"({g['adapter'] / g['merged']:.2f}x)")
     print(f"optimizer step (demo mini-batch): full {step['full']:.2f} s, LoRA {step['lora']:.2f} s "
-          f"(LoRA {step['full'] / step['lora']:.2f}x as fast)")
+          f"(LoRA {step['full'] / step['lora']:.2f}x as fast); peak memory it adds: full {peak['full']:.0f} MiB, "
+          f"LoRA {peak['lora']:.0f} MiB")
     held = {name: optimizer_mib(learner) for name, learner in learners.items()}
     print(f"optimizer state: full {held['full']:.0f} MiB, LoRA {held['lora']:.1f} MiB")
 
