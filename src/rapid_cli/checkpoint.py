@@ -83,6 +83,15 @@ def checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name))
 
 
+def untied(model, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`weights` without the tied copies (the LM head of a model that ties it to the embeddings): gathered or
+    merged tensors no longer share storage, so save_pretrained would see them as two weights."""
+    if not getattr(model.config, "tie_word_embeddings", False):
+        return weights
+    tied = getattr(model, "_tied_weights_keys", None) or {}
+    return {k: v for k, v in weights.items() if k not in tied}
+
+
 def save(root: Path, rnd: int, model, tokenizer, state: dict, cfg, keep: int | None,
          weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Writes checkpoint `round-<rnd>` atomically and prunes to the newest `keep`; returns its path.
@@ -96,9 +105,8 @@ def save(root: Path, rnd: int, model, tokenizer, state: dict, cfg, keep: int | N
     target = root / f"round-{rnd:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=root))
     try:
-        if weights is not None and getattr(model.config, "tie_word_embeddings", False):
-            tied = getattr(model, "_tied_weights_keys", None) or {}  # gathered copies no longer share storage
-            weights = {k: v for k, v in weights.items() if k not in tied}
+        if weights is not None:
+            weights = untied(model, weights)
         if has_adapters(model):  # the adapter alone, in peft's format; `rapid export` merges it
             save_adapter(model, tmp / ADAPTER_DIR, base=cfg.model.path)
             tokenizer.save_pretrained(tmp / ADAPTER_DIR)

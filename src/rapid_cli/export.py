@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from rapid_cli.checkpoint import checkpoints, verify
+from rapid_cli.checkpoint import checkpoints, untied, verify
 from rapid_cli.config import compose_config
 from rapid_cli.errors import RapidError
 from rapid_cli.lora import ADAPTER_DIR, adapter_base, is_adapter_dir, merged_state
@@ -41,9 +41,6 @@ def export(source: Path, out: Path) -> str:
     model_cfg = OmegaConf.merge(model_cfg, {"path": str(adapter)})
     model, tokenizer, _ = load_policy(model_cfg, torch.device("cpu"))
     out.mkdir(parents=True, exist_ok=True)
-    weights = dict(merged_state(model))
-    if getattr(model.config, "tie_word_embeddings", False):
-        weights = {k: v for k, v in weights.items() if k not in (getattr(model, "_tied_weights_keys", None) or {})}
-    model.save_pretrained(out, safe_serialization=True, state_dict=weights)
+    model.save_pretrained(out, safe_serialization=True, state_dict=untied(model, dict(merged_state(model))))
     tokenizer.save_pretrained(out)
     return f"merged the adapter of {adapter} into its base ({adapter_base(adapter)}) and wrote {out}"
