@@ -9,11 +9,11 @@ from conftest import REPO
 
 PACKAGE = REPO / "src" / "rapid_cli"
 LAYERS = [  # lowest first; a module may import its own layer and the ones below it
-    {"errors", "types", "timing", "console", "hub", "gpu", "hardware", "overrides"},
+    {"errors", "types", "cache", "timing", "console", "hub", "gpu", "hardware", "overrides"},
     {"config"},
     {"algorithms", "rewards", "sandbox", "models", "lora", "policy", "tasks", "samplers", "distributed", "checkpoint",
      "rundir", "stopping"},
-    {"validation"},
+    {"validation", "plan"},
     {"learner", "behaviour", "evaluate", "export", "logger", "plots", "resume", "report", "sweeps"},
     {"trainer"},
     {"cli", "doctor", "__main__", "__init__"},

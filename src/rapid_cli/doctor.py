@@ -97,7 +97,7 @@ def sandbox_check(cfg) -> Check:
 
 
 def storage_checks(cfg) -> list[Check]:
-    from rapid_cli.models import cache_root
+    from rapid_cli.cache import cache_root
 
     out = []
     for label, path in (("disk (run dir)", Path.cwd()), ("disk (cache)", cache_root(cfg.cache_dir))):

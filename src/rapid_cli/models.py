@@ -15,15 +15,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from rapid_cli.cache import cache_root
 from rapid_cli.errors import RapidError
 
 PKG_PREFIX = "pkg:"
 TINY = "tiny"
-
-
-def cache_root(cache_dir: str | None = None) -> Path:
-    root = cache_dir or os.environ.get("RAPID_CACHE") or Path.home() / ".cache" / "rapid"
-    return Path(root).expanduser()
 
 
 def resolve_model(model_cfg, cache_dir: str | None = None) -> str:

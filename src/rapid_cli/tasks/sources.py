@@ -17,8 +17,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from rapid_cli.cache import cache_root
 from rapid_cli.errors import RapidError
-from rapid_cli.models import cache_root
 
 
 @dataclass(frozen=True)
