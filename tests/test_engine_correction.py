@@ -11,6 +11,7 @@ import torch
 
 from conftest import TINY, compose
 from rapid_cli.algorithms import ALGORITHMS
+from rapid_cli.algorithms.contract import LossBatch
 from rapid_cli.algorithms.engine import engine_weights
 from rapid_cli.behaviour import BehaviourLogprobs
 from rapid_cli.distributed import Dist
@@ -51,8 +52,8 @@ def test_every_loss_weights_each_token_term(algo):
     grads = {}
     for name, w in (("plain", None), ("weighted", weights)):
         lp = (OLD + 0.05).clone().requires_grad_(True)
-        loss, _ = record.loss(lp, OLD, MASK, rewards, 2, **opts, **extra, denominator=4.0, token_weights=w)
-        loss.backward()
+        batch = LossBatch(lp, OLD, MASK, rewards, 2, denominator=4.0, token_weights=w, **extra)
+        record.compute(batch, opts).loss.backward()
         grads[name] = lp.grad
     assert grads["plain"].abs().sum() > 0
     assert torch.allclose(grads["weighted"], grads["plain"] * weights, atol=1e-7)

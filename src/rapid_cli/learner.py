@@ -22,14 +22,14 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from rapid_cli import algorithms, distributed
-from rapid_cli.algorithms.aggregate import effective_sample_size, informative_rows
+from rapid_cli.algorithms.aggregate import effective_sample_size
+from rapid_cli.algorithms.contract import METRICS, WEIGHT_MEAN, WEIGHT_SQ_SUM, WEIGHT_SUM, Combine, LossBatch, declared
 from rapid_cli.algorithms.engine import engine_weights
-from rapid_cli.algorithms.primitives import MAXIMA, SUMS
 from rapid_cli.console import console
 from rapid_cli.policy import completion_logprobs, grouped_logprobs, pack, pack_groups
 from rapid_cli.types import Rollouts
@@ -136,8 +136,8 @@ class Audit:
 @dataclass
 class StepStats:
     """One optimizer step on one mini-batch. Over its micro-batches the loss's parts add up, its metrics
-    combine as algorithms/primitives.py declares (`means`: row-weighted means of every rank's moving rows;
-    `maxima`); `grad_norm`, `skipped`, `ess` and `audit` cover every rank too. Over a round's steps
+    combine as algorithms/contract.py METRICS declares (`means`: row-weighted means of every rank's moving
+    rows; `maxima`); `grad_norm`, `skipped`, `ess` and `audit` cover every rank too. Over a round's steps
     and the ranks: `update_metrics`."""
 
     loss: float  # this rank's part of the mini-batch's loss (DDP averages the gradients alike)
@@ -152,21 +152,13 @@ class StepStats:
     audit: Audit | None = None  # asked for on the round's first step, when the sampler reports log-probs
 
 
-# the loss metrics that are logged (as row means over the round's steps), and their names in the logs
-LOGGED = {"iw_mean": "iw/mean", "iw_clipped_mean": "iw/clipped_mean", "iw_clip_frac": "iw/clip_frac",
-          "staleness": "iw/staleness", "log_ratio_abs_mean": "iw/log_ratio_abs_mean",
-          "adv_abs_mean": "train/adv_abs_mean", "ppo_clip_frac": "train/ppo_clip_frac", "kl": "train/kl",
-          "groups_dropped_frac": "train/groups_dropped_frac", "engine_weight_mean": "iw/engine_weight_mean",
-          "engine_truncated_frac": "iw/engine_truncated_frac", "engine_masked_frac": "iw/engine_masked_frac"}
-
-
 def update_metrics(steps: list[StepStats]) -> tuple[dict[str, float], dict[str, float]]:
     """A round's update phase as logged metrics: (values to average over ranks, values to max over ranks).
     Over the round's steps: means, except the count of skipped steps, the rate (the last step's) and the
-    weights' maximum. The loss's own statistics (`LOGGED`, iw/*) are over the moving rows of the steps
-    that had any; a round without any has none of them."""
+    maxima. The loss's own statistics (those algorithms/contract.py METRICS names a `logged_as` for) are
+    over the moving rows of the steps that had any; a round without any has none of them."""
     n = len(steps)
-    computed = [s for s in steps if "iw_mean" in s.means]
+    computed = [s for s in steps if WEIGHT_MEAN in s.means]  # the steps that computed some row
     means = {
         "train/loss": sum(s.loss for s in steps) / n,
         "train/grad_norm": sum(s.grad_norm for s in steps) / n,
@@ -174,33 +166,59 @@ def update_metrics(steps: list[StepStats]) -> tuple[dict[str, float], dict[str, 
         "train/skipped_rows_frac": sum(s.skipped_rows for s in steps) / max(1, sum(s.rows for s in steps)),
         "train/lr": steps[-1].lr,
     }
-    if "iw_mean" in steps[0].means:
-        means["iw/first_step_mean"] = steps[0].means["iw_mean"]
-    if "iw_mean" in steps[-1].means:
-        means["iw/last_step_mean"] = steps[-1].means["iw_mean"]
+    if WEIGHT_MEAN in steps[0].means:
+        means["iw/first_step_mean"] = steps[0].means[WEIGHT_MEAN]
+    if WEIGHT_MEAN in steps[-1].means:
+        means["iw/last_step_mean"] = steps[-1].means[WEIGHT_MEAN]
     if computed:
         means["iw/ess"] = sum(s.ess for s in computed) / len(computed)
-    for key, name in LOGGED.items():
-        having = [s.means[key] for s in steps if key in s.means]
-        if having:
-            means[name] = sum(having) / len(having)
-    maxima = {"iw/max": max(s.maxima["iw_max"] for s in computed)} if computed else {}
-    ratios = [s.maxima["engine_ratio_max"] for s in steps if "engine_ratio_max" in s.maxima]
-    if ratios:
-        maxima["iw/engine_ratio_max"] = max(ratios)
+    maxima = {}
+    for metric in METRICS.values():
+        if metric.logged_as is None:
+            continue
+        if metric.combine is Combine.ROW_MEAN:
+            having = [s.means[metric.name] for s in steps if metric.name in s.means]
+            if having:
+                means[metric.logged_as] = sum(having) / len(having)
+        elif metric.combine is Combine.MAX:
+            having = [s.maxima[metric.name] for s in steps if metric.name in s.maxima]
+            if having:
+                maxima[metric.logged_as] = max(having)
     return means, maxima
 
 
-def combine(metrics: dict, rows: int, row_sums: dict, maxima: dict, sums: dict) -> None:
-    """Adds one micro-batch's loss metrics (over its `rows` rows) into the step's, as algorithms/primitives.py
-    declares: maxima, sums, and the rest as row-weighted sums (made means over every rank's rows later)."""
-    for k, v in metrics.items():
-        if k in MAXIMA:
-            maxima[k] = max(maxima.get(k, v), v)
-        elif k in SUMS:
-            sums[k] = sums.get(k, 0.0) + v
-        else:
-            row_sums[k] = row_sums.get(k, 0.0) + v * rows
+@dataclass
+class LossTotals:
+    """A step's loss and loss metrics over its micro-batches so far, each metric combined as
+    algorithms/contract.py METRICS declares: row-weighted sums (made means over every rank's rows by
+    `over_ranks`), maxima and sums; a batch's own (ess) is left out."""
+
+    loss: float = 0.0  # the parts add up to the mini-batch's loss
+    row_sums: dict[str, float] = field(default_factory=dict)
+    maxima: dict[str, float] = field(default_factory=dict)
+    sums: dict[str, float] = field(default_factory=lambda: {WEIGHT_SUM: 0.0, WEIGHT_SQ_SUM: 0.0})
+
+    def add(self, loss: float, metrics: dict[str, float], rows: int) -> None:
+        """One micro-batch's loss and metrics, over its `rows` rows."""
+        self.loss += loss
+        for name, value in metrics.items():
+            how = declared(name).combine
+            if how is Combine.MAX:
+                self.maxima[name] = max(self.maxima.get(name, value), value)
+            elif how is Combine.SUM:
+                self.sums[name] = self.sums.get(name, 0.0) + value
+            elif how is Combine.ROW_MEAN:
+                self.row_sums[name] = self.row_sums.get(name, 0.0) + value * rows
+
+    def over_ranks(self, d: distributed.Dist, rows: int) -> tuple[dict, dict, dict]:
+        """(row means, maxima, sums) over every rank's computed rows (this rank's: `rows`); ranks skip
+        unequally, so each rank's row sums count by its rows."""
+        row_sums = {ROWS + k: v for k, v in self.row_sums.items()}
+        total = distributed.reduce_metrics(d, max=self.maxima, sum={**self.sums, "rows": float(rows), **row_sums})
+        means = {k.removeprefix(ROWS): v / total["rows"] for k, v in total.items() if k.startswith(ROWS)}
+        maxima = {k: v for k, v in total.items() if k in METRICS and METRICS[k].combine is Combine.MAX}
+        sums = {k: v for k, v in total.items() if k in METRICS and METRICS[k].combine is Combine.SUM}
+        return means, maxima, sums
 
 
 @dataclass
@@ -282,60 +300,62 @@ class Learner:
             return self._step(ro, rows, audit and ro.sampler_logprobs is not None)
 
     def _step(self, ro: Rollouts, rows: slice, audit: bool) -> StepStats:
-        G, d = self.algo.group_size, self.d
+        group_size = self.algo.group_size
         rewards = torch.tensor(ro.rewards[rows], dtype=torch.float32)  # [B]
-        # The denominator covers every row of the mini-batch, moving or not. DDP averages gradients over
-        # ranks, so each rank divides by the mean of the ranks' denominators.
-        mask = ro.completion_mask[rows, : ro.width(rows)]  # [B, C]
-        mine = self.algorithm.denominator(mask, rewards, G, self.options)
-        denominator = distributed.reduce_metrics(d, mean={"d": mine})["d"] or 1.0  # 0: nothing kept, loss 0
+        denominator = self._denominator(ro, rows, rewards)
         share = self._share(ro, rows, step=True)
-        part, computed = share.part, share.computed
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, row_sums, maxima, sums = 0.0, {}, {}, {"iw_sum": 0.0, "iw_sq_sum": 0.0}
-        seen = Audit(0.0, 0.0, 0.0, 0.0)
+        totals, seen = self._accumulate(share, denominator, audit)
+        means, maxima, sums = totals.over_ranks(self.d, share.computed)
+        # over the whole mini-batch: the algorithm's figures that count rows never computed
+        means |= self.algorithm.batch_metrics(rewards, group_size, self.options)
+        lr = self.optimizer.param_groups[0]["lr"]
+        grad_norm, skipped = self._update(totals.loss)
+        ess = effective_sample_size(sums[WEIGHT_SUM], sums[WEIGHT_SQ_SUM])
+        return StepStats(totals.loss, grad_norm, lr, skipped, ess, means, maxima, rows=len(rewards),
+                         skipped_rows=len(rewards) - share.computed,
+                         audit=seen.over_ranks(self.d) if audit else None)
+
+    def _denominator(self, ro: Rollouts, rows: slice, rewards: torch.Tensor) -> float:
+        """The loss's denominator for the mini-batch `rows`: it covers every row of it, moving or not. DDP
+        averages gradients over ranks, so each rank divides by the mean of the ranks' denominators."""
+        mask = ro.completion_mask[rows, : ro.width(rows)]  # [B, C]
+        mine = self.algorithm.denominator(mask, rewards, self.algo.group_size, self.options)
+        return distributed.reduce_metrics(self.d, mean={"d": mine})["d"] or 1.0  # 0: nothing kept, loss 0
+
+    def _accumulate(self, share: Share, denominator: float, audit: bool) -> tuple[LossTotals, Audit]:
+        """Forward and backward over the share's passes, accumulating the step's gradient: (the loss and its
+        metrics, the audit of the sampler's log-probs when asked for)."""
+        part, totals, seen = share.part, LossTotals(), Audit(0.0, 0.0, 0.0, 0.0)
         for mb, counted in share.passes:
             logprobs, mask = self._forward(self.model, part, mb)  # [b, C]
-            if audit and (counted or not computed):  # a rank with no moving row audits its stand-in group
+            if audit and (counted or not share.computed):  # a rank with no moving row audits its stand-in group
                 mu = part.sampler_logprobs[mb, : logprobs.shape[1]].to(self.device)
                 seen = seen.merge(Audit.of(logprobs.detach(), mu, mask))
             if not counted:
                 (torch.where(mask > 0, logprobs, 0.0).sum() * 0).backward()  # a collective as theirs are; adds 0
                 continue
-            old = self._old(part, mb, logprobs)  # [b, C]
-            extra, corrected = self._loss_inputs(part, mb, old, mask)
-            r = torch.tensor(part.rewards[mb], dtype=torch.float32, device=self.device)  # [b]
-            loss, metrics = self.algorithm.loss(logprobs, old, mask, r, G, **self.options,
-                                                **extra, denominator=denominator)
-            metrics |= corrected
-            loss.backward()
-            loss_sum += loss.item()  # the parts add up to the mini-batch's loss
-            combine(metrics, mb.stop - mb.start, row_sums, maxima, sums)
-        row_sums.pop("ess", None)  # a micro-batch's own; the mini-batch's comes from the summed weights
-        # over every rank's moving rows (ranks skip unequally)
-        total = distributed.reduce_metrics(d, max=maxima, sum={**sums, "rows": float(computed),
-                                                                **{ROWS + k: v for k, v in row_sums.items()}})
-        means = {k.removeprefix(ROWS): v / total["rows"] for k, v in total.items() if k.startswith(ROWS)}
-        maxima = {k: v for k, v in total.items() if k in MAXIMA}
-        if self.options.get("drop_equal_groups"):  # over the whole mini-batch: dropped groups are not computed
-            means["groups_dropped_frac"] = 1 - informative_rows(rewards, G).float().mean().item()
-        lr = self.optimizer.param_groups[0]["lr"]
+            batch, corrected = self._loss_batch(part, mb, logprobs, mask, denominator)
+            out = self.algorithm.compute(batch, self.options)
+            out.loss.backward()
+            totals.add(out.loss.item(), out.metrics | corrected, mb.stop - mb.start)
+        return totals, seen
+
+    def _update(self, loss: float) -> tuple[float, bool]:
+        """Clips the accumulated gradient and steps AdamW and the schedule: (the gradient's norm before
+        clipping, whether the step was skipped). One NaN in the gradient would reach every weight through
+        AdamW: a step with a non-finite loss or gradient norm on any rank is skipped on every rank."""
         max_norm = self.optim.max_grad_norm or float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         grad_norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()  # FSDP2: a DTensor
-        # One NaN in the gradient would reach every weight through AdamW: such a step is skipped on every
-        # rank.
-        bad = not (math.isfinite(loss_sum) and math.isfinite(grad_norm))
-        skipped = distributed.any_rank(d, bad)
+        skipped = distributed.any_rank(self.d, not (math.isfinite(loss) and math.isfinite(grad_norm)))
         if skipped:
             self.optimizer.zero_grad(set_to_none=True)
         else:
             self.optimizer.step()
             self.scheduler.step()
-        ess = effective_sample_size(total["iw_sum"], total["iw_sq_sum"])
-        return StepStats(loss_sum, grad_norm, lr, skipped, ess, means, maxima, rows=len(rewards),
-                         skipped_rows=len(rewards) - computed, audit=seen.over_ranks(d) if audit else None)
+        return grad_norm, skipped
 
     def _share(self, ro: Rollouts, rows: slice, step: bool = False) -> Share:
         """The moving groups of `rows` and the passes over them (`_micro_batches`), then, under DDP and FSDP2,
@@ -393,16 +413,22 @@ class Learner:
         batch = pack(ro.row_prompts(mb), completions, self.pad_id, self.device)
         return completion_logprobs(model, batch, self.temperature), batch.completion_mask
 
-    def _loss_inputs(self, part: Rollouts, mb: slice, old: torch.Tensor, mask: torch.Tensor) -> tuple[dict, dict]:
-        """The loss's optional inputs for micro-batch `mb` ([b, C] each): the reference log-probs (a KL term) and
-        the engine correction's token weights (algorithms/engine.py); and the correction's statistics."""
-        C = old.shape[1]
-        extra = {} if part.ref_logprobs is None else {"ref_logprobs": part.ref_logprobs[mb, :C].to(self.device)}
-        if part.engine_correction == "none":
-            return extra, {}
-        mu = part.sampler_logprobs[mb, :C].to(self.device)
-        extra["token_weights"], stats = engine_weights(old, mu, mask, part.engine_correction, self.algo.engine_cap)
-        return extra, stats
+    def _loss_batch(self, part: Rollouts, mb: slice, logprobs: torch.Tensor, mask: torch.Tensor,
+                    denominator: float) -> tuple[LossBatch, dict[str, float]]:
+        """The loss's input for micro-batch `mb` (log-probs and completion mask [b, C]): pi_old (`_old`), the
+        rewards, the reference log-probs (a KL term) and the engine correction's token weights
+        (algorithms/engine.py); and the correction's statistics."""
+        old = self._old(part, mb, logprobs)  # [b, C]
+        width = old.shape[1]
+        rewards = torch.tensor(part.rewards[mb], dtype=torch.float32, device=self.device)  # [b]
+        ref = None if part.ref_logprobs is None else part.ref_logprobs[mb, :width].to(self.device)
+        weights, stats = None, {}
+        if part.engine_correction != "none":
+            mu = part.sampler_logprobs[mb, :width].to(self.device)
+            weights, stats = engine_weights(old, mu, mask, part.engine_correction, self.algo.engine_cap)
+        batch = LossBatch(logprobs, old, mask, rewards, self.algo.group_size, denominator=denominator,
+                          ref_logprobs=ref, token_weights=weights)
+        return batch, stats
 
     def _old(self, ro: Rollouts, mb: slice, logprobs: torch.Tensor) -> torch.Tensor:
         """log pi_old of micro-batch `mb` [b, C]: the recorded one where there is one, else the step's own

@@ -19,18 +19,6 @@ import torch
 AGGREGATIONS = ("seq_mean", "token_mean", "token_sum")
 
 
-def aggregated(how: str):
-    """Marks a loss function with its aggregation, so the trainer can compute the denominator for it."""
-    if how not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {how!r}; one of {AGGREGATIONS}")
-
-    def mark(fn):
-        fn.aggregation = how
-        return fn
-
-    return mark
-
-
 def informative_rows(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """True for rows of groups whose rewards are not all equal. [B] -> [B] bool
 

@@ -1,5 +1,6 @@
-"""The baselines RAPID is compared with (docs/algorithm.md, "The baselines"), as pure losses with the same contract
-as `rapid_loss`, built from the pieces in primitives.py (log-ratio, clip, weights, diagnostics) and these:
+"""The baselines RAPID is compared with (docs/algorithm.md, "The baselines"): one policy-gradient loss with the
+contract of every loss (algorithms/contract.py), each baseline a `PolicyGradientSpec` of the choices it makes,
+built from the pieces in primitives.py (log-ratio, clip, weights, diagnostics) and these:
 
 - advantages: group z-score (GRPO, PG, DAPO) or group-centred only (Dr. GRPO);
 - the PPO-clipped token objective, with an optional higher upper clip (DAPO's clip-higher);
@@ -15,10 +16,13 @@ They are on-policy methods: their presets take one optimizer step per generation
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from rapid_cli.algorithms.aggregate import aggregate as aggregate_loss
-from rapid_cli.algorithms.aggregate import aggregated, informative_rows
+from rapid_cli.algorithms.aggregate import informative_rows
+from rapid_cli.algorithms.contract import LossBatch, LossOutput
 from rapid_cli.algorithms.primitives import (
     clipped_objective,
     masked_log_ratio,
@@ -71,64 +75,86 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor
     return d.exp() - d - 1
 
 
-def _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, *, scale: bool, eps: float,
-                     eps_high: float | None, aggregate: str, kl_beta: float, ref_logprobs, drop_equal_groups: bool,
-                     norm_len: int | None = None, denominator: float | None = None,
-                     token_weights: torch.Tensor | None = None):
-    B = logprobs.shape[0]
-    if B % group_size:
-        raise ValueError(f"batch of {B} rows is not a whole number of groups of {group_size}")
-    mask = mask.to(logprobs.dtype)
-    r = rewards.to(logprobs.dtype)
-    informative = informative_rows(r, group_size)  # [B]
-    keep = informative if drop_equal_groups else None
-    adv = group_advantages(r, group_size, scale)
-    log_ratio = masked_log_ratio(logprobs, old_logprobs, mask)
-    token_loss, cut = clipped_objective(log_ratio.exp(), adv, eps, eps_high)
-    kl = None
-    if kl_beta:
-        if ref_logprobs is None:
-            raise ValueError("kl_beta > 0 needs ref_logprobs from the reference model")
-        kl = kl_k3(logprobs, ref_logprobs, mask)
-        token_loss = token_loss + kl_beta * kl
-    loss = aggregate_loss(token_loss, mask, aggregate, denominator, keep, norm_len, weights=token_weights)
-    if keep is not None:
-        mask = mask * keep[:, None].to(mask.dtype)  # the metrics below describe the kept tokens only
-    with torch.no_grad():
-        metrics = ratio_metrics(sequence_log_weights(log_ratio).exp(), adv, log_ratio, cut, mask)
-        metrics["groups_dropped_frac"] = (1 - informative.float().mean()).item() if drop_equal_groups else 0.0
-        if kl is not None:
-            metrics["kl"] = ((kl.detach() * mask).sum() / mask.sum().clamp(min=1)).item()
-    return loss, metrics
+@dataclass(frozen=True)
+class PolicyGradientSpec:
+    """One policy-gradient loss, as the choices the baselines differ in: called `spec(batch, **options)`
+    (algorithms/contract.py), its options the `algo` config fields its choices read (`options`).
+
+    >>> DAPO.options
+    {'eps': 0.2, 'eps_high': 0.28, 'drop_equal_groups': True}
+    """
+
+    aggregation: str  # aggregate.AGGREGATIONS; token_sum divides by a constant length, option `norm_len`
+    scale_advantages: bool = True  # z-scored group advantages (GRPO, PG, DAPO), else centred only (Dr. GRPO)
+    clip_higher: bool = False  # an upper clip of its own, option `eps_high` (DAPO); else `eps` both ways
+    kl: bool = False  # a k3 KL penalty to the reference policy, weighted by option `kl_beta` (GRPO)
+    drop_equal_groups: bool = False  # groups whose rewards are all equal may be dropped, by the option (DAPO)
+
+    @property
+    def options(self) -> dict[str, object]:
+        """The algo config fields this loss takes, with the values it uses when called without them."""
+        options: dict[str, object] = {"eps": 0.2}
+        if self.clip_higher:
+            options["eps_high"] = 0.28
+        if self.kl:
+            options["kl_beta"] = 0.04
+        if self.drop_equal_groups:
+            options["drop_equal_groups"] = True
+        if self.aggregation == "token_sum":
+            options["norm_len"] = None  # None: the padded width; the preset sets the generation budget
+        return options
+
+    @property
+    def reference(self) -> bool:
+        return self.kl
+
+    def __call__(self, batch: LossBatch, **options) -> LossOutput:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise TypeError(f"this loss takes no option {', '.join(unknown)}; it takes {', '.join(self.options)}")
+        chosen = {**self.options, **options}
+        kl_beta = chosen.get("kl_beta", 0.0)
+        keep = informative_rows(batch.rewards.to(batch.logprobs.dtype), batch.group_size)  # [B]
+        drop = bool(chosen.get("drop_equal_groups", False))
+        token_loss, log_ratio, adv, cut = self._token_terms(batch, chosen["eps"], chosen.get("eps_high"))
+        mask = batch.mask.to(batch.logprobs.dtype)
+        kl = None
+        if kl_beta:
+            if batch.ref_logprobs is None:
+                raise ValueError("kl_beta > 0 needs ref_logprobs from the reference model")
+            kl = kl_k3(batch.logprobs, batch.ref_logprobs, mask)
+            token_loss = token_loss + kl_beta * kl
+        loss = aggregate_loss(token_loss, mask, self.aggregation, batch.denominator, keep if drop else None,
+                              chosen.get("norm_len"), weights=batch.token_weights)
+        if drop:
+            mask = mask * keep[:, None].to(mask.dtype)  # the metrics below describe the kept tokens only
+        with torch.no_grad():
+            metrics = ratio_metrics(sequence_log_weights(log_ratio).exp(), adv, log_ratio, cut, mask)
+            metrics["groups_dropped_frac"] = (1 - keep.float().mean()).item() if drop else 0.0
+            if kl is not None:
+                metrics["kl"] = ((kl.detach() * mask).sum() / mask.sum().clamp(min=1)).item()
+        return LossOutput(loss, metrics)
+
+    def _token_terms(self, batch: LossBatch, eps: float | None, eps_high: float | None):
+        """The clipped token objective [B, T] with its masked log-ratio [B, T], the advantages [B] and the
+        tokens the clip cut [B, T]."""
+        mask = batch.mask.to(batch.logprobs.dtype)
+        adv = group_advantages(batch.rewards.to(batch.logprobs.dtype), batch.group_size, self.scale_advantages)
+        log_ratio = masked_log_ratio(batch.logprobs, batch.old_logprobs, mask)
+        token_loss, cut = clipped_objective(log_ratio.exp(), adv, eps, eps_high)
+        return token_loss, log_ratio, adv, cut
+
+    def zero_gradient(self, rewards: torch.Tensor, group_size: int, own_old: torch.Tensor,
+                      **options) -> torch.Tensor:
+        """This loss's zero-gradient rule (`zero_gradient`, with its own advantages). [B] -> [B] bool"""
+        return zero_gradient(rewards, group_size, own_old, scale=self.scale_advantages, **options)
 
 
-@aggregated("seq_mean")
-def grpo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | None = 0.2, kl_beta: float = 0.04,
-              ref_logprobs=None, denominator: float | None = None, token_weights=None):
-    """GRPO: z-scored group advantages, PPO clip, k3 KL to the reference (beta), per-sequence token mean.
-    With kl_beta = 0 this is the paper's PG baseline."""
-    return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=True, eps=eps, eps_high=None,
-                            aggregate=grpo_loss.aggregation, kl_beta=kl_beta, ref_logprobs=ref_logprobs,
-                            drop_equal_groups=False, denominator=denominator, token_weights=token_weights)
-
-
-@aggregated("token_mean")
-def dapo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | None = 0.2, eps_high: float | None = 0.28,
-              drop_equal_groups: bool = True, denominator: float | None = None, token_weights=None):
-    """DAPO: one token-level mean over the batch, clip-higher (eps_high), groups with equal rewards dropped, no KL."""
-    return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=True, eps=eps,
-                            eps_high=eps_high, aggregate=dapo_loss.aggregation, kl_beta=0.0, ref_logprobs=None,
-                            drop_equal_groups=drop_equal_groups, denominator=denominator,
-                            token_weights=token_weights)
-
-
-@aggregated("token_sum")
-def dr_grpo_loss(logprobs, old_logprobs, mask, rewards, group_size, eps: float | None = 0.2,
-                 norm_len: int | None = None, denominator: float | None = None, token_weights=None):
-    """Dr. GRPO: group-centred advantages without std scaling, token sum over a constant length (norm_len,
-    the generation budget), so neither long nor short answers are favoured by the normalisation."""
-    return _policy_gradient(logprobs, old_logprobs, mask, rewards, group_size, scale=False, eps=eps, eps_high=None,
-                            aggregate=dr_grpo_loss.aggregation, kl_beta=0.0, ref_logprobs=None,
-                            drop_equal_groups=False, norm_len=norm_len, denominator=denominator,
-                            token_weights=token_weights)
-
+# GRPO: z-scored group advantages, PPO clip, k3 KL to the reference (kl_beta), per-sequence token mean. With
+# kl_beta = 0 it is the paper's PG baseline.
+GRPO = PolicyGradientSpec("seq_mean", kl=True)
+# DAPO: one token-level mean over the batch, clip-higher (eps_high), groups with equal rewards dropped, no KL.
+DAPO = PolicyGradientSpec("token_mean", clip_higher=True, drop_equal_groups=True)
+# Dr. GRPO: group-centred advantages without std scaling, token sum over a constant length (norm_len, the
+# generation budget), so neither long nor short answers are favoured by the normalisation.
+DR_GRPO = PolicyGradientSpec("token_sum", scale_advantages=False)

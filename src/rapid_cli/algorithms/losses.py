@@ -1,8 +1,5 @@
-"""Policy-gradient losses as pure functions: tensors in, (scalar loss, metrics dict) out.
-
-Shapes: logprobs, old_logprobs, mask: [B, T] (mask 1 on completion tokens, 0 on padding);
-rewards: [B]; rows are grouped, B = n_groups * group_size, group g = rows g*G .. g*G+G-1.
-"""
+"""RAPID's loss as a pure function: a `LossBatch` in, a `LossOutput` (scalar loss, metrics) out
+(algorithms/contract.py), with its zero-gradient rule beside it."""
 
 from __future__ import annotations
 
@@ -10,7 +7,8 @@ import math
 
 import torch
 
-from rapid_cli.algorithms.aggregate import aggregate, aggregated
+from rapid_cli.algorithms.aggregate import aggregate
+from rapid_cli.algorithms.contract import LossBatch, LossOutput, loss_function, on_tensors
 from rapid_cli.algorithms.primitives import (
     clipped_objective,
     masked_log_ratio,
@@ -53,43 +51,30 @@ def rapid_zero_gradient(rewards: torch.Tensor, group_size: int, own_old: torch.T
     return zero.repeat_interleave(group_size)
 
 
-@aggregated("seq_mean")
-def rapid_loss(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    mask: torch.Tensor,
-    rewards: torch.Tensor,
-    group_size: int,
-    iw_clip: float | None = 2.0,
-    eps: float | None = 0.2,
-    denominator: float | None = None,
-    token_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+@loss_function("seq_mean")
+def rapid(batch: LossBatch, *, iw_clip: float | None = 2.0, eps: float | None = 0.2) -> LossOutput:
     """RAPID's off-policy loss with an importance-weighted group baseline (docs/algorithm.md, "The loss of one step").
 
     w_i = exp(sum_t m_it (logp - old_logp)) is the detached sequence weight of completion i; the group
     baseline b_g = mean_j min(w_j, c) r_j re-weights the group's rewards toward the current policy, and
     A_i = r_i - b_g drives a PPO-clipped token loss averaged per sequence, then over the batch (or divided
-    by `denominator`, the row count of the whole mini-batch this batch is a piece of: algorithms/aggregate.py).
-    `token_weights` [B, T]: the engine correction's detached weight on each token's term (algorithms/engine.py).
+    by `batch.denominator`, the row count of the whole mini-batch this batch is a piece of: aggregate.py).
+    `batch.token_weights`: the engine correction's detached weight on each token's term (engine.py).
 
-    >>> B, T = 4, 3
-    >>> lp = torch.zeros(B, T); m = torch.ones(B, T); r = torch.tensor([1., 0., 1., 1.])
-    >>> loss, met = rapid_loss(lp, lp, m, r, group_size=2)  # on-policy: w = 1, b = group means
-    >>> round(met["iw_mean"], 3), round(met["adv_mean"], 3), round(loss.item(), 3)
+    >>> lp = torch.zeros(4, 3)
+    >>> out = rapid(LossBatch(lp, lp, torch.ones(4, 3), torch.tensor([1., 0., 1., 1.]), group_size=2))
+    >>> round(out.metrics["iw_mean"], 3), round(out.metrics["adv_mean"], 3), round(out.loss.item(), 3)
     (1.0, 0.0, 0.0)
     """
-    B = logprobs.shape[0]
-    if B % group_size:
-        raise ValueError(f"batch of {B} rows is not a whole number of groups of {group_size}")
-    mask = mask.to(logprobs.dtype)
-    log_ratio = masked_log_ratio(logprobs, old_logprobs, mask)  # [B, T], 0 on padding
+    logprobs = batch.logprobs
+    mask = batch.mask.to(logprobs.dtype)
+    log_ratio = masked_log_ratio(logprobs, batch.old_logprobs, mask)  # [B, T], 0 on padding
     seq_log_w = sequence_log_weights(log_ratio)  # [B], detached
     w = seq_log_w.exp()  # [B]
     w_used = w.clamp(max=iw_clip) if iw_clip is not None else w  # [B]
-    adv = rapid_advantages(rewards.to(logprobs.dtype), group_size, w_used)  # [B]
+    adv = rapid_advantages(batch.rewards.to(logprobs.dtype), batch.group_size, w_used)  # [B]
     token_loss, cut = clipped_objective(log_ratio.exp(), adv, eps)  # [B, T]; the ratio carries the gradient
-    loss = aggregate(token_loss, mask, rapid_loss.aggregation, denominator, weights=token_weights)
+    loss = aggregate(token_loss, mask, rapid.aggregation, batch.denominator, weights=batch.token_weights)
 
     with torch.no_grad():
         metrics = {
@@ -100,4 +85,13 @@ def rapid_loss(
             "staleness": (seq_log_w.clamp(max=math.log(iw_clip)) if iw_clip is not None
                           else seq_log_w).abs().mean().item(),
         }
-    return loss, metrics
+    return LossOutput(loss, metrics)
+
+
+def rapid_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor, rewards: torch.Tensor,
+               group_size: int, iw_clip: float | None = 2.0, eps: float | None = 0.2,
+               denominator: float | None = None, token_weights: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, dict[str, float]]:
+    """`rapid` on plain tensors (the shapes of `LossBatch`): (scalar loss, metrics)."""
+    return on_tensors(rapid, logprobs, old_logprobs, mask, rewards, group_size, denominator=denominator,
+                      token_weights=token_weights, iw_clip=iw_clip, eps=eps)

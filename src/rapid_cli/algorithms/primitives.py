@@ -14,11 +14,6 @@ from rapid_cli.algorithms.aggregate import weight_sums
 # exp() of a sequence log-ratio overflows float32 past ~88; weights are clipped long before that.
 MAX_LOG_W = 60.0
 
-# How a loss's metrics combine over the pieces of one mini-batch (its micro-batches, then its ranks):
-# these by their maximum or their sum, every other one as a mean over rows.
-MAXIMA = frozenset({"iw_max", "engine_ratio_max"})
-SUMS = frozenset({"iw_sum", "iw_sq_sum"})  # what the whole mini-batch's effective sample size is made of
-
 
 def masked_log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """log pi_theta - log pi_old per token, 0 on padding. [B, T] -> [B, T], with gradient.
@@ -54,7 +49,8 @@ def clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, eps: float | None,
 def ratio_metrics(w: torch.Tensor, adv: torch.Tensor, log_ratio: torch.Tensor, cut: torch.Tensor,
                   mask: torch.Tensor) -> dict[str, float]:
     """The diagnostics every loss reports: sequence weights w [B] (before any clip), advantages [B], the
-    masked log-ratio and the clip's cut tokens [B, T], over the tokens of `mask` [B, T]."""
+    masked log-ratio and the clip's cut tokens [B, T], over the tokens of `mask` [B, T]. How each combines
+    and is logged: contract.METRICS."""
     n_tok = mask.sum().clamp(min=1)
     return {
         "iw_mean": w.mean().item(),
