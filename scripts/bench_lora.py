@@ -56,8 +56,8 @@ def main() -> None:
     from rapid_cli.config import compose_config
     from rapid_cli.learner import Learner
     from rapid_cli.lora import add_adapters, merged_state, trainable_summary
+    from rapid_cli.plan import open_sampler
     from rapid_cli.policy import load_policy
-    from rapid_cli.samplers import make_sampler
     from rapid_cli.tasks import make_task
     from rapid_cli.types import SamplingParams
 
@@ -73,8 +73,8 @@ def main() -> None:
         for name, p in adapted.named_parameters():
             if ".lora_B." in name:
                 p.normal_(0, 1e-3)
-    merged = make_sampler(cfg, full, tok, path)
-    served = make_sampler(compose_config([*base, "lora.sync=adapter"]), adapted, tok, path)
+    merged = open_sampler(cfg, full, tok, path)
+    served = open_sampler(compose_config([*base, "lora.sync=adapter"]), adapted, tok, path)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {cfg.model.name}, LoRA r={cfg.lora.r} "
           f"alpha={cfg.lora.alpha} on {list(cfg.lora.target_modules)}: trains {trainable_summary(adapted)}")
     sync: dict[str, list[float]] = {"full": [], "merged": [], "adapter": []}

@@ -38,8 +38,8 @@ def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)
 
     from rapid_cli.config import compose_config
+    from rapid_cli.plan import open_sampler
     from rapid_cli.policy import completion_logprobs, load_policy, pack, pick_device
-    from rapid_cli.samplers import make_sampler
     from rapid_cli.tasks import make_task
     from rapid_cli.timing import Phase
     from rapid_cli.trainer import PromptStream, train
@@ -58,7 +58,7 @@ def main() -> None:
     device = pick_device(cfg.device)
     task = make_task(cfg.task, seed=cfg.seed, cache_dir=cfg.cache_dir, reward_cfg=cfg.reward)
     model, tok, path = load_policy(cfg.model, device, cfg.cache_dir)
-    sampler = make_sampler(cfg, model, tok, path)
+    sampler = open_sampler(cfg, model, tok, path)
     stream = PromptStream(task.train, cfg.seed + 1)
     gen_s, fb_s = [], []
     for i in range(len(rounds) + 1):

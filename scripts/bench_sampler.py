@@ -31,8 +31,8 @@ def main() -> None:
 
     from rapid_cli.config import compose_config as compose
     from rapid_cli.learner import Learner
+    from rapid_cli.plan import open_sampler
     from rapid_cli.policy import load_policy
-    from rapid_cli.samplers import make_sampler
     from rapid_cli.samplers.hf import HFSampler
     from rapid_cli.tasks import make_task
     from rapid_cli.types import Rollouts, SamplingParams
@@ -45,7 +45,7 @@ def main() -> None:
     prompts = [task.prompt_ids(p, tok) for p in problems]
 
     t0 = time.perf_counter()
-    vllm_sampler = make_sampler(cfg, model, tok, path)
+    vllm_sampler = open_sampler(cfg, model, tok, path)
     start_s = time.perf_counter() - t0
     hf_sampler = HFSampler(model, tok, batch_size=64)
     vllm_sampler.generate(prompts[:2], SamplingParams(n=1, max_tokens=4))  # warm-up

@@ -140,14 +140,14 @@ check_hf_sampler() {
 import os, torch
 from rapid_cli.config import compose_config
 from rapid_cli.policy import completion_logprobs, load_policy, pack
-from rapid_cli.samplers import make_sampler
+from rapid_cli.plan import open_sampler
 from rapid_cli.samplers.hf import HFSampler
 from rapid_cli.types import SamplingParams
 
 device = torch.device(os.environ["DEVICE"])
 cfg = compose_config(["debug=smoke", f"device={device.type}"])
 model, tok, path = load_policy(cfg.model, device, cfg.cache_dir)
-sampler = make_sampler(cfg, model, tok, path)
+sampler = open_sampler(cfg, model, tok, path)
 assert isinstance(sampler, HFSampler), type(sampler)
 texts = ["What is 1 + 2?", "What is 7 + 5? Answer with just the number.", "Hi"]
 prompts = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True)

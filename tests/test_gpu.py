@@ -30,12 +30,12 @@ TEXTS = ["What is 1 + 2?", "What is 7 + 5? Answer with just the number.", "Hi", 
 
 
 def vllm_engine(*overrides):
+    from rapid_cli.plan import open_sampler
     from rapid_cli.policy import load_policy
-    from rapid_cli.samplers import make_sampler
 
     cfg = compose(GPU + ["sampler=vllm", *overrides])
     model, tok, path = load_policy(cfg.model, torch.device("cuda"))
-    return cfg, model, tok, make_sampler(cfg, model, tok, path)
+    return cfg, model, tok, open_sampler(cfg, model, tok, path)
 
 
 def prompts_of(tok):

@@ -133,7 +133,7 @@ def test_a_bad_lora_setting_is_one_line(tmp_path, bad, expect):
 @pytest.mark.skipif(not vllm_available(), reason="vLLM not installed")
 def test_the_vllm_engine_gets_exactly_the_merged_lora_weights(lora_run):
     """After a sync the engine's greedy tokens and log-probs are those of the LoRA model in the trainer."""
-    from rapid_cli.samplers import make_sampler
+    from rapid_cli.plan import open_sampler
     from rapid_cli.samplers.hf import HFSampler
     from rapid_cli.types import SamplingParams
 
@@ -141,7 +141,7 @@ def test_the_vllm_engine_gets_exactly_the_merged_lora_weights(lora_run):
                                  f"model.path={lora_run / 'adapter'}"])
     model, tok, path = load_policy(cfg.model, torch.device("cpu"))
     assert path != str(lora_run / "adapter")  # the engine starts from the base's full weights
-    sampler = make_sampler(cfg, model, tok, path)
+    sampler = open_sampler(cfg, model, tok, path)
     try:
         prompts = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
                                            tokenize=True)["input_ids"] for t in ("What is 1 + 2?", "Hi there")]
@@ -159,14 +159,14 @@ def test_the_vllm_engine_gets_exactly_the_merged_lora_weights(lora_run):
 def test_the_vllm_engine_serving_the_adapter_follows_every_sync(lora_run):
     """lora.sync=adapter: the engine runs the base weights and the trainer's adapter unmerged; after the adapter
     changes and a sync, its greedy tokens and log-probs are the trainer's again."""
-    from rapid_cli.samplers import make_sampler
+    from rapid_cli.plan import open_sampler
     from rapid_cli.samplers.hf import HFSampler
     from rapid_cli.types import SamplingParams
 
     cfg = compose(TINY + LORA + ["lora.sync=adapter", "sampler=vllm", "sampler.kv_cache_gb=0.25",
                                  "sampler.max_model_len=256", f"model.path={lora_run / 'adapter'}"])
     model, tok, path = load_policy(cfg.model, torch.device("cpu"))
-    sampler = make_sampler(cfg, model, tok, path)
+    sampler = open_sampler(cfg, model, tok, path)
     try:
         prompts = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
                                            tokenize=True)["input_ids"] for t in ("What is 1 + 2?", "Hi there")]

@@ -18,12 +18,12 @@ pytestmark = [pytest.mark.vllm, pytest.mark.skipif(not vllm_available(), reason=
 @pytest.fixture(scope="module")
 def engine():
     """A tiny HF model and a vLLM engine on the same weights (the HF copy is private to this module)."""
+    from rapid_cli.plan import open_sampler
     from rapid_cli.policy import load_policy
-    from rapid_cli.samplers import make_sampler
 
     cfg = compose(TINY + ["sampler=vllm", "sampler.kv_cache_gb=0.25", "sampler.max_model_len=256"])
     model, tok, path = load_policy(cfg.model, torch.device("cpu"))
-    sampler = make_sampler(cfg, model, tok, path)
+    sampler = open_sampler(cfg, model, tok, path)
     return model, tok, sampler
 
 
@@ -160,12 +160,12 @@ PARTIAL_SYNC = """
 import torch
 from conftest import TINY, compose
 from rapid_cli.policy import load_policy
-from rapid_cli.samplers import make_sampler
+from rapid_cli.plan import open_sampler
 
 if __name__ == "__main__":
     cfg = compose(TINY + ["sampler=vllm", "sampler.kv_cache_gb=0.25", "sampler.max_model_len=256"])
     model, tok, path = load_policy(cfg.model, torch.device("cpu"))
-    sampler = make_sampler(cfg, model, tok, path)
+    sampler = open_sampler(cfg, model, tok, path)
     print("SYNC-START", flush=True)
     partial = [(k, v) for k, v in model.state_dict().items() if "layers.1.mlp.down_proj" not in k]
     sampler.llm.collective_rpc("reload_weights",
@@ -192,12 +192,12 @@ def test_a_partial_weight_sync_is_reported_while_start_up_chatter_is_not(tmp_pat
 
 def test_sleep_between_rounds_is_refused_off_cuda(tiny_policy):
     from rapid_cli.errors import RapidError
-    from rapid_cli.samplers import make_sampler
+    from rapid_cli.plan import open_sampler
 
     model, tok = tiny_policy
     cfg = compose(TINY + ["sampler=vllm", "sampler.sleep_between_rounds=true"])
     with pytest.raises(RapidError, match="sampler.sleep_between_rounds=true needs vLLM on a CUDA GPU"):
-        make_sampler(cfg, model, tok, "unused")
+        open_sampler(cfg, model, tok, "unused")
 
 
 def test_kv_cache_release_passes_the_engines_own_checks_up_to_the_device(engine):

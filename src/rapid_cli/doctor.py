@@ -174,15 +174,15 @@ def sync_check(cfg) -> Check:
 
     from rapid_cli.config import compose_config
     from rapid_cli.errors import RapidError
+    from rapid_cli.plan import open_sampler
     from rapid_cli.policy import completion_logprobs, load_policy, pack, pick_device
-    from rapid_cli.samplers import make_sampler
     from rapid_cli.samplers.hf import HFSampler
     from rapid_cli.types import SamplingParams
 
     tiny = compose_config(tiny_overrides(cfg))
     try:
         model, tok, path = load_policy(tiny.model, pick_device(tiny.device))
-        sampler = make_sampler(tiny, model, tok, path)
+        sampler = open_sampler(tiny, model, tok, path)
     except RapidError as err:
         return Check("weight sync", FAIL, str(err))
     if isinstance(sampler, HFSampler):

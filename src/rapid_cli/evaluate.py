@@ -88,8 +88,8 @@ def run_eval(cfg, run_dir: Path) -> dict:
     from rich.table import Table
 
     from rapid_cli.console import console, progress_bar
+    from rapid_cli.plan import make_plan, open_sampler
     from rapid_cli.policy import check_fits, load_policy, pick_device
-    from rapid_cli.samplers import make_sampler, resolve_name
     from rapid_cli.tasks import make_task
     from rapid_cli.tasks.base import PromptLength
     from rapid_cli.validation import validate
@@ -99,10 +99,12 @@ def run_eval(cfg, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     task = make_task(cfg.task, seed=cfg.seed, cache_dir=cfg.cache_dir, reward_cfg=cfg.reward)
     task.splits()  # a data file's errors before the model's (slower) load
-    model, tokenizer, model_path = load_policy(cfg.model, pick_device(cfg.device), cfg.cache_dir)
+    device = pick_device(cfg.device)
+    plan = make_plan(cfg, device)
+    model, tokenizer, model_path = load_policy(cfg.model, device, cfg.cache_dir)
     task.drop_long_prompts(tokenizer, cfg.model.chat_template, train_too=False)  # task.max_prompt_tokens, if set
     problems = task.test[: cfg.eval.limit] if cfg.eval.limit else task.test
-    sampler = make_sampler(cfg, model, tokenizer, model_path)
+    sampler = open_sampler(cfg, model, tokenizer, model_path, plan)
     params = eval_params(cfg.eval, cfg.sampler.max_tokens, cfg.seed)
     ks = sorted({k for k in cfg.eval.k} | {params.n})
     prompts = [task.prompt_ids(p, tokenizer, cfg.model.chat_template) for p in problems]
@@ -110,7 +112,7 @@ def run_eval(cfg, run_dir: Path) -> dict:
     check_fits(model, params.max_tokens, PromptLength(len(prompts[longest]), problems[longest].id),
                "eval.max_tokens" if cfg.eval.max_tokens else "sampler.max_tokens")
     console.print(f"[bold]rapid eval[/] {cfg.model.path} on {cfg.task.name}: {len(problems)} problems x {params.n} "
-                  f"samples at T={params.temperature} ({resolve_name(cfg.sampler.name)} sampler) -> {run_dir}")
+                  f"samples at T={params.temperature} ({plan.sampler} sampler) -> {run_dir}")
     start = time.perf_counter()
     try:
         with progress_bar("evaluating", len(problems), "problems") as advance:

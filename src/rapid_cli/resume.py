@@ -78,16 +78,16 @@ def resume_point(cfg, run_dir: Path, main: bool = True) -> tuple[Path | None, Tr
     return path, TrainerState.from_dict(checkpoint.load_state(path))
 
 
-def finished_earlier(cfg, run_dir: Path) -> list[dict] | None:
-    """The metrics of a run in `run_dir` that ran all `train.rounds` rounds and kept no checkpoint (published
+def finished_earlier(resume: str | None, rounds: int, run_dir: Path) -> list[dict] | None:
+    """The metrics of a run in `run_dir` that ran all its planned `rounds` and kept no checkpoint (published
     results, or checkpoints pruned to free disk): `train.resume` has nothing to redo there."""
-    if not cfg.train.resume or checkpoint.checkpoints(run_dir / "checkpoints"):
+    if not resume or checkpoint.checkpoints(run_dir / "checkpoints"):
         return None
     rows = read_rows(run_dir / "metrics.jsonl")
-    if max((r.get("round", 0) for r in rows), default=0) < cfg.train.rounds:
+    if max((r.get("round", 0) for r in rows), default=0) < rounds:
         return None
-    console.print(f"train.resume={cfg.train.resume}: {run_dir / 'metrics.jsonl'} already holds the last round "
-                  f"({cfg.train.rounds}) and no checkpoint is kept; nothing to do", soft_wrap=True)
+    console.print(f"train.resume={resume}: {run_dir / 'metrics.jsonl'} already holds the last round "
+                  f"({rounds}) and no checkpoint is kept; nothing to do", soft_wrap=True)
     return rows
 
 

@@ -17,6 +17,7 @@ import contextlib
 import copy
 import random
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,24 +25,25 @@ from omegaconf import OmegaConf
 
 from rapid_cli import algorithms, checkpoint, distributed
 from rapid_cli.behaviour import BehaviourLogprobs
-from rapid_cli.config import resolve_precision
+from rapid_cli.config import Config
 from rapid_cli.console import console, warn
 from rapid_cli.errors import RapidError
 from rapid_cli.evaluate import eval_params, evaluate
 from rapid_cli.gpu import peak_memory
-from rapid_cli.hardware import fast_bf16
 from rapid_cli.learner import Learner, StepStats, update_metrics
 from rapid_cli.logger import NullLogger, RunLogger
 from rapid_cli.lora import ADAPTER_DIR, trainable_summary
+from rapid_cli.plan import Plan, make_plan, open_sampler
 from rapid_cli.policy import check_fits, load_policy
 from rapid_cli.resume import TrainerState, finished_earlier, resume_point
 from rapid_cli.rewards.functions import part_metrics
-from rapid_cli.samplers import make_sampler, resolve_name
+from rapid_cli.samplers import Sampler
 from rapid_cli.stopping import Interrupted, StopOnSignal
 from rapid_cli.tasks import make_task
+from rapid_cli.tasks.base import Task
 from rapid_cli.timing import Phase, PhaseTimer
 from rapid_cli.types import Rollouts, SamplingParams
-from rapid_cli.validation import planned_eval_every, planned_rounds, validate, validate_data, validate_training
+from rapid_cli.validation import planned_rounds, validate, validate_data, validate_training
 
 
 class PromptStream:
@@ -81,187 +83,267 @@ class SkipGuard:
 
 
 
-def train(cfg, run_dir: Path, run_name: str = "rapid") -> dict:
-    """Runs cfg.train.rounds RAPID rounds; returns the last logged metrics plus the final eval.
-    A signal stops it after the round with a checkpoint (`Interrupted`) or abandons the round (`Abandoned`)."""
+@dataclass
+class Evaluation:
+    """The eval set, tokenized once, and how it is sampled (pass@k on the test split)."""
+
+    problems: list
+    prompts: list[list[int]]
+    params: SamplingParams
+    ks: list[int]
+
+    def __call__(self, task, sampler) -> dict[str, float]:
+        return evaluate(task, self.problems, self.prompts, sampler, self.params, self.ks)
+
+
+@dataclass
+class Run:
+    """The parts of one training job, made once by `setup`; `run_round` and `save` use them. The config is
+    kept for the checkpoint writer and the logger, which serialise it; everything else reads `plan`."""
+
+    cfg: Config
+    plan: Plan
+    d: distributed.Dist
+    run_dir: Path
+    name: str
+    task: Task
+    model: torch.nn.Module  # the plain policy (the learner wraps it), as the checkpoint writer saves it
+    tokenizer: object
+    chat_template: bool | None
+    learner: Learner
+    sampler: Sampler
+    behaviour: BehaviourLogprobs
+    stream: PromptStream
+    skips: SkipGuard
+    evaluation: Evaluation
+    log: RunLogger | NullLogger
+    timer: PhaseTimer
+    stop: StopOnSignal
+    state: TrainerState  # where the run started from; its counters (totals, first_eval) go on from there
+    resumed_from: Path | None = None
+
+    def prompt_ids(self, problems: list) -> list[list[int]]:
+        return [self.task.prompt_ids(p, self.tokenizer, self.chat_template) for p in problems]
+
+
+def train(cfg: Config, run_dir: Path, run_name: str = "rapid") -> dict:
+    """Runs the planned rounds; returns the last logged metrics plus the final eval. A signal stops it after
+    the round with a checkpoint (`Interrupted`) or abandons the round (`Abandoned`)."""
     with StopOnSignal(cfg.train.stop_grace_s) as stop, contextlib.ExitStack() as cleanup:
-        return _train(cfg, run_dir, run_name, stop, cleanup)
+        validate(cfg)
+        validate_training(cfg)
+        # left last, however the job ends
+        d = cleanup.enter_context(distributed.process_group(cfg.train, cfg.algo.prompts_per_step, cfg.device))
+        run_dir = Path(distributed.broadcast(d, str(run_dir)))  # other ranks' Hydra dirs are throwaway
+        console.quiet = console.quiet or not d.main
+        earlier = finished_earlier(cfg.train.resume, planned_rounds(cfg), run_dir)
+        if earlier:  # every round ran before and no checkpoint is left: nothing to redo, nothing to load
+            before = next((r for r in earlier if r.get("round") == 0), {})
+            elapsed = PhaseTimer(earlier[-1].get("time/elapsed", 0.0))
+            return {**earlier[-1], **run_summary(earlier, before, elapsed)}
+        run = setup(cfg, run_dir, d, cleanup, stop, run_name)
+        evaluate_before(run)
+        metrics: dict = {}
+        with stop.rounds():
+            for rnd in range(run.state.round + 1, run.plan.rounds + 1):
+                metrics = run_round(run, rnd)[1]
+                save_or_stop(run, rnd)
+        summary = run_summary(run.log.history, run.state.first_eval, run.timer)
+        run.log.close(summary)
+        if d.main:
+            last = (checkpoint.checkpoints(run_dir / "checkpoints") or [None])[-1]
+            run.log.where(last, run.task.cli_args())
+        return {**metrics, **summary}
 
 
-def _train(cfg, run_dir: Path, run_name: str, stop: StopOnSignal, cleanup: contextlib.ExitStack) -> dict:
-    validate(cfg)
-    validate_training(cfg)
-    cfg.train.rounds = planned_rounds(cfg)  # train.samples, where set, decides; everything below reads rounds
-    cfg.eval.every = planned_eval_every(cfg)  # and eval.every_samples
-    # left last, however the job ends
-    d = cleanup.enter_context(distributed.process_group(cfg.train, cfg.algo.prompts_per_step, cfg.device))
-    run_dir = Path(distributed.broadcast(d, str(run_dir)))  # other ranks' Hydra dirs are throwaway
-    console.quiet = console.quiet or not d.main
-    earlier = finished_earlier(cfg, run_dir)
-    if earlier:  # every round ran before and no checkpoint is left: nothing to redo, nothing to load
-        first_eval = next((r for r in earlier if r.get("round") == 0), {})
-        return {**earlier[-1], **run_summary(earlier, first_eval, PhaseTimer(earlier[-1].get("time/elapsed", 0.0)))}
+def setup(cfg: Config, run_dir: Path, d: distributed.Dist, cleanup: contextlib.ExitStack, stop: StopOnSignal,
+          run_name: str = "rapid") -> Run:
+    """Every part of the job, resumed where `train.resume` says; what must be released however the job ends
+    (the sampler, the logger) is entered on `cleanup`. `cfg` validated; `d` this process's place in the group."""
     resumed_from, state = resume_point(cfg, run_dir, d.main)  # a fresh run: TrainerState()
     distributed.same_on_all_ranks(d, checkpoint.identity(resumed_from), "the checkpoint to resume from",
                                   "every node must see the run directory on one shared filesystem "
                                   "(README: Many GPUs and nodes)")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    a, s = cfg.algo, cfg.sampler
     device = distributed.device_for(d, cfg.device)
-    precision, engine_dtype = resolve_precision(cfg, device.type == "cuda", fast_bf16(device.type == "cuda"))
-    M = a.prompts_per_step // d.world  # prompt groups per mini-batch on this rank
+    plan = make_plan(cfg, device, d.world)
+    task = _load_task(cfg)
+    model, tokenizer, model_path = _load_model(cfg, device, resumed_from)
+    evaluation = _eval_set(cfg, task, model, tokenizer)
+    # FSDP shards the trainer's weights, so the sampler gets its own full copy (refreshed at each sync).
+    sampler = open_sampler(cfg, copy.deepcopy(model) if d.parallel == "fsdp" else model, tokenizer, model_path, plan)
+    cleanup.callback(sampler.close)  # on every way out, so the next job of a sweep finds the memory free
+    torch.manual_seed(cfg.seed)  # an inference engine may have reseeded the global generators
+    learner = _make_learner(cfg, plan, d, device, model, tokenizer, resumed_from)
+    behaviour = BehaviourLogprobs(cfg.algo, d, plan.trust_settings(d.parallel), state.sampler_trust, state.engine_gap)
+    log = RunLogger(cfg, run_dir, plan.rounds, run_name, resume_round=state.round if resumed_from else None,
+                    wandb_id=state.wandb_id) if d.main else NullLogger()
+    cleanup.callback(_close_log, log, run_dir, run_name, d.main)  # the curves so far, progress bar and W&B closed
+    run = Run(cfg, plan, d, run_dir, run_name, task, model, tokenizer, cfg.model.chat_template, learner, sampler,
+              behaviour, PromptStream(task.train, cfg.seed), SkipGuard(cfg.optimizer.max_skipped_steps), evaluation,
+              log, PhaseTimer(elapsed=state.elapsed, totals=state.phase_totals, on_start=log.phase), stop, state,
+              resumed_from)
+    if resumed_from:
+        learner.load_state_dict({"optimizer": state.optimizer, "scheduler": state.scheduler})
+        run.stream.cursor = state.cursor
+        checkpoint.set_rng_state(state.rng)
+        console.print(f"[bold]resuming[/] from {resumed_from} (round {state.round} of {plan.rounds})")
+    console.print(f"[bold]rapid[/] {run_name}: {plan.rounds} rounds x {plan.steps} steps x {plan.groups_per_step} "
+                  f"prompts x {plan.group_size} completions, {len(task.train)} training problems, "
+                  f"{'bf16 compute' if plan.precision == 'bf16' else 'fp32'} on {plan.device} -> {run_dir}")
+    return run
 
+
+def _load_task(cfg: Config) -> Task:
     task = make_task(cfg.task, seed=cfg.seed, cache_dir=cfg.cache_dir, reward_cfg=cfg.reward)
     shared = {p.id for p in task.train} & {p.id for p in task.test}
     if shared:  # humaneval has no training split; a user's data may overlap too
         warn(f"task={cfg.task.name}: it trains on {len(shared)} of its {len(task.test)} test problems, so eval/ "
              "metrics measure problems the model trained on")
+    return task
+
+
+def _load_model(cfg: Config, device: torch.device, resumed_from: Path | None):
+    """(model, tokenizer, the full weights' path): the configured model, or the checkpoint's."""
     if resumed_from and cfg.lora.enabled:  # the base as configured, the adapter as trained so far
-        model, tokenizer, model_path = load_policy(cfg.model, device, cfg.cache_dir, adapter=resumed_from / ADAPTER_DIR)
+        model, tokenizer, path = load_policy(cfg.model, device, cfg.cache_dir, adapter=resumed_from / ADAPTER_DIR)
     else:
         model_cfg = OmegaConf.merge(cfg.model, {"path": str(resumed_from / "model")}) if resumed_from else cfg.model
-        model, tokenizer, model_path = load_policy(model_cfg, device, cfg.cache_dir, cfg.lora)
+        model, tokenizer, path = load_policy(model_cfg, device, cfg.cache_dir, cfg.lora)
     if cfg.lora.enabled:
         console.print(f"LoRA r={cfg.lora.r}: training {trainable_summary(model)}")
-    longest = task.longest_prompt(tokenizer, cfg.model.chat_template)  # drops prompts over task.max_prompt_tokens
+    return model, tokenizer, path
+
+
+def _eval_set(cfg: Config, task: Task, model, tokenizer) -> Evaluation:
+    """The eval set, once the prompts over task.max_prompt_tokens are dropped and the longest left is checked to
+    fit the model's context with the completions of training and of eval."""
+    longest = task.longest_prompt(tokenizer, cfg.model.chat_template)
     validate_data(cfg, len(task.train))  # on the problems left
-    check_fits(model, s.max_tokens, longest, "sampler.max_tokens")
-    eval_sampling = eval_params(cfg.eval, s.max_tokens, cfg.seed)
-    check_fits(model, eval_sampling.max_tokens, longest, "eval.max_tokens")
-    # FSDP shards the trainer's weights, so the sampler gets its own full copy (refreshed at each sync).
-    sampler = make_sampler(cfg, copy.deepcopy(model) if d.parallel == "fsdp" else model, tokenizer, model_path)
-    cleanup.callback(sampler.close)  # on every way out, so the next job of a sweep finds the memory free
-    torch.manual_seed(cfg.seed)  # an inference engine may have reseeded the global generators
+    check_fits(model, cfg.sampler.max_tokens, longest, "sampler.max_tokens")
+    params = eval_params(cfg.eval, cfg.sampler.max_tokens, cfg.seed)
+    check_fits(model, params.max_tokens, longest, "eval.max_tokens")
+    problems = task.test[: cfg.eval.limit] if cfg.eval.limit else task.test
+    prompts = [task.prompt_ids(p, tokenizer, cfg.model.chat_template) for p in problems]
+    return Evaluation(problems, prompts, params, list(cfg.eval.k))
+
+
+def _make_learner(cfg: Config, plan: Plan, d: distributed.Dist, device: torch.device, model, tokenizer,
+                  resumed_from: Path | None) -> Learner:
     # a KL term's anchor is the run's initial policy: a resumed run loads it afresh rather than copy the checkpoint's
-    initial = (load_policy(cfg.model, device, cfg.cache_dir)[0]
-               if resumed_from and algorithms.get(a.name).needs_reference(a) else None)
-    learner = Learner(model, a, cfg.optimizer, pad_id=tokenizer.pad_token_id, temperature=s.temperature,
-                      total_steps=cfg.train.rounds * a.steps_per_generation, d=d, device=device,
-                      precision=precision, reference=initial)
-    stream = PromptStream(task.train, cfg.seed)
-    skips = SkipGuard(cfg.optimizer.max_skipped_steps)
-    # what the sampler's log-probs were audited under: trust earned with other settings does not carry over
-    trust_settings = {"sampler": resolve_name(s.name), "engine_dtype": engine_dtype, "mixed_precision": precision,
-                      "parallel": d.parallel, "world": d.world, "device": device.type, "temperature": s.temperature,
-                      "top_p": s.top_p}
-    behaviour = BehaviourLogprobs(a, d, trust_settings, state.sampler_trust, state.engine_gap)
-    to_ids = lambda p: task.prompt_ids(p, tokenizer, cfg.model.chat_template)  # noqa: E731
-    eval_problems = task.test[: cfg.eval.limit] if cfg.eval.limit else task.test
-    eval_prompts = [to_ids(p) for p in eval_problems]
-    run_eval = lambda: evaluate(task, eval_problems, eval_prompts, sampler, eval_sampling, cfg.eval.k)  # noqa: E731
+    reference = (load_policy(cfg.model, device, cfg.cache_dir)[0]
+                 if resumed_from and algorithms.get(cfg.algo.name).needs_reference(cfg.algo) else None)
+    return Learner(model, cfg.algo, cfg.optimizer, pad_id=tokenizer.pad_token_id,
+                   temperature=plan.sampling.temperature, total_steps=plan.total_steps, d=d, device=device,
+                   precision=plan.precision, reference=reference)
 
-    log = RunLogger(cfg, run_dir, cfg.train.rounds, run_name, resume_round=state.round if resumed_from else None,
-                    wandb_id=state.wandb_id) if d.main else NullLogger()
 
-    @cleanup.callback
-    def _close_files():  # on every way out: the curves so far, the progress bar and W&B closed
-        if d.main and log.history:
-            from rapid_cli.plots import plot_run
+def _close_log(log, run_dir: Path, run_name: str, main: bool) -> None:
+    if main and log.history:
+        from rapid_cli.plots import plot_run
 
-            plot_run(log.history, run_dir / "curves.png", title=run_name)
-        log.close()
+        plot_run(log.history, run_dir / "curves.png", title=run_name)
+    log.close()
 
-    timer = PhaseTimer(elapsed=state.elapsed, totals=state.phase_totals, on_start=log.phase)
-    totals, first_eval = state.totals, state.first_eval
-    if resumed_from:
-        learner.load_state_dict({"optimizer": state.optimizer, "scheduler": state.scheduler})
-        stream.cursor = state.cursor
-        checkpoint.set_rng_state(state.rng)
-        console.print(f"[bold]resuming[/] from {resumed_from} (round {state.round} of {cfg.train.rounds})")
-    console.print(f"[bold]rapid[/] {run_name}: {cfg.train.rounds} rounds x {a.steps_per_generation} steps x "
-                  f"{a.prompts_per_step} prompts x {a.group_size} completions, {len(task.train)} training problems, "
-                  f"{'bf16 compute' if precision == 'bf16' else 'fp32'} on {device.type} -> {run_dir}")
-    if cfg.eval.at_start and not resumed_from and d.main:
+
+def evaluate_before(run: Run) -> None:
+    """The eval before round 1 (`eval.at_start`), on a fresh run, logged as round 0."""
+    if run.cfg.eval.at_start and not run.resumed_from and run.d.main:
+        with run.timer(Phase.EVAL):
+            run.state.first_eval = run.evaluation(run.task, run.sampler)
+        run.log.log({**run.state.first_eval, **run.timer.pop_round(), "time/elapsed": run.timer.elapsed}, step=0)
+    distributed.wait_for_main(run.d)  # not inside an NCCL collective, whose timeout a long evaluation would pass
+
+
+def run_round(run: Run, rnd: int) -> tuple[Rollouts, dict]:
+    """Round `rnd`, its timed phases in the order the data flows; returns its rollouts and logged metrics."""
+    plan, learner, timer = run.plan, run.learner, run.timer
+    with timer(Phase.GENERATE):
+        drawn = run.stream.next(plan.prompts_per_round)  # the same on every rank
+        mine = distributed.owned_rows(run.d, len(drawn), plan.groups_per_step)
+        problems = [drawn[i] for i in mine]
+        prompt_ids = run.prompt_ids(problems)
+        gens = run.sampler.generate(prompt_ids, plan.round_sampling(rnd, mine))
+        run.sampler.release_memory()
+    with timer(Phase.REWARD):
+        rows = [p for p in problems for _ in range(plan.group_size)]
+        scores = run.task.score(gens.texts, rows, gens.completion_ids, gens.finish_reasons)
+    ro = Rollouts(problems, prompt_ids, gens, scores.total, plan.group_size)
+    ro.moving = learner.moving_rows(ro, run.behaviour.own_rows(ro))  # the rows any pass below computes
+    with timer(Phase.OLD_LOGPROBS):
+        ro.old_logprobs, ro.old_rows = run.behaviour(learner, ro)
+        ro.engine_correction = run.behaviour.engine_correction(ro)
+    if learner.reference is not None:
+        with timer(Phase.REF_LOGPROBS):
+            ro.ref_logprobs = learner.logprobs(ro, reference=True)
+    with timer(Phase.UPDATE):
+        M = plan.groups_per_rank
+        steps = [learner.step(ro, ro.group_slice(i * M, M), audit=i == 0) for i in range(plan.steps)]
+    run.skips.check([step.skipped for step in steps], rnd)
+    with timer(Phase.SYNC):
+        run.sampler.sync_weights(learner.full_weights())
+    audit = steps[0].audit.metrics() if steps[0].audit else {}  # all ranks': every rank decides alike
+    run.behaviour.after_round(audit)
+    eval_metrics = {}
+    if run.d.main and plan.evaluates_after(rnd):
         with timer(Phase.EVAL):
-            first_eval = run_eval()
-        log.log({**first_eval, **timer.pop_round(), "time/elapsed": timer.elapsed}, step=0)
-    distributed.wait_for_main(d)  # not inside an NCCL collective, whose timeout a long evaluation would pass
+            eval_metrics = run.evaluation(run.task, run.sampler)
+    distributed.wait_for_main(run.d)
+    metrics = _log_round(run, rnd, ro, steps, {**audit, **eval_metrics}, scores.parts)
+    return ro, metrics
 
-    def save(rnd: int) -> Path:
-        weights = dict(learner.full_weights()) if d.parallel == "fsdp" else None  # collectives: all ranks
-        learner_state = learner.state_dict()
-        if not d.main:
-            distributed.wait_for_main(d)  # while rank 0 writes, however slow the filesystem
-            return run_dir / "checkpoints"
-        trainer_state = TrainerState(round=rnd, cursor=stream.cursor, **learner_state, rng=checkpoint.rng_state(),
-                                     totals=totals, first_eval=first_eval, elapsed=timer.elapsed,
-                                     phase_totals=timer.totals, wandb_id=log.wandb_id, sampler_trust=behaviour.state(),
-                                     engine_gap=behaviour.gap)
-        stop.saving()
-        with console.status(f"saving checkpoint round {rnd}"):
-            path = checkpoint.save(run_dir / "checkpoints", rnd, model, tokenizer, trainer_state.to_dict(), cfg,
-                                   cfg.train.keep_checkpoints, weights)
-        distributed.wait_for_main(d)
-        return path
 
-    metrics: dict = {}
-    with stop.rounds():
-        for rnd in range(state.round + 1, cfg.train.rounds + 1):
-            with timer(Phase.GENERATE):
-                drawn = stream.next(a.steps_per_generation * a.prompts_per_step)  # the same on every rank
-                mine = distributed.owned_rows(d, len(drawn), a.prompts_per_step)
-                problems = [drawn[i] for i in mine]
-                prompt_ids = [to_ids(p) for p in problems]
-                round_seed = cfg.seed * 1_000_003 + rnd
-                params = SamplingParams(n=a.group_size, temperature=s.temperature, top_p=s.top_p,
-                                        max_tokens=s.max_tokens, seed=round_seed,
-                                        prompt_seeds=[round_seed * 4099 + i for i in mine])
-                gens = sampler.generate(prompt_ids, params)
-                sampler.release_memory()
-            with timer(Phase.REWARD):
-                scores = task.score(gens.texts, [p for p in problems for _ in range(a.group_size)], gens.completion_ids,
-                                    gens.finish_reasons)
-                rewards = scores.total
-            ro = Rollouts(problems, prompt_ids, gens, rewards, a.group_size)
-            ro.moving = learner.moving_rows(ro, behaviour.own_rows(ro))  # the rows any pass below computes
-            with timer(Phase.OLD_LOGPROBS):
-                ro.old_logprobs, ro.old_rows = behaviour(learner, ro)
-                ro.engine_correction = behaviour.engine_correction(ro)
-            if learner.reference is not None:
-                with timer(Phase.REF_LOGPROBS):
-                    ro.ref_logprobs = learner.logprobs(ro, reference=True)
-            with timer(Phase.UPDATE):
-                steps = [learner.step(ro, ro.group_slice(i * M, M), audit=i == 0)
-                         for i in range(a.steps_per_generation)]
-            skips.check([step.skipped for step in steps], rnd)
-            with timer(Phase.SYNC):
-                sampler.sync_weights(learner.full_weights())
-            audit = steps[0].audit.metrics() if steps[0].audit else {}  # all ranks': every rank decides alike
-            behaviour.after_round(audit)
-            eval_metrics = {}
-            if d.main and ((cfg.eval.every and rnd % cfg.eval.every == 0) or rnd == cfg.train.rounds):
-                with timer(Phase.EVAL):
-                    eval_metrics = run_eval()
-            distributed.wait_for_main(d)
+def _log_round(run: Run, rnd: int, ro: Rollouts, steps: list[StepStats], extra: dict, parts: dict) -> dict:
+    """The round's metrics over every rank, logged with a few of its completions; returns them."""
+    means, maxima = round_metrics(ro, steps, run.timer)
+    means |= part_metrics(parts)  # reward/<name> of each reward function (task=custom)
+    maxima |= peak_memory(run.learner.device)  # perf/*_peak_gb_max: the largest of the ranks'
+    gens = ro.generations
+    whole = distributed.reduce_metrics(run.d, mean=means, max=maxima,
+                                       sum={"perf/n": len(gens), "perf/tokens": gens.num_tokens})
+    totals = run.state.totals
+    totals["perf/samples"] += round(whole.pop("perf/n"))
+    totals["perf/gen_tokens"] += round(whole.pop("perf/tokens"))
+    metrics = {**whole, **extra, **totals, "time/elapsed": run.timer.elapsed}
+    run.log.log(metrics, step=rnd)
+    run.log.round_done(metrics, rnd)
+    G = ro.group_size
+    shown = [(ro.problems[i // G].question, gens.texts[i], ro.rewards[i]) for i in range(0, len(gens), G)]
+    run.log.samples(shown, rnd, printed=run.cfg.train.log_samples)
+    return metrics
 
-            means, maxima = round_metrics(ro, steps, timer)
-            means |= part_metrics(scores.parts)  # reward/<name> of each reward function (task=custom)
-            maxima |= peak_memory(device)  # perf/*_peak_gb_max: the largest of the ranks'
-            whole = distributed.reduce_metrics(d, mean=means, max=maxima,
-                                               sum={"perf/n": len(gens), "perf/tokens": gens.num_tokens})
-            totals["perf/samples"] += round(whole.pop("perf/n"))
-            totals["perf/gen_tokens"] += round(whole.pop("perf/tokens"))
-            metrics = {**whole, **audit, **eval_metrics, **totals, "time/elapsed": timer.elapsed}
-            log.log(metrics, step=rnd)
-            log.round_done(metrics, rnd)
-            G = a.group_size
-            log.samples([(problems[i // G].question, gens.texts[i], rewards[i]) for i in range(0, len(gens), G)], rnd,
-                        printed=cfg.train.log_samples)
-            stopping = distributed.any_rank(d, bool(stop.requested))
-            if stopping or rnd == cfg.train.rounds or (cfg.train.save_every and rnd % cfg.train.save_every == 0):
-                saved = save(rnd)
-                # a signal that came during this save (its grace stopped at the save) stops here, saved
-                stopping = rnd < cfg.train.rounds and distributed.any_rank(d, bool(stop.requested))
-            if stopping:
-                raise Interrupted(rnd, saved, stop.requested or signal.SIGTERM)
 
-    summary = run_summary(log.history, first_eval, timer)
-    log.close(summary)
-    if d.main:
-        last = (checkpoint.checkpoints(run_dir / "checkpoints") or [None])[-1]
-        log.where(last, task.cli_args())
-    return {**metrics, **summary}
+def save_or_stop(run: Run, rnd: int) -> None:
+    """Saves a checkpoint when the plan or a stop signal asks for one; raises `Interrupted` after a signal."""
+    stopping = distributed.any_rank(run.d, bool(run.stop.requested))
+    saved = None
+    if stopping or run.plan.saves_after(rnd):
+        saved = save(run, rnd)
+        # a signal that came during this save (its grace stopped at the save) stops here, saved
+        stopping = rnd < run.plan.rounds and distributed.any_rank(run.d, bool(run.stop.requested))
+    if stopping:
+        raise Interrupted(rnd, saved, run.stop.requested or signal.SIGTERM)
+
+
+def save(run: Run, rnd: int) -> Path:
+    """Checkpoint `round-<rnd>`: the weights and everything `resume.TrainerState` needs to go on exactly."""
+    d, learner = run.d, run.learner
+    weights = dict(learner.full_weights()) if d.parallel == "fsdp" else None  # collectives: all ranks
+    learner_state = learner.state_dict()
+    if not d.main:
+        distributed.wait_for_main(d)  # while rank 0 writes, however slow the filesystem
+        return run.run_dir / "checkpoints"
+    state = TrainerState(round=rnd, cursor=run.stream.cursor, **learner_state, rng=checkpoint.rng_state(),
+                         totals=run.state.totals, first_eval=run.state.first_eval, elapsed=run.timer.elapsed,
+                         phase_totals=run.timer.totals, wandb_id=run.log.wandb_id,
+                         sampler_trust=run.behaviour.state(), engine_gap=run.behaviour.gap)
+    run.stop.saving()
+    with console.status(f"saving checkpoint round {rnd}"):
+        path = checkpoint.save(run.run_dir / "checkpoints", rnd, run.model, run.tokenizer, state.to_dict(), run.cfg,
+                               run.cfg.train.keep_checkpoints, weights)
+    distributed.wait_for_main(d)
+    return path
 
 
 def round_metrics(ro: Rollouts, steps: list[StepStats], timer: PhaseTimer) -> tuple[dict, dict]:

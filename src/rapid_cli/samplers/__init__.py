@@ -5,13 +5,11 @@ Each sampler implements `Sampler`; `make_sampler` picks one by `sampler.name`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
-from rapid_cli.config import OldLogprobs, resolve_precision
+from rapid_cli.config import OldLogprobs, SamplerConfig
 from rapid_cli.errors import RapidError
-from rapid_cli.hardware import fast_bf16
 from rapid_cli.lora import merged_state
 from rapid_cli.types import Generations, SamplingParams
 
@@ -63,24 +61,19 @@ def check(sampler_cfg, algo_cfg) -> None:
                              "or sampler.top_p=1")
 
 
-def make_sampler(cfg, model, tokenizer, model_path: str) -> Sampler:
-    name = resolve_name(cfg.sampler.name)
+def make_sampler(sampler_cfg: SamplerConfig, name: str, model, tokenizer, model_path: str, *, engine_dtype: str,
+                 seed: int, trust_remote_code: bool, sequences: int, lora_rank: int | None = None) -> Sampler:
+    """`name`: resolved (`resolve_name`); `engine_dtype`: resolved (config.resolve_precision); `sequences`:
+    completions one rank generates in a round; `lora_rank`: serve the model's LoRA adapter unmerged."""
     if name == "hf":
         from rapid_cli.samplers.hf import HFSampler
 
-        return HFSampler(model, tokenizer, batch_size=cfg.sampler.batch_size)
+        return HFSampler(model, tokenizer, batch_size=sampler_cfg.batch_size)
     if name == "vllm":
         from rapid_cli.samplers.vllm import VLLMSampler
 
-        cuda = next(model.parameters()).is_cuda
-        _, dtype = resolve_precision(cfg, cuda, fast_bf16(cuda))
-        a = cfg.algo
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        serve_adapter = cfg.lora.enabled and cfg.lora.sync == "adapter"
-        sampler = VLLMSampler(cfg.sampler, model_path, dtype, seed=cfg.seed,
-                              trust_remote_code=cfg.model.trust_remote_code, model=model,
-                              sequences=a.steps_per_generation * a.prompts_per_step * a.group_size // world,
-                              lora_rank=cfg.lora.r if serve_adapter else None)
+        sampler = VLLMSampler(sampler_cfg, model_path, engine_dtype, seed=seed, trust_remote_code=trust_remote_code,
+                              model=model, sequences=sequences, lora_rank=lora_rank)
         sampler.sync_weights(merged_state(model))  # it loaded from disk: the trainer's exact weights (LoRA merged)
         return sampler
-    raise RapidError(f"sampler.name={cfg.sampler.name!r} is unknown; use sampler=vllm or sampler=hf")
+    raise RapidError(f"sampler.name={name!r} is unknown; use sampler=vllm or sampler=hf")
