@@ -23,11 +23,15 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from rapid_cli.errors import RapidError
 from rapid_cli.lora import ADAPTER_DIR, has_adapters, save_adapter
+
+if TYPE_CHECKING:
+    from rapid_cli.config import Config
 
 _NAME = re.compile(r"^round-(\d{6})$")
 # Keys whose change makes a checkpoint a different experiment: resuming across them is refused.
@@ -92,7 +96,7 @@ def untied(model, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in weights.items() if k not in tied}
 
 
-def save(root: Path, rnd: int, model, tokenizer, state: dict, cfg, keep: int | None,
+def save(root: Path, rnd: int, model, tokenizer, state: dict, cfg: Config, keep: int | None,
          weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Writes checkpoint `round-<rnd>` atomically and prunes to the newest `keep`; returns its path.
     `state`: the trainer state (resume.TrainerState.to_dict()). `weights`: the full state dict when
@@ -182,7 +186,7 @@ def find(resume: str, ckpt_root: Path) -> Path | None:
     return path
 
 
-def config_conflicts(path: Path, cfg) -> list[str]:
+def config_conflicts(path: Path, cfg: Config) -> list[str]:
     """Keys of the model, task and lora groups whose values differ between the checkpoint's config and `cfg`
     (lora.sync aside: it only changes how the engine receives the same policy)."""
     from omegaconf import OmegaConf

@@ -13,6 +13,10 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rapid_cli.config import Config
 
 USAGE = """usage: rapid <command> [overrides...]
 
@@ -163,7 +167,7 @@ class _JobFailed(Exception):
         self.code, self.recorded = code, recorded
 
 
-def _train_job(cfg) -> float:
+def _train_job(cfg: Config) -> float:
     """One run (`rapid train`) or one job of a sweep (`rapid train -m`). A sweep's job that fails is recorded
     (sweeps.py) and the sweep goes on; a signal (Ctrl-C, SIGTERM) still stops the whole sweep."""
     from hydra.core.hydra_config import HydraConfig
@@ -199,7 +203,7 @@ def _train_job(cfg) -> float:
     return float("nan")  # a sweeper records the job as failed without stopping (Optuna: a failed trial)
 
 
-def _run_train_job(cfg, hc, sweep: bool) -> float:
+def _run_train_job(cfg: Config, hc, sweep: bool) -> float:
     from rich.markup import escape
 
     from rapid_cli import checkpoint, sweeps
@@ -265,7 +269,7 @@ def _run_train_job(cfg, hc, sweep: bool) -> float:
     return float(result.get("eval/pass@1_after", result.get("reward/last_round", 0.0)))
 
 
-def _eval_job(cfg) -> None:
+def _eval_job(cfg: Config) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from rapid_cli.errors import RapidError

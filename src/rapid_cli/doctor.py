@@ -18,6 +18,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rapid_cli.config import Config
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -36,7 +40,7 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def platform_checks(cfg) -> list[Check]:
+def platform_checks(cfg: Config) -> list[Check]:
     import torch
 
     checks = [Check("python", OK if sys.version_info >= (3, 11) else FAIL, sys.version.split()[0] +
@@ -78,7 +82,7 @@ def platform_checks(cfg) -> list[Check]:
     return checks
 
 
-def sandbox_check(cfg) -> Check:
+def sandbox_check(cfg: Config) -> Check:
     from rapid_cli.errors import RapidError
     from rapid_cli.sandbox import make_sandbox
 
@@ -96,7 +100,7 @@ def sandbox_check(cfg) -> Check:
     return Check("sandbox", WARN if forced is not None and forced.missing else OK, summary)
 
 
-def storage_checks(cfg) -> list[Check]:
+def storage_checks(cfg: Config) -> list[Check]:
     from rapid_cli.cache import cache_root
 
     out = []
@@ -148,14 +152,14 @@ def hub_check() -> Check:
                               "files; the offline defaults (smollm2-135m, tiny; arith, gsm8k, math, humaneval) work")
 
 
-def tiny_overrides(cfg) -> list[str]:
+def tiny_overrides(cfg: Config) -> list[str]:
     return ["model=tiny", f"sampler={cfg.sampler.name}", f"device={cfg.device}", "task=arith", "train.rounds=1",
             "algo.steps_per_generation=2", "algo.prompts_per_step=2", "algo.group_size=2", "algo.micro_batch_size=2",
             "sampler.max_tokens=8", "eval.limit=2", "logger.wandb.mode=disabled", "logger.live=false",
             "train.log_samples=0", "sampler.max_model_len=256"]
 
 
-def round_check(cfg, extra: list[str]) -> Check:
+def round_check(cfg: Config, extra: list[str]) -> Check:
     """One RAPID round in a child process, as `rapid train` runs it."""
     with tempfile.TemporaryDirectory(prefix="rapid-doctor-") as tmp:
         start = time.perf_counter()
@@ -168,7 +172,7 @@ def round_check(cfg, extra: list[str]) -> Check:
     return Check("one RAPID round", OK, f"tiny model, {cfg.sampler.name} sampler, {seconds:.0f} s")
 
 
-def sync_check(cfg) -> Check:
+def sync_check(cfg: Config) -> Check:
     """After the trainer's weights change and a sync, the sampler decodes as the trainer's model does."""
     import torch
 

@@ -11,9 +11,13 @@ import json
 from dataclasses import dataclass, field
 from math import comb
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rapid_cli.config import EvalConfig
 from rapid_cli.types import SamplingParams
+
+if TYPE_CHECKING:
+    from rapid_cli.config import Config
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -80,7 +84,7 @@ def evaluate(task, problems, prompt_ids, sampler, params: SamplingParams, ks) ->
     return pass_at_k_metrics(sample_and_score(task, problems, prompt_ids, sampler, params), params.n, ks)
 
 
-def run_eval(cfg, run_dir: Path) -> dict:
+def run_eval(cfg: Config, run_dir: Path) -> dict:
     """`rapid eval`: pass@k of `model` on `task`'s test split; prints a table, writes eval.json and samples.jsonl."""
     import time
 

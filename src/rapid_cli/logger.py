@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.progress import (
     BarColumn,
@@ -22,6 +23,9 @@ from rich.table import Table
 
 from rapid_cli.console import console, warn
 from rapid_cli.timing import PHASES
+
+if TYPE_CHECKING:
+    from rapid_cli.config import Config
 
 
 def read_rows(path: Path, problems: list[str] | None = None) -> list[dict]:
@@ -68,7 +72,7 @@ def status_line(m: dict) -> str:
 
 
 class RunLogger:
-    def __init__(self, cfg, run_dir: Path, total_rounds: int, run_name: str, resume_round: int | None = None,
+    def __init__(self, cfg: Config, run_dir: Path, total_rounds: int, run_name: str, resume_round: int | None = None,
                  wandb_id: str | None = None):
         self.run_dir = run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +137,7 @@ class RunLogger:
     def wandb_id(self) -> str | None:
         return getattr(self.wandb, "id", None)
 
-    def _init_wandb(self, cfg, run_name: str, run_id: str | None = None):
+    def _init_wandb(self, cfg: Config, run_name: str, run_id: str | None = None):
         mode = cfg.logger.wandb.mode
         if mode == "disabled":
             return None

@@ -14,10 +14,14 @@ import copy
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from rapid_cli.errors import RapidError
+
+if TYPE_CHECKING:
+    from rapid_cli.config import LoraConfig
 
 ADAPTER_DIR = "adapter"  # inside a checkpoint
 PEFT_PREFIX = "base_model.model."  # peft's key prefix in adapter_model.safetensors (a PeftModel wraps the model)
@@ -57,7 +61,7 @@ def adapter_base(path: str | Path) -> str:
     return base
 
 
-def add_adapters(model, lora_cfg=None, saved: str | Path | None = None):
+def add_adapters(model, lora_cfg: LoraConfig | None = None, saved: str | Path | None = None):
     """Injects LoRA layers into `model` in place and freezes everything else: fresh ones from `lora_cfg` (B = 0, so
     the model is unchanged until it trains), or those of the adapter directory `saved`, weights included."""
     peft = _peft()

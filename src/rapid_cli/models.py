@@ -14,15 +14,19 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rapid_cli.cache import cache_root
 from rapid_cli.errors import RapidError
+
+if TYPE_CHECKING:
+    from rapid_cli.config import ModelConfig
 
 PKG_PREFIX = "pkg:"
 TINY = "tiny"
 
 
-def resolve_model(model_cfg, cache_dir: str | None = None) -> str:
+def resolve_model(model_cfg: ModelConfig, cache_dir: str | None = None) -> str:
     """Returns a hub id or a local directory that `from_pretrained` can load."""
     path = str(model_cfg.path)
     if path == TINY:
@@ -187,7 +191,7 @@ def build_tiny_tokenizer(vocab_size: int):
     )
 
 
-def build_tiny_model(model_cfg, cache_dir: str | None = None) -> Path:
+def build_tiny_model(model_cfg: ModelConfig, cache_dir: str | None = None) -> Path:
     """A 2-layer Qwen2 with random weights (seed 0) and a tokenizer trained in-process, saved once."""
     shape = {
         "layers": model_cfg.tiny_layers,

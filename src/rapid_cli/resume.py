@@ -17,12 +17,16 @@ import os
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rapid_cli import checkpoint
 from rapid_cli.console import console
 from rapid_cli.errors import RapidError
 from rapid_cli.logger import read_rows
 from rapid_cli.rundir import claimed
+
+if TYPE_CHECKING:
+    from rapid_cli.config import Config
 
 
 @dataclass
@@ -63,14 +67,14 @@ def _plain(value):
     return value
 
 
-def resume_point(cfg, run_dir: Path, main: bool = True) -> tuple[Path | None, TrainerState]:
+def resume_point(cfg: Config, run_dir: Path, main: bool = True) -> tuple[Path | None, TrainerState]:
     """The checkpoint `train.resume` points at (None: a fresh run) and its trainer state. A run directory with
     no checkpoint left either holds a finished run (`finished_earlier`, asked first) or starts afresh here."""
     if not cfg.train.resume:
         return None, TrainerState()
     path = checkpoint.find(cfg.train.resume, run_dir / "checkpoints")
     if path is None:
-        return None, _afresh(cfg, run_dir, main)
+        return None, _afresh(cfg.train.resume, run_dir, main)
     conflicts = checkpoint.config_conflicts(path, cfg)
     if conflicts:
         raise RapidError(f"cannot resume from {path}: the model/task config differs ({'; '.join(conflicts)}); "
@@ -91,7 +95,7 @@ def finished_earlier(resume: str | None, rounds: int, run_dir: Path) -> list[dic
     return rows
 
 
-def _afresh(cfg, run_dir: Path, main: bool) -> TrainerState:
+def _afresh(resume: str, run_dir: Path, main: bool) -> TrainerState:
     """A fresh start where there is no checkpoint to continue from. The rows an earlier, unfinished run left
     move aside first (metrics.before-restart.jsonl), so one metrics.jsonl never holds two runs."""
     metrics = run_dir / "metrics.jsonl"
@@ -103,7 +107,7 @@ def _afresh(cfg, run_dir: Path, main: bool) -> TrainerState:
             backup = metrics.with_name(f"metrics.before-restart-{n}.jsonl")
         os.replace(metrics, backup)
         kept = f" (the earlier run's rows: {backup})"
-    console.print(f"[dim]train.resume={cfg.train.resume}: no checkpoint in {run_dir}, starting afresh{kept}[/]",
+    console.print(f"[dim]train.resume={resume}: no checkpoint in {run_dir}, starting afresh{kept}[/]",
                   soft_wrap=True)
     return TrainerState()
 

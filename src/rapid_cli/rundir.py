@@ -21,8 +21,12 @@ import fcntl
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rapid_cli.errors import RapidError
+
+if TYPE_CHECKING:
+    from rapid_cli.config import Config
 
 LOCK = ".rapid.lock"
 CONFIG_SUBDIR_ENV = "RAPID_CONFIG_SUBDIR"  # set in a job whose .hydra/ rapid writes itself, once locked
@@ -121,7 +125,7 @@ class RunLock:
             self._fd = None
 
 
-def save_hydra_files(run_dir: Path, cfg) -> None:
+def save_hydra_files(run_dir: Path, cfg: Config) -> None:
     """What Hydra writes into `<run_dir>/.hydra/` before a job starts (config.yaml, hydra.yaml, overrides.yaml),
     written by the job itself while it holds the run's lock (`CONFIG_SUBDIR_ENV` names the subdirectory)."""
     from hydra.core.hydra_config import HydraConfig

@@ -48,8 +48,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rapid_cli.errors import RapidError
+
+if TYPE_CHECKING:
+    from rapid_cli.config import RewardConfig
 
 SITE = "/opt/rapid-site"  # where allowed packages appear inside the sandbox
 NOBODY = 65534
@@ -636,7 +640,7 @@ _WARNED = threading.Event()
 _REPORTED = threading.Event()
 
 
-def make_sandbox(reward_cfg) -> Sandbox:
+def make_sandbox(reward_cfg: RewardConfig) -> Sandbox:
     """The sandbox `reward` config asks for; `none` prints a warning, bwrap its limits in force, once per process."""
     from rich.markup import escape
 

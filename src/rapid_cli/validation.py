@@ -4,13 +4,18 @@ already rejected unknown keys, wrong types and values outside a choice when the 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from omegaconf import OmegaConf
 
 from rapid_cli import algorithms, samplers, tasks
 from rapid_cli.errors import RapidError
 
+if TYPE_CHECKING:
+    from rapid_cli.config import Config
 
-def validate(cfg) -> None:
+
+def validate(cfg: Config) -> None:
     """Cross-field checks; raises RapidError with one line naming the key and the fix."""
     a = cfg.algo
     if a.group_size < 2:
@@ -88,7 +93,7 @@ def validate(cfg) -> None:
     algorithms.check(cfg.algo)
     samplers.check(cfg.sampler, cfg.algo)
 
-def round_samples(cfg) -> int:
+def round_samples(cfg: Config) -> int:
     """Completions one round takes: A x M x G."""
     a = cfg.algo
     return a.steps_per_generation * a.prompts_per_step * a.group_size
@@ -102,7 +107,7 @@ def _whole_rounds(key: str, samples: int | None, per_round: int) -> None:
                          f"(A x M x G); e.g. {key}={below}" + (f" or ={below + per_round}" if below < samples else ""))
 
 
-def validate_lora(cfg) -> None:
+def validate_lora(cfg: Config) -> None:
     lo = cfg.lora
     if not lo.enabled:
         return
@@ -116,17 +121,17 @@ def validate_lora(cfg) -> None:
                          "adapters are small: every rank holds them whole) or full fine-tuning")
 
 
-def planned_rounds(cfg) -> int:
+def planned_rounds(cfg: Config) -> int:
     """train.rounds, or the rounds train.samples buys (validated to divide)."""
     return cfg.train.rounds if cfg.train.samples is None else cfg.train.samples // round_samples(cfg)
 
 
-def planned_eval_every(cfg) -> int:
+def planned_eval_every(cfg: Config) -> int:
     """eval.every, or the rounds between evaluations eval.every_samples means (validated to divide)."""
     return cfg.eval.every if cfg.eval.every_samples is None else cfg.eval.every_samples // round_samples(cfg)
 
 
-def validate_training(cfg) -> None:
+def validate_training(cfg: Config) -> None:
     """Checks that only `rapid train` needs (`rapid eval` may load any dtype)."""
     if cfg.model.dtype != "float32":
         # AdamW on bf16/fp16 weights rounds most small updates away (at lr 1e-6 about 2% of the weights
@@ -136,7 +141,7 @@ def validate_training(cfg) -> None:
                          "(the default on CUDA) for speed")
 
 
-def validate_data(cfg, n_train: int) -> None:
+def validate_data(cfg: Config, n_train: int) -> None:
     """Checks that need the loaded data set."""
     need = cfg.algo.steps_per_generation * cfg.algo.prompts_per_step
     if need > n_train:

@@ -39,9 +39,13 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rapid_cli.errors import RapidError
 from rapid_cli.types import Scores
+
+if TYPE_CHECKING:
+    from rapid_cli.config import RewardConfig
 
 # What every call may pass besides the data set's columns (TRL passes prompts and completion_ids too).
 EXTRAS = ("prompts", "completion_ids", "truncated")
@@ -126,7 +130,8 @@ def _import(target: str, where: str):
                      "current directory or its directory on PYTHONPATH")
 
 
-def build_function(entry, where: str, reward_cfg=None, default_timeout: float | None = None) -> RewardFunction:
+def build_function(entry, where: str, reward_cfg: RewardConfig | None = None,
+                   default_timeout: float | None = None) -> RewardFunction:
     """One `reward.functions` entry -> a RewardFunction (see the module docstring)."""
     from omegaconf import DictConfig, OmegaConf
 
@@ -166,7 +171,7 @@ def build_function(entry, where: str, reward_cfg=None, default_timeout: float | 
     return RewardFunction(str(name), fn, float(weight), None if timeout is None else float(timeout), params, required)
 
 
-def build_functions(entries, reward_cfg=None) -> list[RewardFunction]:
+def build_functions(entries, reward_cfg: RewardConfig | None = None) -> list[RewardFunction]:
     """Every `reward.functions` entry; names made unique (a second `numeric_match` becomes `numeric_match_2`)."""
     timeout = getattr(reward_cfg, "function_timeout_s", None)
     out: list[RewardFunction] = []

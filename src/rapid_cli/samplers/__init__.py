@@ -16,6 +16,8 @@ from rapid_cli.types import Generations, SamplingParams
 if TYPE_CHECKING:
     import torch
 
+    from rapid_cli.config import AlgoConfig, SamplerConfig
+
 
 class Sampler(Protocol):
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> Generations: ...
@@ -42,7 +44,7 @@ def resolve_name(name: str) -> str:
     return "vllm" if vllm_available() else "hf"
 
 
-def check(sampler_cfg, algo_cfg) -> None:
+def check(sampler_cfg: SamplerConfig, algo_cfg: AlgoConfig) -> None:
     """Settings a sampler cannot serve. vLLM renormalises its log-probs over the top-p nucleus, which is not
     the untruncated log softmax(logits/T) the trainer's importance ratio uses; and at top_p < 1 no sampler
     reports the distribution it drew from (mu), which the engine correction needs."""

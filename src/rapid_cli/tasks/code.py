@@ -20,6 +20,7 @@ import hashlib
 import json
 import types
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from rapid_cli.cache import cache_root
 from rapid_cli.rewards.asserts import Unconvertible
@@ -37,6 +38,9 @@ from rapid_cli.rewards.verdict import (
 )
 from rapid_cli.tasks.base import Task
 from rapid_cli.types import Problem
+
+if TYPE_CHECKING:
+    from rapid_cli.config import RewardConfig, TaskConfig
 
 # How much of a run's stdout the verdict reads. The largest MBPP+ reference output is a few MB
 # (inputs, expected values and gold outputs); a candidate reports about a third of that.
@@ -57,7 +61,7 @@ class CodeChecks:
     # reward.timeout_s limits a candidate's whole run
     per_input_limits = False
 
-    def __init__(self, reward_cfg=None, cache_dir: str | None = None):
+    def __init__(self, reward_cfg: RewardConfig | None = None, cache_dir: str | None = None):
         if reward_cfg is None:
             from rapid_cli.config import RewardConfig
 
@@ -294,7 +298,8 @@ class CodeTask(CodeChecks, Task):
     """A task whose completions are programs, judged by CodeChecks. Its splits leave out the problems whose
     tests cannot be converted and those whose gold solution does not pass within the limits."""
 
-    def __init__(self, cfg, seed: int = 0, cache_dir: str | None = None, reward_cfg=None):
+    def __init__(self, cfg: TaskConfig, seed: int = 0, cache_dir: str | None = None,
+                 reward_cfg: RewardConfig | None = None):
         Task.__init__(self, cfg, seed=seed, cache_dir=cache_dir, reward_cfg=reward_cfg)
         CodeChecks.__init__(self, self.reward_cfg, cache_dir)
 
@@ -389,7 +394,8 @@ class code_tests:  # noqa: N801 (named in reward.functions like the functions of
     in the sandbox's own pool, so leave this one out of `reward.pool=process`.
     """
 
-    def __init__(self, tests: str = "tests", solution: str = "solution", imports: str = "imports", reward_cfg=None):
+    def __init__(self, tests: str = "tests", solution: str = "solution", imports: str = "imports",
+                 reward_cfg: RewardConfig | None = None):
         self.columns = (tests, solution, imports)
         self.checks = AssertsChecks(reward_cfg)
         self.__name__ = "code_tests"

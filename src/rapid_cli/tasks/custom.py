@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rapid_cli.errors import RapidError
 from rapid_cli.overrides import hydra_value
@@ -36,6 +37,9 @@ from rapid_cli.rewards.functions import EXTRAS, build_functions, make_pool, pool
 from rapid_cli.tasks.base import Task
 from rapid_cli.tasks.sources import read_rows, split_records
 from rapid_cli.types import Problem, Scores
+
+if TYPE_CHECKING:
+    from rapid_cli.config import TaskConfig
 
 _DATASET_MARKERS = ("dataset_dict.json", "dataset_info.json", "state.json")  # what save_to_disk writes
 _EXTENSIONS = (".jsonl", ".jsonl.gz", ".json", ".csv", ".parquet")
@@ -74,7 +78,7 @@ def read_source(path: str) -> dict[str, list[tuple[str, dict]]]:
     return found
 
 
-def _hub(cfg, split: str) -> list[tuple[str, dict]]:
+def _hub(cfg: TaskConfig, split: str) -> list[tuple[str, dict]]:
     from rapid_cli.tasks.sources import hub_split
 
     try:

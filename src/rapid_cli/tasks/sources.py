@@ -16,9 +16,13 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rapid_cli.cache import cache_root
 from rapid_cli.errors import RapidError
+
+if TYPE_CHECKING:
+    from rapid_cli.config import TaskConfig
 
 
 @dataclass(frozen=True)
@@ -211,7 +215,7 @@ def fetch_wheel(data: WheelData, cache_dir: str | None) -> Path:
 _WARNED: set = set()
 
 
-def load_split(task_cfg, split: str, required: list[str], offline: WheelData | PackageData | None,
+def load_split(task_cfg: TaskConfig, split: str, required: list[str], offline: WheelData | PackageData | None,
                cache_dir: str | None) -> list[dict]:
     """Records of `split` from the first source that works: task.data_path, the hub, the offline copy."""
     source = task_cfg.source
