@@ -1,10 +1,11 @@
 """The RAPID training loop (arXiv 2510.03515; docs/algorithm.md).
 
-Unlike GRPO, which generates for one optimizer step at a time, each round generates G completions for
-A*M prompts at once (generation is cheapest in large batches), then takes A optimizer steps on disjoint
-mini-batches of M whole prompt groups. The policy drifts from the one that sampled (pi_old) during the
-round; each step corrects for it with detached sequence importance weights w = pi_theta / pi_old,
-clipped at c, inside the group baseline (algorithms/losses.py). One round reads in data-flow order:
+Unlike GRPO, which generates for one optimizer step at a time, each round generates G completions
+for A*M prompts at once (generation is cheapest in large batches), then takes A optimizer steps on
+disjoint mini-batches of M whole prompt groups. The policy drifts from the one that sampled (pi_old)
+during the round; each step corrects for it with detached sequence importance weights w = pi_theta /
+pi_old, clipped at c, inside the group baseline (algorithms/losses.py). One round reads in data-flow
+order:
 
     generate -> reward -> old_logprobs -> update (A mini-batches) -> sync -> eval -> log
 
@@ -47,7 +48,8 @@ from rapid_cli.validation import planned_rounds, validate, validate_data, valida
 
 
 class PromptStream:
-    """Training problems in a seeded shuffled order, reshuffled each epoch; `cursor` counts problems served."""
+    """Training problems in a seeded shuffled order, reshuffled each epoch; `cursor` counts problems
+    served."""
 
     def __init__(self, problems: list, seed: int):
         self.problems, self.seed, self.cursor = problems, seed, 0
@@ -65,8 +67,9 @@ class PromptStream:
 
 
 class SkipGuard:
-    """Counts skipped (non-finite) optimizer steps in a row across rounds and stops the run after `limit`:
-    the weights are still the last good ones, so is the checkpoint on disk (written only after a round)."""
+    """Counts skipped (non-finite) optimizer steps in a row across rounds and stops the run after
+    `limit`: the weights are still the last good ones, so is the checkpoint on disk (written only
+    after a round)."""
 
     def __init__(self, limit: int):
         self.limit, self.streak = limit, 0
@@ -76,9 +79,11 @@ class SkipGuard:
         for step in skipped:
             self.streak = self.streak + 1 if step else 0
             if self.streak >= self.limit:
-                raise RapidError(f"round {rnd}: {self.streak} optimizer steps in a row had a non-finite loss or "
-                                 "gradient norm and were skipped (weights and checkpoints kept from before them); "
-                                 "lower optimizer.lr, keep model.dtype=float32, or raise optimizer.max_skipped_steps")
+                raise RapidError(
+                    f"round {rnd}: {self.streak} optimizer steps in a row had a non-finite loss or "
+                    "gradient norm and were skipped (weights and checkpoints kept from before them); "
+                    "lower optimizer.lr, keep model.dtype=float32, or raise "
+                    "optimizer.max_skipped_steps")
 
 
 
@@ -98,8 +103,9 @@ class Evaluation:
 
 @dataclass
 class Run:
-    """The parts of one training job, made once by `setup`; `run_round` and `save` use them. The config is
-    kept for the checkpoint writer and the logger, which serialise it; everything else reads `plan`."""
+    """The parts of one training job, made once by `setup`; `run_round` and `save` use them. The
+    config is kept for the checkpoint writer and the logger, which serialise it; everything else
+    reads `plan`."""
 
     cfg: Config
     plan: Plan
@@ -107,7 +113,8 @@ class Run:
     run_dir: Path
     name: str
     task: Task
-    model: torch.nn.Module  # the plain policy (the learner wraps it), as the checkpoint writer saves it
+    # the plain policy (the learner wraps it), as the checkpoint writer saves it
+    model: torch.nn.Module
     tokenizer: object
     chat_template: bool | None
     learner: Learner
@@ -119,7 +126,8 @@ class Run:
     log: RunLogger | NullLogger
     timer: PhaseTimer
     stop: StopOnSignal
-    state: TrainerState  # where the run started from; its counters (totals, first_eval) go on from there
+    # where the run started from; its counters (totals, first_eval) go on from there
+    state: TrainerState
     resumed_from: Path | None = None
 
     def prompt_ids(self, problems: list) -> list[list[int]]:
@@ -127,17 +135,20 @@ class Run:
 
 
 def train(cfg: Config, run_dir: Path, run_name: str = "rapid") -> dict:
-    """Runs the planned rounds; returns the last logged metrics plus the final eval. A signal stops it after
-    the round with a checkpoint (`Interrupted`) or abandons the round (`Abandoned`)."""
+    """Runs the planned rounds; returns the last logged metrics plus the final eval. A signal stops
+    it after the round with a checkpoint (`Interrupted`) or abandons the round (`Abandoned`)."""
     with StopOnSignal(cfg.train.stop_grace_s) as stop, contextlib.ExitStack() as cleanup:
         validate(cfg)
         validate_training(cfg)
         # left last, however the job ends
-        d = cleanup.enter_context(distributed.process_group(cfg.train, cfg.algo.prompts_per_step, cfg.device))
-        run_dir = Path(distributed.broadcast(d, str(run_dir)))  # other ranks' Hydra dirs are throwaway
+        group = distributed.process_group(cfg.train, cfg.algo.prompts_per_step, cfg.device)
+        d = cleanup.enter_context(group)
+        # other ranks' Hydra dirs are throwaway
+        run_dir = Path(distributed.broadcast(d, str(run_dir)))
         console.quiet = console.quiet or not d.main
         earlier = finished_earlier(cfg.train.resume, planned_rounds(cfg), run_dir)
-        if earlier:  # every round ran before and no checkpoint is left: nothing to redo, nothing to load
+        # every round ran before and no checkpoint is left: nothing to redo, nothing to load
+        if earlier:
             before = next((r for r in earlier if r.get("round") == 0), {})
             elapsed = PhaseTimer(earlier[-1].get("time/elapsed", 0.0))
             return {**earlier[-1], **run_summary(earlier, before, elapsed)}
@@ -156,14 +167,15 @@ def train(cfg: Config, run_dir: Path, run_name: str = "rapid") -> dict:
         return {**metrics, **summary}
 
 
-def setup(cfg: Config, run_dir: Path, d: distributed.Dist, cleanup: contextlib.ExitStack, stop: StopOnSignal,
-          run_name: str = "rapid") -> Run:
-    """Every part of the job, resumed where `train.resume` says; what must be released however the job ends
-    (the sampler, the logger) is entered on `cleanup`. `cfg` validated; `d` this process's place in the group."""
+def setup(cfg: Config, run_dir: Path, d: distributed.Dist, cleanup: contextlib.ExitStack,
+          stop: StopOnSignal, run_name: str = "rapid") -> Run:
+    """Every part of the job, resumed where `train.resume` says; what must be released however the
+    job ends (the sampler, the logger) is entered on `cleanup`. `cfg` validated; `d` this process's
+    place in the group."""
     resumed_from, state = resume_point(cfg, run_dir, d.main)  # a fresh run: TrainerState()
-    distributed.same_on_all_ranks(d, checkpoint.identity(resumed_from), "the checkpoint to resume from",
-                                  "every node must see the run directory on one shared filesystem "
-                                  "(README: Many GPUs and nodes)")
+    distributed.same_on_all_ranks(d, checkpoint.identity(resumed_from),
+                                  "the checkpoint to resume from", "every node must see the run "
+                                  "directory on one shared filesystem (README: Many GPUs and nodes)")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     device = distributed.device_for(d, cfg.device)
@@ -171,27 +183,34 @@ def setup(cfg: Config, run_dir: Path, d: distributed.Dist, cleanup: contextlib.E
     task = _load_task(cfg)
     model, tokenizer, model_path = _load_model(cfg, device, resumed_from)
     evaluation = _eval_set(cfg, task, model, tokenizer)
-    # FSDP shards the trainer's weights, so the sampler gets its own full copy (refreshed at each sync).
-    sampler = open_sampler(cfg, copy.deepcopy(model) if d.parallel == "fsdp" else model, tokenizer, model_path, plan)
-    cleanup.callback(sampler.close)  # on every way out, so the next job of a sweep finds the memory free
+    # FSDP shards the trainer's weights: the sampler gets its own full copy, refreshed at each sync
+    engine_model = copy.deepcopy(model) if d.parallel == "fsdp" else model
+    sampler = open_sampler(cfg, engine_model, tokenizer, model_path, plan)
+    cleanup.callback(sampler.close)  # however the job ends: a sweep's next job needs the memory
     torch.manual_seed(cfg.seed)  # an inference engine may have reseeded the global generators
     learner = _make_learner(cfg, plan, d, device, model, tokenizer, resumed_from)
-    behaviour = BehaviourLogprobs(cfg.algo, d, plan.trust_settings(d.parallel), state.sampler_trust, state.engine_gap)
-    log = RunLogger(cfg, run_dir, plan.rounds, run_name, resume_round=state.round if resumed_from else None,
-                    wandb_id=state.wandb_id) if d.main else NullLogger()
-    cleanup.callback(_close_log, log, run_dir, run_name, d.main)  # the curves so far, progress bar and W&B closed
-    run = Run(cfg, plan, d, run_dir, run_name, task, model, tokenizer, cfg.model.chat_template, learner, sampler,
-              behaviour, PromptStream(task.train, cfg.seed), SkipGuard(cfg.optimizer.max_skipped_steps), evaluation,
-              log, PhaseTimer(elapsed=state.elapsed, totals=state.phase_totals, on_start=log.phase), stop, state,
-              resumed_from)
+    behaviour = BehaviourLogprobs(cfg.algo, d, plan.trust_settings(d.parallel), state.sampler_trust,
+                                  state.engine_gap)
+    resume_round = state.round if resumed_from else None
+    log = (RunLogger(cfg, run_dir, plan.rounds, run_name, resume_round, wandb_id=state.wandb_id)
+           if d.main else NullLogger())
+    cleanup.callback(_close_log, log, run_dir, run_name, d.main)  # the curves so far, W&B closed
+    timer = PhaseTimer(elapsed=state.elapsed, totals=state.phase_totals, on_start=log.phase)
+    run = Run(cfg=cfg, plan=plan, d=d, run_dir=run_dir, name=run_name, task=task, model=model,
+              tokenizer=tokenizer, chat_template=cfg.model.chat_template, learner=learner,
+              sampler=sampler, behaviour=behaviour, stream=PromptStream(task.train, cfg.seed),
+              skips=SkipGuard(cfg.optimizer.max_skipped_steps), evaluation=evaluation, log=log,
+              timer=timer, stop=stop, state=state, resumed_from=resumed_from)
     if resumed_from:
         learner.load_state_dict({"optimizer": state.optimizer, "scheduler": state.scheduler})
         run.stream.cursor = state.cursor
         checkpoint.set_rng_state(state.rng)
-        console.print(f"[bold]resuming[/] from {resumed_from} (round {state.round} of {plan.rounds})")
-    console.print(f"[bold]rapid[/] {run_name}: {plan.rounds} rounds x {plan.steps} steps x {plan.groups_per_step} "
-                  f"prompts x {plan.group_size} completions, {len(task.train)} training problems, "
-                  f"{'bf16 compute' if plan.precision == 'bf16' else 'fp32'} on {plan.device} -> {run_dir}")
+        console.print(f"[bold]resuming[/] from {resumed_from} "
+                      f"(round {state.round} of {plan.rounds})")
+    compute = "bf16 compute" if plan.precision == "bf16" else "fp32"
+    console.print(f"[bold]rapid[/] {run_name}: {plan.rounds} rounds x {plan.steps} steps x "
+                  f"{plan.groups_per_step} prompts x {plan.group_size} completions, "
+                  f"{len(task.train)} training problems, {compute} on {plan.device} -> {run_dir}")
     return run
 
 
@@ -199,17 +218,20 @@ def _load_task(cfg: Config) -> Task:
     task = make_task(cfg.task, seed=cfg.seed, cache_dir=cfg.cache_dir, reward_cfg=cfg.reward)
     shared = {p.id for p in task.train} & {p.id for p in task.test}
     if shared:  # humaneval has no training split; a user's data may overlap too
-        warn(f"task={cfg.task.name}: it trains on {len(shared)} of its {len(task.test)} test problems, so eval/ "
-             "metrics measure problems the model trained on")
+        warn(f"task={cfg.task.name}: it trains on {len(shared)} of its {len(task.test)} test "
+             "problems, so eval/ metrics measure problems the model trained on")
     return task
 
 
 def _load_model(cfg: Config, device: torch.device, resumed_from: Path | None):
     """(model, tokenizer, the full weights' path): the configured model, or the checkpoint's."""
     if resumed_from and cfg.lora.enabled:  # the base as configured, the adapter as trained so far
-        model, tokenizer, path = load_policy(cfg.model, device, cfg.cache_dir, adapter=resumed_from / ADAPTER_DIR)
+        adapter = resumed_from / ADAPTER_DIR
+        model, tokenizer, path = load_policy(cfg.model, device, cfg.cache_dir, adapter=adapter)
     else:
-        model_cfg = OmegaConf.merge(cfg.model, {"path": str(resumed_from / "model")}) if resumed_from else cfg.model
+        model_cfg = cfg.model
+        if resumed_from:
+            model_cfg = OmegaConf.merge(cfg.model, {"path": str(resumed_from / "model")})
         model, tokenizer, path = load_policy(model_cfg, device, cfg.cache_dir, cfg.lora)
     if cfg.lora.enabled:
         console.print(f"LoRA r={cfg.lora.r}: training {trainable_summary(model)}")
@@ -217,8 +239,8 @@ def _load_model(cfg: Config, device: torch.device, resumed_from: Path | None):
 
 
 def _eval_set(cfg: Config, task: Task, model, tokenizer) -> Evaluation:
-    """The eval set, once the prompts over task.max_prompt_tokens are dropped and the longest left is checked to
-    fit the model's context with the completions of training and of eval."""
+    """The eval set, once the prompts over task.max_prompt_tokens are dropped and the longest left
+    is checked to fit the model's context with the completions of training and of eval."""
     longest = task.longest_prompt(tokenizer, cfg.model.chat_template)
     validate_data(cfg, len(task.train))  # on the problems left
     check_fits(model, cfg.sampler.max_tokens, longest, "sampler.max_tokens")
@@ -229,14 +251,16 @@ def _eval_set(cfg: Config, task: Task, model, tokenizer) -> Evaluation:
     return Evaluation(problems, prompts, params, list(cfg.eval.k))
 
 
-def _make_learner(cfg: Config, plan: Plan, d: distributed.Dist, device: torch.device, model, tokenizer,
-                  resumed_from: Path | None) -> Learner:
-    # a KL term's anchor is the run's initial policy: a resumed run loads it afresh rather than copy the checkpoint's
-    reference = (load_policy(cfg.model, device, cfg.cache_dir)[0]
-                 if resumed_from and algorithms.get(cfg.algo.name).needs_reference(cfg.algo) else None)
+def _make_learner(cfg: Config, plan: Plan, d: distributed.Dist, device: torch.device, model,
+                  tokenizer, resumed_from: Path | None) -> Learner:
+    # a KL term's anchor is the run's initial policy: a resumed run loads it afresh rather than copy
+    # the checkpoint's
+    reference = None
+    if resumed_from and algorithms.get(cfg.algo.name).needs_reference(cfg.algo):
+        reference = load_policy(cfg.model, device, cfg.cache_dir)[0]
     return Learner(model, cfg.algo, cfg.optimizer, pad_id=tokenizer.pad_token_id,
-                   temperature=plan.sampling.temperature, total_steps=plan.total_steps, d=d, device=device,
-                   precision=plan.precision, reference=reference)
+                   temperature=plan.sampling.temperature, total_steps=plan.total_steps, d=d,
+                   device=device, precision=plan.precision, reference=reference)
 
 
 def _close_log(log, run_dir: Path, run_name: str, main: bool) -> None:
@@ -252,12 +276,15 @@ def evaluate_before(run: Run) -> None:
     if run.cfg.eval.at_start and not run.resumed_from and run.d.main:
         with run.timer(Phase.EVAL):
             run.state.first_eval = run.evaluation(run.task, run.sampler)
-        run.log.log({**run.state.first_eval, **run.timer.pop_round(), "time/elapsed": run.timer.elapsed}, step=0)
-    distributed.wait_for_main(run.d)  # not inside an NCCL collective, whose timeout a long evaluation would pass
+        times = run.timer.pop_round()
+        run.log.log({**run.state.first_eval, **times, "time/elapsed": run.timer.elapsed}, step=0)
+    # not inside an NCCL collective, whose timeout a long evaluation would pass
+    distributed.wait_for_main(run.d)
 
 
 def run_round(run: Run, rnd: int) -> tuple[Rollouts, dict]:
-    """Round `rnd`, its timed phases in the order the data flows; returns its rollouts and logged metrics."""
+    """Round `rnd`, its timed phases in the order the data flows; returns its rollouts and logged
+    metrics."""
     plan, learner, timer = run.plan, run.learner, run.timer
     with timer(Phase.GENERATE):
         drawn = run.stream.next(plan.prompts_per_round)  # the same on every rank
@@ -270,7 +297,8 @@ def run_round(run: Run, rnd: int) -> tuple[Rollouts, dict]:
         rows = [p for p in problems for _ in range(plan.group_size)]
         scores = run.task.score(gens.texts, rows, gens.completion_ids, gens.finish_reasons)
     ro = Rollouts(problems, prompt_ids, gens, scores.total, plan.group_size)
-    ro.moving = learner.moving_rows(ro, run.behaviour.own_rows(ro))  # the rows any pass below computes
+    # the rows any pass below computes
+    ro.moving = learner.moving_rows(ro, run.behaviour.own_rows(ro))
     with timer(Phase.OLD_LOGPROBS):
         ro.old_logprobs, ro.old_rows = run.behaviour(learner, ro)
         ro.engine_correction = run.behaviour.engine_correction(ro)
@@ -279,11 +307,13 @@ def run_round(run: Run, rnd: int) -> tuple[Rollouts, dict]:
             ro.ref_logprobs = learner.logprobs(ro, reference=True)
     with timer(Phase.UPDATE):
         M = plan.groups_per_rank
-        steps = [learner.step(ro, ro.group_slice(i * M, M), audit=i == 0) for i in range(plan.steps)]
+        steps = [learner.step(ro, ro.group_slice(i * M, M), audit=i == 0)
+                 for i in range(plan.steps)]
     run.skips.check([step.skipped for step in steps], rnd)
     with timer(Phase.SYNC):
         run.sampler.sync_weights(learner.full_weights())
-    audit = steps[0].audit.metrics() if steps[0].audit else {}  # all ranks': every rank decides alike
+    # all ranks': every rank decides alike
+    audit = steps[0].audit.metrics() if steps[0].audit else {}
     run.behaviour.after_round(audit)
     eval_metrics = {}
     if run.d.main and plan.evaluates_after(rnd):
@@ -294,7 +324,8 @@ def run_round(run: Run, rnd: int) -> tuple[Rollouts, dict]:
     return ro, metrics
 
 
-def _log_round(run: Run, rnd: int, ro: Rollouts, steps: list[StepStats], extra: dict, parts: dict) -> dict:
+def _log_round(run: Run, rnd: int, ro: Rollouts, steps: list[StepStats], extra: dict,
+               parts: dict) -> dict:
     """The round's metrics over every rank, logged with a few of its completions; returns them."""
     means, maxima = round_metrics(ro, steps, run.timer)
     means |= part_metrics(parts)  # reward/<name> of each reward function (task=custom)
@@ -309,13 +340,15 @@ def _log_round(run: Run, rnd: int, ro: Rollouts, steps: list[StepStats], extra: 
     run.log.log(metrics, step=rnd)
     run.log.round_done(metrics, rnd)
     G = ro.group_size
-    shown = [(ro.problems[i // G].question, gens.texts[i], ro.rewards[i]) for i in range(0, len(gens), G)]
+    shown = [(ro.problems[i // G].question, gens.texts[i], ro.rewards[i])
+             for i in range(0, len(gens), G)]
     run.log.samples(shown, rnd, printed=run.cfg.train.log_samples)
     return metrics
 
 
 def save_or_stop(run: Run, rnd: int) -> None:
-    """Saves a checkpoint when the plan or a stop signal asks for one; raises `Interrupted` after a signal."""
+    """Saves a checkpoint when the plan or a stop signal asks for one; raises `Interrupted` after a
+    signal."""
     stopping = distributed.any_rank(run.d, bool(run.stop.requested))
     saved = None
     if stopping or run.plan.saves_after(rnd):
@@ -327,20 +360,24 @@ def save_or_stop(run: Run, rnd: int) -> None:
 
 
 def save(run: Run, rnd: int) -> Path:
-    """Checkpoint `round-<rnd>`: the weights and everything `resume.TrainerState` needs to go on exactly."""
+    """Checkpoint `round-<rnd>`: the weights and everything `resume.TrainerState` needs to go on
+    exactly."""
     d, learner = run.d, run.learner
-    weights = dict(learner.full_weights()) if d.parallel == "fsdp" else None  # collectives: all ranks
+    # collectives: all ranks
+    weights = dict(learner.full_weights()) if d.parallel == "fsdp" else None
     learner_state = learner.state_dict()
     if not d.main:
         distributed.wait_for_main(d)  # while rank 0 writes, however slow the filesystem
         return run.run_dir / "checkpoints"
-    state = TrainerState(round=rnd, cursor=run.stream.cursor, **learner_state, rng=checkpoint.rng_state(),
-                         totals=run.state.totals, first_eval=run.state.first_eval, elapsed=run.timer.elapsed,
+    state = TrainerState(round=rnd, cursor=run.stream.cursor, **learner_state,
+                         rng=checkpoint.rng_state(), totals=run.state.totals,
+                         first_eval=run.state.first_eval, elapsed=run.timer.elapsed,
                          phase_totals=run.timer.totals, wandb_id=run.log.wandb_id,
                          sampler_trust=run.behaviour.state(), engine_gap=run.behaviour.gap)
     run.stop.saving()
     with console.status(f"saving checkpoint round {rnd}"):
-        path = checkpoint.save(run.run_dir / "checkpoints", rnd, run.model, run.tokenizer, state.to_dict(), run.cfg,
+        path = checkpoint.save(run.run_dir / "checkpoints", rnd, run.model, run.tokenizer,
+                               state.to_dict(), run.cfg,
                                run.cfg.train.keep_checkpoints, weights)
     distributed.wait_for_main(d)
     return path
@@ -360,7 +397,8 @@ def round_metrics(ro: Rollouts, steps: list[StepStats], timer: PhaseTimer) -> tu
         "reward/groups_all_equal_frac": sum(len(set(g)) == 1 for g in groups) / len(groups),
         "train/completion_len": gens.num_tokens / len(gens),
         "train/stop_frac": sum(f == "stop" for f in gens.finish_reasons) / len(gens),
-        "iw/engine_corrected": float(ro.engine_correction != "none"),  # algo.engine_correction acted this round
+        # algo.engine_correction acted this round
+        "iw/engine_corrected": float(ro.engine_correction != "none"),
         **updates,
         **times,
     }
