@@ -1,20 +1,20 @@
 """The learner: the policy being trained with its optimizer and schedule, and every pass over it.
 
-It owns the model (wrapped for DDP/FSDP2 through `distributed.wrap`), the frozen reference copy when the
-algorithm's KL term needs one, AdamW and the LR schedule, autocast, and micro-batching. The loop sees a
-small surface:
+It owns the model (wrapped for DDP/FSDP2 through `distributed.wrap`), the frozen reference copy when
+the algorithm's KL term needs one, AdamW and the LR schedule, autocast, and micro-batching. The loop
+sees a small surface:
 
-    moving_rows(ro, own_old) -> [B] bool | None      the rows whose gradient can be non-zero (ro.moving)
-    logprobs(ro, rows, reference=False) -> [n, T]   log pi per completion token (pi_old, the reference)
-    step(ro, rows, audit=False) -> StepStats         one optimizer step on a mini-batch of whole groups
-    state_dict() / load_state_dict(state)           optimizer and schedule, for checkpoints
-    full_weights()                                  (name, full tensor) pairs for the sampler's sync
+    moving_rows(ro, own_old) -> [B] bool | None     rows whose gradient can be non-zero (ro.moving)
+    logprobs(ro, rows, reference=False) -> [n, T]  log pi per completion token (pi_old, reference)
+    step(ro, rows, audit=False) -> StepStats        one optimizer step on a mini-batch of groups
+    state_dict() / load_state_dict(state)          optimizer and schedule, for checkpoints
+    full_weights()                                 (name, full tensor) pairs for the sampler's sync
 
 A step's gradient does not depend on how its mini-batch is cut: the loss's denominator is the whole
 mini-batch's (every rank's rows included), computed from the rollouts before any forward pass
 (algorithms/aggregate.py), and each micro-batch's loss is its part of that one sum. Rows outside
-`ro.moving` (groups whose part of that sum has an exactly zero gradient) are never forwarded: the sum and
-its gradient are the same without them.
+`ro.moving` (groups whose part of that sum has an exactly zero gradient) are never forwarded: the
+sum and its gradient are the same without them.
 """
 
 from __future__ import annotations
@@ -28,20 +28,28 @@ import torch
 
 from rapid_cli import algorithms, distributed
 from rapid_cli.algorithms.aggregate import effective_sample_size
-from rapid_cli.algorithms.contract import METRICS, WEIGHT_MEAN, WEIGHT_SQ_SUM, WEIGHT_SUM, Combine, LossBatch, declared
+from rapid_cli.algorithms.contract import (
+    METRICS,
+    WEIGHT_MEAN,
+    WEIGHT_SQ_SUM,
+    WEIGHT_SUM,
+    Combine,
+    LossBatch,
+    declared,
+)
 from rapid_cli.algorithms.engine import engine_weights
 from rapid_cli.console import console
 from rapid_cli.policy import completion_logprobs, grouped_logprobs, pack, pack_groups
 from rapid_cli.types import Rollouts
 
 AUDIT_KEY = "iw/sampler_seq_logw_gap_max"
-ROWS = "rows*"  # a loss metric's row-weighted sum, on its way to a mean over every rank's moving rows
+ROWS = "rows*"  # a loss metric's row-weighted sum, on its way to a mean over every rank's rows
 
 
 def build_optimizer(opt_cfg, model, total_steps: int):
     params = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
-    # The fused kernel is ~4x faster than the default per-tensor loop on CPU (0.07 s vs 0.26 s a step for
-    # 108M parameters); FSDP2's sharded DTensor parameters keep the default.
+    # The fused kernel is ~4x faster than the default per-tensor loop on CPU (0.07 s vs 0.26 s a
+    # step for 108M parameters); FSDP2's sharded DTensor parameters keep the default.
     fused = not any(hasattr(p, "full_tensor") for p in params)
     optimizer = torch.optim.AdamW(params, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas),
                                   weight_decay=opt_cfg.weight_decay, fused=fused or None)
@@ -58,8 +66,8 @@ def build_optimizer(opt_cfg, model, total_steps: int):
 
 
 def set_base_lr(optimizer, scheduler, lr: float) -> None:
-    """A resumed run takes `optimizer.lr` as given now; the saved schedule state would otherwise bring back
-    the old rate silently. The schedule's position (warm-up, cosine) is kept."""
+    """A resumed run takes `optimizer.lr` as given now; the saved schedule state would otherwise
+    bring back the old rate silently. The schedule's position (warm-up, cosine) is kept."""
     old = scheduler.base_lrs[0]
     if old == lr:
         return
@@ -75,9 +83,11 @@ def micro_batches(rows: slice, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, rows.stop))
 
 
-def token_micro_batches(rows: slice, group_size: int, cost: Callable[[slice], int], budget: int) -> Iterator[slice]:
-    """`rows` cut into runs of whole groups, each as long as `cost` (the positions a forward over those rows
-    computes, padding included) stays within `budget`; a group over the budget goes alone.
+def token_micro_batches(rows: slice, group_size: int, cost: Callable[[slice], int],
+                        budget: int) -> Iterator[slice]:
+    """`rows` cut into runs of whole groups, each as long as `cost` (the positions a forward over
+    those rows computes, padding included) stays within `budget`; a group over the budget goes
+    alone.
 
     >>> lengths = [2, 2, 3, 3, 9, 9, 1, 1]  # 4 groups of 2 rows, padded to the longest row
     >>> cost = lambda mb: (mb.stop - mb.start) * max(lengths[mb])
@@ -95,11 +105,11 @@ def token_micro_batches(rows: slice, group_size: int, cost: Callable[[slice], in
 
 @dataclass
 class Audit:
-    """The sampler's behaviour log-probs against the trainer's for the same tokens, taken in the round's
-    first step (where the policy is still the one that sampled), over every rank's rows of it. What the
-    importance weight feels is the gap summed over a sequence (its error in log w), so that is the one
-    `algo.old_logprobs=auto` decides on; a per-token gap of 5e-4 of one sign is log w = -1 over 2048
-    tokens."""
+    """The sampler's behaviour log-probs against the trainer's for the same tokens, taken in the
+    round's first step (where the policy is still the one that sampled), over every rank's rows of
+    it. What the importance weight feels is the gap summed over a sequence (its error in log w), so
+    that is the one `algo.old_logprobs=auto` decides on; a per-token gap of 5e-4 of one sign is
+    log w = -1 over 2048 tokens."""
 
     seq_logw_gap_max: float  # the worst |sum_t gap| of a sequence
     logprob_gap_max: float  # the worst |gap| of a token
@@ -119,26 +129,29 @@ class Audit:
                      self.logprob_gap_sum + other.logprob_gap_sum, self.tokens + other.tokens)
 
     def over_ranks(self, d: distributed.Dist) -> Audit:
-        whole = distributed.reduce_metrics(d, max={"seq": self.seq_logw_gap_max, "tok": self.logprob_gap_max},
-                                           sum={"gap": self.logprob_gap_sum, "tokens": self.tokens})
+        worst = {"seq": self.seq_logw_gap_max, "tok": self.logprob_gap_max}
+        added = {"gap": self.logprob_gap_sum, "tokens": self.tokens}
+        whole = distributed.reduce_metrics(d, max=worst, sum=added)
         return Audit(whole["seq"], whole["tok"], whole["gap"], whole["tokens"])
 
     def metrics(self) -> dict[str, float]:
-        """The gaps, and the tokens they were measured on: none when the round's first mini-batch had no
-        moving rows (then no gap is reported and `algo.old_logprobs=auto` decides nothing this round)."""
+        """The gaps, and the tokens they were measured on: none when the round's first mini-batch
+        had no moving rows (then no gap is reported and `algo.old_logprobs=auto` decides nothing
+        this round)."""
         if not self.tokens:
             return {"iw/sampler_audit_tokens": 0.0}
-        return {AUDIT_KEY: self.seq_logw_gap_max, "iw/sampler_logprob_gap_max": self.logprob_gap_max,
+        return {AUDIT_KEY: self.seq_logw_gap_max,
+                "iw/sampler_logprob_gap_max": self.logprob_gap_max,
                 "iw/sampler_logprob_gap_mean": self.logprob_gap_sum / self.tokens,
                 "iw/sampler_audit_tokens": self.tokens}
 
 
 @dataclass
 class StepStats:
-    """One optimizer step on one mini-batch. Over its micro-batches the loss's parts add up, its metrics
-    combine as algorithms/contract.py METRICS declares (`means`: row-weighted means of every rank's moving
-    rows; `maxima`); `grad_norm`, `skipped`, `ess` and `audit` cover every rank too. Over a round's steps
-    and the ranks: `update_metrics`."""
+    """One optimizer step on one mini-batch. Over its micro-batches the loss's parts add up, its
+    metrics combine as algorithms/contract.py METRICS declares (`means`: row-weighted means of every
+    rank's moving rows; `maxima`); `grad_norm`, `skipped`, `ess` and `audit` cover every rank too.
+    Over a round's steps and the ranks: `update_metrics`."""
 
     loss: float  # this rank's part of the mini-batch's loss (DDP averages the gradients alike)
     grad_norm: float  # of the whole step's gradient, before clipping
@@ -149,21 +162,22 @@ class StepStats:
     maxima: dict[str, float]
     rows: int = 0  # this rank's rows of the mini-batch
     skipped_rows: int = 0  # of them, those left out (algo.skip_zero_advantage)
-    audit: Audit | None = None  # asked for on the round's first step, when the sampler reports log-probs
+    audit: Audit | None = None  # the round's first step's, when the sampler reports log-probs
 
 
 def update_metrics(steps: list[StepStats]) -> tuple[dict[str, float], dict[str, float]]:
-    """A round's update phase as logged metrics: (values to average over ranks, values to max over ranks).
-    Over the round's steps: means, except the count of skipped steps, the rate (the last step's) and the
-    maxima. The loss's own statistics (those algorithms/contract.py METRICS names a `logged_as` for) are
-    over the moving rows of the steps that had any; a round without any has none of them."""
-    n = len(steps)
+    """A round's update phase as logged metrics: (values to average over ranks, values to max over
+    ranks). Over the round's steps: means, except the count of skipped steps, the rate (the last
+    step's) and the maxima. The loss's own statistics (those algorithms/contract.py METRICS names a
+    `logged_as` for) are over the moving rows of the steps that had any; a round without any has
+    none of them."""
+    n, rows = len(steps), sum(s.rows for s in steps)
     computed = [s for s in steps if WEIGHT_MEAN in s.means]  # the steps that computed some row
     means = {
         "train/loss": sum(s.loss for s in steps) / n,
         "train/grad_norm": sum(s.grad_norm for s in steps) / n,
         "train/skipped_steps": float(sum(s.skipped for s in steps)),
-        "train/skipped_rows_frac": sum(s.skipped_rows for s in steps) / max(1, sum(s.rows for s in steps)),
+        "train/skipped_rows_frac": sum(s.skipped_rows for s in steps) / max(1, rows),
         "train/lr": steps[-1].lr,
     }
     if WEIGHT_MEAN in steps[0].means:
@@ -211,20 +225,23 @@ class LossTotals:
                 self.row_sums[name] = self.row_sums.get(name, 0.0) + value * rows
 
     def over_ranks(self, d: distributed.Dist, rows: int) -> tuple[dict, dict, dict]:
-        """(row means, maxima, sums) over every rank's computed rows (this rank's: `rows`); ranks skip
-        unequally, so each rank's row sums count by its rows."""
-        row_sums = {ROWS + k: v for k, v in self.row_sums.items()}
-        total = distributed.reduce_metrics(d, max=self.maxima, sum={**self.sums, "rows": float(rows), **row_sums})
-        means = {k.removeprefix(ROWS): v / total["rows"] for k, v in total.items() if k.startswith(ROWS)}
-        maxima = {k: v for k, v in total.items() if k in METRICS and METRICS[k].combine is Combine.MAX}
-        sums = {k: v for k, v in total.items() if k in METRICS and METRICS[k].combine is Combine.SUM}
-        return means, maxima, sums
+        """(row means, maxima, sums) over every rank's computed rows (this rank's: `rows`); ranks
+        skip unequally, so each rank's row sums count by its rows."""
+        sums = {**self.sums, "rows": float(rows), **{ROWS + k: v for k, v in self.row_sums.items()}}
+        total = distributed.reduce_metrics(d, max=self.maxima, sum=sums)
+        every_rank = total["rows"]
+        means = {k.removeprefix(ROWS): v / every_rank for k, v in total.items() if k.startswith(ROWS)}
+
+        def combined(how: Combine) -> dict[str, float]:
+            return {k: v for k, v in total.items() if k in METRICS and METRICS[k].combine is how}
+
+        return means, combined(Combine.MAX), combined(Combine.SUM)
 
 
 @dataclass
 class Share:
-    """What a pass over some rows computes: their moving groups as rollouts of their own (`part`, or a
-    stand-in group when there are none), the rows of the round they are (`rows`, [n]), and the
+    """What a pass over some rows computes: their moving groups as rollouts of their own (`part`, or
+    a stand-in group when there are none), the rows of the round they are (`rows`, [n]), and the
     micro-batches of `part`, each marked whether it counts."""
 
     part: Rollouts
@@ -238,43 +255,49 @@ class Share:
 
 class Learner:
     def __init__(self, model, algo, optim, *, pad_id: int, temperature: float, total_steps: int,
-                 d: distributed.Dist | None = None, device="cpu", precision: str = "none", reference=None):
-        """`model`: the plain policy (wrapped here for DDP/FSDP2). `algo`, `optim`: the
-        config's algo and optimizer sections; `temperature`: the sampler's (log-probs are of
-        softmax(logits/T)); `total_steps`: optimizer steps in the whole run (the cosine schedule's length);
-        `precision`: resolved train.mixed_precision (none | bf16); `reference`: the initial policy for a KL term
-        (default: a copy of `model`, which is the initial policy unless the run resumes)."""
+                 d: distributed.Dist | None = None, device="cpu", precision: str = "none",
+                 reference=None):
+        """`model`: the plain policy (wrapped here for DDP/FSDP2). `algo`, `optim`: the config's
+        algo and optimizer sections; `temperature`: the sampler's (log-probs are of
+        softmax(logits/T)); `total_steps`: optimizer steps in the whole run (the cosine schedule's
+        length); `precision`: resolved train.mixed_precision (none | bf16); `reference`: the initial
+        policy for a KL term (default: a copy of `model`, which is the initial policy unless the run
+        resumes)."""
         self.algo, self.optim, self.pad_id, self.temperature = algo, optim, pad_id, temperature
         self.d = d or distributed.Dist()
         self.device = torch.device(device)
         self.algorithm = algorithms.get(algo.name)
         self.options = self.algorithm.loss_options(algo)
-        self.reference = None  # the initial policy, frozen, for a KL penalty: copied before any sharding
+        # the initial policy, frozen, for a KL penalty: copied before any sharding
+        self.reference = None
         if self.algorithm.needs_reference(algo):
             initial = reference if reference is not None else copy.deepcopy(model)
             self.reference = initial.eval().requires_grad_(False)
         self.model = distributed.wrap(self.d, model, precision)  # what forward/backward go through
-        self.bf16 = precision == "bf16" and self.d.parallel != "fsdp"  # FSDP2 casts in its own policy
+        # autocast to bf16 (FSDP2 casts in its own policy)
+        self.bf16 = precision == "bf16" and self.d.parallel != "fsdp"
         self.optimizer, self.scheduler = build_optimizer(optim, self.model, total_steps)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def moving_rows(self, ro: Rollouts, own_old: torch.Tensor) -> torch.Tensor | None:
-        """The rows whose part of their step's gradient can be non-zero, by the algorithm's zero-gradient rule
-        (`Rollouts.moving`); None: all, when `algo.skip_zero_advantage` is off. Decided from the rewards
-        before any forward pass; `own_old` [B] bool marks the rows whose pi_old is their step's own
-        log-probs (BehaviourLogprobs.own_rows)."""
+        """The rows whose part of their step's gradient can be non-zero, by the algorithm's
+        zero-gradient rule (`Rollouts.moving`); None: all, when `algo.skip_zero_advantage` is off.
+        Decided from the rewards before any forward pass; `own_old` [B] bool marks the rows whose
+        pi_old is their step's own log-probs (BehaviourLogprobs.own_rows)."""
         if not self.algo.skip_zero_advantage:
             return None
         rewards = torch.tensor(ro.rewards, dtype=torch.float32)
-        return ~self.algorithm.zero_gradient_rows(rewards, self.algo.group_size, self.options, own_old)
+        group_size = self.algo.group_size
+        return ~self.algorithm.zero_gradient_rows(rewards, group_size, self.options, own_old)
 
     @torch.no_grad()
-    def logprobs(self, ro: Rollouts, rows: slice = slice(None), reference: bool = False) -> torch.Tensor:
-        """log pi per completion token of `rows` under the current policy (or the frozen reference): [n, T]
-        float32 on the CPU, T = ro.width(), 0 past each completion's end and on rows outside `ro.moving`
-        (never computed). Run in eval mode, micro-batched."""
+    def logprobs(self, ro: Rollouts, rows: slice = slice(None),
+                 reference: bool = False) -> torch.Tensor:
+        """log pi per completion token of `rows` under the current policy (or the frozen reference):
+        [n, T] float32 on the CPU, T = ro.width(), 0 past each completion's end and on rows outside
+        `ro.moving` (never computed). Run in eval mode, micro-batched."""
         model = self.reference if reference else self.model
         rows = slice(*rows.indices(len(ro.rewards)))
         out = torch.zeros((rows.stop - rows.start, ro.width()), dtype=torch.float32)
@@ -293,9 +316,10 @@ class Learner:
 
     def step(self, ro: Rollouts, rows: slice, audit: bool = False) -> StepStats:
         """One optimizer step on the whole prompt groups `rows` (this rank's share of a mini-batch),
-        accumulated over micro-batches of whole groups. pi_old is `ro.old_logprobs` on `ro.old_rows` and the
-        step's own detached log-probs elsewhere. `audit`: compare those log-probs with the sampler's (only
-        right while the policy is still the one that sampled: the round's first step)."""
+        accumulated over micro-batches of whole groups. pi_old is `ro.old_logprobs` on `ro.old_rows`
+        and the step's own detached log-probs elsewhere. `audit`: compare those log-probs with the
+        sampler's (only right while the policy is still the one that sampled: the round's first
+        step)."""
         with self.autocast():
             return self._step(ro, rows, audit and ro.sampler_logprobs is not None)
 
@@ -318,23 +342,28 @@ class Learner:
                          audit=seen.over_ranks(self.d) if audit else None)
 
     def _denominator(self, ro: Rollouts, rows: slice, rewards: torch.Tensor) -> float:
-        """The loss's denominator for the mini-batch `rows`: it covers every row of it, moving or not. DDP
-        averages gradients over ranks, so each rank divides by the mean of the ranks' denominators."""
+        """The loss's denominator for the mini-batch `rows`: it covers every row of it, moving or
+        not. DDP averages gradients over ranks, so each rank divides by the mean of the ranks'
+        denominators."""
         mask = ro.completion_mask[rows, : ro.width(rows)]  # [B, C]
         mine = self.algorithm.denominator(mask, rewards, self.algo.group_size, self.options)
-        return distributed.reduce_metrics(self.d, mean={"d": mine})["d"] or 1.0  # 0: nothing kept, loss 0
+        mean = distributed.reduce_metrics(self.d, mean={"d": mine})["d"]
+        return mean or 1.0  # 0: nothing kept, the loss is 0
 
-    def _accumulate(self, share: Share, denominator: float, audit: bool) -> tuple[LossTotals, Audit]:
-        """Forward and backward over the share's passes, accumulating the step's gradient: (the loss and its
-        metrics, the audit of the sampler's log-probs when asked for)."""
+    def _accumulate(self, share: Share, denominator: float,
+                    audit: bool) -> tuple[LossTotals, Audit]:
+        """Forward and backward over the share's passes, accumulating the step's gradient: (the loss
+        and its metrics, the audit of the sampler's log-probs when asked for)."""
         part, totals, seen = share.part, LossTotals(), Audit(0.0, 0.0, 0.0, 0.0)
         for mb, counted in share.passes:
             logprobs, mask = self._forward(self.model, part, mb)  # [b, C]
-            if audit and (counted or not share.computed):  # a rank with no moving row audits its stand-in group
+            # a rank with no moving row audits its stand-in group
+            if audit and (counted or not share.computed):
                 mu = part.sampler_logprobs[mb, : logprobs.shape[1]].to(self.device)
                 seen = seen.merge(Audit.of(logprobs.detach(), mu, mask))
             if not counted:
-                (torch.where(mask > 0, logprobs, 0.0).sum() * 0).backward()  # a collective as theirs are; adds 0
+                # a collective, as the other ranks' passes are; adds 0
+                (torch.where(mask > 0, logprobs, 0.0).sum() * 0).backward()
                 continue
             batch, corrected = self._loss_batch(part, mb, logprobs, mask, denominator)
             out = self.algorithm.compute(batch, self.options)
@@ -343,13 +372,17 @@ class Learner:
         return totals, seen
 
     def _update(self, loss: float) -> tuple[float, bool]:
-        """Clips the accumulated gradient and steps AdamW and the schedule: (the gradient's norm before
-        clipping, whether the step was skipped). One NaN in the gradient would reach every weight through
-        AdamW: a step with a non-finite loss or gradient norm on any rank is skipped on every rank."""
+        """Clips the accumulated gradient and steps AdamW and the schedule: (the gradient's norm
+        before clipping, whether the step was skipped). One NaN in the gradient would reach every
+        weight through AdamW: a step with a non-finite loss or gradient norm on any rank is skipped
+        on every rank."""
         max_norm = self.optim.max_grad_norm or float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        grad_norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()  # FSDP2: a DTensor
-        skipped = distributed.any_rank(self.d, not (math.isfinite(loss) and math.isfinite(grad_norm)))
+        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
+            norm = norm.full_tensor()
+        grad_norm = norm.item()
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        skipped = distributed.any_rank(self.d, not finite)
         if skipped:
             self.optimizer.zero_grad(set_to_none=True)
         else:
@@ -358,26 +391,31 @@ class Learner:
         return grad_norm, skipped
 
     def _share(self, ro: Rollouts, rows: slice, step: bool = False) -> Share:
-        """The moving groups of `rows` and the passes over them (`_micro_batches`), then, under DDP and FSDP2,
-        uncounted repeats until every rank has as many passes as the one with the most: there each forward and
-        backward is a collective, and ranks' shares split unequally (by `algo.micro_batch_tokens`, by
-        skipping). A rank with nothing to compute repeats its share's first group, uncounted.
-        `step`: an optimizer step, which takes at least one pass even when nothing moves on any rank: its
-        gradient, 0 x the stand-in group's log-probs, is exactly zero for AdamW to step on, and NaN when the
-        policy has diverged (which the skipped rows would have shown: the step is refused, SkipGuard stops the
-        run before a save); the first step's also audits the sampler on it."""
+        """The moving groups of `rows` and the passes over them (`_micro_batches`), then, under DDP
+        and FSDP2, uncounted repeats until every rank has as many passes as the one with the most:
+        there each forward and backward is a collective, and ranks' shares split unequally (by
+        `algo.micro_batch_tokens`, by skipping). A rank with nothing to compute repeats its share's
+        first group, uncounted.
+
+        `step`: an optimizer step, which takes at least one pass even when nothing moves on any
+        rank: its gradient, 0 x the stand-in group's log-probs, is exactly zero for AdamW to step
+        on, and NaN when the policy has diverged (which the skipped rows would have shown: the step
+        is refused, SkipGuard stops the run before a save); the first step's also audits the
+        sampler on it."""
         groups = ro.moving_groups(rows)
-        G = ro.group_size
-        stand_in = [rows.start // G] if rows.stop > rows.start else []
+        group_size = ro.group_size
+        stand_in = [rows.start // group_size] if rows.stop > rows.start else []
         part = ro.take(groups or stand_in)
-        passes = [(mb, True) for mb in self._micro_batches(part, slice(0, len(part.rewards)))] if groups else []
+        passes = []
+        if groups:
+            passes = [(mb, True) for mb in self._micro_batches(part, slice(0, len(part.rewards)))]
         most = len(passes)
         if self.d.world > 1:
             most = int(distributed.reduce_metrics(self.d, max={"passes": len(passes)})["passes"])
-        filler = passes[-1][0] if passes else slice(0, G)
+        filler = passes[-1][0] if passes else slice(0, group_size)
         passes += [(filler, False)] * (max(most, int(step)) - len(passes))
-        origin = torch.tensor([g * G + i for g in groups for i in range(G)], dtype=torch.long)
-        return Share(part, origin, passes)
+        origin = [g * group_size + i for g in groups for i in range(group_size)]
+        return Share(part, torch.tensor(origin, dtype=torch.long), passes)
 
     def _micro_batches(self, ro: Rollouts, rows: slice) -> Iterator[slice]:
         """Whole groups of `rows`: `algo.micro_batch_size` rows at a time, or as many as fit in
@@ -415,9 +453,9 @@ class Learner:
 
     def _loss_batch(self, part: Rollouts, mb: slice, logprobs: torch.Tensor, mask: torch.Tensor,
                     denominator: float) -> tuple[LossBatch, dict[str, float]]:
-        """The loss's input for micro-batch `mb` (log-probs and completion mask [b, C]): pi_old (`_old`), the
-        rewards, the reference log-probs (a KL term) and the engine correction's token weights
-        (algorithms/engine.py); and the correction's statistics."""
+        """The loss's input for micro-batch `mb` (log-probs and completion mask [b, C]): pi_old
+        (`_old`), the rewards, the reference log-probs (a KL term) and the engine correction's token
+        weights (algorithms/engine.py); and the correction's statistics."""
         old = self._old(part, mb, logprobs)  # [b, C]
         width = old.shape[1]
         rewards = torch.tensor(part.rewards[mb], dtype=torch.float32, device=self.device)  # [b]
@@ -425,14 +463,16 @@ class Learner:
         weights, stats = None, {}
         if part.engine_correction != "none":
             mu = part.sampler_logprobs[mb, :width].to(self.device)
-            weights, stats = engine_weights(old, mu, mask, part.engine_correction, self.algo.engine_cap)
-        batch = LossBatch(logprobs, old, mask, rewards, self.algo.group_size, denominator=denominator,
-                          ref_logprobs=ref, token_weights=weights)
+            mode, cap = part.engine_correction, self.algo.engine_cap
+            weights, stats = engine_weights(old, mu, mask, mode, cap)
+        batch = LossBatch(logprobs, old, mask, rewards, self.algo.group_size,
+                          denominator=denominator, ref_logprobs=ref, token_weights=weights)
         return batch, stats
 
     def _old(self, ro: Rollouts, mb: slice, logprobs: torch.Tensor) -> torch.Tensor:
-        """log pi_old of micro-batch `mb` [b, C]: the recorded one where there is one, else the step's own
-        (detached: the policy that sampled those rows is the one this step starts from)."""
+        """log pi_old of micro-batch `mb` [b, C]: the recorded one where there is one, else the
+        step's own (detached: the policy that sampled those rows is the one this step starts
+        from)."""
         now = logprobs.detach()
         if ro.old_logprobs is None:
             return now

@@ -1,10 +1,11 @@
-"""How a loss turns its per-token terms into one number: a sum of per-row terms divided by a denominator.
+"""How a loss turns its per-token terms into one number: per-row terms summed, over a denominator.
 
-The trainer cuts a mini-batch into micro-batches (`algo.micro_batch_size`) and, with torchrun, spreads
-it over ranks. A mean taken inside each piece would weight the pieces wrongly (a micro-batch of short
-completions, or one whose groups DAPO dropped, would count as much as any other), so the denominator is
-computed once for the whole mini-batch from the rollouts (`denominator`, before any forward pass) and
-passed into every piece's loss: the accumulated gradient is then the same however the batch is cut.
+The trainer cuts a mini-batch into micro-batches (`algo.micro_batch_size`) and, with torchrun,
+spreads it over ranks. A mean taken inside each piece would weight the pieces wrongly (a micro-batch
+of short completions, or one whose groups DAPO dropped, would count as much as any other), so the
+denominator is computed once for the whole mini-batch from the rollouts (`denominator`, before any
+forward pass) and passed into every piece's loss: the accumulated gradient is then the same however
+the batch is cut.
 
 Aggregations, with each row's part of the denominator:
 - `seq_mean`: each row's token mean, averaged over rows (RAPID, GRPO, PG): 1 per row;
@@ -38,13 +39,13 @@ def row_weights(how: str, mask: torch.Tensor, keep: torch.Tensor | None = None,
     if how == "token_mean":
         return kept
     if how == "token_sum":
-        # norm_len=None falls back to the padded width; the presets set it (Dr. GRPO: the generation budget).
+        # norm_len=None: the padded width; the presets set it (Dr. GRPO: the generation budget)
         return torch.full_like(kept, float(norm_len or mask.shape[1]))
     raise ValueError(f"unknown aggregation {how!r}; one of {AGGREGATIONS}")
 
 
-def denominator(how: str, mask: torch.Tensor, rewards: torch.Tensor, group_size: int, drop_equal_groups: bool = False,
-                norm_len: int | None = None) -> float:
+def denominator(how: str, mask: torch.Tensor, rewards: torch.Tensor, group_size: int,
+                drop_equal_groups: bool = False, norm_len: int | None = None) -> float:
     """The denominator of a batch whose completions have `mask` [B, T] and `rewards` [B].
 
     >>> m = torch.tensor([[1., 1., 0.], [1., 1., 1.], [1., 0., 0.], [1., 0., 0.]])
@@ -56,14 +57,16 @@ def denominator(how: str, mask: torch.Tensor, rewards: torch.Tensor, group_size:
     return row_weights(how, mask.float(), keep, norm_len).sum().item()
 
 
-def aggregate(token_loss: torch.Tensor, mask: torch.Tensor, how: str, denominator: float | None = None,
-              keep: torch.Tensor | None = None, norm_len: int | None = None,
-              weights: torch.Tensor | None = None) -> torch.Tensor:
+def aggregate(token_loss: torch.Tensor, mask: torch.Tensor, how: str,
+              denominator: float | None = None, keep: torch.Tensor | None = None,
+              norm_len: int | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
     """sum over rows of each row's term / denominator. token_loss, mask [B, T] -> scalar.
-    `denominator=None`: this batch is the whole batch (the loss used on its own). `weights` [B, T]: detached
-    per-token weights on the terms (the engine correction, algorithms/engine.py); the denominator keeps
-    counting every token, as a truncated importance weight does not renormalise."""
-    masked = torch.where(mask > 0, token_loss, torch.zeros_like(token_loss))  # a NaN at padding stays out
+    `denominator=None`: this batch is the whole batch (the loss used on its own). `weights` [B, T]:
+    detached per-token weights on the terms (the engine correction, algorithms/engine.py); the
+    denominator keeps counting every token, as a truncated importance weight does not
+    renormalise."""
+    # where(), not a product: a NaN at padding stays out
+    masked = torch.where(mask > 0, token_loss, torch.zeros_like(token_loss))
     if weights is not None:
         masked = masked * weights
     rows = masked.sum(-1)  # [B]

@@ -1,6 +1,7 @@
-"""The baselines RAPID is compared with (docs/algorithm.md, "The baselines"): one policy-gradient loss with the
-contract of every loss (algorithms/contract.py), each baseline a `PolicyGradientSpec` of the choices it makes,
-built from the pieces in primitives.py (log-ratio, clip, weights, diagnostics) and these:
+"""The baselines RAPID is compared with (docs/algorithm.md, "The baselines"): one policy-gradient
+loss with the contract of every loss (algorithms/contract.py), each baseline a `PolicyGradientSpec`
+of the choices it makes, built from the pieces in primitives.py (log-ratio, clip, weights,
+diagnostics) and these:
 
 - advantages: group z-score (GRPO, PG, DAPO) or group-centred only (Dr. GRPO);
 - the PPO-clipped token objective, with an optional higher upper clip (DAPO's clip-higher);
@@ -11,7 +12,8 @@ built from the pieces in primitives.py (log-ratio, clip, weights, diagnostics) a
   those groups are dropped, not refilled by extra sampling).
 
 They are on-policy methods: their presets take one optimizer step per generation round
-(`algo.steps_per_generation=1`), where the ratio is 1 and the clip only matters for its gradient form.
+(`algo.steps_per_generation=1`), where the ratio is 1 and the clip only matters for its
+gradient form.
 """
 
 from __future__ import annotations
@@ -37,19 +39,19 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool) -> tor
     >>> group_advantages(torch.tensor([1., 0., 1., 1.]), 2, scale=False).tolist()
     [0.5, -0.5, 0.0, 0.0]
     """
-    r = rewards.view(-1, group_size)
-    adv = r - r.mean(-1, keepdim=True)
+    groups = rewards.view(-1, group_size)
+    adv = groups - groups.mean(-1, keepdim=True)
     if scale:
-        adv = adv / (r.std(-1, keepdim=True) + 1e-4)
+        adv = adv / (groups.std(-1, keepdim=True) + 1e-4)
     return adv.view(-1)
 
 
 def zero_gradient(rewards: torch.Tensor, group_size: int, own_old: torch.Tensor, *, scale: bool,
                   kl_beta: float = 0.0, drop_equal_groups: bool = False, **_) -> torch.Tensor:
     """The rows whose part of the gradient is exactly zero whatever the policy: whole groups whose
-    advantages (which depend on the rewards alone) are all 0, or that DAPO's filter drops. A KL term has a
-    gradient of its own everywhere, so with kl_beta > 0 no row is. [B] -> [B] bool; `own_old` is unused
-    (the advantages do not depend on the importance weights).
+    advantages (which depend on the rewards alone) are all 0, or that DAPO's filter drops. A KL term
+    has a gradient of its own everywhere, so with kl_beta > 0 no row is. [B] -> [B] bool; `own_old`
+    is unused (the advantages do not depend on the importance weights).
 
     >>> zero_gradient(torch.tensor([1., 1., 0., 1., 0., 0.]), 2, None, scale=True).tolist()
     [True, True, False, False, True, True]
@@ -58,17 +60,19 @@ def zero_gradient(rewards: torch.Tensor, group_size: int, own_old: torch.Tensor,
     """
     if kl_beta:
         return torch.zeros(rewards.shape, dtype=torch.bool)
-    r = rewards.float()
-    zero = group_advantages(r, group_size, scale) == 0
+    rewards = rewards.float()
+    zero = group_advantages(rewards, group_size, scale) == 0
     if drop_equal_groups:
-        zero |= ~informative_rows(r, group_size)
+        zero |= ~informative_rows(rewards, group_size)
     return zero.view(-1, group_size).all(-1).repeat_interleave(group_size)
 
 
-def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Schulman's k3 estimator of KL(pi_theta || pi_ref) per token: exp(d) - d - 1, d = ref - logp (>= 0);
-    0 where `mask` is 0. The mask goes in before exp(): at padding the reference log-prob is a 0 placeholder
-    while the policy's log-prob of the pad target can be below -88, where exp overflows and inf * 0 is NaN."""
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+          mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(pi_theta || pi_ref) per token: exp(d) - d - 1 (>= 0), with
+    d = ref - logp; 0 where `mask` is 0. The mask goes in before exp(): at padding the reference
+    log-prob is a 0 placeholder while the policy's log-prob of the pad target can be below -88,
+    where exp overflows and inf * 0 is NaN."""
     d = ref_logprobs - logprobs
     if mask is not None:
         d = torch.where(mask > 0, d, torch.zeros_like(d))
@@ -77,22 +81,23 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor
 
 @dataclass(frozen=True)
 class PolicyGradientSpec:
-    """One policy-gradient loss, as the choices the baselines differ in: called `spec(batch, **options)`
-    (algorithms/contract.py), its options the `algo` config fields its choices read (`options`).
+    """One policy-gradient loss, as the choices the baselines differ in. It is called
+    `spec(batch, **options)` (algorithms/contract.py); its options are the `algo` config fields
+    its choices read (`options`).
 
     >>> DAPO.options
     {'eps': 0.2, 'eps_high': 0.28, 'drop_equal_groups': True}
     """
 
-    aggregation: str  # aggregate.AGGREGATIONS; token_sum divides by a constant length, option `norm_len`
-    scale_advantages: bool = True  # z-scored group advantages (GRPO, PG, DAPO), else centred only (Dr. GRPO)
-    clip_higher: bool = False  # an upper clip of its own, option `eps_high` (DAPO); else `eps` both ways
+    aggregation: str  # aggregate.AGGREGATIONS; token_sum divides by a length, option `norm_len`
+    scale_advantages: bool = True  # z-scored group advantages (GRPO, PG, DAPO), else centred only
+    clip_higher: bool = False  # an upper clip of its own, option `eps_high` (DAPO); else `eps`
     kl: bool = False  # a k3 KL penalty to the reference policy, weighted by option `kl_beta` (GRPO)
-    drop_equal_groups: bool = False  # groups whose rewards are all equal may be dropped, by the option (DAPO)
+    drop_equal_groups: bool = False  # groups of equal rewards may be dropped, by the option (DAPO)
 
     @property
     def options(self) -> dict[str, object]:
-        """The algo config fields this loss takes, with the values it uses when called without them."""
+        """The algo config fields this loss takes, with the values it uses when not given them."""
         options: dict[str, object] = {"eps": 0.2}
         if self.clip_higher:
             options["eps_high"] = 0.28
@@ -101,7 +106,7 @@ class PolicyGradientSpec:
         if self.drop_equal_groups:
             options["drop_equal_groups"] = True
         if self.aggregation == "token_sum":
-            options["norm_len"] = None  # None: the padded width; the preset sets the generation budget
+            options["norm_len"] = None  # the padded width; the presets set the generation budget
         return options
 
     @property
@@ -109,52 +114,73 @@ class PolicyGradientSpec:
         return self.kl
 
     def __call__(self, batch: LossBatch, **options) -> LossOutput:
-        unknown = sorted(set(options) - set(self.options))
-        if unknown:
-            raise TypeError(f"this loss takes no option {', '.join(unknown)}; it takes {', '.join(self.options)}")
-        chosen = {**self.options, **options}
-        kl_beta = chosen.get("kl_beta", 0.0)
-        keep = informative_rows(batch.rewards.to(batch.logprobs.dtype), batch.group_size)  # [B]
-        drop = bool(chosen.get("drop_equal_groups", False))
-        token_loss, log_ratio, adv, cut = self._token_terms(batch, chosen["eps"], chosen.get("eps_high"))
-        mask = batch.mask.to(batch.logprobs.dtype)
-        kl = None
-        if kl_beta:
-            if batch.ref_logprobs is None:
-                raise ValueError("kl_beta > 0 needs ref_logprobs from the reference model")
-            kl = kl_k3(batch.logprobs, batch.ref_logprobs, mask)
-            token_loss = token_loss + kl_beta * kl
-        loss = aggregate_loss(token_loss, mask, self.aggregation, batch.denominator, keep if drop else None,
-                              chosen.get("norm_len"), weights=batch.token_weights)
-        if drop:
-            mask = mask * keep[:, None].to(mask.dtype)  # the metrics below describe the kept tokens only
+        """The loss of `batch` with `options` (some of `self.options`)."""
+        chosen = self._chosen(options)
+        dtype = batch.logprobs.dtype
+        mask = batch.mask.to(dtype)
+        informative = informative_rows(batch.rewards.to(dtype), batch.group_size)  # [B]
+        keep = informative if chosen["drop_equal_groups"] else None
+        eps, eps_high = chosen["eps"], chosen["eps_high"]
+        token_loss, log_ratio, adv, cut = self._token_terms(batch, mask, eps, eps_high)
+        kl = self._kl(batch, mask, chosen["kl_beta"])
+        if kl is not None:
+            token_loss = token_loss + chosen["kl_beta"] * kl
+        loss = aggregate_loss(token_loss, mask, self.aggregation, batch.denominator, keep,
+                              chosen["norm_len"], weights=batch.token_weights)
+        if keep is not None:
+            mask = mask * keep[:, None].to(mask.dtype)  # the metrics below describe the kept tokens
         with torch.no_grad():
-            metrics = ratio_metrics(sequence_log_weights(log_ratio).exp(), adv, log_ratio, cut, mask)
-            metrics["groups_dropped_frac"] = (1 - keep.float().mean()).item() if drop else 0.0
+            weights = sequence_log_weights(log_ratio).exp()
+            metrics = ratio_metrics(weights, adv, log_ratio, cut, mask)
+            dropped = (1 - informative.float().mean()).item() if keep is not None else 0.0
+            metrics["groups_dropped_frac"] = dropped
             if kl is not None:
                 metrics["kl"] = ((kl.detach() * mask).sum() / mask.sum().clamp(min=1)).item()
         return LossOutput(loss, metrics)
 
-    def _token_terms(self, batch: LossBatch, eps: float | None, eps_high: float | None):
-        """The clipped token objective [B, T] with its masked log-ratio [B, T], the advantages [B] and the
-        tokens the clip cut [B, T]."""
-        mask = batch.mask.to(batch.logprobs.dtype)
-        adv = group_advantages(batch.rewards.to(batch.logprobs.dtype), batch.group_size, self.scale_advantages)
+    def _chosen(self, options: dict) -> dict:
+        """Every option the loss reads: `options`, this spec's defaults for the others it takes, and
+        the values that leave out what it does not do."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise TypeError(f"this loss takes no option {', '.join(unknown)}; "
+                            f"it takes {', '.join(self.options)}")
+        left_out = {"eps_high": None, "kl_beta": 0.0, "drop_equal_groups": False, "norm_len": None}
+        return {**left_out, **self.options, **options}
+
+    def _token_terms(self, batch: LossBatch, mask: torch.Tensor, eps: float | None,
+                     eps_high: float | None):
+        """The clipped token objective [B, T] with its masked log-ratio [B, T], the advantages [B]
+        and the tokens the clip cut [B, T]."""
+        rewards = batch.rewards.to(batch.logprobs.dtype)
+        adv = group_advantages(rewards, batch.group_size, self.scale_advantages)
         log_ratio = masked_log_ratio(batch.logprobs, batch.old_logprobs, mask)
         token_loss, cut = clipped_objective(log_ratio.exp(), adv, eps, eps_high)
         return token_loss, log_ratio, adv, cut
 
+    @staticmethod
+    def _kl(batch: LossBatch, mask: torch.Tensor, kl_beta: float) -> torch.Tensor | None:
+        """The k3 KL to the reference per token [B, T], when the KL term is on (kl_beta != 0)."""
+        if not kl_beta:
+            return None
+        if batch.ref_logprobs is None:
+            raise ValueError("kl_beta > 0 needs ref_logprobs from the reference model")
+        return kl_k3(batch.logprobs, batch.ref_logprobs, mask)
+
     def zero_gradient(self, rewards: torch.Tensor, group_size: int, own_old: torch.Tensor,
                       **options) -> torch.Tensor:
-        """This loss's zero-gradient rule (`zero_gradient`, with its own advantages). [B] -> [B] bool"""
+        """This loss's zero-gradient rule (`zero_gradient`, with its own advantages).
+        [B] -> [B] bool"""
         return zero_gradient(rewards, group_size, own_old, scale=self.scale_advantages, **options)
 
 
-# GRPO: z-scored group advantages, PPO clip, k3 KL to the reference (kl_beta), per-sequence token mean. With
-# kl_beta = 0 it is the paper's PG baseline.
+# GRPO: z-scored group advantages, PPO clip, k3 KL to the reference (kl_beta), per-sequence token
+# mean. With kl_beta = 0 it is the paper's PG baseline.
 GRPO = PolicyGradientSpec("seq_mean", kl=True)
-# DAPO: one token-level mean over the batch, clip-higher (eps_high), groups with equal rewards dropped, no KL.
+# DAPO: one token-level mean over the batch, clip-higher (eps_high), groups with equal rewards
+# dropped, no KL.
 DAPO = PolicyGradientSpec("token_mean", clip_higher=True, drop_equal_groups=True)
-# Dr. GRPO: group-centred advantages without std scaling, token sum over a constant length (norm_len, the
-# generation budget), so neither long nor short answers are favoured by the normalisation.
+# Dr. GRPO: group-centred advantages without std scaling, token sum over a constant length
+# (norm_len, the generation budget), so neither long nor short answers are favoured by the
+# normalisation.
 DR_GRPO = PolicyGradientSpec("token_sum", scale_advantages=False)

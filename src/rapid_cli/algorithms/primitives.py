@@ -15,22 +15,24 @@ from rapid_cli.algorithms.aggregate import weight_sums
 MAX_LOG_W = 60.0
 
 
-def masked_log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """log pi_theta - log pi_old per token, 0 on padding. [B, T] -> [B, T], with gradient.
-    where(), not a product: padding may hold -inf or junk, and inf * 0 is NaN (forward and backward)."""
+def masked_log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+    """log pi_theta - log pi_old per token, 0 on padding. [B, T] -> [B, T], with gradient. where(),
+    not a product: padding may hold -inf or junk, and inf * 0 is NaN (forward and backward)."""
     return torch.where(mask > 0, logprobs - old_logprobs, torch.zeros_like(logprobs))
 
 
 def sequence_log_weights(log_ratio: torch.Tensor) -> torch.Tensor:
-    """log w_i = sum_t of a sequence's masked log-ratio, detached and capped at MAX_LOG_W. [B, T] -> [B]"""
+    """log w_i = sum_t of a sequence's masked log-ratio, detached and capped at MAX_LOG_W.
+    [B, T] -> [B]"""
     return log_ratio.detach().sum(-1).clamp(max=MAX_LOG_W)
 
 
-def clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, eps: float | None, eps_high: float | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """-min(rho A, clip(rho, 1-eps, 1+eps_high) A) per token, and which tokens the clip cut off (bool).
-    ratio [B, T], adv [B] -> ([B, T], [B, T]). eps=None: no lower clip; eps_high=None: the upper clip is
-    eps too; neither: the plain surrogate -rho A.
+def clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, eps: float | None,
+                      eps_high: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """-min(rho A, clip(rho, 1-eps, 1+eps_high) A) per token, and which tokens the clip cut off
+    (bool). ratio [B, T], adv [B] -> ([B, T], [B, T]). eps=None: no lower clip; eps_high=None: the
+    upper clip is eps too; neither: the plain surrogate -rho A.
 
     >>> loss, cut = clipped_objective(torch.tensor([[1.5, 0.5]]), torch.tensor([1.0]), eps=0.2)
     >>> loss.tolist(), cut.tolist()
@@ -48,9 +50,9 @@ def clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, eps: float | None,
 @torch.no_grad()
 def ratio_metrics(w: torch.Tensor, adv: torch.Tensor, log_ratio: torch.Tensor, cut: torch.Tensor,
                   mask: torch.Tensor) -> dict[str, float]:
-    """The diagnostics every loss reports: sequence weights w [B] (before any clip), advantages [B], the
-    masked log-ratio and the clip's cut tokens [B, T], over the tokens of `mask` [B, T]. How each combines
-    and is logged: contract.METRICS."""
+    """The diagnostics every loss reports: sequence weights w [B] (before any clip), advantages [B],
+    the masked log-ratio and the clip's cut tokens [B, T], over the tokens of `mask` [B, T]. How
+    each combines and is logged: contract.METRICS."""
     n_tok = mask.sum().clamp(min=1)
     return {
         "iw_mean": w.mean().item(),
