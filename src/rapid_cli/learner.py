@@ -9,6 +9,7 @@ sees a small surface:
     step(ro, rows, audit=False) -> StepStats        one optimizer step on a mini-batch of groups
     state_dict() / load_state_dict(state)          optimizer and schedule, for checkpoints
     full_weights()                                 (name, full tensor) pairs for the sampler's sync
+    engine_model, checkpoint_weights()             what a sampler and a checkpoint start from
 
 A step's gradient does not depend on how its mini-batch is cut: the loss's denominator is the whole
 mini-batch's (every rank's rows included), computed from the rollouts before any forward pass
@@ -273,6 +274,9 @@ class Learner:
         if self.algorithm.needs_reference(algo):
             initial = reference if reference is not None else copy.deepcopy(model)
             self.reference = initial.eval().requires_grad_(False)
+        # What a sampler generates with: the plain policy itself, or under FSDP2, which shards it, a
+        # full copy of its own (refreshed at each sync through `full_weights`).
+        self.engine_model = copy.deepcopy(model) if self.d.parallel == "fsdp" else model
         self.model = distributed.wrap(self.d, model, precision)  # what forward/backward go through
         # autocast to bf16 (FSDP2 casts in its own policy)
         self.bf16 = precision == "bf16" and self.d.parallel != "fsdp"
@@ -492,6 +496,11 @@ class Learner:
         distributed.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_base_lr(self.optimizer, self.scheduler, self.optim.lr)
+
+    def checkpoint_weights(self) -> dict[str, torch.Tensor] | None:
+        """The full weights for a checkpoint where the plain model's own state dict is sharded (FSDP2;
+        a collective: every rank calls it), else None: the model's state dict is already whole."""
+        return dict(self.full_weights()) if self.d.parallel == "fsdp" else None
 
     def full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Every parameter and buffer of the policy as a plain full tensor, under its Hugging Face name, for

@@ -15,7 +15,6 @@ Run it with `rapid train` (see conf/config.yaml); tests call `train(cfg, run_dir
 from __future__ import annotations
 
 import contextlib
-import copy
 import random
 import signal
 from dataclasses import dataclass
@@ -183,12 +182,10 @@ def setup(cfg: Config, run_dir: Path, d: distributed.Dist, cleanup: contextlib.E
     task = _load_task(cfg)
     model, tokenizer, model_path = _load_model(cfg, device, resumed_from)
     evaluation = _eval_set(cfg, task, model, tokenizer)
-    # FSDP shards the trainer's weights: the sampler gets its own full copy, refreshed at each sync
-    engine_model = copy.deepcopy(model) if d.parallel == "fsdp" else model
-    sampler = open_sampler(cfg, engine_model, tokenizer, model_path, plan)
+    learner = _make_learner(cfg, plan, d, device, model, tokenizer, resumed_from)
+    sampler = open_sampler(cfg, learner.engine_model, tokenizer, model_path, plan)
     cleanup.callback(sampler.close)  # however the job ends: a sweep's next job needs the memory
     torch.manual_seed(cfg.seed)  # an inference engine may have reseeded the global generators
-    learner = _make_learner(cfg, plan, d, device, model, tokenizer, resumed_from)
     behaviour = BehaviourLogprobs(cfg.algo, d, plan.trust_settings(d.parallel), state.sampler_trust,
                                   state.engine_gap)
     resume_round = state.round if resumed_from else None
@@ -363,8 +360,7 @@ def save(run: Run, rnd: int) -> Path:
     """Checkpoint `round-<rnd>`: the weights and everything `resume.TrainerState` needs to go on
     exactly."""
     d, learner = run.d, run.learner
-    # collectives: all ranks
-    weights = dict(learner.full_weights()) if d.parallel == "fsdp" else None
+    weights = learner.checkpoint_weights()  # collectives: all ranks
     learner_state = learner.state_dict()
     if not d.main:
         distributed.wait_for_main(d)  # while rank 0 writes, however slow the filesystem
