@@ -238,6 +238,27 @@ class GroupedBatch:
 def pack_groups(prompts: list[list[int]], completions: list[list[int]], group_size: int, pad_id: int,
                 device) -> GroupedBatch:
     """`prompts`: one per group; `completions`: G per group, group by group."""
+    layout = _group_layout(prompts, completions, group_size, pad_id)
+    return GroupedBatch(layout.input_ids.to(device), layout.position_ids.to(device),
+                        _group_mask(layout.segment).to(device), layout.source.to(device),
+                        layout.completion_ids.to(device), layout.completion_mask.to(device))
+
+
+@dataclass
+class _GroupLayout:
+    """pack_groups' rows before any attention mask: `segment` [R, L] is -1 on the prompt, j on completion j
+    and -2 on padding; the other fields are GroupedBatch's."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    segment: torch.Tensor
+    source: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+
+
+def _group_layout(prompts: list[list[int]], completions: list[list[int]], group_size: int,
+                  pad_id: int) -> _GroupLayout:
     G, R = group_size, len(prompts)
     if len(completions) != R * G:
         raise ValueError(f"{len(completions)} completions for {R} groups of {G}")
@@ -266,13 +287,18 @@ def pack_groups(prompts: list[list[int]], completions: list[list[int]], group_si
                 completion_ids[row, :n] = torch.tensor(comp, dtype=torch.long)
                 completion_mask[row, :n] = 1
             start += n
-    causal = torch.ones((L, L), dtype=torch.bool).tril()  # [query, key]
+    return _GroupLayout(input_ids, position_ids, segment, source, completion_ids, completion_mask)
+
+
+def _group_mask(segment: torch.Tensor) -> torch.Tensor:
+    """GroupedBatch's attention mask [R, 1, L, L] of rows whose positions belong to `segment` [R, L]."""
+    L = segment.shape[1]
+    causal = torch.ones((L, L), dtype=torch.bool, device=segment.device).tril()  # [query, key]
     seen = (segment[:, None, :] == -1) | (segment[:, None, :] == segment[:, :, None])  # [R, query, key]
     # A padding query attends to itself: a row with nothing to attend to would be NaN, and NaN reaches the
     # real tokens' gradients through attention's backward even where the output is never used.
-    mask = (causal & seen & (segment[:, :, None] != -2)) | torch.eye(L, dtype=torch.bool)
-    return GroupedBatch(input_ids.to(device), position_ids.to(device), mask[:, None].to(device), source.to(device),
-                        completion_ids.to(device), completion_mask.to(device))
+    mask = (causal & seen & (segment[:, :, None] != -2)) | torch.eye(L, dtype=torch.bool, device=segment.device)
+    return mask[:, None]
 
 
 # Rows of logits one chunk of the vocabulary-sized head works on: about 64 MiB of float32 at a time.
@@ -348,6 +374,267 @@ def grouped_logprobs(model, batch: GroupedBatch, temperature: float) -> torch.Te
     with _logprob_head(model, batch.source[real], batch.completion_ids[real], temperature):
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                     use_cache=False)
+    lp = torch.zeros(batch.completion_mask.shape, dtype=torch.float32, device=batch.completion_mask.device)
+    lp[real] = out.logits  # [N] log-probs, in the logits field
+    return lp
+
+
+# Completion tokens whose queries one attention call takes (algo.packing's segmented attention): each chunk of a
+# completion attends to its prompt and to its own completion up to the chunk's end, so the masked-out work is
+# within one chunk. Measured on SmolLM2-135M at GSM8K shapes (scripts/bench_attention.py): 64 beat 32 and 128.
+SEGMENT_CHUNK = 64
+SEGMENT_ATTENTION = "rapid_segments"  # the name under which transformers' AttentionInterface knows it
+
+
+@dataclass
+class _Bucket:
+    """One attention call of a SegmentPlan: `rows` query rows of `width` queries each, over `keys` keys.
+    q_index [rows * width]: the packed position (of R*L) of each query slot, R*L on padding; q_take the same
+    with 0 on padding, and k_take [rows * keys] each key slot's position, 0 on padding (a padding slot may
+    gather any row: its key is masked, its query's output unused, and the gradients of both are exactly 0);
+    allowed [rows, width, keys] bool."""
+
+    q_index: torch.Tensor
+    k_take: torch.Tensor
+    allowed: torch.Tensor
+    rows: int
+    width: int
+    keys: int
+    q_take: torch.Tensor | None = None
+
+
+@dataclass
+class SegmentPlan:
+    """Which (query, key) pairs of a GroupedBatch's rows are computed, as a few dense attention calls
+    (buckets) over gathered queries and keys: first every prompt (its queries over its own keys, causal),
+    then the completions, longest first, a chunk of `chunk` queries at a time: chunk k of each completion
+    longer than k*chunk tokens over its prompt's keys and its own first (k+1)*chunk keys. Every real query
+    is computed once; what a bucket still masks is padding and the causal triangle inside a chunk.
+
+    out_index [R*L]: for each packed position, the row of the buckets' stacked outputs that is its
+    attention output (the last row, zeros, for padding)."""
+
+    buckets: list[_Bucket]
+    out_index: torch.Tensor
+    positions: int  # R*L
+    head_dim: int = 0  # set by the attention call
+    masks: dict | None = None  # dtype -> the buckets' additive masks [rows, 1, width, keys], made on first use
+
+    def additive_masks(self, dtype: torch.dtype) -> list[torch.Tensor]:
+        if self.masks is None:
+            self.masks = {}
+        if dtype not in self.masks:
+            low = torch.finfo(dtype).min
+            self.masks[dtype] = [torch.zeros(b.allowed.shape, dtype=dtype, device=b.allowed.device)
+                                 .masked_fill_(~b.allowed, low)[:, None] for b in self.buckets]
+        return self.masks[dtype]
+
+    def pairs(self) -> int:
+        """(query, key) pairs the buckets compute, padding included."""
+        return sum(b.rows * b.width * b.keys for b in self.buckets)
+
+
+def segment_plan(segment: torch.Tensor, chunk: int = SEGMENT_CHUNK) -> SegmentPlan:
+    """The SegmentPlan of packed rows whose positions belong to `segment` [R, L] (-1: the prompt, at the
+    start of the row; j: completion j; -2: padding), on `segment`'s device."""
+    R, L = segment.shape
+    device = segment.device
+    none = R * L
+    seg = segment.cpu()
+    prompt_lens = (seg == -1).sum(1)  # [R]
+    Pm = int(prompt_lens.max())
+    ar = torch.arange(Pm)
+    # the prompt bucket: each row's first Pm positions, those past its own prompt masked and unused
+    own = ar[None, :] < prompt_lens[:, None]  # [R, Pm]
+    q = torch.where(own, torch.arange(R)[:, None] * L + ar, none)
+    buckets = [_Bucket(q.flatten(), q.flatten(), (ar[None, :] <= ar[:, None])[None] & own[:, None, :], R, Pm, Pm)]
+    # the completions: (length, first position in the flattened rows, prompt length, row start), longest first
+    pieces = []
+    for r in range(R):
+        s = seg[r]
+        change = torch.nonzero(s[1:] != s[:-1]).squeeze(1) + 1
+        starts = torch.cat([torch.tensor([0]), change]).tolist()
+        ends = [*change.tolist(), L]
+        pieces += [(e - b, r * L + b, int(prompt_lens[r]), r * L)
+                   for b, e in zip(starts, ends, strict=True) if s[b] >= 0]
+    pieces.sort(key=lambda p: -p[0])
+    if pieces:
+        lens, first, plen, base = (torch.tensor(col) for col in zip(*pieces, strict=True))
+        for q0 in range(0, int(lens[0]), chunk):
+            n = int((lens > q0).sum())  # the completions this chunk reaches: a prefix, longest first
+            q1 = min(q0 + chunk, int(lens[0]))
+            t = torch.arange(q0, q1)  # the chunk's query offsets in its completion
+            kc = torch.arange(q1)  # the completion keys it may see
+            ln, fs, pl, bs = lens[:n, None], first[:n, None], plen[:n, None], base[:n, None]
+            q = torch.where(t < ln, fs + t, none)  # [n, width]
+            k = torch.cat([torch.where(ar < pl, bs + ar, none), torch.where(kc < ln, fs + kc, none)], 1)
+            allowed = torch.cat([(ar < pl)[:, None, :].expand(n, q1 - q0, Pm),
+                                 (kc[None, None, :] <= t[None, :, None]) & (kc < ln)[:, None, :]], 2)
+            buckets.append(_Bucket(q.flatten(), k.flatten(), allowed, n, q1 - q0, Pm + q1))
+    slots = torch.cat([b.q_index for b in buckets])
+    real = slots < none
+    out_index = torch.full((none,), len(slots), dtype=torch.long)
+    out_index[slots[real]] = torch.nonzero(real).squeeze(1)
+    for b in buckets:
+        b.q_take, b.k_take = (torch.where(i < none, i, 0).to(device) for i in (b.q_index, b.k_take))
+        b.q_index, b.allowed = b.q_index.to(device), b.allowed.to(device)
+    return SegmentPlan(buckets, out_index.to(device), none)
+
+
+def _flat_rows(x: torch.Tensor) -> torch.Tensor:
+    """[R, H, L, d] -> [R*L, H*d], one row per position (a view of transformers' q, k, v, which are transposed
+    [R, L, H, d] tensors)."""
+    R, H, L, d = x.shape
+    return x.transpose(1, 2).reshape(R * L, H * d)
+
+
+def _bucket_attention(plan: SegmentPlan, q, k, v, scale: float, grad: bool):
+    """Each bucket's attention over the gathered q, k, v ([R*L, heads*d] each): (outputs [rows*width,
+    heads*d] per bucket, and with `grad` the (q, k, v, out) of each call, whose graphs the backward pass
+    differentiates)."""
+    h, kv = q.shape[1] // plan.head_dim, k.shape[1] // plan.head_dim
+    d = plan.head_dim
+    outs, saved = [], []
+    gqa = h != kv and q.device.type == "cpu"  # the CPU flash kernel takes grouped heads and a mask as they are
+    for b, mask in zip(plan.buckets, plan.additive_masks(q.dtype), strict=True):
+        qb = q.index_select(0, b.q_take).view(b.rows, b.width, h, d).transpose(1, 2)
+        kb = k.index_select(0, b.k_take).view(b.rows, b.keys, kv, d).transpose(1, 2)
+        vb = v.index_select(0, b.k_take).view(b.rows, b.keys, kv, d).transpose(1, 2)
+        if grad:
+            qb, kb, vb = (x.detach().requires_grad_() for x in (qb, kb, vb))
+        with torch.enable_grad() if grad else contextlib.nullcontext():
+            kx, vx = (kb, vb) if gqa or h == kv else (x.repeat_interleave(h // kv, 1) for x in (kb, vb))
+            with torch.autocast(q.device.type, enabled=False):
+                o = torch.nn.functional.scaled_dot_product_attention(qb, kx, vx, attn_mask=mask, scale=scale,
+                                                                     enable_gqa=gqa)
+        if grad:
+            saved.append((qb, kb, vb, o))
+        outs.append(o.detach().transpose(1, 2).reshape(b.rows * b.width, h * d))
+    return outs, saved
+
+
+def _stack_outputs(plan: SegmentPlan, outs: list[torch.Tensor], R: int, L: int, h: int) -> torch.Tensor:
+    outs.append(outs[0].new_zeros(1, outs[0].shape[1]))
+    return torch.cat(outs).index_select(0, plan.out_index).view(R, L, h, plan.head_dim)
+
+
+class _SegmentAttention(torch.autograd.Function):
+    """Attention over a SegmentPlan's buckets: q [R, heads, L, d], k and v [R, kv_heads, L, d] -> [R, L,
+    heads, d]. Each bucket is one scaled_dot_product_attention call on gathered rows; its graph is kept
+    from the forward pass and differentiated in the backward one, whose gradients are added back into
+    the positions they came from (index_add_ over [positions, heads*d] rows: a key feeds several buckets)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, plan: SegmentPlan, scale: float):
+        R, h, L, _ = q.shape
+        outs, saved = _bucket_attention(plan, _flat_rows(q), _flat_rows(k), _flat_rows(v), scale, grad=True)
+        ctx.plan, ctx.saved, ctx.shape = plan, saved, (R, h, L, k.shape[1])
+        return _stack_outputs(plan, outs, R, L, h)
+
+    @staticmethod
+    def backward(ctx, grad):  # [R, L, heads, d]
+        plan, (R, h, L, kv) = ctx.plan, ctx.shape
+        d = plan.head_dim
+        g = torch.cat([grad.reshape(R * L, h * d), grad.new_zeros(1, h * d)])  # a padding query's: 0
+        dq = grad.new_zeros(R * L, h * d)
+        dk, dv = grad.new_zeros(R * L, kv * d), grad.new_zeros(R * L, kv * d)
+        for b, (qb, kb, vb, o) in zip(plan.buckets, ctx.saved, strict=True):
+            gb = g.index_select(0, b.q_index).view(b.rows, b.width, h, d).transpose(1, 2).to(o.dtype)
+            gq, gk, gv = torch.autograd.grad(o, (qb, kb, vb), gb)
+            dq.index_add_(0, b.q_take, gq.transpose(1, 2).reshape(-1, h * d).to(dq.dtype))
+            dk.index_add_(0, b.k_take, gk.transpose(1, 2).reshape(-1, kv * d).to(dk.dtype))
+            dv.index_add_(0, b.k_take, gv.transpose(1, 2).reshape(-1, kv * d).to(dv.dtype))
+        ctx.saved = None
+        back = [x.view(R, L, -1, d).transpose(1, 2) for x in (dq, dk, dv)]
+        return *back, None, None
+
+
+def _segment_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                       segments: SegmentPlan | None = None, **kwargs):
+    """transformers' attention interface (registered as SEGMENT_ATTENTION): the attention of a
+    SegmentedBatch's rows, `segments` their plan (passed to the model's forward as a keyword)."""
+    if segments is None:
+        raise RuntimeError(f"attention {SEGMENT_ATTENTION!r} needs the rows' SegmentPlan (segments=...)")
+    extra = [name for name in ("sliding_window", "softcap", "s_aux", "position_bias") if kwargs.get(name) is not None]
+    if dropout or extra or not getattr(module, "is_causal", True):
+        raise NotImplementedError(f"algo.packing's segmented attention: a model whose attention has "
+                                  f"{extra or 'dropout or no causal mask'}; use the dense packed attention")
+    segments.head_dim = query.shape[-1]
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    key, value = key.to(query.dtype), value.to(query.dtype)
+    if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad):
+        return _SegmentAttention.apply(query, key, value, segments, scale), None
+    R, h, L, _ = query.shape
+    outs, _ = _bucket_attention(segments, _flat_rows(query), _flat_rows(key), _flat_rows(value), scale, grad=False)
+    return _stack_outputs(segments, outs, R, L, h), None
+
+
+@contextlib.contextmanager
+def _attention_implementation(model, name: str):
+    """While inside, every config of `model`'s modules names attention `name` (transformers looks it up at
+    each call); the previous names are restored on the way out."""
+    from transformers import AttentionInterface, PreTrainedConfig
+
+    if name not in AttentionInterface._global_mapping:
+        AttentionInterface.register(name, _segment_attention)
+    configs = {id(c): c for m in model.modules() if isinstance(c := getattr(m, "config", None), PreTrainedConfig)}
+    before = {key: c._attn_implementation_internal for key, c in configs.items()}
+    for c in configs.values():
+        c._attn_implementation_internal = name
+    try:
+        yield
+    finally:
+        for key, c in configs.items():
+            c._attn_implementation_internal = before[key]
+
+
+@dataclass
+class SegmentedBatch:
+    """A GroupedBatch's rows (prompt once, then its G completions back to back) whose attention computes
+    only the (query, key) pairs the mask lets through, a bucket at a time (SegmentPlan), instead of every
+    pair under a dense [R, 1, L, L] mask: per-token log-probs and gradients are the dense packed path's
+    (and the padded one's) up to float rounding. `segment` [R, L] as in _GroupLayout."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    segment: torch.Tensor
+    source: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    plan: SegmentPlan
+
+    def grouped(self) -> GroupedBatch:
+        """The same rows with the dense mask (grouped_logprobs)."""
+        return GroupedBatch(self.input_ids, self.position_ids, _group_mask(self.segment), self.source,
+                            self.completion_ids, self.completion_mask)
+
+
+def pack_segments(prompts: list[list[int]], completions: list[list[int]], group_size: int, pad_id: int, device,
+                  chunk: int = SEGMENT_CHUNK) -> SegmentedBatch:
+    """pack_groups' rows with a SegmentPlan instead of the dense mask. `prompts`: one per group;
+    `completions`: G per group, group by group."""
+    layout = _group_layout(prompts, completions, group_size, pad_id)
+    return SegmentedBatch(layout.input_ids.to(device), layout.position_ids.to(device), layout.segment.to(device),
+                          layout.source.to(device), layout.completion_ids.to(device),
+                          layout.completion_mask.to(device), segment_plan(layout.segment.to(device), chunk))
+
+
+def _checkpointing(model) -> bool:
+    return model.training and any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+
+def segmented_logprobs(model, batch: SegmentedBatch, temperature: float) -> torch.Tensor:
+    """grouped_logprobs for a SegmentedBatch: [b, C] float32 (0 where completion_mask is 0). The model is
+    called through its forward (DDP and FSDP2 hooks run) with its attention switched to the segmented one
+    for the call. Under gradient checkpointing the layers recompute their forward in the backward pass,
+    after the switch is undone: there this takes the dense mask (grouped_logprobs) instead."""
+    if torch.is_grad_enabled() and _checkpointing(model):
+        return grouped_logprobs(model, batch.grouped(), temperature)
+    real = batch.completion_mask > 0  # [b, C]
+    with (_logprob_head(model, batch.source[real], batch.completion_ids[real], temperature),
+          _attention_implementation(getattr(model, "module", model), SEGMENT_ATTENTION)):
+        out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
+                    segments=batch.plan)
     lp = torch.zeros(batch.completion_mask.shape, dtype=torch.float32, device=batch.completion_mask.device)
     lp[real] = out.logits  # [N] log-probs, in the logits field
     return lp
