@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from conftest import TINY, compose
-from rapid_cli.policy import completion_logprobs, grouped_logprobs, pack, pack_groups
+from rapid_cli.policy import (
+    completion_logprobs,
+    grouped_logprobs,
+    pack,
+    pack_groups,
+    pack_segments,
+    segmented_logprobs,
+)
 from test_numerics import ALGOS, learner, raw_gradient, rollouts, shifted
 
 
@@ -85,3 +92,177 @@ def test_every_algorithm_takes_the_same_step_packed_or_padded(tiny_policy, algo)
     for key, got in grads.items():
         assert ((got - want).norm() / want.norm()).item() < 1e-5, (algo, key)
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-7), (algo, key)
+
+
+# The segmented attention (pack_segments + segmented_logprobs): the packed rows, but each prompt's queries and
+# each completion's (a chunk at a time) attend over gathered keys instead of every pair under a dense mask.
+
+
+def _padded_and_segmented(model, prompts, completions, G, temperature, chunk, weights=None):
+    """(log-probs, raw gradient) of the padded path and of the segmented one on the same rows."""
+    C = max(1, max(len(c) for c in completions))
+    if weights is None:
+        weights = torch.linspace(-1, 1, len(completions) * C).view(len(completions), C)
+
+    def run(forward):
+        model.zero_grad(set_to_none=True)
+        lp, mask = forward()
+        (lp * mask * weights).sum().backward()
+        grads = [p.grad.flatten() for p in model.parameters() if p.requires_grad]
+        return lp.detach() * mask, torch.cat(grads)
+
+    padded = pack([prompts[i // G] for i in range(len(completions))], completions, 0, "cpu")
+    segmented = pack_segments(prompts, completions, G, 0, "cpu", chunk=chunk)
+    try:
+        want = run(lambda: (completion_logprobs(model, padded, temperature), padded.completion_mask))
+        got = run(lambda: (segmented_logprobs(model, segmented, temperature), segmented.completion_mask))
+    finally:
+        model.zero_grad(set_to_none=True)
+    assert torch.equal(segmented.completion_mask, padded.completion_mask)
+    return want, got
+
+
+def _assert_equal(want, got):
+    (lp, grad), (lp2, grad2) = want, got
+    assert grad.norm() > 1e-3
+    assert (lp2 - lp).abs().max().item() < 1e-5
+    assert ((grad2 - grad).norm() / grad.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize(("G", "chunk", "temperature"), [(4, 64, 1.0), (4, 3, 0.6), (1, 2, 1.0), (2, 1, 0.6)])
+def test_segmented_logprobs_and_their_gradients_equal_the_padded_ones(tiny_policy, G, chunk, temperature):
+    """Uneven prompts (7, 12, 3 tokens), completions of 0-9 tokens (one empty), G=1 too; chunks of 1-3 queries
+    split completions into several buckets, 64 leaves each in one."""
+    model, _ = tiny_policy
+    prompts, completions = _random_groups(model.config.vocab_size, G, seed=G + chunk)
+    _assert_equal(*_padded_and_segmented(model, prompts, completions, G, temperature, chunk))
+    assert model.config._attn_implementation == "sdpa"  # the switch is for the call only
+
+
+def test_segmented_logprobs_of_a_group_whose_completions_are_all_empty(tiny_policy):
+    model, _ = tiny_policy
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+    completions = [[14, 15, 16], [], [], [], [17], [18, 19, 20, 21, 22]]
+    _assert_equal(*_padded_and_segmented(model, prompts, completions, 2, 1.0, chunk=2))
+
+
+def test_segmented_logprobs_without_gradient_equal_the_dense_packed_ones(tiny_policy):
+    """The pi_old pass: no autograd graph is built, the values are the dense path's."""
+    model, _ = tiny_policy
+    prompts, completions = _random_groups(model.config.vocab_size, 4, seed=3)
+    with torch.no_grad():
+        want = grouped_logprobs(model, pack_groups(prompts, completions, 4, 0, "cpu"), 1.0)
+        got = segmented_logprobs(model, pack_segments(prompts, completions, 4, 0, "cpu", chunk=4), 1.0)
+    assert not got.requires_grad
+    assert (got - want).abs().max().item() < 1e-5
+
+
+def test_the_segment_plan_computes_every_query_once_and_fewer_pairs_than_the_dense_mask():
+    from rapid_cli.policy import segment_plan
+
+    prompts = [[1] * 7, [1] * 12, [1] * 3]
+    completions = [[2] * n for n in (9, 0, 5, 1, 8, 8, 2, 7, 6, 3, 9, 4)]
+    batch = pack_segments(prompts, completions, 4, 0, "cpu", chunk=4)
+    R, L = batch.input_ids.shape
+    queries = torch.cat([b.q_index for b in batch.plan.buckets])
+    real = queries[queries < R * L]
+    assert torch.equal(real.sort().values, torch.nonzero(batch.segment.flatten() != -2).squeeze(1))
+    assert batch.plan.pairs() < R * L * L / 2
+    assert segment_plan(batch.segment, chunk=100).pairs() > batch.plan.pairs()  # smaller chunks, fewer pairs
+
+
+def test_segmented_logprobs_of_a_lora_model_equal_the_padded_ones():
+    from rapid_cli.policy import load_policy
+
+    cfg = compose(TINY + ["lora.enabled=true", "lora.r=4"])
+    model, _, _ = load_policy(cfg.model, torch.device("cpu"), lora_cfg=cfg.lora)
+    for name, p in model.named_parameters():  # B starts at 0: give the adapters a value to differentiate through
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    prompts, completions = _random_groups(model.config.vocab_size, 2, seed=5)
+    want, got = _padded_and_segmented(model, prompts, completions, 2, 1.0, chunk=3)
+    assert got[1].numel() < sum(p.numel() for p in model.parameters())  # the adapters' gradient only
+    _assert_equal(want, got)
+
+
+def test_under_gradient_checkpointing_the_segmented_path_takes_the_dense_mask(tiny_policy):
+    """The layers' recomputation in the backward pass runs after the attention switch is undone, so the
+    segmented call falls back to the dense mask there: still exact."""
+    import copy
+
+    model = copy.deepcopy(tiny_policy[0])
+    model.gradient_checkpointing_enable()
+    model.train()
+    prompts, completions = _random_groups(model.config.vocab_size, 4, seed=6)
+    _assert_equal(*_padded_and_segmented(model, prompts, completions, 4, 1.0, chunk=3))
+
+
+def test_segmented_logprobs_under_bf16_autocast_stay_near_the_dense_ones(tiny_policy):
+    """bf16: the two paths round differently; per token within 0.05 of each other (a mask that let a group's
+    completions see each other moves them by ~0.5), and gradients within 5% (relative norm)."""
+    model, _ = tiny_policy
+    prompts, completions = _random_groups(model.config.vocab_size, 4, seed=7)
+    results = []
+    for forward in (lambda: grouped_logprobs(model, pack_groups(prompts, completions, 4, 0, "cpu"), 1.0),
+                    lambda: segmented_logprobs(model, pack_segments(prompts, completions, 4, 0, "cpu", chunk=3), 1.0)):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lp = forward()
+            lp.sum().backward()
+        results.append((lp.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    model.zero_grad(set_to_none=True)
+    (want, want_grad), (got, got_grad) = results
+    assert (got - want).abs().max().item() < 0.05
+    assert ((got_grad - want_grad).norm() / want_grad.norm()).item() < 0.05
+
+
+DISTRIBUTED = """
+import os, sys, torch, torch.distributed as dist
+sys.path[:0] = [{tests!r}]
+from conftest import TINY, compose
+from rapid_cli.policy import completion_logprobs, load_policy, pack, pack_segments, segmented_logprobs
+from test_packing import _random_groups
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{port}", rank=0, world_size=1)
+cfg = compose(TINY)
+model, _, _ = load_policy(cfg.model, torch.device("cpu"))
+if {parallel!r} == "ddp":
+    model = torch.nn.parallel.DistributedDataParallel(model)
+else:
+    from torch.distributed.fsdp import fully_shard
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+prompts, completions = _random_groups(410, 4, seed=8)
+padded = pack([prompts[i // 4] for i in range(len(completions))], completions, 0, "cpu")
+segmented = pack_segments(prompts, completions, 4, 0, "cpu", chunk=3)
+out = []
+for lp, mask in ((completion_logprobs(model, padded, 1.0), padded.completion_mask),
+                 (segmented_logprobs(model, segmented, 1.0), segmented.completion_mask)):
+    model.zero_grad(set_to_none=True)
+    (lp * mask).sum().backward()
+    grads = [p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad for p in model.parameters()]
+    out.append((lp.detach() * mask, torch.cat([g.flatten() for g in grads])))
+(want, want_grad), (got, got_grad) = out
+print("GAP", (got - want).abs().max().item(), ((got_grad - want_grad).norm() / want_grad.norm()).item())
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_segmented_logprobs_through_ddp_and_fsdp2_equal_the_padded_ones(parallel):
+    """The model called through its DDP / FSDP2 wrapper (one process, gloo): hooks run, values are exact."""
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = DISTRIBUTED.format(tests=str(REPO / "tests"), port=port, parallel=parallel)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    gap, grad_gap = (float(x) for x in proc.stdout.split("GAP")[1].split())
+    assert gap < 1e-5 and grad_gap < 1e-5, proc.stdout
