@@ -62,3 +62,21 @@ def test_gpu_smoke_script_passes_on_the_cpu():
         assert "SKIP bf16-autocast: no fast bf16 on this CPU" in proc.stdout
     assert verdicts == expected, proc.stdout
     assert "all checks passed or skipped" in proc.stdout
+
+
+def test_bench_attention_counts_the_pairs_the_mask_keeps_by_hand():
+    kept = script("bench_attention").kept_pairs
+    # prompt 3: 1+2+3 = 6; a completion of 2 behind it: 4+5 = 9, of 1: 4 (bench_update's count above)
+    assert kept([3], [2, 1], 2) == 19
+    assert kept([2, 5], [0, 3, 1, 1], 2) == 3 + 12 + 15 + 6 + 6
+
+
+@pytest.mark.slow
+def test_bench_attention_runs_on_the_tiny_model():
+    """One repeat over one micro-batch per shape: both paths timed, their log-probs checked equal."""
+    proc = subprocess.run([sys.executable, "scripts/bench_attention.py", "--groups", "2", "--repeats", "1", "--",
+                           "model=tiny"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for shape in ("gsm8k G=4", "gsm8k G=8"):
+        assert shape in proc.stdout
+    assert proc.stdout.count("segmented/64") == 6, proc.stdout  # the pairs line and 2 passes, per shape
