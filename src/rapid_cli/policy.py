@@ -5,12 +5,16 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from rapid_cli.errors import RapidError
 from rapid_cli.hub import hub_error, offline_unless_reachable
 from rapid_cli.models import resolve_model
+
+if TYPE_CHECKING:
+    from rapid_cli.config import LoraConfig, ModelConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -30,8 +34,8 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_policy(model_cfg, device: torch.device, cache_dir: str | None = None, lora_cfg=None,
-                adapter: Path | None = None):
+def load_policy(model_cfg: ModelConfig, device: torch.device, cache_dir: str | None = None,
+                lora_cfg: LoraConfig | None = None, adapter: Path | None = None):
     """Returns (model, tokenizer, local_or_hub_path of the full weights). With `lora_cfg.enabled`, fresh LoRA
     adapters are injected; `adapter` (or a model.path that is an adapter directory) loads a trained one onto the
     base model its adapter_config.json names, and the path returned is that base's."""
