@@ -17,10 +17,12 @@ Passes: `pi_old`, the forward pass of Learner.logprobs (eval mode, no gradient);
 backward pass of a step (train mode, the log-probs weighted by fixed random advantages, summed, backward),
 no optimizer. Each micro-batch's pack is timed with its pass. Per pass: the median wall-clock seconds over
 --repeats (a repeat is one sweep over every micro-batch with every path), the median over repeats of the
-speed-up (dense / segmented seconds of the same repeat), and the same speed-up in process CPU time (both
+speed-up (dense / segmented seconds of the same repeat), the same speed-up in process CPU time (both
 threads' time, which another process's load stretches less than wall-clock; ratios near 1 in one and not
-the other are noise). Attention pairs: (query, key) pairs the attention computes per layer and head, dense
-(R x L x L) and segmented (SegmentPlan.pairs), against the pairs the mask keeps.
+the other are noise), and the peak resident memory a micro-batch's pass adds (bench_update.measured; the
+largest over the micro-batches, median over repeats). Attention pairs: (query, key) pairs the attention
+computes per layer and head, dense (R x L x L) and segmented (SegmentPlan.pairs), against the pairs the
+mask keeps.
 The first repeat also checks that every path's log-probs equal the dense path's (max |difference|).
 """
 
@@ -39,11 +41,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def timed(fn) -> tuple[float, float, object]:
-    """(wall seconds, process CPU seconds, result) of one call."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = fn()
-    return time.perf_counter() - wall, time.process_time() - cpu, out
+def timed(fn) -> tuple[float, float, float, object]:
+    """(wall seconds, process CPU seconds, peak MiB above the resident memory before, result) of one call
+    (the peak as bench_update.measured takes it)."""
+    from bench_update import measured
+
+    cpu = time.process_time()
+    box = []
+    wall, peak = measured(lambda: box.append(fn()))
+    return wall, time.process_time() - cpu, peak, box[0]
 
 
 def kept_pairs(prompt_lengths: list[int], completion_lengths: list[int], group_size: int) -> int:
@@ -114,14 +120,15 @@ def bench(name: str, model, tok, ro, group_size: int, micro: int, chunks: list[i
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for rep in range(repeats):
         for part, fn in (("pi_old", forward), ("fwd+bwd", step)):
-            sums = {path: [0.0, 0.0] for path in paths}
+            sums = {path: [0.0, 0.0, 0.0] for path in paths}
             for start, stop in batches:
                 order = list(paths) if (rep + start // micro) % 2 == 0 else list(reversed(paths))
                 outs = {}
                 for path in order:
-                    wall, cpu, out = timed(lambda: fn(path, start, stop))  # noqa: B023
+                    wall, cpu, peak, out = timed(lambda: fn(path, start, stop))  # noqa: B023
                     sums[path][0] += wall
                     sums[path][1] += cpu
+                    sums[path][2] = max(sums[path][2], peak)
                     outs[path] = out
                 if rep == 0 and part == "pi_old":
                     want, mask = outs["dense"]
@@ -129,18 +136,19 @@ def bench(name: str, model, tok, ro, group_size: int, micro: int, chunks: list[i
                         gap = ((got - want) * mask).abs().max().item()
                         if gap > 1e-3:
                             raise SystemExit(f"{path}: log-probs differ from the dense path's by {gap:.2e}")
-            for path, (wall, cpu) in sums.items():
-                results.setdefault((part, path), []).append((wall, cpu))
-    print(f"  {'pass':<9}{'path':<16}{'wall s':>9}{'speed-up':>10}{'CPU s':>9}{'CPU speed-up':>14}")
+            for path, (wall, cpu, peak) in sums.items():
+                results.setdefault((part, path), []).append((wall, cpu, peak))
+    print(f"  {'pass':<9}{'path':<16}{'wall s':>9}{'speed-up':>10}{'CPU s':>9}{'CPU speed-up':>14}{'peak MiB':>10}")
     for part in ("pi_old", "fwd+bwd"):
         base = results[part, "dense"]
         for path in paths:
             runs = results[part, path]
-            wall = statistics.median(w for w, _ in runs)
-            cpu = statistics.median(c for _, c in runs)
+            wall = statistics.median(w for w, _, _ in runs)
+            cpu = statistics.median(c for _, c, _ in runs)
+            peak = statistics.median(m for _, _, m in runs)
             up = statistics.median(b[0] / r[0] for b, r in zip(base, runs, strict=True))
             up_cpu = statistics.median(b[1] / r[1] for b, r in zip(base, runs, strict=True))
-            print(f"  {part:<9}{path:<16}{wall:>9.2f}{up:>9.2f}x{cpu:>9.2f}{up_cpu:>13.2f}x")
+            print(f"  {part:<9}{path:<16}{wall:>9.2f}{up:>9.2f}x{cpu:>9.2f}{up_cpu:>13.2f}x{peak:>10.0f}")
 
 
 def main() -> None:
@@ -156,6 +164,8 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast, as the Learner")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:  # as bench_update.py: freed memory goes back at once
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
     sys.stdout.reconfigure(line_buffering=True)
     import contextlib
 

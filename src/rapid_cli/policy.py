@@ -385,7 +385,8 @@ def grouped_logprobs(model, batch: GroupedBatch, temperature: float) -> torch.Te
 
 # Completion tokens whose queries one attention call takes (algo.packing's segmented attention): each chunk of a
 # completion attends to its prompt and to its own completion up to the chunk's end, so the masked-out work is
-# within one chunk. Measured on SmolLM2-135M at GSM8K shapes (scripts/bench_attention.py): 64 beat 32 and 128.
+# within one chunk. On SmolLM2-135M at the GSM8K G=8 shape (scripts/bench_attention.py, fp32 CPU) 32 is slower
+# than the dense mask (more, smaller calls), 64 and 128 are 1.2-1.5x faster, neither clearly ahead.
 SEGMENT_CHUNK = 64
 SEGMENT_ATTENTION = "rapid_segments"  # the name under which transformers' AttentionInterface knows it
 
@@ -562,7 +563,7 @@ def _segment_attention(module, query, key, value, attention_mask, dropout: float
     extra = [name for name in ("sliding_window", "softcap", "s_aux", "position_bias") if kwargs.get(name) is not None]
     if dropout or extra or not getattr(module, "is_causal", True):
         raise NotImplementedError(f"algo.packing's segmented attention: a model whose attention has "
-                                  f"{extra or 'dropout or no causal mask'}; use the dense packed attention")
+                                  f"{extra or 'dropout or no causal mask'}; set algo.packed_attention=dense")
     segments.head_dim = query.shape[-1]
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     key, value = key.to(query.dtype), value.to(query.dtype)
