@@ -563,7 +563,8 @@ def _segment_attention(module, query, key, value, attention_mask, dropout: float
     extra = [name for name in ("sliding_window", "softcap", "s_aux", "position_bias") if kwargs.get(name) is not None]
     if dropout or extra or not getattr(module, "is_causal", True):
         raise NotImplementedError(f"algo.packing's segmented attention: a model whose attention has "
-                                  f"{extra or 'dropout or no causal mask'}; set algo.packed_attention=dense")
+                                  f"{extra or 'dropout or no causal mask'}; use the dense packed attention "
+                                  "(pack_groups, grouped_logprobs)")
     segments.head_dim = query.shape[-1]
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     key, value = key.to(query.dtype), value.to(query.dtype)
