@@ -1,6 +1,8 @@
-"""The update pass, packed (algo.packing=true: each prompt encoded once, completions without padding, the
-LM head over completion tokens only, a chunk at a time) against padded rows (algo.packing=false), on the
-same rollouts in the same process, alternating, so the machine's noise hits both alike.
+"""The update pass in its three layouts, on the same rollouts in the same process, alternating, so the
+machine's noise hits them alike: padded rows (algo.packing=false); packed (algo.packing=true: each prompt
+encoded once, completions without padding, the LM head over completion tokens only, a chunk at a time) under
+the dense mask (algo.packed_attention=dense); packed with the segmented attention, which computes only the
+(query, key) pairs the mask keeps (algo.packed_attention=segments, what auto picks).
 
     .venv/bin/python scripts/bench_update.py                  # the two shapes below, SmolLM2-135M, fp32 CPU
     .venv/bin/python scripts/bench_update.py --shapes demo --repeats 5
@@ -81,6 +83,8 @@ def measured(fn) -> tuple[float, float]:
 
 
 LABEL = {"none": "fp32", "bf16": "bf16"}  # Learner precision -> what the tables call it
+# the update's layouts: (algo.packing, algo.packed_attention)
+LAYOUTS = {"padded": (False, "dense"), "packed": (True, "dense"), "segments": (True, "segments")}
 PROBE_TOKENS = 4096  # rows of the peak probe's matrix product
 
 
@@ -88,6 +92,14 @@ def update_flops(config, prompt_lengths: list[int], completion_lengths: list[int
     """(pi_old forward, optimizer step) useful FLOPs of groups of `group_size` completions, `prompt_lengths` one
     per group, `completion_lengths` group by group; `config` is the model's (a transformers config of a
     Llama/Qwen2-like decoder with a gated MLP). The count is the module docstring's."""
+    forward = sum(forward_flops(config, prompt_lengths, completion_lengths, group_size))
+    return forward, 3 * forward
+
+
+def forward_flops(config, prompt_lengths: list[int], completion_lengths: list[int],
+                  group_size: int) -> tuple[int, int]:
+    """update_flops' forward pass in two parts: (the weights' matrix products: projections, MLP and LM head;
+    attention's two products over the (query, key) pairs the mask keeps)."""
     H, L, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
@@ -101,8 +113,7 @@ def update_flops(config, prompt_lengths: list[int], completion_lengths: list[int
         tokens += P + sum(mine)
         pairs += P * (P + 1) // 2 + sum(n * P + n * (n + 1) // 2 for n in mine)
     completion = sum(completion_lengths)
-    forward = 2 * (L * layer * tokens + H * config.vocab_size * completion) + 4 * L * heads * head_dim * pairs
-    return forward, 3 * forward
+    return 2 * (L * layer * tokens + H * config.vocab_size * completion), 4 * L * heads * head_dim * pairs
 
 
 def matmul_rate(rows: int, inner: int, cols: int, dtype, seconds: float = 1.0) -> float:
@@ -135,7 +146,7 @@ def rollouts(task, tok, cfg, lengths: tuple[int, int], group_size: int, groups: 
 
 
 def bench(name: str, cfg, model, tok, task, lengths, group_size: int, micro: int, repeats: int,
-          precisions: list[str], peaks: dict[str, float]) -> None:
+          precisions: list[str], peaks: dict[str, float], layouts: list[str]) -> None:
     from rapid_cli.learner import Learner
 
     cfg.algo.group_size, cfg.algo.micro_batch_size = group_size, micro
@@ -148,40 +159,44 @@ def bench(name: str, cfg, model, tok, task, lengths, group_size: int, micro: int
     forward, train = update_flops(model.config, [len(p) for p in ro.prompt_ids],
                                   [len(c) for c in ro.generations.completion_ids], group_size)
     flops = {"logprobs": forward, "step": train}
-    results: dict[tuple[str, bool, str], list[tuple[float, float]]] = {}
+    results: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
     for _ in range(repeats):
         for precision in precisions:
-            for packing in (False, True):
-                cfg.algo.packing = packing
+            for layout in layouts:
+                packing, attention = LAYOUTS[layout]
+                cfg.algo.packing, cfg.algo.packed_attention = packing, attention
                 learner = Learner(model, cfg.algo, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0,
                                   total_steps=10, precision=precision)
-                results.setdefault((precision, packing, "logprobs"), []).append(
+                results.setdefault((precision, layout, "logprobs"), []).append(
                     measured(lambda: learner.logprobs(ro)))  # noqa: B023
                 rows = ro.group_slice(0, M)
-                results.setdefault((precision, packing, "step"), []).append(
+                results.setdefault((precision, layout, "step"), []).append(
                     measured(lambda: learner.step(ro, rows)))  # noqa: B023
                 model.load_state_dict(state)
     print(f"\n{name}: {M} groups x G={group_size}, micro-batch {micro}, prompt tokens {prompt_tokens} "
           f"(x G as padded rows), completion tokens {tokens}; useful work: logprobs {forward / 1e9:.1f} GFLOP, "
           f"step {train / 1e9:.1f} GFLOP")
     seconds = {key: statistics.median(t for t, _ in runs) for key, runs in results.items()}
+    mib = {key: statistics.median(m for _, m in runs) for key, runs in results.items()}
     for precision in precisions:
         peak = peaks[precision]
-        print(f"  {LABEL[precision]} (matmul peak {peak:.1f} GFLOP/s)")
-        print(f"  {'pass':<10}{'padded s':>10}{'packed s':>10}{'speed-up':>10}"
-              f"{'padded MiB':>12}{'packed MiB':>12}{'mem ratio':>10}"
-              f"{'padded GF/s':>13}{'packed GF/s':>13}{'of peak':>9}")
+        print(f"  {LABEL[precision]} (matmul peak {peak:.1f} GFLOP/s); seconds, peak MiB added, GFLOP/s (of peak)")
+        ratios = [(a, b) for a, b in (("padded", "packed"), ("packed", "segments")) if {a, b} <= set(layouts)]
+        print(f"  {'pass':<10}" + "".join(f"{layout:>28}" for layout in layouts)
+              + "".join(f"{f'{b}/{a}':>17}" for a, b in ratios))
         for part in ("logprobs", "step"):
-            old_s, new_s = seconds[precision, False, part], seconds[precision, True, part]
-            old_m = statistics.median(m for _, m in results[precision, False, part])
-            new_m = statistics.median(m for _, m in results[precision, True, part])
-            old_r, new_r = flops[part] / old_s / 1e9, flops[part] / new_s / 1e9
-            print(f"  {part:<10}{old_s:>10.2f}{new_s:>10.2f}{old_s / new_s:>9.2f}x{old_m:>12.0f}{new_m:>12.0f}"
-                  f"{new_m / max(old_m, 1e-9):>9.2f}x{old_r:>13.1f}{new_r:>13.1f}{new_r / peak:>9.1%}")
+            cells = ""
+            for layout in layouts:
+                t, m = seconds[precision, layout, part], mib[precision, layout, part]
+                rate = flops[part] / t / 1e9
+                cells += f"{f'{t:.2f} s {m:.0f} MiB {rate:.0f} ({rate / peak:.0%})':>28}"
+            cells += "".join(f"{seconds[precision, a, part] / seconds[precision, b, part]:>16.2f}x" for a, b in ratios)
+            print(f"  {part:<10}{cells}")
     if len(precisions) == 2:
         for part in ("logprobs", "step"):
-            padded, packed = (seconds["none", p, part] / seconds["bf16", p, part] for p in (False, True))
-            print(f"  bf16 vs fp32, {part:<8}: padded {padded:.2f}x, packed {packed:.2f}x faster")
+            ratios = ", ".join(f"{layout} {seconds['none', layout, part] / seconds['bf16', layout, part]:.2f}x"
+                               for layout in layouts)
+            print(f"  bf16 vs fp32, {part:<8}: {ratios} faster")
 
 
 def bench_skipping(cfg, model, tok, task, repeats: int, precisions: list[str]) -> None:
@@ -232,6 +247,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "both"],
                     help="auto: what train.mixed_precision=auto picks on this CPU; both: fp32 and bf16, alternating")
+    ap.add_argument("--group-sizes", type=int, nargs="+", default=[4, 8], choices=[4, 8], help="G of the gsm8k shape")
+    ap.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS),
+                    help="the update layouts measured (ratios need the two layouts they compare)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:  # glibc reads it at start: start again with it
@@ -266,13 +284,15 @@ def main() -> None:
     if "demo" in args.shapes:
         task = make_task(cfg.task, seed=0)
         bench("demo (arith)", cfg, model, tok, task, (4, 12), group_size=4, micro=32, repeats=args.repeats,
-              precisions=precisions, peaks=peaks)
+              precisions=precisions, peaks=peaks, layouts=args.layouts)
     if "gsm8k" in args.shapes:
         cfg = compose_config([*base, "task=gsm8k", "task.source=offline"])
         task = make_task(cfg.task, seed=0, cache_dir=cfg.cache_dir)
         for G, micro in ((4, 8), (8, 16)):
+            if G not in args.group_sizes:
+                continue
             bench(f"gsm8k G={G}", cfg, model, tok, task, (50, 256), group_size=G, micro=micro, repeats=args.repeats,
-                  precisions=precisions, peaks=peaks)
+                  precisions=precisions, peaks=peaks, layouts=args.layouts)
     if "skip" in args.shapes:
         cfg = compose_config([*base, "task=gsm8k", "task.source=offline"])
         bench_skipping(cfg, model, tok, make_task(cfg.task, seed=0, cache_dir=cfg.cache_dir), args.repeats,

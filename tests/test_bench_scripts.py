@@ -31,6 +31,7 @@ def test_update_flops_of_the_tiny_model_by_hand(tiny_policy):
     # pairs: prompt 1+2+3 = 6, completion of 2: 4+5 = 9, completion of 1: 4, so 19.
     # forward 2 x (327680 x 6 + 52480 x 3) + 1024 x 19 = 4247040 + 19456; the step three times that.
     assert update_flops(c, [3], [2, 1], 2) == (4266496, 12799488)
+    assert script("bench_update").forward_flops(c, [3], [2, 1], 2) == (4247040, 19456)  # weights, attention
     # Two groups: prompts 2 and 5, completions (0, 3) and (1, 1): 12 tokens, 5 completion tokens; pairs
     # 3 + 0 + (3+4+5) and 15 + 6 + 6: 42. 2 x (327680 x 12 + 52480 x 5) + 1024 x 42 = 8389120 + 43008.
     assert update_flops(c, [2, 5], [0, 3, 1, 1], 2) == (8432128, 25296384)
@@ -80,3 +81,18 @@ def test_bench_attention_runs_on_the_tiny_model():
     for shape in ("gsm8k G=4", "gsm8k G=8"):
         assert shape in proc.stdout
     assert proc.stdout.count("segmented/64") == 6, proc.stdout  # the pairs line and 2 passes, per shape
+
+
+@pytest.mark.slow
+def test_profile_update_sorts_a_real_step_into_kinds_of_work():
+    """The profiled step of each attention on the tiny model: every kind listed, the matmul's rate beside the
+    peak measured in the run, and the kinds' shares adding up to the ops' time."""
+    proc = subprocess.run([sys.executable, "scripts/profile_update.py", "--shape", "demo", "--", "model=tiny"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for attention in ("dense", "segments"):
+        report = proc.stdout.split(f"\n{attention}: ")[1].split("top ")[0]
+        shares = [float(line.split("%")[0].split()[-1]) for line in report.splitlines()[1:8]]
+        assert abs(sum(shares) - 100) < 0.5, report
+        assert "of peak" in report.splitlines()[1] and report.splitlines()[1].split()[0] == "matmul", report
+    assert "_SegmentAttention" in proc.stdout.split("\nsegments: ")[1]  # the segments path did run

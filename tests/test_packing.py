@@ -63,31 +63,40 @@ def test_the_chunked_head_gives_the_same_values_with_chunks_of_one_row(tiny_poli
     assert (whole - rows).abs().max().item() < 1e-6
 
 
+LAYOUTS = {"padded": ["algo.packing=false"], "dense": ["algo.packed_attention=dense"],
+           "segments": ["algo.packed_attention=segments"]}
+
+
 @pytest.mark.parametrize("algo", ALGOS)
-def test_every_algorithm_takes_the_same_step_packed_or_padded(tiny_policy, algo):
+def test_every_algorithm_takes_the_same_step_packed_or_padded(tiny_policy, algo, monkeypatch):
+    """The three layouts the Learner can take (padded rows; packed with the dense mask; packed with the
+    segmented attention, chunks of 3 queries so completions span several) give the same log-probs and the
+    same raw gradient, by rows and by tokens."""
+    monkeypatch.setattr("rapid_cli.policy.SEGMENT_CHUNK", 3)
     model, tok = tiny_policy
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = compose(TINY + [f"algo={algo}", "algo.group_size=2", "algo.prompts_per_step=4", "algo.steps_per_generation=1",
-                          "optimizer.max_grad_norm=null", "optimizer.lr=1e-3", "algo.packing=false"])
-    ro = rollouts(cfg, model, tok)
-    now = learner(cfg, model, tok).logprobs(ro)
-    cfg.algo.packing = True
-    assert (learner(cfg, model, tok).logprobs(ro) - now).abs().max().item() < 1e-5
+    base = TINY + [f"algo={algo}", "algo.group_size=2", "algo.prompts_per_step=4", "algo.steps_per_generation=1",
+                   "optimizer.max_grad_norm=null", "optimizer.lr=1e-3"]
+    cfgs = {name: compose(base + extra) for name, extra in LAYOUTS.items()}
+    ro = rollouts(cfgs["padded"], model, tok)
+    assert max(map(len, ro.generations.completion_ids)) > 2 * 3  # several chunks
+    now = learner(cfgs["padded"], model, tok).logprobs(ro)
+    for name in ("dense", "segments"):
+        assert (learner(cfgs[name], model, tok).logprobs(ro) - now).abs().max().item() < 1e-5, name
     old = shifted(ro, now, 0.15)
-    ref = shifted(ro, now, -0.3) if cfg.algo.kl_beta else None
+    ref = shifted(ro, now, -0.3) if cfgs["padded"].algo.kl_beta else None
     grads = {}
     try:
-        for packing in (False, True):
-            cfg.algo.packing = packing
+        for name, cfg in cfgs.items():
             for micro in (2, 8):
                 model.load_state_dict(state)
-                grads[packing, micro] = raw_gradient(model, cfg, ro, old, ref, micro, tok)
+                grads[name, micro] = raw_gradient(model, cfg, ro, old, ref, micro, tok)
             budget = learner(cfg, model, tok)._positions(ro, ro.group_slice(1, 2))  # by tokens: groups 1-2 fit
             model.load_state_dict(state)
-            grads[packing, "tokens"] = raw_gradient(model, cfg, ro, old, ref, 8, tok, tokens=budget)
+            grads[name, "tokens"] = raw_gradient(model, cfg, ro, old, ref, 8, tok, tokens=budget)
     finally:
         model.load_state_dict(state)
-    want = grads[False, 8]
+    want = grads["padded", 8]
     assert want.norm() > 1e-3
     for key, got in grads.items():
         assert ((got - want).norm() / want.norm()).item() < 1e-5, (algo, key)
@@ -266,3 +275,28 @@ def test_segmented_logprobs_through_ddp_and_fsdp2_equal_the_padded_ones(parallel
     assert proc.returncode == 0, proc.stderr[-3000:]
     gap, grad_gap = (float(x) for x in proc.stdout.split("GAP")[1].split())
     assert gap < 1e-5 and grad_gap < 1e-5, proc.stdout
+
+
+def test_auto_attention_is_the_segmented_one_except_under_gradient_checkpointing(tiny_policy):
+    model, tok = tiny_policy
+    cfg = compose(TINY)
+    assert cfg.algo.packing and cfg.algo.packed_attention == "auto"
+    assert learner(cfg, model, tok).attention == "segments"
+    model.gradient_checkpointing_enable()
+    try:
+        assert learner(cfg, model, tok).attention == "dense"  # the recomputed forward would not see the plan
+    finally:
+        model.gradient_checkpointing_disable()
+    assert learner(compose(TINY + ["algo.packed_attention=dense"]), model, tok).attention == "dense"
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["algo.packed_attention=segments", "model.gradient_checkpointing=true"], "model.gradient_checkpointing"),
+    (["algo.packed_attention=segments", "algo.packing=false"], "algo.packing"),
+])
+def test_segmented_attention_where_it_cannot_run_is_refused_at_start(overrides, key):
+    from rapid_cli.errors import RapidError
+    from rapid_cli.validation import validate
+
+    with pytest.raises(RapidError, match=key):
+        validate(compose(TINY + overrides))

@@ -31,6 +31,13 @@ class EngineCorrection(StrEnum):
     auto = "auto"
 
 
+class PackedAttention(StrEnum):
+    # segments, except under model.gradient_checkpointing (whose recomputed forward would not see the plan): dense
+    auto = "auto"
+    dense = "dense"  # one attention call per layer over every (query, key) pair of a row, the mask hiding most
+    segments = "segments"  # only the pairs the mask keeps: each prompt once, its completions a chunk at a time
+
+
 class OldLogprobs(StrEnum):
     recompute = "recompute"  # trainer model recomputes log pi_old before the first update (authors)
     sampler = "sampler"  # take the sampler's per-token logprobs as they came out of generation
@@ -221,6 +228,8 @@ class AlgoConfig:
     # the update's forward passes: each group's prompt encoded once and its G completions packed without
     # padding, the LM head applied to completion tokens only, a chunk at a time (false: padded rows)
     packing: bool = True
+    # the packed rows' attention: auto | dense | segments (PackedAttention; README "Packed attention")
+    packed_attention: PackedAttention = PackedAttention.auto
     # leave out of every forward/backward the prompt groups whose gradient is exactly zero (each algorithm's
     # rule, README "Skipping groups that cannot move the weights"); the step's gradient is unchanged
     skip_zero_advantage: bool = True

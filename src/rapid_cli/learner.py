@@ -40,7 +40,7 @@ from rapid_cli.algorithms.contract import (
 )
 from rapid_cli.algorithms.engine import engine_weights
 from rapid_cli.console import console
-from rapid_cli.policy import completion_logprobs, grouped_logprobs, pack, pack_groups
+from rapid_cli.policy import PACKED, completion_logprobs, pack, packed_attention
 from rapid_cli.types import Rollouts
 
 AUDIT_KEY = "iw/sampler_seq_logw_gap_max"
@@ -281,6 +281,7 @@ class Learner:
         # autocast to bf16 (FSDP2 casts in its own policy)
         self.bf16 = precision == "bf16" and self.d.parallel != "fsdp"
         self.optimizer, self.scheduler = build_optimizer(optim, self.model, total_steps)
+        self.attention = packed_attention(algo.packed_attention, model)  # dense | segments, with algo.packing
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -444,14 +445,16 @@ class Learner:
     def _forward(self, model, ro: Rollouts, mb: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """(log pi per completion token, completion mask) of micro-batch `mb` under `model`: [b, C] each,
         C = its longest completion. `algo.packing`: each group's prompt encoded once, no padding between
-        completions (policy.GroupedBatch); off: the padded rows [prompt | completion] (policy.PackedBatch),
-        the reference the packed path is tested against."""
+        completions, under the dense mask (policy.GroupedBatch) or the segmented attention
+        (policy.SegmentedBatch), `self.attention`; off: the padded rows [prompt | completion]
+        (policy.PackedBatch), the reference the packed paths are tested against."""
         completions = ro.generations.completion_ids[mb]
         if self.algo.packing:
             G = self.algo.group_size
             prompts = [ro.prompt_ids[g] for g in range(mb.start // G, mb.stop // G)]
-            batch = pack_groups(prompts, completions, G, self.pad_id, self.device)
-            return grouped_logprobs(model, batch, self.temperature), batch.completion_mask
+            packer, logprobs = PACKED[self.attention]
+            batch = packer(prompts, completions, G, self.pad_id, self.device)
+            return logprobs(model, batch, self.temperature), batch.completion_mask
         batch = pack(ro.row_prompts(mb), completions, self.pad_id, self.device)
         return completion_logprobs(model, batch, self.temperature), batch.completion_mask
 

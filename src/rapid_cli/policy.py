@@ -309,6 +309,13 @@ def _group_mask(segment: torch.Tensor) -> torch.Tensor:
 HEAD_CHUNK_BYTES = 64 << 20
 
 
+def _head_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float) -> torch.Tensor:
+    """float32 logits / T of a chunk of rows, a tensor of their own (the head's passes work on it in place)."""
+    logits = hidden @ weight.T
+    logits = logits.float() if logits.dtype != torch.float32 else logits
+    return logits.div_(temperature) if temperature != 1 else logits
+
+
 class _HeadLogprobs(torch.autograd.Function):
     """log softmax(hidden @ weight.T / T)[target] for N positions without keeping the [N, V] logits: they
     are made a chunk of rows at a time, in the forward pass and again in the backward pass, where
@@ -320,9 +327,12 @@ class _HeadLogprobs(torch.autograd.Function):
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         lse = torch.empty_like(out)
         for s in range(0, hidden.shape[0], rows):
-            logits = (hidden[s : s + rows] @ weight.T).float() / temperature  # [n, V]
-            lse[s : s + rows] = torch.logsumexp(logits, dim=-1)
-            out[s : s + rows] = logits.gather(-1, targets[s : s + rows, None]).squeeze(-1) - lse[s : s + rows]
+            logits = _head_logits(hidden[s : s + rows], weight, temperature)  # [n, V]
+            picked = logits.gather(-1, targets[s : s + rows, None]).squeeze(-1)
+            top = logits.amax(-1)
+            # the log-sum-exp in place: a chunk is 64 MiB, and every new one costs its pages' faults
+            lse[s : s + rows] = logits.sub_(top[:, None]).exp_().sum(-1).log_() + top
+            out[s : s + rows] = picked - lse[s : s + rows]
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.temperature, ctx.rows = temperature, rows
         device = hidden.device.type  # the backward pass repeats the forward's autocast
@@ -338,11 +348,10 @@ class _HeadLogprobs(torch.autograd.Function):
         device, dtype, enabled = ctx.amp
         with torch.autocast(device, dtype=dtype, enabled=enabled):
             for s in range(0, hidden.shape[0], rows):
-                h, g = hidden[s : s + rows], grad[s : s + rows]
-                logits = (h @ weight.T).float() / T  # [n, V]
-                d_logits = -(logits - lse[s : s + rows, None]).exp() * g[:, None]
-                d_logits.scatter_add_(-1, targets[s : s + rows, None], g[:, None])
-                d_logits /= T
+                h, g = hidden[s : s + rows], grad[s : s + rows, None] / T
+                logits = _head_logits(h, weight, T)  # [n, V]
+                d_logits = logits.sub_(lse[s : s + rows, None]).exp_().mul_(-g)  # in place, as in forward
+                d_logits.scatter_add_(-1, targets[s : s + rows, None], g)
                 if d_hidden is not None:
                     d_hidden[s : s + rows] = (d_logits.to(weight.dtype) @ weight).to(hidden.dtype)
                 if d_weight is not None:
@@ -562,9 +571,9 @@ def _segment_attention(module, query, key, value, attention_mask, dropout: float
         raise RuntimeError(f"attention {SEGMENT_ATTENTION!r} needs the rows' SegmentPlan (segments=...)")
     extra = [name for name in ("sliding_window", "softcap", "s_aux", "position_bias") if kwargs.get(name) is not None]
     if dropout or extra or not getattr(module, "is_causal", True):
-        raise NotImplementedError(f"algo.packing's segmented attention: a model whose attention has "
-                                  f"{extra or 'dropout or no causal mask'}; use the dense packed attention "
-                                  "(pack_groups, grouped_logprobs)")
+        raise RapidError(f"algo.packed_attention=segments: this model's attention has "
+                         f"{extra or 'dropout or no causal mask'}, which the segments do not compute; set "
+                         "algo.packed_attention=dense")
     segments.head_dim = query.shape[-1]
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     key, value = key.to(query.dtype), value.to(query.dtype)
@@ -616,17 +625,32 @@ class SegmentedBatch:
 
 
 def pack_segments(prompts: list[list[int]], completions: list[list[int]], group_size: int, pad_id: int, device,
-                  chunk: int = SEGMENT_CHUNK) -> SegmentedBatch:
+                  chunk: int | None = None) -> SegmentedBatch:
     """pack_groups' rows with a SegmentPlan instead of the dense mask. `prompts`: one per group;
-    `completions`: G per group, group by group."""
+    `completions`: G per group, group by group; `chunk`: SEGMENT_CHUNK by default."""
     layout = _group_layout(prompts, completions, group_size, pad_id)
+    plan = segment_plan(layout.segment.to(device), chunk or SEGMENT_CHUNK)
     return SegmentedBatch(layout.input_ids.to(device), layout.position_ids.to(device), layout.segment.to(device),
                           layout.source.to(device), layout.completion_ids.to(device),
-                          layout.completion_mask.to(device), segment_plan(layout.segment.to(device), chunk))
+                          layout.completion_mask.to(device), plan)
 
 
 def _checkpointing(model) -> bool:
-    return model.training and any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    return model.training and checkpointing_enabled(model)
+
+
+def checkpointing_enabled(model) -> bool:
+    """Whether any module of `model` recomputes its forward in the backward pass (gradient checkpointing)."""
+    return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+
+def packed_attention(setting: str, model) -> str:
+    """algo.packed_attention resolved for `model`: `auto` is the segmented attention unless the model
+    checkpoints gradients (its layers' recomputation runs outside the call that switches the attention)."""
+    if setting == "auto":
+        return "dense" if checkpointing_enabled(model) else "segments"
+    return setting
+
 
 
 def segmented_logprobs(model, batch: SegmentedBatch, temperature: float) -> torch.Tensor:
@@ -644,3 +668,7 @@ def segmented_logprobs(model, batch: SegmentedBatch, temperature: float) -> torc
     lp = torch.zeros(batch.completion_mask.shape, dtype=torch.float32, device=batch.completion_mask.device)
     lp[real] = out.logits  # [N] log-probs, in the logits field
     return lp
+
+
+# algo.packed_attention (resolved) -> how the Learner packs a micro-batch's groups and takes their log-probs
+PACKED = {"dense": (pack_groups, grouped_logprobs), "segments": (pack_segments, segmented_logprobs)}

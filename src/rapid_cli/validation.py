@@ -32,6 +32,11 @@ def validate(cfg: Config) -> None:
             f"algo.micro_batch_size={a.micro_batch_size} must be a multiple of algo.group_size={a.group_size} "
             "(micro-batches hold whole prompt groups)"
         )
+    if a.packed_attention == "segments" and not a.packing:
+        raise RapidError("algo.packed_attention=segments is the packed rows' attention: it needs algo.packing=true")
+    if a.packed_attention == "segments" and cfg.model.gradient_checkpointing:
+        raise RapidError("algo.packed_attention=segments cannot run under model.gradient_checkpointing=true (the "
+                         "recomputed forward does not see the segments); use algo.packed_attention=auto or dense")
     if a.iw_clip is not None and a.iw_clip < 1:
         raise RapidError(f"algo.iw_clip={a.iw_clip} must be >= 1 (or null for no clipping)")
     if a.eps is not None and not 0 < a.eps < 1:
