@@ -20,8 +20,8 @@
 #                     recomputation (fp32, max |difference| < 1e-4)
 #   bf16-autocast     rapid train debug=smoke train.mixed_precision=bf16: runs with bf16 compute, finite losses
 #                     (SKIP where the device has no fast bf16: rapid refuses bf16 there)
-#   packed-attention  algo.packing=true's path (prompt once, block mask) against the padded path on the device:
-#                     fp32 log-probs within 1e-4 and raw gradients within 1e-4 relative; bf16 autocast log-probs
+#   packed-attention  algo.packing=true's paths (prompt once; the dense block mask and the segmented attention,
+#                     algo.packed_attention) each against the padded path on the device: fp32 log-probs within 1e-4 and raw gradients within 1e-4 relative; bf16 autocast log-probs
 #                     within 0.05 (max) and 0.005 (mean) of each other, each within 0.05 (max) of fp32 (a mask that
 #                     lets a group's completions see each other moves them by 0.58 max, 0.07 mean)
 #   fsdp              torchrun --nproc-per-node 1 ... train.parallel=fsdp: one FSDP2 round (NCCL on CUDA, gloo on CPU)
@@ -189,7 +189,8 @@ check_packed() {
   "$PY" - <<'PY'
 import os, torch
 from rapid_cli.config import compose_config
-from rapid_cli.policy import completion_logprobs, grouped_logprobs, load_policy, pack, pack_groups
+from rapid_cli.policy import (completion_logprobs, grouped_logprobs, load_policy, pack, pack_groups,
+                              pack_segments, segmented_logprobs)
 
 device = torch.device(os.environ["DEVICE"])
 cfg = compose_config(["debug=smoke", f"device={device.type}"])
@@ -202,6 +203,7 @@ lengths[1] = 0  # an empty completion (the sampler stopped at once)
 completions = [torch.randint(5, V, (n,), generator=g).tolist() for n in lengths]
 padded = pack([prompts[i // G] for i in range(len(completions))], completions, 0, device)
 grouped = pack_groups(prompts, completions, G, 0, device)
+segmented = pack_segments(prompts, completions, G, 0, device, chunk=16)  # completions of up to 47: 3 chunks
 weights = torch.linspace(-1, 1, padded.completion_mask.numel(), device=device).view_as(padded.completion_mask)
 
 
@@ -215,25 +217,30 @@ def run(forward, bf16):
 
 
 pad_fn = lambda: (completion_logprobs(model, padded, 1.0), padded.completion_mask)  # noqa: E731
-grp_fn = lambda: (grouped_logprobs(model, grouped, 1.0), grouped.completion_mask)  # noqa: E731
+packed = {"dense": lambda: (grouped_logprobs(model, grouped, 1.0), grouped.completion_mask),
+          "segments": lambda: (segmented_logprobs(model, segmented, 1.0), segmented.completion_mask)}
 assert torch.equal(grouped.completion_mask, padded.completion_mask)
+assert torch.equal(segmented.completion_mask, padded.completion_mask)
 real = padded.completion_mask > 0
 want, want_grad = run(pad_fn, False)
-got, got_grad = run(grp_fn, False)
-fp32 = (got - want).abs().max().item()
-grad = ((got_grad - want_grad).norm() / want_grad.norm()).item()
 want16, _ = run(pad_fn, True)
-got16, _ = run(grp_fn, True)
-diff16 = (got16 - want16).abs()[real]
-err_pad, err_grp = ((x - want).abs()[real].max().item() for x in (want16, got16))
-print(f"fp32: max |log-prob diff| {fp32:.1e} (limit 1e-4), gradient relative diff {grad:.1e} (limit 1e-4); "
-      f"bf16: packed vs padded max {diff16.max():.3f} mean {diff16.mean():.4f} (limits 0.05, 0.005), "
-      f"vs fp32 padded {err_pad:.3f} packed {err_grp:.3f} (limit 0.05)")
+ok, details = True, []
+for name, fn in packed.items():
+    got, got_grad = run(fn, False)
+    fp32 = (got - want).abs().max().item()
+    grad = ((got_grad - want_grad).norm() / want_grad.norm()).item()
+    got16, _ = run(fn, True)
+    diff16 = (got16 - want16).abs()[real]
+    err_pad, err_grp = ((x - want).abs()[real].max().item() for x in (want16, got16))
+    print(f"{name}: fp32 max |log-prob diff| {fp32:.1e} (limit 1e-4), gradient relative diff {grad:.1e} (limit "
+          f"1e-4); bf16: packed vs padded max {diff16.max():.3f} mean {diff16.mean():.4f} (limits 0.05, 0.005), "
+          f"vs fp32 padded {err_pad:.3f} packed {err_grp:.3f} (limit 0.05)")
+    details.append(f"{name} fp32 {fp32:.1e}, grad {grad:.1e}, bf16 max {diff16.max():.1e} mean {diff16.mean():.1e}")
+    ok &= fp32 < 1e-4 and grad < 1e-4
+    ok &= bool(diff16.max() < 0.05 and diff16.mean() < 0.005 and max(err_pad, err_grp) < 0.05)
 print(f"detail: {int(real.sum())} completion tokens in {len(prompts)} groups of {G}, attention "
-      f"{model.config._attn_implementation}; fp32 max diff {fp32:.1e}, grad {grad:.1e}; bf16 max diff "
-      f"{diff16.max():.1e}, mean {diff16.mean():.1e}")
-assert fp32 < 1e-4 and grad < 1e-4
-assert diff16.max() < 0.05 and diff16.mean() < 0.005 and max(err_pad, err_grp) < 0.05
+      f"{model.config._attn_implementation}; " + "; ".join(details))
+assert ok
 PY
 }
 
