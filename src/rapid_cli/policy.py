@@ -652,7 +652,6 @@ def packed_attention(setting: str, model) -> str:
     return setting
 
 
-
 def segmented_logprobs(model, batch: SegmentedBatch, temperature: float) -> torch.Tensor:
     """grouped_logprobs for a SegmentedBatch: [b, C] float32 (0 where completion_mask is 0). The model is
     called through its forward (DDP and FSDP2 hooks run) with its attention switched to the segmented one
