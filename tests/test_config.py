@@ -186,6 +186,27 @@ def test_eval_every_samples_evaluates_at_the_same_completion_counts_whatever_a(t
     assert [r["perf/samples"] for r in rows if "eval/pass@1" in r] == [8, 16]
 
 
+@pytest.mark.parametrize("a, rounds", [(1, 2), (2, 1)])
+def test_save_every_samples_checkpoints_at_the_same_completion_counts_whatever_a(a, rounds):
+    """train.save_every_samples=8 with M=G=2 is every 2 rounds at A=1 and every round at A=2: contenders with
+    different A pay for the same number of saves, so their wall-clocks compare."""
+    import torch
+
+    from rapid_cli.plan import make_plan
+
+    cfg = compose(TINY + [f"algo.steps_per_generation={a}", "train.samples=16", "train.save_every_samples=8",
+                          "train.save_every=3"])
+    validate(cfg)
+    plan = make_plan(cfg, torch.device("cpu"))
+    assert plan.save_every == rounds
+    assert [r for r in range(1, plan.rounds + 1) if plan.saves_after(r)] == list(range(rounds, plan.rounds + 1, rounds))
+
+
+def test_save_every_samples_must_fill_whole_rounds():
+    with pytest.raises(RapidError, match=r"train.save_every_samples=12 must be a positive multiple of the 8 "):
+        validate(compose(TINY + ["train.save_every_samples=12"]))
+
+
 def test_eval_every_samples_must_fill_whole_rounds():
     with pytest.raises(RapidError, match=r"eval.every_samples=12 must be a positive multiple of the 8 .*=8 or =16"):
         validate(compose(TINY + ["eval.every_samples=12"]))
@@ -194,3 +215,10 @@ def test_eval_every_samples_must_fill_whole_rounds():
 def test_train_samples_must_fill_whole_rounds():
     with pytest.raises(RapidError, match=r"train.samples=10 must be a positive multiple of the 8 .*train.samples=8"):
         validate(compose(TINY + ["train.samples=10"]))
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_preset_composes_and_passes_validation(name):
+    """A preset that extends another (paper-arith, paper-gsm8k-long) must still compose, and its budgets
+    (train.samples, eval.every_samples, train.save_every_samples) must fill whole rounds."""
+    validate(compose([f"experiment={name}"]))

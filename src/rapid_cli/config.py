@@ -255,6 +255,8 @@ class TrainConfig:
     samples: int | None = None
     log_samples: int = 2  # completions printed to the console each round (0: none)
     save_every: int = 10  # checkpoint every N rounds (0: only at the end); always at the end and on Ctrl-C
+    # checkpoint every N training completions instead (whole rounds): contenders with different A save as often
+    save_every_samples: int | None = None
     keep_checkpoints: int = 2  # newest checkpoints kept in <run dir>/checkpoints (0: all)
     resume: str | None = None  # auto (newest intact checkpoint of this run) | a checkpoint or run directory
     parallel: Parallel = Parallel.none  # none | ddp | fsdp: data parallel over the processes torchrun starts

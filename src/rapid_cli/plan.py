@@ -17,7 +17,7 @@ from rapid_cli.config import Config, resolve_precision
 from rapid_cli.hardware import fast_bf16
 from rapid_cli.samplers import Sampler, make_sampler, resolve_name
 from rapid_cli.types import SamplingParams
-from rapid_cli.validation import planned_eval_every, planned_rounds
+from rapid_cli.validation import planned_eval_every, planned_rounds, planned_save_every
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Plan:
     world: int  # ranks
     # rounds between evaluations (0: only after the last), from eval.every or eval.every_samples
     eval_every: int
-    save_every: int  # rounds between checkpoints (0: only the last)
+    save_every: int  # rounds between checkpoints (0: only the last), from train.save_every or save_every_samples
     precision: str  # train.mixed_precision resolved: none | bf16
     engine_dtype: str  # the vLLM engine's dtype, resolved
     sampler: str  # sampler.name resolved: vllm | hf
@@ -89,7 +89,7 @@ def make_plan(cfg: Config, device: torch.device, world: int = 1) -> Plan:
                               max_tokens=s.max_tokens)
     return Plan(rounds=planned_rounds(cfg), steps=a.steps_per_generation,
                 groups_per_step=a.prompts_per_step, group_size=a.group_size, world=world,
-                eval_every=planned_eval_every(cfg), save_every=cfg.train.save_every,
+                eval_every=planned_eval_every(cfg), save_every=planned_save_every(cfg),
                 precision=precision, engine_dtype=engine_dtype, sampler=resolve_name(s.name),
                 device=device.type, seed=cfg.seed, sampling=sampling)
 

@@ -58,6 +58,7 @@ def validate(cfg: Config) -> None:
         raise RapidError("train.rounds must be >= 0")
     _whole_rounds("train.samples", cfg.train.samples, round_samples(cfg))
     _whole_rounds("eval.every_samples", cfg.eval.every_samples, round_samples(cfg))
+    _whole_rounds("train.save_every_samples", cfg.train.save_every_samples, round_samples(cfg))
     if cfg.train.save_every < 0 or cfg.train.keep_checkpoints < 0:
         raise RapidError("train.save_every and train.keep_checkpoints must be >= 0")
     if cfg.optimizer.lr <= 0:
@@ -133,7 +134,16 @@ def planned_rounds(cfg: Config) -> int:
 
 def planned_eval_every(cfg: Config) -> int:
     """eval.every, or the rounds between evaluations eval.every_samples means (validated to divide)."""
-    return cfg.eval.every if cfg.eval.every_samples is None else cfg.eval.every_samples // round_samples(cfg)
+    return _rounds_between(cfg.eval.every, cfg.eval.every_samples, cfg)
+
+
+def planned_save_every(cfg: Config) -> int:
+    """train.save_every, or the rounds between checkpoints train.save_every_samples means."""
+    return _rounds_between(cfg.train.save_every, cfg.train.save_every_samples, cfg)
+
+
+def _rounds_between(rounds: int, samples: int | None, cfg: Config) -> int:
+    return rounds if samples is None else samples // round_samples(cfg)
 
 
 def validate_training(cfg: Config) -> None:
