@@ -101,7 +101,7 @@ def main() -> None:
             runs.append(Run(run_dir, [], str(seed), rows, label))
     runs.sort(key=lambda r: [c[0] for c in field].index(r.label))
 
-    header, table = sweep_table(runs, args.target, {"x GRPO": "grpo", "x TRL": "trl grpo"})
+    header, table = sweep_table(runs, [("reward/mean", args.target)], {"x GRPO": "grpo", "x TRL": "trl grpo"})
     import platform
 
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"

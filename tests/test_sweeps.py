@@ -10,6 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import RAPID, REPO, TINY, rapid
+from rapid_cli.errors import RapidError
 
 SMALL = [o for o in TINY if not o.startswith(("train.rounds", "algo.steps_per_generation"))] + ["train.rounds=2"]
 
@@ -158,6 +159,33 @@ def test_report_curves_start_from_the_base_model_and_the_plot_has_a_bar_per_row(
     assert eval_curve(later, "reward/mean", {}) == [(100.0, 0.1), (200.0, 0.2)]
     png = plot([later, own], tmp_path / "report.png", evals=base)
     assert png.stat().st_size > 5000
+
+
+def test_report_gives_the_training_seconds_to_an_eval_target_as_the_paper_measures_them(tmp_path):
+    """The paper's metric: training wall-clock (evaluations taken out) until eval pass@1 first reaches a stated
+    value, per seed, beside the train-reward target; a base model that already meets it counts 0 s, a seed
+    that never reaches it is counted out in the "(reached/seeds)" tally."""
+    from rapid_cli.report import Run, parse_target, sweep_table
+
+    def rows(first: float, second: float) -> list[dict]:
+        return [{"round": 1, "time/elapsed": 100.0, "reward/mean": 0.1},
+                {"round": 2, "time/elapsed": 230.0, "time/eval": 30.0, "reward/mean": 0.6, "eval/pass@1": first},
+                {"round": 3, "time/elapsed": 380.0, "time/eval": 30.0, "reward/mean": 0.7, "eval/pass@1": second}]
+
+    runs = [Run(tmp_path / "a0", ["algo=rapid", "seed=0"], "0", rows(0.06, 0.07), label="algo=rapid"),
+            Run(tmp_path / "a1", ["algo=rapid", "seed=1"], "1", rows(0.02, 0.05), label="algo=rapid"),
+            Run(tmp_path / "g0", ["algo=grpo", "seed=0"], "0", rows(0.01, 0.02), label="algo=grpo")]
+    targets = [parse_target("0.5"), parse_target("eval/pass@1=0.05")]
+    assert targets == [("reward/mean", 0.5), ("eval/pass@1", 0.05)]
+    header, table = sweep_table(runs, targets)
+    rapid, grpo = (dict(zip(header, row, strict=True)) for row in table)
+    assert rapid["s to reward >= 0.5"] == "200.0 ± 0.0 (2/2)"  # round 2: 230 s less the 30 s eval
+    assert rapid["s to eval/pass@1 >= 0.05"] == "260.0 ± 84.9 (2/2)"  # seed 0 at 200 s, seed 1 at 320 s
+    assert grpo["s to eval/pass@1 >= 0.05"] == "- (0/1)"
+    _, (row, _) = sweep_table(runs, targets, evals={"0": {"eval/pass@1": 0.05}, "1": {"eval/pass@1": 0.0}})
+    assert dict(zip(header, row, strict=True))["s to eval/pass@1 >= 0.05"] == "160.0 ± 226.3 (2/2)"  # seed 0: 0 s
+    with pytest.raises(RapidError, match="--target eval/pass@1=high: give a number"):
+        parse_target("eval/pass@1=high")
 
 
 def _job(root, name: str, seed: int, rows: list[dict], rounds: int = 2, tail: bytes = b""):

@@ -323,17 +323,20 @@ def _report(args: list[str]) -> None:
     import argparse
 
     from rapid_cli.errors import RapidError
-    from rapid_cli.report import report
+    from rapid_cli.report import parse_target, report
 
     ap = argparse.ArgumentParser(prog="rapid report", description="Aggregate a sweep into report.md and report.png.")
     ap.add_argument("sweep_dir", type=Path,
                     help="the multirun directory of a `rapid train -m` sweep, or a directory holding several")
-    ap.add_argument("--target", type=float, default=0.5, help="train reward whose first crossing time is reported")
+    ap.add_argument("--target", action="append", metavar="[KEY=]VALUE",
+                    help="report the training seconds until a metric first reached VALUE: a number is the train "
+                    "reward (default 0.5), KEY=VALUE any logged metric, e.g. eval/pass@1=0.05 (the paper's "
+                    "measure); give several --target for several columns")
     ap.add_argument("--baseline", help='a row\'s config label (e.g. "algo=grpo"): adds each row\'s training time '
                     "over that row's")
     opts = ap.parse_args(args)
     try:
-        report(opts.sweep_dir, opts.target, opts.baseline)
+        report(opts.sweep_dir, [parse_target(t) for t in opts.target or ["0.5"]], opts.baseline)
     except RapidError as err:
         _fail(str(err))
 

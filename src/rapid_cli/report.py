@@ -2,12 +2,13 @@
 
 Runs are grouped by their overrides without `seed`; each group shows mean and spread over its seeds
 of the final eval pass@1 and train reward, the wall-clock (all of it, and without the evaluations),
-seconds per phase, and the training time at which the train reward first reached `--target`; every eval
-pass@k logged; with `--baseline LABEL` each row's training time over that row's. A first row gives the base
-model: `rapid eval` results (eval.json) found under the directory, else the runs' round-0 evaluations. The PNG
-draws train reward and every eval pass@k against training wall-clock (evaluation time taken out; the eval curves
-start from the base model's): the mean over seeds as a line, min..max as a band; under them each row's seconds
-per phase as one bar. Both are written into the sweep directory (report.md, report.png) and the table is printed.
+seconds per phase, and the training time at which the train reward (or, as the paper measures it, an eval
+pass@k: `--target eval/pass@1=0.05`) first reached each `--target`; every eval pass@k logged; with
+`--baseline LABEL` each row's training time over that row's. A first row gives the base model: `rapid eval`
+results (eval.json) found under the directory, else the runs' round-0 evaluations. The PNG draws train reward
+and every eval pass@k against training wall-clock (evaluation time taken out; the eval curves start from the
+base model's): the mean over seeds as a line, min..max as a band; under them each row's seconds per phase as one
+bar. Both are written into the sweep directory (report.md, report.png) and the table is printed.
 
 Only finished runs (every planned round logged, metrics.jsonl whole) make the table's rows and the base model's:
 an unfinished, cut or damaged run is named with why on a line of its own, and an unfinished one's curves are drawn
@@ -64,8 +65,23 @@ class Run:
     def train_seconds(self) -> float:
         return self.rows[-1].get("time/elapsed", 0.0) - self.seconds(Phase.EVAL)
 
-    def time_to(self, key: str, target: float) -> float | None:
-        return next((t for t, v in self.curve(key) if v >= target), None)
+    def time_to(self, key: str, target: float, base: dict[str, dict] | None = None) -> float | None:
+        """Training seconds until `key` first reached `target` (0 if the base model's evaluation already did)."""
+        return next((t for t, v in eval_curve(self, key, base or {}) if v >= target), None)
+
+
+def parse_target(text: str) -> tuple[str, float]:
+    """--target: a number (the train reward) or KEY=NUMBER for any logged metric, e.g. eval/pass@1=0.05."""
+    key, _, value = text.rpartition("=")
+    try:
+        return key or "reward/mean", float(value)
+    except ValueError:
+        raise RapidError(f"--target {text}: give a number (the train reward) or KEY=NUMBER, "
+                         "e.g. --target eval/pass@1=0.05") from None
+
+
+def target_column(key: str, value: float) -> str:
+    return f"s to {'reward' if key == 'reward/mean' else key} >= {value:g}"
 
 
 def planned(job: Path) -> int | None:
@@ -197,25 +213,26 @@ def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
     return groups
 
 
-def sweep_table(runs: list[Run], target: float, baselines: dict[str, str] | None = None, base_row: bool = False,
-                evals: dict[str, dict] | None = None) -> tuple[list[str], list[list[str]]]:
-    """One row per group of runs (mean ± std over seeds). `baselines`: column name -> a row's label; each such
-    column gives every row's mean training seconds over that row's ("-" where no row has the label).
-    `base_row`: a first row with the base model's evaluation (`base_evals`), where there is one."""
+def sweep_table(runs: list[Run], targets: list[tuple[str, float]], baselines: dict[str, str] | None = None,
+                base_row: bool = False, evals: dict[str, dict] | None = None) -> tuple[list[str], list[list[str]]]:
+    """One row per group of runs (mean ± std over seeds). `targets`: (key, value) pairs (`parse_target`), each a
+    column of the training seconds until the key first reached the value, over the seeds that reached it.
+    `baselines`: column name -> a row's label; each such column gives every row's mean training seconds over
+    that row's ("-" where no row has the label). `base_row`: a first row with the base model's evaluation
+    (`base_evals`), where there is one."""
     groups = group_runs(runs)
     baselines = baselines or {}
     ks = pass_ks(runs) or [1]
     header = ["config", "seeds", "rounds", *[f"eval pass@{k}" for k in ks], "train reward", "wall-clock s",
-              "train s (no eval)", *baselines, *[f"{p} s" for p in PHASES], f"s to reward >= {target:g}"]
+              "train s (no eval)", *baselines, *[f"{p} s" for p in PHASES], *[target_column(*t) for t in targets]]
     rows = []
-    base = base_evals(runs, evals) if base_row else {}
-    if base:
+    base = base_evals(runs, evals)
+    if base and base_row:
         row = ["base model", ",".join(sorted(base)), "0",
                *[_stat([e.get(f"eval/pass@{k}") for e in base.values()]) for k in ks]]
         rows.append(row + ["-"] * (len(header) - len(row)))
     mean_train = {label: statistics.mean(r.train_seconds for r in group) for label, group in groups.items()}
     for label, group in groups.items():
-        reached = [r.time_to("reward/mean", target) for r in group]
         rows.append([
             label, ",".join(sorted(r.seed for r in group)), _stat([r.last("round") for r in group], "{:.0f}"),
             *[_stat([r.last(f"eval/pass@{k}") for r in group]) for k in ks],
@@ -223,10 +240,15 @@ def sweep_table(runs: list[Run], target: float, baselines: dict[str, str] | None
             _stat([r.last("time/elapsed") for r in group], "{:.1f}"), _stat([r.train_seconds for r in group], "{:.1f}"),
             *[f"{mean_train[label] / mean_train[b]:.2f}" if b in mean_train else "-" for b in baselines.values()],
             *[_stat([r.seconds(p) for r in group], "{:.1f}") for p in PHASES],
-            (_stat([t for t in reached if t is not None], "{:.1f}")
-             + f" ({sum(t is not None for t in reached)}/{len(group)})"),
+            *[_reached([r.time_to(key, value, base) for r in group]) for key, value in targets],
         ])
     return header, rows
+
+
+def _reached(seconds: list[float | None]) -> str:
+    """Mean ± std of the seeds' seconds to a target, and how many seeds reached it."""
+    hit = [t for t in seconds if t is not None]
+    return f"{_stat(hit, '{:.1f}')} ({len(hit)}/{len(seconds)})"
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -315,7 +337,7 @@ def plot(runs: list[Run], path: Path, evals: dict[str, dict] | None = None) -> P
     return path
 
 
-def report(root: Path, target: float = 0.5, baseline: str | None = None) -> Path:
+def report(root: Path, targets: list[tuple[str, float]] | None = None, baseline: str | None = None) -> Path:
     from rich.table import Table
 
     from rapid_cli.console import console, warn
@@ -329,8 +351,8 @@ def report(root: Path, target: float = 0.5, baseline: str | None = None) -> Path
         raise RapidError(f"--baseline {baseline!r} names no row; the rows are: "
                          f"{', '.join(dict.fromkeys(r.label for r in runs))}")
     evals = eval_only(root)
-    header, rows = sweep_table(runs, target, {f"x {baseline}": baseline} if baseline else None, base_row=True,
-                               evals=evals)
+    ratios = {f"x {baseline}": baseline} if baseline else None
+    header, rows = sweep_table(runs, targets or [("reward/mean", 0.5)], ratios, base_row=True, evals=evals)
     skipped_line = f"{len(skipped)} runs left out of the means: {', '.join(skipped)}" if skipped else ""
     out = root / "report.md"
     out.write_text(f"# Sweep report: {root}\n\n{len(runs)} runs; all of them used: `{common_settings(runs)}`\n\n"
@@ -343,7 +365,7 @@ def report(root: Path, target: float = 0.5, baseline: str | None = None) -> Path
     table = Table(title=f"{root} ({len(runs)} runs)")
     # the console gets the headline columns; report.md has them all
     shown = [i for i, h in enumerate(header) if h in ("config", "seeds", "train reward", "train s (no eval)")
-             or h.startswith(("eval pass@", "x ", "s to reward"))]
+             or h.startswith(("eval pass@", "x ", "s to "))]
     for i in shown:
         table.add_column(header[i], justify="left" if i == 0 else "right", overflow="fold",
                          min_width=24 if i == 0 else None)
