@@ -8,7 +8,10 @@
 #   scripts/paper_table.sh arith                                              # where SmolLM2-135M learns
 #   scripts/paper_table.sh mbpp task.data_path=/path/to/MbppPlus.jsonl.gz     # offline copy of MBPP+
 #
-# OUT (default docs/results/<task>) is where the runs go; RAPID (default .venv/bin/rapid) the rapid to run.
+#   SEEDS="0 1 2" scripts/paper_table.sh gsm8k-long                           # experiment=paper-gsm8k-long
+#
+# OUT (default docs/results/<task>) is where the runs go; RAPID (default .venv/bin/rapid) the rapid to run;
+# SEEDS (default "0 1") the seeds of the headline pair and the base model (the other contenders: seed 0).
 set -euo pipefail
 task=${1:?usage: scripts/paper_table.sh gsm8k|mbpp|arith [override ...]}
 shift
@@ -25,11 +28,19 @@ train() {
     ${EXTRA[@]+"${EXTRA[@]}"}
 }
 
-train seed0 algo=rapid,grpo seed=0
-if [ "$(find "$out/base" -name eval.json 2>/dev/null | wc -l)" -lt 2 ]; then
-  "$rapid" eval -m "experiment=paper-$task" seed=0,1 "hydra.sweep.dir=$out/base" ${EXTRA[@]+"${EXTRA[@]}"}
+read -r -a seeds <<< "${SEEDS:-0 1}"
+train "seed${seeds[0]}" algo=rapid,grpo "seed=${seeds[0]}"
+missing=()  # the seeds whose base-model evaluation is not there yet
+for seed in "${seeds[@]}"; do
+  grep -rqE --include=eval.json "^  \"seed\": $seed,\$" "$out/base" 2>/dev/null || missing+=("$seed")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  "$rapid" eval -m "experiment=paper-$task" "seed=$(IFS=,; echo "${missing[*]}")" "hydra.sweep.dir=$out/base" \
+    ${EXTRA[@]+"${EXTRA[@]}"}
 fi
-train seed1 algo=rapid,grpo seed=1
+for seed in "${seeds[@]:1}"; do
+  train "seed$seed" algo=rapid,grpo "seed=$seed"
+done
 train baselines algo=pg,dapo seed=0
 train rapid-a algo=rapid algo.steps_per_generation=2,8 seed=0
 "$rapid" report "$out" --baseline algo=grpo
