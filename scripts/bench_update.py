@@ -13,8 +13,9 @@ Shapes (prompts rendered with the model's chat template, as training does):
   demo   the cpu-demo round: arith prompts, completions of 4-12 tokens, G=4, M=8, micro-batch 32
   gsm8k  real GSM8K prompts, completions of 50-256 tokens, G=4 and G=8, M=8, micro-batch 8 and 16
   skip   a whole RAPID round (A=4, M=8, G=4, GSM8K prompts, completions of 50-256 tokens) at GSM8K's reward
-         rate with SmolLM2-135M (1 group in 12 holds a correct answer, docs/results/gsm8k): the pi_old pass and
-         the round's 4 optimizer steps with algo.skip_zero_advantage off and on, in this process
+         rate with SmolLM2-135M (1 group in 12 holds a correct answer, docs/results/gsm8k), and one without
+         a correct answer: the pi_old pass and the round's 4 optimizer steps with algo.skip_zero_advantage
+         off and on, in this process
 
 For each: the time of the round's old-log-prob pass (no gradient) and of one optimizer step over one
 mini-batch (forward, backward, AdamW), the median of --repeats, and the peak resident memory each
@@ -200,7 +201,9 @@ def bench(name: str, cfg, model, tok, task, lengths, group_size: int, micro: int
 
 
 def bench_skipping(cfg, model, tok, task, repeats: int, precisions: list[str]) -> None:
-    """A RAPID round's pi_old pass and its A steps, every row computed vs the zero-gradient groups left out."""
+    """A RAPID round's pi_old pass and its A steps, every row computed vs the zero-gradient groups left out: at
+    GSM8K's reward rate, and in a round without a correct answer (most of SmolLM2-135M's GSM8K rounds), where
+    nothing is left to compute but AdamW's steps."""
     from rapid_cli.behaviour import BehaviourLogprobs
     from rapid_cli.distributed import Dist
     from rapid_cli.learner import Learner
@@ -211,34 +214,38 @@ def bench_skipping(cfg, model, tok, task, repeats: int, precisions: list[str]) -
     ro = rollouts(task, tok, cfg, (50, 256), G, A * M, seed=12)
     rng = random.Random(12)
     solved = [rng.random() < 1 / 12 for _ in range(A * M)]  # a group with a correct answer: 1 and G-1 draws
-    ro.rewards = [float(i == 0 or rng.random() < 0.3) if solved[g] else 0.0 for g in range(A * M) for i in range(G)]
-    mixed = sum(len(set(ro.rewards[g * G : (g + 1) * G])) > 1 for g in range(A * M))
+    rates = {"GSM8K's reward rate": [float(i == 0 or rng.random() < 0.3) if solved[g] else 0.0
+                                     for g in range(A * M) for i in range(G)],
+             "no correct answer": [0.0] * (A * M * G)}
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    results: dict[tuple[str, bool, str], list[float]] = {}
-    for _ in range(repeats):
+    for name, rewards in rates.items():
+        ro.rewards = rewards
+        mixed = sum(len(set(rewards[g * G : (g + 1) * G])) > 1 for g in range(A * M))
+        results: dict[tuple[str, bool, str], list[float]] = {}
+        for _ in range(repeats):
+            for precision in precisions:
+                for skip in (False, True):
+                    a.skip_zero_advantage = skip
+                    learner = Learner(model, a, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0,
+                                      total_steps=10, precision=precision)
+                    behaviour = BehaviourLogprobs(a, Dist(), {})
+                    ro.moving = learner.moving_rows(ro, behaviour.own_rows(ro))
+                    start = time.perf_counter()
+                    ro.old_logprobs, ro.old_rows = behaviour(learner, ro)
+                    results.setdefault((precision, skip, "pi_old"), []).append(time.perf_counter() - start)
+                    start = time.perf_counter()
+                    steps = [learner.step(ro, ro.group_slice(i * M, M)) for i in range(A)]
+                    results.setdefault((precision, skip, "update"), []).append(time.perf_counter() - start)
+                    skipped = sum(s.skipped_rows for s in steps) / sum(s.rows for s in steps)
+                    model.load_state_dict(state)
+        print(f"\nskip, {name}: RAPID round A={A} x M={M} x G={G}, {mixed} of {A * M} groups with unequal "
+              f"rewards, {skipped:.0%} of the update's rows left out, completion tokens {ro.generations.num_tokens}")
         for precision in precisions:
-            for skip in (False, True):
-                a.skip_zero_advantage = skip
-                learner = Learner(model, a, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0, total_steps=10,
-                                  precision=precision)
-                behaviour = BehaviourLogprobs(a, Dist(), {})
-                ro.moving = learner.moving_rows(ro, behaviour.own_rows(ro))
-                start = time.perf_counter()
-                ro.old_logprobs, ro.old_rows = behaviour(learner, ro)
-                results.setdefault((precision, skip, "pi_old"), []).append(time.perf_counter() - start)
-                start = time.perf_counter()
-                steps = [learner.step(ro, ro.group_slice(i * M, M)) for i in range(A)]
-                results.setdefault((precision, skip, "update"), []).append(time.perf_counter() - start)
-                skipped = sum(s.skipped_rows for s in steps) / sum(s.rows for s in steps)
-                model.load_state_dict(state)
-    print(f"\nskip: RAPID round A={A} x M={M} x G={G}, {mixed} of {A * M} groups with unequal rewards, "
-          f"{skipped:.0%} of the update's rows left out, completion tokens {ro.generations.num_tokens}")
-    for precision in precisions:
-        print(f"  {LABEL[precision]}")
-        print(f"  {'pass':<10}{'all rows s':>12}{'skipping s':>12}{'speed-up':>10}")
-        for part in ("pi_old", "update"):
-            old_s, new_s = (statistics.median(results[precision, skip, part]) for skip in (False, True))
-            print(f"  {part:<10}{old_s:>12.2f}{new_s:>12.2f}{old_s / new_s:>9.2f}x")
+            print(f"  {LABEL[precision]}")
+            print(f"  {'pass':<10}{'all rows s':>12}{'skipping s':>12}{'speed-up':>10}")
+            for part in ("pi_old", "update"):
+                old_s, new_s = (statistics.median(results[precision, skip, part]) for skip in (False, True))
+                print(f"  {part:<10}{old_s:>12.2f}{new_s:>12.2f}{old_s / max(new_s, 1e-9):>9.2f}x")
 
 
 def main() -> None:

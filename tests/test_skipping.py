@@ -47,6 +47,9 @@ def run_round(cfg, model, tok, rewards):
         ro.ref_logprobs = learner.logprobs(ro, reference=True)
     M = a.prompts_per_step
     steps = []
+    # whether each forward of the model during the steps ran with autograd on (a backward to follow)
+    learner.step_forwards = []
+    model.register_forward_hook(lambda *_: learner.step_forwards.append(torch.is_grad_enabled()))
     for i in range(a.steps_per_generation):
         steps.append(learner.step(ro, ro.group_slice(i * M, M), audit=i == 0))
         steps[-1].grad = torch.cat([p.grad.flatten() for p in model.parameters()])  # raw: max_grad_norm=null
@@ -119,12 +122,15 @@ def test_grpo_with_a_kl_term_skips_nothing():
 
 @pytest.mark.parametrize("algo", ["rapid", "dapo"])
 def test_a_round_with_nothing_to_compute_still_steps_adamw_and_the_schedule(algo):
-    """Every group all zero: no forward or backward of any row, yet each step is AdamW's step on a zero
-    gradient (weight decay and the moments move the weights) and counts for the schedule. The sampler is
-    still audited, on one group."""
+    """Every group all zero: no backward at all, yet each step is AdamW's step on a zero gradient (weight
+    decay and the moments move the weights) and counts for the schedule. One forward per step without
+    autograd, of one group, checks that the policy has not diverged (a non-finite log-prob refuses the step,
+    as it would have refused the step that computed every row) and audits the sampler on the first step."""
     runs = both_ways(algo, ALL_ZERO, ["optimizer.schedule=cosine"])
     (_, w_full, l_full, _), (skip, w_skip, l_skip, _) = runs[False], runs[True]
     assert [s.skipped_rows for s in skip] == [8, 8]
+    assert l_skip.step_forwards == [False, False]  # a forward-only check per step; the full run backpropagates
+    assert l_full.step_forwards and all(l_full.step_forwards)
     assert all(s.grad_norm == 0 and not s.skipped for s in skip)
     assert_same_weights(w_full, w_skip, atol=0)
     assert l_skip.scheduler.last_epoch == l_full.scheduler.last_epoch == 2
@@ -134,6 +140,27 @@ def test_a_round_with_nothing_to_compute_still_steps_adamw_and_the_schedule(algo
     assert any(not torch.equal(start[k], w_skip[k]) for k in start)  # weight decay moved them, no gradient did
     assert skip[0].audit is not None and skip[0].audit.tokens > 0
     assert skip[0].means == {} or set(skip[0].means) == {"groups_dropped_frac"}
+
+
+def test_a_diverged_policy_is_refused_its_step_even_when_nothing_is_computed():
+    """Nothing moves, so nothing is backpropagated; but a policy whose log-probs are NaN would have made the
+    step that computed every row non-finite: the probe's forward refuses the step the same way (weights,
+    AdamW and the schedule untouched, the step counted as skipped for SkipGuard)."""
+    from rapid_cli.policy import load_policy
+
+    cfg = compose(TINY + ["algo.group_size=2", "algo.prompts_per_step=4", "algo.steps_per_generation=2"])
+    model, tok, _ = load_policy(cfg.model, torch.device("cpu"))
+    ro = round_of(cfg, model, tok, ALL_ZERO)
+    learner = Learner(model, cfg.algo, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0, total_steps=4)
+    ro.moving = learner.moving_rows(ro, BehaviourLogprobs(cfg.algo, Dist(), {}).own_rows(ro))
+    assert not ro.moving.any()
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = learner.step(ro, ro.group_slice(0, 4))
+    assert out.skipped and out.skipped_rows == 8
+    assert not learner.optimizer.state and learner.scheduler.last_epoch == 0
+    assert all(torch.allclose(v, before[k], rtol=0, atol=0, equal_nan=True) for k, v in model.state_dict().items())
 
 
 def test_rapid_after_the_first_step_still_trains_all_one_groups():

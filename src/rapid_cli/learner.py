@@ -248,6 +248,8 @@ class Share:
     part: Rollouts
     rows: torch.Tensor
     passes: list[tuple[slice, bool]]
+    # an optimizer step with nothing to compute on any rank: its one pass is a forward without autograd
+    probe: bool = False
 
     @property
     def computed(self) -> int:
@@ -361,11 +363,18 @@ class Learner:
         and its metrics, the audit of the sampler's log-probs when asked for)."""
         part, totals, seen = share.part, LossTotals(), Audit(0.0, 0.0, 0.0, 0.0)
         for mb, counted in share.passes:
-            logprobs, mask = self._forward(self.model, part, mb)  # [b, C]
+            with torch.set_grad_enabled(not share.probe):
+                logprobs, mask = self._forward(self.model, part, mb)  # [b, C]
             # a rank with no moving row audits its stand-in group
             if audit and (counted or not share.computed):
                 mu = part.sampler_logprobs[mb, : logprobs.shape[1]].to(self.device)
                 seen = seen.merge(Audit.of(logprobs.detach(), mu, mask))
+            if share.probe:
+                # the step's gradient is exactly zero (`_zero_gradient`), but a diverged policy's non-finite
+                # log-probs still refuse it, as they would have refused the step that computed every row
+                totals.loss += (torch.where(mask > 0, logprobs, 0.0).sum() * 0).item()
+                self._zero_gradient()
+                continue
             if not counted:
                 # a collective, as the other ranks' passes are; adds 0
                 (torch.where(mask > 0, logprobs, 0.0).sum() * 0).backward()
@@ -375,6 +384,13 @@ class Learner:
             out.loss.backward()
             totals.add(out.loss.item(), out.metrics | corrected, mb.stop - mb.start)
         return totals, seen
+
+    def _zero_gradient(self) -> None:
+        """A zero gradient for every trained weight, for AdamW to step on (None would leave a weight out of
+        the step: no weight decay, no moment decay)."""
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = torch.zeros_like(p)
 
     def _update(self, loss: float) -> tuple[float, bool]:
         """Clips the accumulated gradient and steps AdamW and the schedule: (the gradient's norm
@@ -399,18 +415,16 @@ class Learner:
         """The moving groups of `rows` and the passes over them (`_micro_batches`), then, under DDP
         and FSDP2, uncounted repeats until every rank has as many passes as the one with the most:
         there each forward and backward is a collective, and ranks' shares split unequally (by
-        `algo.micro_batch_tokens`, by skipping). A rank with nothing to compute repeats its share's
-        first group, uncounted.
+        `algo.micro_batch_tokens`, by skipping). A rank with nothing to compute repeats a stand-in,
+        the shortest group of `rows`, uncounted.
 
-        `step`: an optimizer step, which takes at least one pass even when nothing moves on any
-        rank: its gradient, 0 x the stand-in group's log-probs, is exactly zero for AdamW to step
-        on, and NaN when the policy has diverged (which the skipped rows would have shown: the step
-        is refused, SkipGuard stops the run before a save); the first step's also audits the
-        sampler on it."""
+        `step`: an optimizer step. When nothing moves on any rank its gradient is exactly zero, and its
+        one pass is a probe: the stand-in's forward without autograd, whose log-probs are non-finite when
+        the policy has diverged (which the skipped rows would have shown: the step is refused, SkipGuard
+        stops the run before a save); the first step's also audits the sampler on it."""
         groups = ro.moving_groups(rows)
         group_size = ro.group_size
-        stand_in = [rows.start // group_size] if rows.stop > rows.start else []
-        part = ro.take(groups or stand_in)
+        part = ro.take(groups or self._stand_in(ro, rows))
         passes = []
         if groups:
             passes = [(mb, True) for mb in self._micro_batches(part, slice(0, len(part.rewards)))]
@@ -418,9 +432,19 @@ class Learner:
         if self.d.world > 1:
             most = int(distributed.reduce_metrics(self.d, max={"passes": len(passes)})["passes"])
         filler = passes[-1][0] if passes else slice(0, group_size)
-        passes += [(filler, False)] * (max(most, int(step)) - len(passes))
+        probe = step and most == 0  # on every rank alike: under FSDP2 a forward is a collective
+        passes += [(filler, False)] * (max(most, int(probe)) - len(passes))
         origin = [g * group_size + i for g in groups for i in range(group_size)]
-        return Share(part, torch.tensor(origin, dtype=torch.long), passes)
+        return Share(part, torch.tensor(origin, dtype=torch.long), passes, probe)
+
+    @staticmethod
+    def _stand_in(ro: Rollouts, rows: slice) -> list[int]:
+        """The group of `rows` with the fewest tokens, as a list (empty when `rows` is)."""
+        G = ro.group_size
+        comp = ro.generations.completion_ids
+        groups = range(rows.start // G, rows.stop // G)
+        cost = {g: len(ro.prompt_ids[g]) + sum(len(c) for c in comp[g * G:(g + 1) * G]) for g in groups}
+        return [min(cost, key=cost.get)] if cost else []
 
     def _micro_batches(self, ro: Rollouts, rows: slice) -> Iterator[slice]:
         """Whole groups of `rows`: `algo.micro_batch_size` rows at a time, or as many as fit in
