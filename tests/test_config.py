@@ -215,10 +215,3 @@ def test_eval_every_samples_must_fill_whole_rounds():
 def test_train_samples_must_fill_whole_rounds():
     with pytest.raises(RapidError, match=r"train.samples=10 must be a positive multiple of the 8 .*train.samples=8"):
         validate(compose(TINY + ["train.samples=10"]))
-
-
-@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
-def test_every_experiment_preset_composes_and_passes_validation(name):
-    """A preset that extends another (paper-arith, paper-gsm8k-long) must still compose, and its budgets
-    (train.samples, eval.every_samples, train.save_every_samples) must fill whole rounds."""
-    validate(compose([f"experiment={name}"]))

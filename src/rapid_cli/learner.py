@@ -374,6 +374,10 @@ class Learner:
                 # log-probs still refuse it, as they would have refused the step that computed every row
                 totals.loss += (torch.where(mask > 0, logprobs, 0.0).sum() * 0).item()
                 self._zero_gradient()
+                if hasattr(self.model, "reshard"):
+                    # FSDP2 keeps the root's gathered weights after a forward that no backward follows, and
+                    # would compute the next forward with them after AdamW has changed the shards
+                    self.model.reshard()
                 continue
             if not counted:
                 # a collective, as the other ranks' passes are; adds 0
