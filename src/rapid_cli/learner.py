@@ -441,14 +441,11 @@ class Learner:
         origin = [g * group_size + i for g in groups for i in range(group_size)]
         return Share(part, torch.tensor(origin, dtype=torch.long), passes, probe)
 
-    @staticmethod
-    def _stand_in(ro: Rollouts, rows: slice) -> list[int]:
-        """The group of `rows` with the fewest tokens, as a list (empty when `rows` is)."""
+    def _stand_in(self, ro: Rollouts, rows: slice) -> list[int]:
+        """The group of `rows` whose forward computes the fewest positions, as a list (empty when `rows` is)."""
         G = ro.group_size
-        comp = ro.generations.completion_ids
         groups = range(rows.start // G, rows.stop // G)
-        cost = {g: len(ro.prompt_ids[g]) + sum(len(c) for c in comp[g * G:(g + 1) * G]) for g in groups}
-        return [min(cost, key=cost.get)] if cost else []
+        return [min(groups, key=lambda g: self._positions(ro, slice(g * G, (g + 1) * G)))] if groups else []
 
     def _micro_batches(self, ro: Rollouts, rows: slice) -> Iterator[slice]:
         """Whole groups of `rows`: `algo.micro_batch_size` rows at a time, or as many as fit in
