@@ -256,6 +256,12 @@ class Share:
         return len(self.rows)
 
 
+def _zero_from(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """0, computed from the log-probs of the mask's tokens: NaN where they are (a diverged policy), and,
+    backpropagated, a pass through the model's weights like every rank's other passes."""
+    return torch.where(mask > 0, logprobs, 0.0).sum() * 0
+
+
 class Learner:
     def __init__(self, model, algo, optim, *, pad_id: int, temperature: float, total_steps: int,
                  d: distributed.Dist | None = None, device="cpu", precision: str = "none",
@@ -372,7 +378,7 @@ class Learner:
             if share.probe:
                 # the step's gradient is exactly zero (`_zero_gradient`), but a diverged policy's non-finite
                 # log-probs still refuse it, as they would have refused the step that computed every row
-                totals.loss += (torch.where(mask > 0, logprobs, 0.0).sum() * 0).item()
+                totals.loss += _zero_from(logprobs, mask).item()
                 self._zero_gradient()
                 if hasattr(self.model, "reshard"):
                     # FSDP2 keeps the root's gathered weights after a forward that no backward follows, and
@@ -381,7 +387,7 @@ class Learner:
                 continue
             if not counted:
                 # a collective, as the other ranks' passes are; adds 0
-                (torch.where(mask > 0, logprobs, 0.0).sum() * 0).backward()
+                _zero_from(logprobs, mask).backward()
                 continue
             batch, corrected = self._loss_batch(part, mb, logprobs, mask, denominator)
             out = self.algorithm.compute(batch, self.options)
