@@ -50,7 +50,7 @@ test-gpu: ## the GPU test set (tests/test_gpu.py, docs/gpu.md); run `rapid docto
 test-install: ## resolve make install's packages as a clean machine would (pip --isolated --dry-run; needs PyPI)
 	RAPID_NETWORK_TESTS=1 $(PY) -m pytest -q tests/test_install.py
 
-demo: ## RAPID on SmolLM2-135M, one-digit arithmetic, about 7 minutes on 2 CPU cores (fp32)
+demo: ## RAPID on SmolLM2-135M, one-digit arithmetic, 3-7 minutes on 2 CPU cores (bf16 where the CPU has it)
 	$(VENV)/bin/rapid train experiment=cpu-demo
 
 lint: ## ruff
