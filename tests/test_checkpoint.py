@@ -229,10 +229,20 @@ def test_sigterm_mid_round_saves_and_resumes_to_the_same_weights(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["second-ctrl-c", "sigterm-grace-expired"])
-def test_an_abandoned_round_is_one_line_and_keeps_the_last_checkpoint(tmp_path, how):
+def test_an_abandoned_round_is_one_line_and_keeps_the_last_checkpoint(tmp_path, how, monkeypatch):
     run_dir = tmp_path / "run"
     extra = ["train.stop_grace_s=0.001"] if how == "sigterm-grace-expired" else []
-    proc = start_train(*overrides(tmp_path, rounds=200), f"hydra.run.dir={run_dir}", *extra)
+    # A reward that takes 0.5 s keeps each round mid-way most of the time: on a fast machine the tiny model's
+    # round is a few ms of work beside its checkpoint, and a signal that lands during a save ends the run cleanly
+    # with that checkpoint (another path than the one tested here).
+    (tmp_path / "slow_rewards.py").write_text(
+        "import time\nfrom rapid_cli.rewards import numeric_match\n\n\n"
+        "def slow_numeric(completions, answer, **kw):\n    time.sleep(0.5)\n"
+        "    return numeric_match(completions, answer, **kw)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    slow = "reward.functions=[{_target_: slow_rewards.slow_numeric}]"
+    args = [slow if o == NUMERIC else o for o in overrides(tmp_path, rounds=200)]
+    proc = start_train(*args, f"hydra.run.dir={run_dir}", *extra)
     _wait_rounds(run_dir, proc, 2)
     # mid-round 3: past round 2's checkpoint (a signal during a save stops cleanly with that checkpoint)
     wait_for(run_dir / "checkpoints" / "round-000002" / "manifest.json", proc)

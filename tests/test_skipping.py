@@ -105,7 +105,11 @@ def test_skipping_leaves_the_round_unchanged_and_skips_rows(algo):
     assert_same_weights(w_full, w_skip)
     for pa, pb in zip(l_full.optimizer.state.values(), l_skip.optimizer.state.values(), strict=True):
         assert pa["step"] == pb["step"]
-        assert torch.allclose(pa["exp_avg_sq"], pb["exp_avg_sq"], rtol=1e-4, atol=1e-12)
+        # elementwise to 1e-4 of the tensor's largest entry: a squared gradient entry that cancels to ~1e-10 differs
+        # by more than rtol in relative terms with the summation order (seen on an AVX512 CPU); a step that
+        # skipped AdamW's decay would move every entry by (1 - beta2) = 1e-3 of itself, the largest included
+        v = pa["exp_avg_sq"]
+        assert torch.allclose(v, pb["exp_avg_sq"], rtol=1e-4, atol=1e-4 * v.abs().max().item())
     # pi_old was computed for the moving rows of step 2 only; the others were never forwarded
     past_first = torch.arange(len(ro.rewards)) >= 8
     never = past_first & ~ro.moving
