@@ -50,7 +50,7 @@ def main() -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from rapid_cli.config import compose_config
-    from rapid_cli.evaluate import eval_params, evaluate
+    from rapid_cli.evaluate import eval_params, eval_problems, evaluate
     from rapid_cli.models import resolve_model
     from rapid_cli.plan import make_plan, open_sampler
     from rapid_cli.tasks import make_task
@@ -111,8 +111,8 @@ def main() -> None:
     trainer = Timed(model=model_dir, reward_funcs=reward, args=config, train_dataset=data)
     tokenizer = trainer.processing_class
     sampler = open_sampler(cfg, trainer.model, tokenizer, model_dir, plan)
-    eval_problems = task.test[: cfg.eval.limit] if cfg.eval.limit else task.test
-    eval_prompts = [task.prompt_ids(p, tokenizer, cfg.model.chat_template) for p in eval_problems]
+    held_out = eval_problems(task, cfg.eval)
+    eval_prompts = [task.prompt_ids(p, tokenizer, cfg.model.chat_template) for p in held_out]
 
     class Log(TrainerCallback):
         def on_train_begin(self, *_, **__):  # rapid's clock also starts after the model and engine are loaded
@@ -123,7 +123,7 @@ def main() -> None:
                 return
             t0 = time.perf_counter()
             sampler.sync_weights(trainer.model.state_dict().items())
-            pending.update(evaluate(task, eval_problems, eval_prompts, sampler,
+            pending.update(evaluate(task, held_out, eval_prompts, sampler,
                                     eval_params(cfg.eval, s.max_tokens, cfg.seed), cfg.eval.k))
             pending["time/eval"] = time.perf_counter() - t0
             clock["eval"] += pending["time/eval"]

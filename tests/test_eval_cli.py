@@ -51,3 +51,19 @@ def test_eval_errors_are_one_line(tmp_path):
     proc = rapid("eval", "model=tiny", "task=nope")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2 and out.count("\n") == 1 and "available task options" in out and "humaneval" in out
+
+
+@pytest.mark.slow
+def test_rapid_eval_on_the_training_split(tmp_path):
+    """`eval.split=train`: the base model's success on the problems RL would train on (what decides whether a
+    group of G ever holds a correct answer to learn from), reported as such."""
+    proc = rapid("eval", "model=tiny", "task=arith", "sampler=hf", "sampler.max_tokens=4", "eval.split=train",
+                 "eval.limit=3", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "arith train" in proc.stdout
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["split"] == "train"
+    assert [p["id"] for p in report["per_problem"]] == ["train-0", "train-1", "train-2"]
+    proc = rapid("eval", "model=tiny", "task=arith", "eval.split=dev")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and out.count("\n") == 1 and "train" in out and "test" in out

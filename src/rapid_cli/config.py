@@ -98,6 +98,11 @@ class WandbMode(StrEnum):
     disabled = "disabled"
 
 
+class EvalSplit(StrEnum):
+    test = "test"
+    train = "train"
+
+
 class Sandbox(StrEnum):
     bwrap = "bwrap"
     none = "none"
@@ -281,7 +286,10 @@ class EvalConfig:
     temperature: float | None = None  # 0 = greedy; null: greedy when n=1, else 1.0 (pass@k needs samples)
     top_p: float = 1.0  # nucleus sampling for evaluation
     max_tokens: int | None = None  # null: the sampler's max_tokens
-    limit: int | None = None  # evaluate on the first N test problems only
+    limit: int | None = None  # evaluate on the first N problems of the split only
+    # test | train: `rapid eval eval.split=train` measures a model on the problems RL would train on (no correct
+    # sample there means no group with a learning signal: docs/results.md)
+    split: EvalSplit = EvalSplit.test
 
 
 @dataclass

@@ -18,6 +18,8 @@ from rapid_cli.types import SamplingParams
 
 if TYPE_CHECKING:
     from rapid_cli.config import Config
+    from rapid_cli.tasks.base import Task
+    from rapid_cli.types import Problem
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -35,6 +37,12 @@ def eval_params(e: EvalConfig, sampler_max_tokens: int, seed: int) -> SamplingPa
     temperature = e.temperature if e.temperature is not None else (0.0 if e.n == 1 else 1.0)
     return SamplingParams(n=e.n, temperature=temperature, top_p=e.top_p, max_tokens=e.max_tokens or sampler_max_tokens,
                           seed=seed)
+
+
+def eval_problems(task: Task, e: EvalConfig) -> list[Problem]:
+    """The problems evaluated: the first `eval.limit` of the `eval.split` split (test unless asked otherwise)."""
+    problems = task.train if e.split == "train" else task.test
+    return problems[: e.limit] if e.limit else problems
 
 
 @dataclass
@@ -85,7 +93,8 @@ def evaluate(task, problems, prompt_ids, sampler, params: SamplingParams, ks) ->
 
 
 def run_eval(cfg: Config, run_dir: Path) -> dict:
-    """`rapid eval`: pass@k of `model` on `task`'s test split; prints a table, writes eval.json and samples.jsonl."""
+    """`rapid eval`: pass@k of `model` on `task`'s test split (or `eval.split=train`); prints a table, writes
+    eval.json and samples.jsonl."""
     import time
 
     import torch
@@ -107,7 +116,7 @@ def run_eval(cfg: Config, run_dir: Path) -> dict:
     plan = make_plan(cfg, device)
     model, tokenizer, model_path = load_policy(cfg.model, device, cfg.cache_dir)
     task.drop_long_prompts(tokenizer, cfg.model.chat_template, train_too=False)  # task.max_prompt_tokens, if set
-    problems = task.test[: cfg.eval.limit] if cfg.eval.limit else task.test
+    problems = eval_problems(task, cfg.eval)
     sampler = open_sampler(cfg, model, tokenizer, model_path, plan)
     params = eval_params(cfg.eval, cfg.sampler.max_tokens, cfg.seed)
     ks = sorted({k for k in cfg.eval.k} | {params.n})
@@ -126,7 +135,7 @@ def run_eval(cfg: Config, run_dir: Path) -> dict:
     seconds = time.perf_counter() - start
     metrics = pass_at_k_metrics(result, params.n, ks)
 
-    table = Table(title=f"{cfg.task.name} test: {cfg.model.path}")
+    table = Table(title=f"{cfg.task.name} {cfg.eval.split}: {cfg.model.path}")
     for col in ("problems", "samples", "temperature", *[f"pass@{k}" for k in ks], "mean tokens", "seconds"):
         table.add_column(col, justify="right")
     table.add_row(str(len(problems)), str(params.n), f"{params.temperature:g}",
@@ -142,7 +151,7 @@ def run_eval(cfg: Config, run_dir: Path) -> dict:
                                     "finish_reason": result.finish_reasons[i * n + j],
                                     "completion": result.texts[i * n + j]}) + "\n")
     report = {
-        "model": cfg.model.path, "task": cfg.task.name, "problems": len(problems), "n": n,
+        "model": cfg.model.path, "task": cfg.task.name, "split": str(cfg.eval.split), "problems": len(problems), "n": n,
         "temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_tokens, "seed": cfg.seed,
         "seconds": seconds, "metrics": metrics,
         "per_problem": [{"id": p.id, "correct": c} for p, c in zip(problems, result.correct, strict=True)],

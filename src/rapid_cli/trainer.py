@@ -28,7 +28,7 @@ from rapid_cli.behaviour import BehaviourLogprobs
 from rapid_cli.config import Config
 from rapid_cli.console import console, warn
 from rapid_cli.errors import RapidError
-from rapid_cli.evaluate import eval_params, evaluate
+from rapid_cli.evaluate import eval_params, eval_problems, evaluate
 from rapid_cli.gpu import peak_memory
 from rapid_cli.learner import Learner, StepStats, update_metrics
 from rapid_cli.logger import NullLogger, RunLogger
@@ -243,7 +243,7 @@ def _eval_set(cfg: Config, task: Task, model, tokenizer) -> Evaluation:
     check_fits(model, cfg.sampler.max_tokens, longest, "sampler.max_tokens")
     params = eval_params(cfg.eval, cfg.sampler.max_tokens, cfg.seed)
     check_fits(model, params.max_tokens, longest, "eval.max_tokens")
-    problems = task.test[: cfg.eval.limit] if cfg.eval.limit else task.test
+    problems = eval_problems(task, cfg.eval)
     prompts = [task.prompt_ids(p, tokenizer, cfg.model.chat_template) for p in problems]
     return Evaluation(problems, prompts, params, list(cfg.eval.k))
 
