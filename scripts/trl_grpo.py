@@ -13,7 +13,8 @@ prompts, 4 optimizer steps of M prompts on it, PPO ratios against the log-probs 
 
 Writes metrics.jsonl with rapid's keys (reward/mean, eval/pass@k, time/elapsed, time/eval, time/generate,
 time/update, perf/samples), a row per optimizer step as it happens, so `rapid report` and scripts/compare.py
-read it like a rapid run. time/generate is all of TRL's generation phase (sampling with transformers: its vLLM
+read it like a rapid run (.hydra/overrides.yaml labels it `trainer=trl trl.steps_per_generation=N`).
+time/generate is all of TRL's generation phase (sampling with transformers: its vLLM
 modes need a CUDA build of vLLM; the rewards; the old and reference log-probs), time/update the rest of the
 step. A checkpoint every `--save-steps` optimizer steps: the same command again continues from the newest one,
 its clock from that step's row.
@@ -88,6 +89,10 @@ def main() -> None:
         max_grad_norm=cfg.optimizer.max_grad_norm or 1e9, shuffle_dataset=False, disable_dropout=True,
     )
     args.out.mkdir(parents=True, exist_ok=True)
+    # what `rapid report` reads to find and label a run: beside rapid's runs this one reads as trainer=trl
+    (args.out / ".hydra").mkdir(exist_ok=True)
+    (args.out / ".hydra" / "overrides.yaml").write_text("".join(
+        f"- {o}\n" for o in ["trainer=trl", f"trl.steps_per_generation={spg}", *args.overrides, f"seed={args.seed}"]))
     metrics = args.out / "metrics.jsonl"
     resume = get_last_checkpoint(str(args.out / "trl")) if (args.out / "trl").is_dir() else None
     done = int(resume.rsplit("-", 1)[1]) if resume else 0

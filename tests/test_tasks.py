@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from rapid_cli.errors import RapidError
 from rapid_cli.rewards.answers import extract_answer, numeric_reward
 from rapid_cli.tasks import make_task
 from rapid_cli.tasks.gsm8k import reference_answer
+from rapid_cli.validation import validate
 
 
 @pytest.mark.parametrize(
@@ -85,6 +87,22 @@ def test_gsm8k_local_file_and_malformed_data(tmp_path):
     noref.write_text(json.dumps({"question": "q", "answer": "just text"}) + "\n")
     with pytest.raises(RapidError, match="#### <number>"):
         make_task(compose(["task=gsm8k", f"task.data_path={noref}"]).task).splits()
+
+
+def test_gsm8k_keeps_the_problems_of_few_solution_steps():
+    """`task.max_solution_steps`: the problems whose reference solution has at most N steps (its lines before
+    `####`), in both splits, each keeping its place in the data set as its id."""
+    full = make_task(compose(["task=gsm8k", "task.source=offline"]).task)
+    easy = make_task(compose(["task=gsm8k", "task.source=offline", "task.max_solution_steps=2"]).task)
+    steps = lambda p: len(re.findall(r"\S.*", p.meta["solution"].split("####")[0]))  # noqa: E731  (blank lines: no step)
+    for whole, kept in zip(full.splits(), easy.splits(), strict=True):
+        assert [p.id for p in kept] == [p.id for p in whole if steps(p) <= 2]
+    assert 1900 < len(easy.train) < 2000 and 0 < len(easy.test) < 1319
+    assert easy.train[0].id == "train-0"  # Natalia's clips: two lines of solution
+    with pytest.raises(RapidError, match="task.max_solution_steps.*gsm8k"):
+        validate(compose(["task=arith", "task.max_solution_steps=2"]))
+    with pytest.raises(RapidError, match="task.max_solution_steps=0 must be at least 1"):
+        validate(compose(["task=gsm8k", "task.max_solution_steps=0"]))
 
 
 def test_reference_answer():

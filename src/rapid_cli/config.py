@@ -172,6 +172,9 @@ class TaskConfig:
     prompt_template: str = "{question}"  # how a problem becomes the user message
     max_train: int | None = None  # keep only the first N training problems
     max_test: int | None = None  # keep only the first N test problems
+    # gsm8k only: keep the problems whose reference solution takes at most N steps (its lines before "####"), in
+    # both splits; null: all. The easier problems, for a model that rarely solves the rest (docs/results.md)
+    max_solution_steps: int | None = None
     pass_threshold: float = 1.0  # eval: a sample counts as correct (pass@k) when its total reward is at least this
     # leave out problems whose prompt (chat template included) is longer than this many tokens, with a count; null: keep
     # all (a prompt that cannot fit the model's context then stops the run, naming its file and row)

