@@ -60,3 +60,18 @@ def test_pass_at_k_matches_hand_computed_values():
     m = pass_at_k_metrics(result, n=5, ks=[1, 2])
     assert m["eval/pass@1"] == pytest.approx((0 + 0.4 + 1) / 3)
     assert m["eval/pass@2"] == pytest.approx((0 + 0.7 + 1) / 3)
+
+
+def test_pass_at_k_comes_with_its_standard_error_over_the_problems():
+    """A pass@1 of 0.015 on 200 problems means little without its noise: the standard error of the mean of the
+    per-problem estimates (samples of one problem are not independent draws, so not the binomial one over all
+    samples), zero-width only where every problem scored alike."""
+    import statistics
+
+    result = EvalResult(texts=[""] * 15, rewards=[0.0] * 15, correct=[0, 2, 5], completion_tokens=30)
+    m = pass_at_k_metrics(result, n=5, ks=[1, 2])
+    assert m["eval/pass@1_se"] == pytest.approx(statistics.stdev([0, 0.4, 1]) / 3 ** 0.5)
+    assert m["eval/pass@2_se"] == pytest.approx(statistics.stdev([0, 0.7, 1]) / 3 ** 0.5)
+    alike = pass_at_k_metrics(EvalResult([""] * 6, [0.0] * 6, [1, 1, 1], 6), n=2, ks=[1])
+    assert alike["eval/pass@1"] == 0.5 and alike["eval/pass@1_se"] == 0.0
+    assert pass_at_k_metrics(EvalResult([""] * 2, [0.0] * 2, [1], 2), n=2, ks=[1])["eval/pass@1_se"] == 0.0

@@ -292,3 +292,33 @@ def test_the_sweep_table_names_jobs_that_never_ran(tmp_path, capsys):
     states = [line.split()[0] for line in out.splitlines()[1:4]]
     assert states == ["finished", "failed", "not"] and "(CUDA out of memory)" in out
     assert "rapid train -m seed=0,1,2 train.resume=auto" in out
+
+
+def test_report_shows_each_eval_pass_at_k_with_its_interval_over_the_problems(tmp_path):
+    """One seed's pass@1 of 0.015 beside a base model's 0.006 reads as progress until the evaluation's own noise
+    stands next to it: the half-width of a 95% interval (1.96 standard errors over the problems), the mean over
+    the seeds; for a `rapid eval` result that predates the logged standard error, computed from its per-problem
+    counts."""
+    import json
+
+    from rapid_cli.report import Run, eval_only, sweep_table
+
+    rows = [{"round": 1, "time/elapsed": 100.0, "reward/mean": 0.1},
+            {"round": 2, "time/elapsed": 230.0, "eval/pass@1": 0.015, "eval/pass@1_se": 0.005}]
+    runs = [Run(tmp_path / "a0", ["algo=rapid", "seed=0"], "0", rows, label="algo=rapid"),
+            Run(tmp_path / "a1", ["algo=rapid", "seed=1"], "1", [rows[0], {**rows[1], "eval/pass@1_se": 0.007}],
+                label="algo=rapid")]
+    (tmp_path / "base").mkdir()
+    per_problem = [{"id": f"test-{i}", "correct": c} for i, c in enumerate([0, 2, 0, 0])]
+    (tmp_path / "base" / "eval.json").write_text(json.dumps(
+        {"seed": 0, "n": 4, "metrics": {"eval/pass@1": 0.125}, "per_problem": per_problem}))
+    evals = eval_only(tmp_path)
+    assert evals["0"]["eval/pass@1_se"] == pytest.approx(0.125)  # stdev([0, .5, 0, 0]) / 2
+    header, table = sweep_table(runs, [], base_row=True, evals=evals)
+    base, rapid_row = (dict(zip(header, row, strict=True)) for row in table)
+    assert rapid_row["eval pass@1"] == "0.015 ± 0.000"  # the spread over seeds
+    assert rapid_row["eval pass@1 95% ± (problems)"] == f"{1.96 * 0.006:.3f}"  # the evaluation's own noise
+    assert base["eval pass@1 95% ± (problems)"] == f"{1.96 * 0.125:.3f}"
+    old = [rows[0], {k: v for k, v in rows[1].items() if not k.endswith("_se")}]
+    header, _ = sweep_table([Run(tmp_path / "old", ["seed=0"], "0", old)], [])
+    assert not any("(problems)" in h for h in header)  # runs from before the standard error was logged

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from rapid_cli.types import Problem
 
 
+Z95 = 1.96  # standard errors to each side of a mean for a 95% interval (normal approximation)
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Chen et al. (2021) unbiased estimator: P(at least one of k draws out of n is correct), c correct.
 
@@ -77,12 +80,23 @@ def sample_and_score(task, problems, prompt_ids, sampler, params: SamplingParams
     return EvalResult(texts, rewards, correct, tokens, reasons)
 
 
+def standard_error(values: list[float]) -> float:
+    """Of the mean of `values`: the sample standard deviation over sqrt(len); 0 for fewer than two."""
+    import statistics
+
+    return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+
+
 def pass_at_k_metrics(result: EvalResult, n: int, ks) -> dict[str, float]:
+    """pass@k and, as `eval/pass@k_se`, its standard error over the problems: a problem's n samples are not
+    independent draws, so the noise is that of a mean of per-problem estimates, not a binomial over all samples."""
     problems = max(1, len(result.correct))
     metrics = {"eval/reward_mean": sum(result.rewards) / max(1, len(result.rewards)),
                "eval/problems": len(result.correct)}
     for k in ks:
-        metrics[f"eval/pass@{k}"] = sum(pass_at_k(n, c, k) for c in result.correct) / problems
+        per_problem = [pass_at_k(n, c, k) for c in result.correct]
+        metrics[f"eval/pass@{k}"] = sum(per_problem) / problems
+        metrics[f"eval/pass@{k}_se"] = standard_error(per_problem)
     metrics["eval/completion_tokens_mean"] = result.completion_tokens / max(1, len(result.texts))
     return metrics
 
@@ -135,11 +149,12 @@ def run_eval(cfg: Config, run_dir: Path) -> dict:
     seconds = time.perf_counter() - start
     metrics = pass_at_k_metrics(result, params.n, ks)
 
-    table = Table(title=f"{cfg.task.name} {cfg.eval.split}: {cfg.model.path}")
+    table = Table(title=f"{cfg.task.name} {cfg.eval.split}: {cfg.model.path}",
+                  caption=f"pass@k ± half the 95% interval over the {len(problems)} problems (1.96 standard errors)")
     for col in ("problems", "samples", "temperature", *[f"pass@{k}" for k in ks], "mean tokens", "seconds"):
         table.add_column(col, justify="right")
     table.add_row(str(len(problems)), str(params.n), f"{params.temperature:g}",
-                  *[f"{metrics[f'eval/pass@{k}']:.3f}" for k in ks],
+                  *[f"{metrics[f'eval/pass@{k}']:.3f} ± {Z95 * metrics[f'eval/pass@{k}_se']:.3f}" for k in ks],
                   f"{metrics['eval/completion_tokens_mean']:.0f}", f"{seconds:.1f}")
     console.print(table)
 

@@ -1,7 +1,8 @@
 """`rapid report <multirun dir>`: a sweep's runs as one markdown table and one PNG.
 
 Runs are grouped by their overrides without `seed`; each group shows mean and spread over its seeds
-of the final eval pass@1 and train reward, the wall-clock (all of it, and without the evaluations),
+of the final eval pass@1 and train reward (and, where logged, half the 95% interval of each evaluation over its
+problems: the noise one seed's number carries), the wall-clock (all of it, and without the evaluations),
 seconds per phase, and the training time at which the train reward (or, as the paper measures it, an eval
 pass@k: `--target eval/pass@1=0.05`) first reached each `--target`; every eval pass@k logged; with
 `--baseline LABEL` each row's training time over that row's. A first row gives the base model: `rapid eval`
@@ -168,8 +169,21 @@ def eval_only(root: Path) -> dict[str, dict]:
             result = json.loads(path.read_text())
         except json.JSONDecodeError:
             continue
-        out.setdefault(str(result.get("seed", 0)), result.get("metrics", {}))
+        out.setdefault(str(result.get("seed", 0)), with_standard_errors(result))
     return out
+
+
+def with_standard_errors(result: dict) -> dict:
+    """An eval.json's metrics, with each pass@k's standard error computed from its per-problem counts where the
+    file predates the logged one."""
+    from rapid_cli.evaluate import pass_at_k, standard_error
+
+    metrics = dict(result.get("metrics", {}))
+    n, counts = result.get("n"), [p.get("correct") for p in result.get("per_problem", [])]
+    if isinstance(n, int) and counts and all(isinstance(c, int) for c in counts):
+        for key in [k for k in metrics if k.startswith("eval/pass@") and k[10:].isdigit()]:
+            metrics.setdefault(f"{key}_se", standard_error([pass_at_k(n, c, int(key[10:])) for c in counts]))
+    return metrics
 
 
 def common_settings(runs: list[Run]) -> str:
@@ -223,19 +237,24 @@ def sweep_table(runs: list[Run], targets: list[tuple[str, float]], baselines: di
     groups = group_runs(runs)
     baselines = baselines or {}
     ks = pass_ks(runs) or [1]
-    header = ["config", "seeds", "rounds", *[f"eval pass@{k}" for k in ks], "train reward", "wall-clock s",
+    base = base_evals(runs, evals)
+    logged = {k for row in [*base.values(), *(r for run in runs for r in run.rows)] for k in row}
+    se_ks = [k for k in ks if f"eval/pass@{k}_se" in logged]  # runs from before it was logged have none
+    header = ["config", "seeds", "rounds", *[f"eval pass@{k}" for k in ks],
+              *[f"eval pass@{k} 95% ± (problems)" for k in se_ks], "train reward", "wall-clock s",
               "train s (no eval)", *baselines, *[f"{p} s" for p in PHASES], *[target_column(*t) for t in targets]]
     rows = []
-    base = base_evals(runs, evals)
     if base and base_row:
         row = ["base model", ",".join(sorted(base)), "0",
-               *[_stat([e.get(f"eval/pass@{k}") for e in base.values()]) for k in ks]]
+               *[_stat([e.get(f"eval/pass@{k}") for e in base.values()]) for k in ks],
+               *[_half_width([e.get(f"eval/pass@{k}_se") for e in base.values()]) for k in se_ks]]
         rows.append(row + ["-"] * (len(header) - len(row)))
     mean_train = {label: statistics.mean(r.train_seconds for r in group) for label, group in groups.items()}
     for label, group in groups.items():
         rows.append([
             label, ",".join(sorted(r.seed for r in group)), _stat([r.last("round") for r in group], "{:.0f}"),
             *[_stat([r.last(f"eval/pass@{k}") for r in group]) for k in ks],
+            *[_half_width([r.last(f"eval/pass@{k}_se") for r in group]) for k in se_ks],
             _stat([r.last("reward/mean") for r in group]),
             _stat([r.last("time/elapsed") for r in group], "{:.1f}"), _stat([r.train_seconds for r in group], "{:.1f}"),
             *[f"{mean_train[label] / mean_train[b]:.2f}" if b in mean_train else "-" for b in baselines.values()],
@@ -243,6 +262,14 @@ def sweep_table(runs: list[Run], targets: list[tuple[str, float]], baselines: di
             *[_reached([r.time_to(key, value, base) for r in group]) for key, value in targets],
         ])
     return header, rows
+
+
+def _half_width(standard_errors: list[float | None]) -> str:
+    """Half the 95% interval of an evaluation's pass@k over its problems, the mean over the seeds."""
+    from rapid_cli.evaluate import Z95
+
+    known = [se for se in standard_errors if se is not None]
+    return f"{Z95 * statistics.mean(known):.3f}" if known else "-"
 
 
 def _reached(seconds: list[float | None]) -> str:
