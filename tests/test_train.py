@@ -40,6 +40,14 @@ def test_cli_trains_tiny_arith_for_two_rounds(tmp_path):
     assert all(0.2 < r["perf/host_rss_peak_gb_max"] < 20 for r in rounds)  # torch + transformers alone hold > 0.2 GiB
     assert all("perf/gpu_mem_peak_gb_max" not in r for r in rounds)  # a CPU run: no GPU figure, not a made-up 0
     assert "eval/pass@1" in records[0] and "eval/pass@1" in rounds[-1]
+    # every evaluation's completions, readable beside the number they make
+    import gzip
+
+    for rnd, record in ((0, records[0]), (2, rounds[-1])):
+        samples = [json.loads(line) for line in gzip.open(tmp_path / "evals" / f"round-{rnd:06d}.jsonl.gz", "rt")]
+        assert len(samples) == record["eval/problems"] and {"id", "completion", "reward"} <= set(samples[0])
+        assert sum(s["reward"] >= 1 for s in samples) / len(samples) == pytest.approx(record["eval/pass@1"])
+    assert not list((tmp_path / "evals").glob(".*"))  # no half-written file left
     assert (tmp_path / "curves.png").stat().st_size > 1000
     assert list((tmp_path / "wandb").glob("offline-run-*")), "W&B offline run missing"
     assert "wandb sync" in proc.stdout

@@ -101,6 +101,21 @@ def pass_at_k_metrics(result: EvalResult, n: int, ks) -> dict[str, float]:
     return metrics
 
 
+def write_samples(path: Path, problems, result: EvalResult, n: int) -> None:
+    """Every completion of an evaluation, a JSON line each (problem id, sample index, reward, finish reason, text);
+    gzip-compressed for a `.gz` path. Written beside and then moved over `path`, so a crash leaves no half file."""
+    import gzip
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    with (gzip.open(tmp, "wt", encoding="utf-8") if path.suffix == ".gz" else tmp.open("w", encoding="utf-8")) as f:
+        for i, p in enumerate(problems):
+            for j in range(n):
+                f.write(json.dumps({"id": p.id, "sample": j, "reward": result.rewards[i * n + j],
+                                    "finish_reason": result.finish_reasons[i * n + j],
+                                    "completion": result.texts[i * n + j]}) + "\n")
+    tmp.replace(path)
+
+
 def evaluate(task, problems, prompt_ids, sampler, params: SamplingParams, ks) -> dict[str, float]:
     """Generate params.n completions for each problem; returns `eval/` metrics."""
     return pass_at_k_metrics(sample_and_score(task, problems, prompt_ids, sampler, params), params.n, ks)
@@ -159,12 +174,7 @@ def run_eval(cfg: Config, run_dir: Path) -> dict:
     console.print(table)
 
     n = params.n
-    with (run_dir / "samples.jsonl").open("w", encoding="utf-8") as f:
-        for i, p in enumerate(problems):
-            for j in range(n):
-                f.write(json.dumps({"id": p.id, "sample": j, "reward": result.rewards[i * n + j],
-                                    "finish_reason": result.finish_reasons[i * n + j],
-                                    "completion": result.texts[i * n + j]}) + "\n")
+    write_samples(run_dir / "samples.jsonl", problems, result, n)
     report = {
         "model": cfg.model.path, "task": cfg.task.name, "split": str(cfg.eval.split), "problems": len(problems), "n": n,
         "temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_tokens, "seed": cfg.seed,

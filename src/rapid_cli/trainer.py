@@ -28,7 +28,7 @@ from rapid_cli.behaviour import BehaviourLogprobs
 from rapid_cli.config import Config
 from rapid_cli.console import console, warn
 from rapid_cli.errors import RapidError
-from rapid_cli.evaluate import eval_params, eval_problems, evaluate
+from rapid_cli.evaluate import eval_params, eval_problems, pass_at_k_metrics, sample_and_score, write_samples
 from rapid_cli.gpu import peak_memory
 from rapid_cli.learner import Learner, StepStats, update_metrics
 from rapid_cli.logger import NullLogger, RunLogger
@@ -89,15 +89,21 @@ class SkipGuard:
 
 @dataclass
 class Evaluation:
-    """The eval set, tokenized once, and how it is sampled (pass@k on the test split)."""
+    """The eval set, tokenized once, and how it is sampled (pass@k on the test split); with `samples_dir`, each
+    evaluation's completions go to samples_dir/round-NNNNNN.jsonl.gz."""
 
     problems: list
     prompts: list[list[int]]
     params: SamplingParams
     ks: list[int]
+    samples_dir: Path | None = None
 
-    def __call__(self, task, sampler) -> dict[str, float]:
-        return evaluate(task, self.problems, self.prompts, sampler, self.params, self.ks)
+    def __call__(self, task, sampler, rnd: int) -> dict[str, float]:
+        result = sample_and_score(task, self.problems, self.prompts, sampler, self.params)
+        if self.samples_dir is not None:
+            self.samples_dir.mkdir(parents=True, exist_ok=True)
+            write_samples(self.samples_dir / f"round-{rnd:06d}.jsonl.gz", self.problems, result, self.params.n)
+        return pass_at_k_metrics(result, self.params.n, self.ks)
 
 
 @dataclass
@@ -181,7 +187,7 @@ def setup(cfg: Config, run_dir: Path, d: distributed.Dist, cleanup: contextlib.E
     plan = make_plan(cfg, device, d.world)
     task = _load_task(cfg)
     model, tokenizer, model_path = _load_model(cfg, device, resumed_from)
-    evaluation = _eval_set(cfg, task, model, tokenizer)
+    evaluation = _eval_set(cfg, task, model, tokenizer, run_dir / "evals" if cfg.eval.save_samples else None)
     learner = _make_learner(cfg, plan, d, device, model, tokenizer, resumed_from)
     sampler = open_sampler(cfg, learner.engine_model, tokenizer, model_path, plan)
     cleanup.callback(sampler.close)  # however the job ends: a sweep's next job needs the memory
@@ -235,7 +241,7 @@ def _load_model(cfg: Config, device: torch.device, resumed_from: Path | None):
     return model, tokenizer, path
 
 
-def _eval_set(cfg: Config, task: Task, model, tokenizer) -> Evaluation:
+def _eval_set(cfg: Config, task: Task, model, tokenizer, samples_dir: Path | None) -> Evaluation:
     """The eval set, once the prompts over task.max_prompt_tokens are dropped and the longest left
     is checked to fit the model's context with the completions of training and of eval."""
     longest = task.longest_prompt(tokenizer, cfg.model.chat_template)
@@ -245,7 +251,7 @@ def _eval_set(cfg: Config, task: Task, model, tokenizer) -> Evaluation:
     check_fits(model, params.max_tokens, longest, "eval.max_tokens")
     problems = eval_problems(task, cfg.eval)
     prompts = [task.prompt_ids(p, tokenizer, cfg.model.chat_template) for p in problems]
-    return Evaluation(problems, prompts, params, list(cfg.eval.k))
+    return Evaluation(problems, prompts, params, list(cfg.eval.k), samples_dir)
 
 
 def _make_learner(cfg: Config, plan: Plan, d: distributed.Dist, device: torch.device, model,
@@ -272,7 +278,7 @@ def evaluate_before(run: Run) -> None:
     """The eval before round 1 (`eval.at_start`), on a fresh run, logged as round 0."""
     if run.cfg.eval.at_start and not run.resumed_from and run.d.main:
         with run.timer(Phase.EVAL):
-            run.state.first_eval = run.evaluation(run.task, run.sampler)
+            run.state.first_eval = run.evaluation(run.task, run.sampler, 0)
         times = run.timer.pop_round()
         run.log.log({**run.state.first_eval, **times, "time/elapsed": run.timer.elapsed}, step=0)
     # not inside an NCCL collective, whose timeout a long evaluation would pass
@@ -315,7 +321,7 @@ def run_round(run: Run, rnd: int) -> tuple[Rollouts, dict]:
     eval_metrics = {}
     if run.d.main and plan.evaluates_after(rnd):
         with timer(Phase.EVAL):
-            eval_metrics = run.evaluation(run.task, run.sampler)
+            eval_metrics = run.evaluation(run.task, run.sampler, rnd)
     distributed.wait_for_main(run.d)
     metrics = _log_round(run, rnd, ro, steps, {**audit, **eval_metrics}, scores.parts)
     return ro, metrics
