@@ -322,3 +322,17 @@ def test_report_shows_each_eval_pass_at_k_with_its_interval_over_the_problems(tm
     old = [rows[0], {k: v for k, v in rows[1].items() if not k.endswith("_se")}]
     header, _ = sweep_table([Run(tmp_path / "old", ["seed=0"], "0", old)], [])
     assert not any("(problems)" in h for h in header)  # runs from before the standard error was logged
+
+
+def test_the_base_model_row_comes_from_test_split_evaluations_only(tmp_path):
+    """`rapid eval eval.split=train` beside a sweep measures the training problems, not the base model's test
+    score: the report took the first eval.json by path (here the train split's) as the base model's row."""
+    import json
+
+    from rapid_cli.report import eval_only
+
+    for name, split, value in (("a-train", "train", 0.02), ("base", "test", 0.006)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps({"seed": 0, "split": split,
+                                                               "metrics": {"eval/pass@1": value}}))
+    assert eval_only(tmp_path)["0"]["eval/pass@1"] == 0.006

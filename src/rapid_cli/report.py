@@ -159,8 +159,8 @@ def left_out(runs: list[Run]) -> list[str]:
 
 
 def eval_only(root: Path) -> dict[str, dict]:
-    """`rapid eval` results under `root` (eval.json, e.g. the base model's from `rapid eval -m seed=0,1`): their
-    metrics by seed."""
+    """`rapid eval` results on the test split under `root` (eval.json, e.g. the base model's from
+    `rapid eval -m seed=0,1`): their metrics by seed. An `eval.split=train` measurement is no base model's score."""
     out: dict[str, dict] = {}
     for path in sorted(root.rglob("eval.json")):
         if (path.parent / "metrics.jsonl").exists():
@@ -168,6 +168,8 @@ def eval_only(root: Path) -> dict[str, dict]:
         try:
             result = json.loads(path.read_text())
         except json.JSONDecodeError:
+            continue
+        if result.get("split", "test") != "test":
             continue
         out.setdefault(str(result.get("seed", 0)), with_standard_errors(result))
     return out
