@@ -1,5 +1,13 @@
-cd /work/frozen
-export WANDB_MODE=disabled PYTHONPATH=/work/frozen/src
-/work/main/.venv/bin/rapid train -m experiment=paper-gsm8k-easy algo=rapid seed=0 train.resume=auto logger.live=false \
-    hydra.sweep.dir=/work/runs/gsm8k-easy/seed0
-date
+# The pilot of experiment=paper-gsm8k-easy, seed 0, one job at a time on the otherwise idle 2-core EPYC, each from a
+# checkout of the commit named (the training code is the same in both; e89d31e adds the evaluations' standard
+# errors and completions). Each command resumes its job from the newest checkpoint if it was stopped.
+OUT=${OUT:-runs/gsm8k-easy}
+export WANDB_MODE=disabled
+# RAPID A=4, commit 8ac91db (2026-12-06 05:35-06:05 and 07:12-08:47 UTC, stopped once after round 18 and resumed
+# from its round-16 checkpoint)
+rapid train -m experiment=paper-gsm8k-easy algo=rapid seed=0 train.resume=auto logger.live=false \
+    hydra.sweep.dir=$OUT/rapid-seed0
+# GRPO, commit e89d31e (from 08:47 UTC)
+rapid train -m experiment=paper-gsm8k-easy algo=grpo seed=0 train.resume=auto logger.live=false \
+    hydra.sweep.dir=$OUT/grpo-seed0
+rapid report $OUT --target eval/pass@1=0.015
