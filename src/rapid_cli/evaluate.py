@@ -167,7 +167,7 @@ def run_eval(cfg: Config, run_dir: Path) -> dict:
     table = Table(title=f"{cfg.task.name} {cfg.eval.split}: {cfg.model.path}",
                   caption=f"pass@k ± half the 95% interval over the {len(problems)} problems (1.96 standard errors)")
     for col in ("problems", "samples", "temperature", *[f"pass@{k}" for k in ks], "mean tokens", "seconds"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", no_wrap=col.startswith("pass@"))  # "0.021 ± 0.010" on one line
     table.add_row(str(len(problems)), str(params.n), f"{params.temperature:g}",
                   *[f"{metrics[f'eval/pass@{k}']:.3f} ± {Z95 * metrics[f'eval/pass@{k}_se']:.3f}" for k in ks],
                   f"{metrics['eval/completion_tokens_mean']:.0f}", f"{seconds:.1f}")
