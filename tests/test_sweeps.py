@@ -336,3 +336,17 @@ def test_the_base_model_row_comes_from_test_split_evaluations_only(tmp_path):
         (tmp_path / name / "eval.json").write_text(json.dumps({"seed": 0, "split": split,
                                                                "metrics": {"eval/pass@1": value}}))
     assert eval_only(tmp_path)["0"]["eval/pass@1"] == 0.006
+
+
+def test_an_unfinished_run_is_labelled_by_what_sets_it_apart(tmp_path):
+    """A finished RAPID run beside a GRPO run stopped halfway: the labels came from the finished runs alone, so
+    both were "(all runs alike)" and the GRPO curves were drawn as "(all runs alike) (unfinished)"."""
+    from rapid_cli.report import load_runs
+
+    rows = [{"round": 1, "time/elapsed": 20.0, "reward/mean": 0.2}, {"round": 2, "time/elapsed": 40.0,
+                                                                      "reward/mean": 0.4, "eval/pass@1": 0.3}]
+    for name, algo, done in (("rapid", "rapid", rows), ("grpo", "grpo", rows[:1])):
+        job = _job(tmp_path, name, 0, done)
+        OmegaConf.save(OmegaConf.create([f"algo={algo}", "seed=0"]), job / ".hydra" / "overrides.yaml")
+    labels = {r.path.name: (r.label, r.unfinished) for r in load_runs(tmp_path)}
+    assert labels == {"rapid": ("algo=rapid", ""), "grpo": ("algo=grpo", "unfinished: round 1 of 2")}

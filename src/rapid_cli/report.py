@@ -145,9 +145,11 @@ def load_runs(root: Path) -> list[Run]:
     if not runs:
         raise RapidError(f"no finished rounds under {root}: expected job directories with metrics.jsonl "
                          "(from rapid train -m)")
-    finished = [r for r in runs if not r.unfinished] or runs  # the table's rows set the labels
-    keys = sorted({k for r in finished for k in r.settings})
-    swept = [k for k in keys if len({r.settings.get(k) for r in finished}) > 1]
+    # the runs whose settings are known set the labels (a job stopped halfway is labelled by what sets it apart
+    # too); one with unreadable overrides would make every key look swept
+    known = [r for r in runs if r.overrides] or runs
+    keys = sorted({k for r in known for k in r.settings})
+    swept = [k for k in keys if len({r.settings.get(k) for r in known}) > 1]
     for run in runs:  # a key a run did not set is left out: its preset's value (e.g. algo=rapid's A)
         run.label = " ".join(f"{k}={run.settings[k]}" for k in swept if k in run.settings) or "(all runs alike)"
     return runs
