@@ -180,13 +180,15 @@ def eval_only(root: Path) -> dict[str, dict]:
 def with_standard_errors(result: dict) -> dict:
     """An eval.json's metrics, with each pass@k's standard error computed from its per-problem counts where the
     file predates the logged one."""
-    from rapid_cli.evaluate import pass_at_k, standard_error
+    from rapid_cli.evaluate import EvalResult, pass_at_k_metrics
 
     metrics = dict(result.get("metrics", {}))
     n, counts = result.get("n"), [p.get("correct") for p in result.get("per_problem", [])]
     if isinstance(n, int) and counts and all(isinstance(c, int) for c in counts):
-        for key in [k for k in metrics if k.startswith("eval/pass@") and k[10:].isdigit()]:
-            metrics.setdefault(f"{key}_se", standard_error([pass_at_k(n, c, int(key[10:])) for c in counts]))
+        ks = [int(k[10:]) for k in metrics if k.startswith("eval/pass@") and k[10:].isdigit()]
+        recomputed = pass_at_k_metrics(EvalResult([], [], counts, 0), n, ks)
+        for k in ks:
+            metrics.setdefault(f"eval/pass@{k}_se", recomputed[f"eval/pass@{k}_se"])
     return metrics
 
 
