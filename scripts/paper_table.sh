@@ -9,9 +9,14 @@
 #   scripts/paper_table.sh mbpp task.data_path=/path/to/MbppPlus.jsonl.gz     # offline copy of MBPP+
 #
 #   SEEDS="0 1 2" scripts/paper_table.sh gsm8k-long                           # experiment=paper-gsm8k-long
+#   SEEDS="0 1 2" AGAIN=eval.temperature=0.7 scripts/paper_table.sh gsm8k-easy  # and once more at T=0.7
 #
 # OUT (default docs/results/<task>) is where the runs go; RAPID (default .venv/bin/rapid) the rapid to run;
 # SEEDS (default "0 1") the seeds of the headline pair and the base model (the other contenders: seed 0).
+# AGAIN (e.g. "eval.temperature=0.7"): overrides under which every run's final checkpoint and the base model are
+# evaluated once more (into <job>/again-<overrides> and $OUT/base-again-<overrides>); `rapid report` gives those
+# a table of their own, so a gain at the eval protocol can be told from what the base model gets by sampling
+# differently (docs/results.md, experiment=paper-gsm8k-easy).
 set -euo pipefail
 task=${1:?usage: scripts/paper_table.sh gsm8k|mbpp|arith [override ...]}
 shift
@@ -28,19 +33,41 @@ train() {
     ${EXTRA[@]+"${EXTRA[@]}"}
 }
 
+evaluate_base() {  # the base model, on every seed not yet evaluated under directory $1, with overrides $2...
+  local dir=$1 seed missing=()
+  shift
+  for seed in "${seeds[@]}"; do
+    grep -rqE --include=eval.json "^  \"seed\": $seed,\$" "$dir" 2>/dev/null || missing+=("$seed")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    "$rapid" eval -m "experiment=paper-$task" "seed=$(IFS=,; echo "${missing[*]}")" "$@" "hydra.sweep.dir=$dir" \
+      ${EXTRA[@]+"${EXTRA[@]}"}
+  fi
+}
+
 read -r -a seeds <<< "${SEEDS:-0 1}"
 train "seed${seeds[0]}" algo=rapid,grpo "seed=${seeds[0]}"
-missing=()  # the seeds whose base-model evaluation is not there yet
-for seed in "${seeds[@]}"; do
-  grep -rqE --include=eval.json "^  \"seed\": $seed,\$" "$out/base" 2>/dev/null || missing+=("$seed")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  "$rapid" eval -m "experiment=paper-$task" "seed=$(IFS=,; echo "${missing[*]}")" "hydra.sweep.dir=$out/base" \
-    ${EXTRA[@]+"${EXTRA[@]}"}
-fi
+evaluate_base "$out/base"
 for seed in "${seeds[@]:1}"; do
   train "seed$seed" algo=rapid,grpo "seed=$seed"
 done
 train baselines algo=pg,dapo seed=0
 train rapid-a algo=rapid algo.steps_per_generation=2,8 seed=0
+if [ -n "${AGAIN:-}" ]; then
+  read -r -a again <<< "$AGAIN"
+  name=again-$(tr -c 'A-Za-z0-9.\n' - <<< "$AGAIN")
+  evaluate_base "$out/base-$name" "${again[@]}"
+  python=${PYTHON:-$(dirname "$rapid")/python}
+  for job in "$out"/*/*/; do
+    job=${job%/}
+    checkpoint=$(find "$job/checkpoints" -maxdepth 1 -name 'round-*' 2>/dev/null | sort | tail -n 1)
+    [ -n "$checkpoint" ] && [ ! -f "$job/$name/eval.json" ] || continue
+    model=$checkpoint/model
+    [ -d "$model" ] || model=$checkpoint/adapter  # a LoRA run's
+    # the job's own overrides (task, prompt, sampler), as Hydra saved them
+    mapfile -t own < <("$python" -c 'import sys, yaml; print("\n".join(yaml.safe_load(open(sys.argv[1]))))' \
+      "$job/.hydra/overrides.yaml" | grep -v '^train\.resume=')
+    "$rapid" eval "${own[@]}" "model.path='$model'" "${again[@]}" "hydra.run.dir='$job/$name'"
+  done
+fi
 "$rapid" report "$out" --baseline algo=grpo

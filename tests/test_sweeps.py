@@ -122,25 +122,31 @@ def test_slurm_launcher_config_composes():
 @pytest.mark.slow
 def test_the_paper_table_script_runs_every_contender_and_continues_where_it_stopped(tmp_path):
     """scripts/paper_table.sh (docs/results.md) with the smoke preset's sizes: every contender once per seed
-    it promises (the headline pair and the base model on SEEDS), one report; a second call trains nothing again."""
+    it promises (the headline pair and the base model on SEEDS), one report; with AGAIN, every final checkpoint
+    and the base model evaluated once more under those overrides, in a table of its own; a second call trains
+    and evaluates nothing again."""
     small = ["model=tiny", "sampler=hf", "task=arith", "train.samples=32", "algo.group_size=2",
              "algo.prompts_per_step=2", "algo.micro_batch_tokens=64", "sampler.max_tokens=8", "eval.limit=4",
              "eval.n=2", "eval.k=[1,2]"]
-    env = {"OUT": str(tmp_path), "RAPID": RAPID, "WANDB_MODE": "disabled", "SEEDS": "0 2"}
+    env = {"OUT": str(tmp_path), "RAPID": RAPID, "WANDB_MODE": "disabled", "SEEDS": "0 2",
+           "AGAIN": "eval.temperature=0.5"}
     first = subprocess.run(["bash", "scripts/paper_table.sh", "gsm8k", *small], cwd=REPO, capture_output=True,
                            text=True, env={**os.environ, **env}, timeout=1200)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    lines = (tmp_path / "report.md").read_text().splitlines()
-    labels = sorted(line.split(" | ")[0][2:] for line in lines if line.startswith("| algo=") or "base" in line[:8])
-    assert labels == ["algo=dapo", "algo=grpo", "algo=pg", "algo=rapid", "algo=rapid algo.steps_per_generation=2",
-                      "algo=rapid algo.steps_per_generation=8", "base model"]
-    seeds = {line.split(" | ")[0][2:]: line.split(" | ")[1] for line in lines if line.startswith("| ")}
-    assert seeds["algo=rapid"] == seeds["algo=grpo"] == seeds["base model"] == "0,2"
-    stamps = {p: p.stat().st_mtime for p in tmp_path.rglob("metrics.jsonl")}
+    main, title, again = (tmp_path / "report.md").read_text().partition("evaluated again: temperature 0.5")
+    for table in (main, again):
+        lines = table.splitlines()
+        labels = sorted(line.split(" | ")[0][2:] for line in lines if line.startswith(("| algo=", "| base")))
+        assert labels == ["algo=dapo", "algo=grpo", "algo=pg", "algo=rapid", "algo=rapid algo.steps_per_generation=2",
+                          "algo=rapid algo.steps_per_generation=8", "base model"]
+        seeds = {line.split(" | ")[0][2:]: line.split(" | ")[1] for line in lines if line.startswith("| ")}
+        assert seeds["algo=rapid"] == seeds["algo=grpo"] == seeds["base model"] == "0,2"
+    assert len(list(tmp_path.glob("*/*/again-eval.temperature-0.5/eval.json"))) == 8  # every job
+    stamps = {p: p.stat().st_mtime for p in [*tmp_path.rglob("metrics.jsonl"), *tmp_path.rglob("eval.json")]}
     second = subprocess.run(["bash", "scripts/paper_table.sh", "gsm8k", *small], cwd=REPO, capture_output=True,
                             text=True, env={**os.environ, **env}, timeout=1200)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert {p: p.stat().st_mtime for p in tmp_path.rglob("metrics.jsonl")} == stamps
+    assert {p: p.stat().st_mtime for p in [*tmp_path.rglob("metrics.jsonl"), *tmp_path.rglob("eval.json")]} == stamps
 
 
 def test_report_curves_start_from_the_base_model_and_the_plot_has_a_bar_per_row(tmp_path):
@@ -350,3 +356,59 @@ def test_an_unfinished_run_is_labelled_by_what_sets_it_apart(tmp_path):
         OmegaConf.save(OmegaConf.create([f"algo={algo}", "seed=0"]), job / ".hydra" / "overrides.yaml")
     labels = {r.path.name: (r.label, r.unfinished) for r in load_runs(tmp_path)}
     assert labels == {"rapid": ("algo=rapid", ""), "grpo": ("algo=grpo", "unfinished: round 1 of 2")}
+
+
+def _evaluation(directory, seed: int, temperature: float, pass1: float, model: str = "base"):
+    """A `rapid eval` result as eval.json holds it: 200 problems x 4 samples at `temperature`."""
+    import json
+
+    directory.mkdir(parents=True)
+    (directory / "eval.json").write_text(json.dumps(
+        {"model": model, "split": "test", "problems": 200, "n": 4, "temperature": temperature, "top_p": 1.0,
+         "max_tokens": 256, "seed": seed, "metrics": {"eval/pass@1": pass1, "eval/pass@1_se": 0.005}}))
+
+
+def _evaluated_job(root, name: str, seed: int, pass1: float):
+    """A finished job that evaluated 200 problems x 4 at T=0.9, as its config says."""
+    job = _job(root, name, seed, [{"round": 1, "time/elapsed": 10.0, "reward/mean": 0.1},
+                                  {"round": 2, "time/elapsed": 20.0, "reward/mean": 0.2, "eval/pass@1": pass1,
+                                   "eval/pass@1_se": 0.006, "eval/problems": 200}])
+    config = OmegaConf.load(job / ".hydra" / "config.yaml")
+    config.eval = {"n": 4, "temperature": 0.9, "top_p": 1.0, "max_tokens": None, "split": "test"}
+    config.sampler = {"max_tokens": 256}
+    OmegaConf.save(config, job / ".hydra" / "config.yaml")
+    return job
+
+
+def test_the_base_model_row_is_the_evaluation_measured_as_the_runs_are(tmp_path):
+    """Beside the base model at the runs' T=0.9, the same model at T=0.7, and a trained checkpoint evaluated again
+    inside its run: the report took the first eval.json by path (a-base-t07/, or the checkpoint's where it sorted
+    first) as the base model's row."""
+    from rapid_cli.report import eval_only, load_runs
+
+    _evaluated_job(tmp_path, "rapid", 0, 0.02)
+    _evaluation(tmp_path / "rapid" / "again", 0, 0.9, 0.5, model="rapid/checkpoints/round-000002/model")
+    runs = load_runs(tmp_path)
+    assert [r.path.name for r in runs] == ["rapid"]
+    assert eval_only(tmp_path, runs) == {}  # a checkpoint's evaluation is not the base model's
+    _evaluation(tmp_path / "a-base-t07", 0, 0.7, 0.021)
+    _evaluation(tmp_path / "base", 0, 0.9, 0.006)
+    assert eval_only(tmp_path, runs)["0"]["eval/pass@1"] == 0.006
+
+
+def test_report_puts_each_final_checkpoint_evaluated_again_beside_the_base_model_measured_the_same_way(tmp_path):
+    """A gain at T=0.9 that the base model reaches at T=0.7 is sharpening, not learning (docs/results.md): with each
+    run's final checkpoint evaluated again at T=0.7 (`rapid eval ... hydra.run.dir=<job>/eval-t07`), the report
+    gives a table of those evaluations, mean over the seeds, with the base model's at T=0.7 as its first row."""
+    from rapid_cli.report import report
+
+    for seed, (trained, again, base) in enumerate([(0.02, 0.024, 0.021), (0.03, 0.030, 0.019)]):
+        job = _evaluated_job(tmp_path, f"rapid{seed}", seed, trained)
+        _evaluation(job / "eval-t07", seed, 0.7, again, model=f"{job}/checkpoints/round-000002/model")
+        _evaluation(tmp_path / "base" / str(seed), seed, 0.9, 0.006)
+        _evaluation(tmp_path / "a-base-t07" / str(seed), seed, 0.7, base)  # sorts first
+    text = report(tmp_path).read_text()
+    main, _, again = text.partition("temperature 0.7 (the runs' own: 0.9)")
+    assert "| base model | 0,1 | 0 | 0.006 ± 0.000 |" in main and "0.024" not in main
+    assert "| base model | 0,1 | 0.020 ± 0.001 |" in again
+    assert "| (all runs alike) | 0,1 | 0.027 ± 0.004 |" in again

@@ -39,6 +39,7 @@ class Run:
     rows: list[dict]
     label: str = ""  # the swept overrides that set this run apart (filled by load_runs)
     unfinished: str = ""  # why its last values are no final result (e.g. "unfinished: round 1 of 3"); "": finished
+    protocol: Protocol | None = None  # how its evaluations sampled, where its saved config says
 
     @property
     def settings(self) -> dict[str, str]:
@@ -69,6 +70,62 @@ class Run:
     def time_to(self, key: str, target: float, base: dict[str, dict] | None = None) -> float | None:
         """Training seconds until `key` first reached `target` (0 if the base model's evaluation already did)."""
         return next((t for t, v in eval_curve(self, key, base or {}) if v >= target), None)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How an evaluation sampled: two results compare only under the same one. (The prompt is not recorded: an
+    evaluation beside a sweep must use the sweep's task settings.) None: not known (an older file)."""
+    split: str | None = None
+    problems: int | None = None
+    n: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+
+    def matches(self, other: Protocol) -> bool:
+        """Equal wherever both are known."""
+        return all(a is None or b is None or a == b
+                   for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True))
+
+    def versus(self, own: Protocol | None) -> str:
+        """What sets this protocol apart from the runs' own, e.g. "temperature 0.7 (the runs' own: 0.9)"."""
+        known = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+        if own is None:
+            return ", ".join(f"{f.replace('_', ' ')} {getattr(self, f)}" for f in known)
+        differ = [f for f in known if getattr(own, f) is not None and getattr(self, f) != getattr(own, f)]
+        if not differ:
+            return "the runs' own protocol"
+        return (", ".join(f"{f.replace('_', ' ')} {getattr(self, f)}" for f in differ) + " (the runs' own: "
+                + ", ".join(str(getattr(own, f)) for f in differ) + ")")
+
+
+@dataclass
+class Evaluation:
+    """One `rapid eval` result (eval.json): the base model's, or, inside a run's directory, one of its checkpoints'."""
+    path: Path
+    seed: str
+    protocol: Protocol
+    metrics: dict
+    run: Path | None = None  # the job directory it lies in
+    round: int | None = None  # the checkpoint's round, where its model path names one
+
+
+def run_protocol(job: Path, rows: list[dict]) -> Protocol | None:
+    """How the job's evaluations sampled, from its saved config (as `rapid eval` would with the same keys) and
+    its logged problem count; None where the config does not say."""
+    from omegaconf import OmegaConf
+
+    from rapid_cli.evaluate import eval_params
+
+    try:
+        cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
+        params = eval_params(cfg.eval, cfg.sampler.max_tokens, 0)
+        split = str(cfg.eval.split)
+    except Exception:  # no config, or one without an eval section
+        return None
+    problems = next((r["eval/problems"] for r in reversed(rows) if "eval/problems" in r), None)
+    return Protocol(split, problems, params.n, params.temperature, params.top_p, params.max_tokens)
 
 
 def parse_target(text: str) -> tuple[str, float]:
@@ -127,6 +184,7 @@ def read_job(metrics: Path) -> Run:
         run.unfinished = f"unfinished: round {done} of {plan}"
     elif plan is None and "eval/pass@1" not in rows[-1] and any("eval/pass@1" in r for r in rows):
         run.unfinished = f"unfinished: round {done} was not evaluated, as the last round is"
+    run.protocol = run_protocol(job, rows)
     return run
 
 
@@ -160,20 +218,38 @@ def left_out(runs: list[Run]) -> list[str]:
     return [f"{r.path} ({r.unfinished})" for r in runs if r.unfinished]
 
 
-def eval_only(root: Path) -> dict[str, dict]:
-    """`rapid eval` results on the test split under `root` (eval.json, e.g. the base model's from
-    `rapid eval -m seed=0,1`): their metrics by seed. An `eval.split=train` measurement is no base model's score."""
-    out: dict[str, dict] = {}
+def evaluations(root: Path) -> list[Evaluation]:
+    """Every readable `rapid eval` result under `root`, each with the job directory it lies in (if any). A training
+    job's own eval.json (beside its metrics.jsonl) is no separate evaluation."""
+    import re
+
+    out = []
     for path in sorted(root.rglob("eval.json")):
         if (path.parent / "metrics.jsonl").exists():
             continue
         try:
             result = json.loads(path.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
             continue
-        if result.get("split", "test") != "test":
-            continue
-        out.setdefault(str(result.get("seed", 0)), with_standard_errors(result))
+        run = next((p for p in path.parents if (p / "metrics.jsonl").exists() and root in (p, *p.parents)), None)
+        checkpoint = re.search(r"round-(\d+)", str(result.get("model", "")))
+        protocol = Protocol(*(result.get(f.name) for f in dataclasses.fields(Protocol)))
+        protocol = dataclasses.replace(protocol, split=protocol.split or "test")  # older files: the test split
+        out.append(Evaluation(path, str(result.get("seed", 0)), protocol, with_standard_errors(result), run,
+                              int(checkpoint[1]) if checkpoint else None))
+    return out
+
+
+def eval_only(root: Path, runs: list[Run] | None = None) -> dict[str, dict]:
+    """The base model's `rapid eval` results under `root` (e.g. from `rapid eval -m seed=0,1`): their metrics by
+    seed, of those measured as `runs` evaluate (split, problems, samples, temperature, top_p, max_tokens). An
+    `eval.split=train` measurement, or one at another temperature, is no base row for them; an evaluation inside
+    a run's directory is that run's checkpoint's."""
+    own = [r.protocol for r in runs or [] if r.protocol is not None] or [Protocol(split="test")]
+    out: dict[str, dict] = {}
+    for e in evaluations(root):
+        if e.run is None and any(e.protocol.matches(p) for p in own):
+            out.setdefault(e.seed, e.metrics)
     return out
 
 
@@ -268,6 +344,44 @@ def sweep_table(runs: list[Run], targets: list[tuple[str, float]], baselines: di
             *[_reached([r.time_to(key, value, base) for r in group]) for key, value in targets],
         ])
     return header, rows
+
+
+def again_tables(runs: list[Run], found: list[Evaluation]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The runs' checkpoints evaluated again under another protocol (`rapid eval model.path=<checkpoint>
+    eval.temperature=0.7 hydra.run.dir=<job>/eval-t07`): per protocol a (title, header, rows) table, its first row
+    the base model measured the same way, then each group's latest evaluated checkpoint, mean over the seeds."""
+    own = next((r.protocol for r in runs if r.protocol is not None), None)
+    by_path = {r.path: r for r in runs}
+    latest: dict[Protocol, dict[Path, Evaluation]] = {}
+    for e in found:
+        if e.run not in by_path:
+            continue
+        kept = latest.setdefault(e.protocol, {})
+        if e.run not in kept or (e.round or 0) >= (kept[e.run].round or 0):
+            kept[e.run] = e
+    tables = []
+    for protocol, by_run in latest.items():
+        base: dict[str, dict] = {}
+        for e in found:
+            if e.run is None and e.protocol.matches(protocol):
+                base.setdefault(e.seed, e.metrics)
+        measured = [*base.values(), *(e.metrics for e in by_run.values())]
+        ks = sorted({int(k[10:]) for m in measured for k in m if k.startswith("eval/pass@") and k[10:].isdigit()})
+        se_ks = [k for k in ks if any(f"eval/pass@{k}_se" in m for m in measured)]
+        header = ["config", "seeds", *[f"eval pass@{k}" for k in ks],
+                  *[f"eval pass@{k} 95% ± (problems)" for k in se_ks], "checkpoint round"]
+        rows = [_eval_row("base model", list(base), list(base.values()), [0], ks, se_ks)] if base else []
+        for label, group in group_runs([r for r in runs if r.path in by_run]).items():
+            rows.append(_eval_row(label, [r.seed for r in group], [by_run[r.path].metrics for r in group],
+                                  [by_run[r.path].round for r in group], ks, se_ks))
+        tables.append((protocol.versus(own), header, rows))
+    return tables
+
+
+def _eval_row(label: str, seeds: list[str], metrics: list[dict], rounds: list[int | None], ks: list[int],
+              se_ks: list[int]) -> list[str]:
+    return [label, ",".join(sorted(seeds)), *[_stat([m.get(f"eval/pass@{k}") for m in metrics]) for k in ks],
+            *[_half_width([m.get(f"eval/pass@{k}_se") for m in metrics]) for k in se_ks], _stat(rounds, "{:.0f}")]
 
 
 def _half_width(standard_errors: list[float | None]) -> str:
@@ -383,14 +497,16 @@ def report(root: Path, targets: list[tuple[str, float]] | None = None, baseline:
     if baseline is not None and baseline not in {r.label for r in runs}:
         raise RapidError(f"--baseline {baseline!r} names no row; the rows are: "
                          f"{', '.join(dict.fromkeys(r.label for r in runs))}")
-    evals = eval_only(root)
+    evals = eval_only(root, runs)
+    again = again_tables(runs, evaluations(root))
     ratios = {f"x {baseline}": baseline} if baseline else None
     header, rows = sweep_table(runs, targets or [("reward/mean", 0.5)], ratios, base_row=True, evals=evals)
     skipped_line = f"{len(skipped)} runs left out of the means: {', '.join(skipped)}" if skipped else ""
     out = root / "report.md"
     out.write_text(f"# Sweep report: {root}\n\n{len(runs)} runs; all of them used: `{common_settings(runs)}`\n\n"
                    + (f"{skipped_line}\n\n" if skipped else "")
-                   + f"{markdown(header, rows)}\n![curves](report.png)\n")
+                   + f"{markdown(header, rows)}\n![curves](report.png)\n"
+                   + "".join(f"\n## Checkpoints evaluated again: {title}\n\n{markdown(h, r)}" for title, h, r in again))
     # unfinished runs' curves are drawn too, marked as such; damaged or empty ones are not
     partial = [dataclasses.replace(r, label=f"{r.label} (unfinished)") for r in found
                if r.unfinished.startswith("unfinished") and r.rows]
@@ -405,6 +521,13 @@ def report(root: Path, targets: list[tuple[str, float]] | None = None, baseline:
     for row in rows:
         table.add_row(*[row[i] for i in shown])
     console.print(table)
+    for title, again_header, again_rows in again:
+        extra = Table(title=f"checkpoints evaluated again: {title}")
+        for i, name in enumerate(again_header):
+            extra.add_column(name, justify="left" if i == 0 else "right", no_wrap=i > 0)
+        for row in again_rows:
+            extra.add_row(*row)
+        console.print(extra)
     if skipped:
         warn(skipped_line)
     console.print(f"wrote {out} and {root / 'report.png'}")
