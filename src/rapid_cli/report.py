@@ -6,7 +6,10 @@ problems: the noise one seed's number carries), the wall-clock (all of it, and w
 seconds per phase, and the training time at which the train reward (or, as the paper measures it, an eval
 pass@k: `--target eval/pass@1=0.05`) first reached each `--target`; every eval pass@k logged; with
 `--baseline LABEL` each row's training time over that row's. A first row gives the base model: `rapid eval`
-results (eval.json) found under the directory, else the runs' round-0 evaluations. The PNG draws train reward
+results (eval.json) found under the directory and measured as the runs evaluate (split, problems, samples,
+temperature, top_p, max_tokens), else the runs' round-0 evaluations. A `rapid eval` of a run's checkpoint saved
+inside its job directory under another protocol (e.g. T=0.7: scripts/paper_table.sh's AGAIN) makes a second
+table, each group's latest such checkpoint beside the base model measured the same way. The PNG draws train reward
 and every eval pass@k against training wall-clock (evaluation time taken out; the eval curves start from the
 base model's): the mean over seeds as a line, min..max as a band; under them each row's seconds per phase as one
 bar. Both are written into the sweep directory (report.md, report.png) and the table is printed.
