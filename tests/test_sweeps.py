@@ -412,3 +412,32 @@ def test_report_puts_each_final_checkpoint_evaluated_again_beside_the_base_model
     assert "| base model | 0,1 | 0 | 0.006 ± 0.000 |" in main and "0.024" not in main
     assert "| base model | 0,1 | 0.020 ± 0.001 |" in again
     assert "| (all runs alike) | 0,1 | 0.027 ± 0.004 |" in again
+
+
+def test_report_tabulates_each_eval_pass_at_k_at_the_budgets_the_curves_share(tmp_path):
+    """Contenders evaluated every 2048 completions compare at equal budgets: the curves' points as a table (mean over
+    the seeds, the training seconds it took, evaluations excluded), the base model at 0 and an unfinished run's
+    points as far as it got, so a GRPO run stopped halfway still compares where it has been."""
+    from rapid_cli.report import report
+
+    def rows(values: list[float], per_round: float) -> list[dict]:
+        out = []
+        for i, value in enumerate(values, start=1):
+            out += [{"round": 2 * i - 1, "time/elapsed": (2 * i - 1) * per_round + 10.0 * (i - 1),
+                     "reward/mean": 0.1, "perf/samples": (2 * i - 1) * 1024},
+                    {"round": 2 * i, "time/elapsed": 2 * i * per_round + 10.0 * i, "time/eval": 10.0,
+                     "reward/mean": 0.1, "perf/samples": 2 * i * 1024, "eval/pass@1": value}]
+        return out
+
+    for name, algo, seed, done in (("r0", "rapid", 0, [0.015, 0.018]), ("r1", "rapid", 1, [0.025, 0.028]),
+                                   ("g0", "grpo", 0, [0.010])):
+        job = _job(tmp_path, name, seed, rows(done, 100.0 if algo == "rapid" else 300.0), rounds=4)
+        OmegaConf.save(OmegaConf.create([f"algo={algo}", f"seed={seed}"]), job / ".hydra" / "overrides.yaml")
+    _evaluation(tmp_path / "base", 0, 0.9, 0.006)
+    _evaluation(tmp_path / "base1", 1, 0.9, 0.008)
+    text = report(tmp_path).read_text()
+    table = text[text.index("eval pass@1 at each budget"):]
+    assert "| config | 0 | 2048 | 4096 |" in table
+    assert "| base model | 0.007 ± 0.001 | - | - |" in table
+    assert "| algo=rapid | - | 0.020 ± 0.007 (200 s) | 0.023 ± 0.007 (400 s) |" in table
+    assert "| algo=grpo (unfinished) | - | 0.010 (600 s) | - |" in table

@@ -9,7 +9,9 @@ pass@k: `--target eval/pass@1=0.05`) first reached each `--target`; every eval p
 results (eval.json) found under the directory and measured as the runs evaluate (split, problems, samples,
 temperature, top_p, max_tokens), else the runs' round-0 evaluations. A `rapid eval` of a run's checkpoint saved
 inside its job directory under another protocol (e.g. T=0.7: scripts/paper_table.sh's AGAIN) makes a second
-table, each group's latest such checkpoint beside the base model measured the same way. The PNG draws train reward
+table, each group's latest such checkpoint beside the base model measured the same way. Each eval pass@k also
+comes as a table of the curves' points: after how many completions, at what training time (unfinished runs
+included, as far as they got), so contenders compare at equal budgets. The PNG draws train reward
 and every eval pass@k against training wall-clock (evaluation time taken out; the eval curves start from the
 base model's): the mean over seeds as a line, min..max as a band; under them each row's seconds per phase as one
 bar. Both are written into the sweep directory (report.md, report.png) and the table is printed.
@@ -381,6 +383,28 @@ def again_tables(runs: list[Run], found: list[Evaluation]) -> list[tuple[str, li
     return tables
 
 
+def budget_table(runs: list[Run], key: str, base: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """`key` (an eval pass@k) after each number of completions trained on (`perf/samples`), mean ± std over the
+    seeds with the training seconds it took (evaluations excluded): the curves' points as a table, where
+    contenders compare at equal budgets. The base model sits at 0; an unfinished run gives the points it reached."""
+    points: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    for run in runs:
+        evals = 0.0
+        for row in run.rows:
+            evals += row.get(Phase.EVAL.key, 0.0)
+            if key in row and row.get("round", 0) > 0 and "perf/samples" in row and "time/elapsed" in row:
+                at = points.setdefault(run.label, {}).setdefault(int(row["perf/samples"]), [])
+                at.append((row["time/elapsed"] - evals, row[key]))
+    budgets = sorted({b for by_budget in points.values() for b in by_budget})
+    header = ["config", "0", *[str(b) for b in budgets]]
+    rows = [["base model", _stat([e.get(key) for e in base.values()]), *["-"] * len(budgets)]] if base else []
+    for label, by_budget in points.items():
+        cells = [f"{_stat([v for _, v in by_budget[b]])} ({statistics.mean(t for t, _ in by_budget[b]):.0f} s)"
+                 if b in by_budget else "-" for b in budgets]
+        rows.append([label, "-", *cells])
+    return header, rows
+
+
 def _eval_row(label: str, seeds: list[str], metrics: list[dict], rounds: list[int | None], ks: list[int],
               se_ks: list[int]) -> list[str]:
     return [label, ",".join(sorted(seeds)), *[_stat([m.get(f"eval/pass@{k}") for m in metrics]) for k in ks],
@@ -505,14 +529,19 @@ def report(root: Path, targets: list[tuple[str, float]] | None = None, baseline:
     ratios = {f"x {baseline}": baseline} if baseline else None
     header, rows = sweep_table(runs, targets or [("reward/mean", 0.5)], ratios, base_row=True, evals=evals)
     skipped_line = f"{len(skipped)} runs left out of the means: {', '.join(skipped)}" if skipped else ""
+    # unfinished runs' curves are drawn too, marked as such; damaged or empty ones are not
+    partial = [dataclasses.replace(r, label=f"{r.label} (unfinished)") for r in found
+               if r.unfinished.startswith("unfinished") and r.rows]
+    base = base_evals(runs, evals)
+    budgets = [(k, *budget_table(runs + partial, f"eval/pass@{k}", base)) for k in pass_ks(runs + partial)]
+    budgets = [(k, h, r) for k, h, r in budgets if len(h) > 2]  # runs that logged no perf/samples have no points
     out = root / "report.md"
     out.write_text(f"# Sweep report: {root}\n\n{len(runs)} runs; all of them used: `{common_settings(runs)}`\n\n"
                    + (f"{skipped_line}\n\n" if skipped else "")
                    + f"{markdown(header, rows)}\n![curves](report.png)\n"
+                   + "".join(f"\n## eval pass@{k} at each budget: completions trained on (training seconds)\n\n"
+                             f"{markdown(h, r)}" for k, h, r in budgets)
                    + "".join(f"\n## Checkpoints evaluated again: {title}\n\n{markdown(h, r)}" for title, h, r in again))
-    # unfinished runs' curves are drawn too, marked as such; damaged or empty ones are not
-    partial = [dataclasses.replace(r, label=f"{r.label} (unfinished)") for r in found
-               if r.unfinished.startswith("unfinished") and r.rows]
     plot(runs + partial, root / "report.png", evals=evals)
     table = Table(title=f"{root} ({len(runs)} runs)")
     # the console gets the headline columns; report.md has them all
@@ -524,11 +553,13 @@ def report(root: Path, targets: list[tuple[str, float]] | None = None, baseline:
     for row in rows:
         table.add_row(*[row[i] for i in shown])
     console.print(table)
-    for title, again_header, again_rows in again:
-        extra = Table(title=f"checkpoints evaluated again: {title}")
-        for i, name in enumerate(again_header):
-            extra.add_column(name, justify="left" if i == 0 else "right", no_wrap=i > 0)
-        for row in again_rows:
+    extras = [(f"eval pass@{k} after N completions (training s)", h, r) for k, h, r in budgets]
+    for title, extra_header, extra_rows in extras + [(f"checkpoints evaluated again: {t}", h, r) for t, h, r in again]:
+        extra = Table(title=title)
+        for i, name in enumerate(extra_header):
+            extra.add_column(name, justify="left" if i == 0 else "right", no_wrap=i > 0,
+                             min_width=24 if i == 0 else None)
+        for row in extra_rows:
             extra.add_row(*row)
         console.print(extra)
     if skipped:
