@@ -7,7 +7,8 @@ export WANDB_MODE=disabled
 # from its round-16 checkpoint)
 rapid train -m experiment=paper-gsm8k-easy algo=rapid seed=0 train.resume=auto logger.live=false \
     hydra.sweep.dir=$OUT/rapid-seed0
-# GRPO, commit e89d31e (from 08:47 UTC)
+# GRPO, commit e89d31e (08:47-09:04 and 10:31-11:31 UTC so far, stopped at its round-16 and round-64 checkpoints;
+# the same command continues it)
 rapid train -m experiment=paper-gsm8k-easy algo=grpo seed=0 train.resume=auto logger.live=false \
     hydra.sweep.dir=$OUT/grpo-seed0
 rapid report $OUT --target eval/pass@1=0.015
