@@ -60,7 +60,7 @@ if [ -n "${AGAIN:-}" ]; then
   python=${PYTHON:-$(dirname "$rapid")/python}
   for job in "$out"/*/*/; do
     job=${job%/}
-    checkpoint=$(find "$job/checkpoints" -maxdepth 1 -name 'round-*' 2>/dev/null | sort | tail -n 1)
+    checkpoint=$(find "$job/checkpoints" -maxdepth 1 -name 'round-*' 2>/dev/null | sort | tail -n 1 || true)  # none: base/
     [ -n "$checkpoint" ] && [ ! -f "$job/$name/eval.json" ] || continue
     model=$checkpoint/model
     [ -d "$model" ] || model=$checkpoint/adapter  # a LoRA run's
