@@ -251,9 +251,15 @@ def eval_only(root: Path, runs: list[Run] | None = None) -> dict[str, dict]:
     `eval.split=train` measurement, or one at another temperature, is no base row for them; an evaluation inside
     a run's directory is that run's checkpoint's."""
     own = [r.protocol for r in runs or [] if r.protocol is not None] or [Protocol(split="test")]
+    return base_by_seed(evaluations(root), own)
+
+
+def base_by_seed(found: list[Evaluation], protocols: list[Protocol]) -> dict[str, dict]:
+    """The base model's evaluations among `found` (those outside any run) measured under one of `protocols`: the
+    first one's metrics for each seed."""
     out: dict[str, dict] = {}
-    for e in evaluations(root):
-        if e.run is None and any(e.protocol.matches(p) for p in own):
+    for e in found:
+        if e.run is None and any(e.protocol.matches(p) for p in protocols):
             out.setdefault(e.seed, e.metrics)
     return out
 
@@ -356,20 +362,17 @@ def again_tables(runs: list[Run], found: list[Evaluation]) -> list[tuple[str, li
     eval.temperature=0.7 hydra.run.dir=<job>/eval-t07`): per protocol a (title, header, rows) table, its first row
     the base model measured the same way, then each group's latest evaluated checkpoint, mean over the seeds."""
     own = next((r.protocol for r in runs if r.protocol is not None), None)
-    by_path = {r.path: r for r in runs}
+    paths = {r.path for r in runs}
     latest: dict[Protocol, dict[Path, Evaluation]] = {}
     for e in found:
-        if e.run not in by_path:
+        if e.run not in paths:
             continue
         kept = latest.setdefault(e.protocol, {})
         if e.run not in kept or (e.round or 0) >= (kept[e.run].round or 0):
             kept[e.run] = e
     tables = []
     for protocol, by_run in latest.items():
-        base: dict[str, dict] = {}
-        for e in found:
-            if e.run is None and e.protocol.matches(protocol):
-                base.setdefault(e.seed, e.metrics)
+        base = base_by_seed(found, [protocol])
         measured = [*base.values(), *(e.metrics for e in by_run.values())]
         ks = sorted({int(k[10:]) for m in measured for k in m if k.startswith("eval/pass@") and k[10:].isdigit()})
         se_ks = [k for k in ks if any(f"eval/pass@{k}_se" in m for m in measured)]
