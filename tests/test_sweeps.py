@@ -43,7 +43,7 @@ def test_sweep_over_a_and_seeds_then_report(tmp_path):
 
     out = rapid_ok("report", str(sweep), "--target", "0.5", "--baseline", "algo.steps_per_generation=1")
     assert "report.md" in out
-    table = (sweep / "report.md").read_text()
+    table = (sweep / "report.md").read_text().partition("![curves]")[0]  # the main table, not those by budget
     header = next(line for line in table.splitlines() if line.startswith("| config |")).split(" | ")
     assert "eval pass@2" in header and "x algo.steps_per_generation=1" in header
     ratio = header.index("x algo.steps_per_generation=1")
@@ -67,10 +67,10 @@ def test_report_takes_the_base_model_from_rapid_eval_and_labels_presets_by_name(
 
     rapid_ok("train", "-m", *SMALL, "eval.at_start=false", "eval.n=2", "eval.k=[1,2]", "algo=rapid,grpo",
              f"hydra.sweep.dir={tmp_path / 'train'}")
-    rapid_ok("eval", "-m", *SMALL, "eval.n=2", "eval.k=[1,2]", "eval.temperature=1.0", "eval.limit=8", "seed=0,1",
+    rapid_ok("eval", "-m", *SMALL, "eval.n=2", "eval.k=[1,2]", "eval.temperature=1.0", "seed=0,1",
              f"hydra.sweep.dir={tmp_path / 'base'}")
     rapid_ok("report", str(tmp_path), "--baseline", "algo=grpo")
-    lines = (tmp_path / "report.md").read_text().splitlines()
+    lines = (tmp_path / "report.md").read_text().partition("![curves]")[0].splitlines()  # the main table
     header = next(line for line in lines if line.startswith("| config |")).split(" | ")
     evals = [json.loads(p.read_text())["metrics"] for p in sorted((tmp_path / "base").rglob("eval.json"))]
     assert len(evals) == 2
@@ -134,7 +134,7 @@ def test_the_paper_table_script_runs_every_contender_and_continues_where_it_stop
                            text=True, env={**os.environ, **env}, timeout=1200)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     text = (tmp_path / "report.md").read_text()
-    main, again = text.partition("![curves]")[0], text.partition("evaluated again: temperature 0.5")[2]
+    main, again = text.partition("![curves]")[0], text.partition("Evaluated again: temperature 0.5")[2]
     for table in (main, again):
         lines = table.splitlines()
         labels = sorted(line.split(" | ")[0][2:] for line in lines if line.startswith(("| algo=", "| base")))
@@ -385,7 +385,7 @@ def test_the_base_model_row_is_the_evaluation_measured_as_the_runs_are(tmp_path)
     """Beside the base model at the runs' T=0.9, the same model at T=0.7, and a trained checkpoint evaluated again
     inside its run: the report took the first eval.json by path (a-base-t07/, or the checkpoint's where it sorted
     first) as the base model's row."""
-    from rapid_cli.report import eval_only, load_runs
+    from rapid_cli.report import eval_only, load_runs, report
 
     _evaluated_job(tmp_path, "rapid", 0, 0.02)
     _evaluation(tmp_path / "rapid" / "again", 0, 0.9, 0.5, model="rapid/checkpoints/round-000002/model")
@@ -395,6 +395,8 @@ def test_the_base_model_row_is_the_evaluation_measured_as_the_runs_are(tmp_path)
     _evaluation(tmp_path / "a-base-t07", 0, 0.7, 0.021)
     _evaluation(tmp_path / "base", 0, 0.9, 0.006)
     assert eval_only(tmp_path, runs)["0"]["eval/pass@1"] == 0.006
+    text = report(tmp_path).read_text()  # the one measured differently is in a table of its own, not dropped
+    assert "| base model | 0 | 0.021 |" in text.partition("Evaluated again: temperature 0.7 (the runs' own: 0.9)")[2]
 
 
 def test_report_puts_each_final_checkpoint_evaluated_again_beside_the_base_model_measured_the_same_way(tmp_path):

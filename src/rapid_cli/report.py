@@ -358,13 +358,17 @@ def sweep_table(runs: list[Run], targets: list[tuple[str, float]], baselines: di
 
 
 def again_tables(runs: list[Run], found: list[Evaluation]) -> list[tuple[str, list[str], list[list[str]]]]:
-    """The runs' checkpoints evaluated again under another protocol (`rapid eval model.path=<checkpoint>
-    eval.temperature=0.7 hydra.run.dir=<job>/eval-t07`): per protocol a (title, header, rows) table, its first row
-    the base model measured the same way, then each group's latest evaluated checkpoint, mean over the seeds."""
+    """Evaluations under another protocol than the runs' own: the runs' checkpoints evaluated again (`rapid eval
+    model.path=<checkpoint> eval.temperature=0.7 hydra.run.dir=<job>/eval-t07`) and base-model evaluations that
+    match no run's protocol (so none is dropped without a word). Per protocol a (title, header, rows) table, its
+    first row the base model measured that way, then each group's latest evaluated checkpoint, mean over the seeds."""
     own = next((r.protocol for r in runs if r.protocol is not None), None)
+    runs_own = [r.protocol for r in runs if r.protocol is not None] or [Protocol(split="test")]
     paths = {r.path for r in runs}
     latest: dict[Protocol, dict[Path, Evaluation]] = {}
     for e in found:
+        if e.run is None and e.protocol.split == "test" and not any(e.protocol.matches(p) for p in runs_own):
+            latest.setdefault(e.protocol, {})  # the base model alone, measured differently
         if e.run not in paths:
             continue
         kept = latest.setdefault(e.protocol, {})
@@ -544,7 +548,7 @@ def report(root: Path, targets: list[tuple[str, float]] | None = None, baseline:
                    + f"{markdown(header, rows)}\n![curves](report.png)\n"
                    + "".join(f"\n## eval pass@{k} at each budget: completions trained on (training seconds)\n\n"
                              f"{markdown(h, r)}" for k, h, r in budgets)
-                   + "".join(f"\n## Checkpoints evaluated again: {title}\n\n{markdown(h, r)}" for title, h, r in again))
+                   + "".join(f"\n## Evaluated again: {title}\n\n{markdown(h, r)}" for title, h, r in again))
     plot(runs + partial, root / "report.png", evals=evals)
     table = Table(title=f"{root} ({len(runs)} runs)")
     # the console gets the headline columns; report.md has them all
@@ -557,7 +561,7 @@ def report(root: Path, targets: list[tuple[str, float]] | None = None, baseline:
         table.add_row(*[row[i] for i in shown])
     console.print(table)
     extras = [(f"eval pass@{k} after N completions (training s)", h, r) for k, h, r in budgets]
-    for title, extra_header, extra_rows in extras + [(f"checkpoints evaluated again: {t}", h, r) for t, h, r in again]:
+    for title, extra_header, extra_rows in extras + [(f"evaluated again: {t}", h, r) for t, h, r in again]:
         extra = Table(title=title)
         for i, name in enumerate(extra_header):
             extra.add_column(name, justify="left" if i == 0 else "right", no_wrap=i > 0,
