@@ -250,8 +250,12 @@ def eval_only(root: Path, runs: list[Run] | None = None) -> dict[str, dict]:
     seed, of those measured as `runs` evaluate (split, problems, samples, temperature, top_p, max_tokens). An
     `eval.split=train` measurement, or one at another temperature, is no base row for them; an evaluation inside
     a run's directory is that run's checkpoint's."""
-    own = [r.protocol for r in runs or [] if r.protocol is not None] or [Protocol(split="test")]
-    return base_by_seed(evaluations(root), own)
+    return base_by_seed(evaluations(root), own_protocols(runs or []))
+
+
+def own_protocols(runs: list[Run]) -> list[Protocol]:
+    """How the runs evaluate (any test-split evaluation where no saved config says)."""
+    return [r.protocol for r in runs if r.protocol is not None] or [Protocol(split="test")]
 
 
 def base_by_seed(found: list[Evaluation], protocols: list[Protocol]) -> dict[str, dict]:
@@ -363,7 +367,7 @@ def again_tables(runs: list[Run], found: list[Evaluation]) -> list[tuple[str, li
     match no run's protocol (so none is dropped without a word). Per protocol a (title, header, rows) table, its
     first row the base model measured that way, then each group's latest evaluated checkpoint, mean over the seeds."""
     own = next((r.protocol for r in runs if r.protocol is not None), None)
-    runs_own = [r.protocol for r in runs if r.protocol is not None] or [Protocol(split="test")]
+    runs_own = own_protocols(runs)
     paths = {r.path for r in runs}
     latest: dict[Protocol, dict[Path, Evaluation]] = {}
     for e in found:
@@ -531,8 +535,9 @@ def report(root: Path, targets: list[tuple[str, float]] | None = None, baseline:
     if baseline is not None and baseline not in {r.label for r in runs}:
         raise RapidError(f"--baseline {baseline!r} names no row; the rows are: "
                          f"{', '.join(dict.fromkeys(r.label for r in runs))}")
-    evals = eval_only(root, runs)
-    again = again_tables(runs, evaluations(root))
+    found_evals = evaluations(root)  # read once: the base row and the evaluated-again tables
+    evals = base_by_seed(found_evals, own_protocols(runs))
+    again = again_tables(runs, found_evals)
     ratios = {f"x {baseline}": baseline} if baseline else None
     header, rows = sweep_table(runs, targets or [("reward/mean", 0.5)], ratios, base_row=True, evals=evals)
     skipped_line = f"{len(skipped)} runs left out of the means: {', '.join(skipped)}" if skipped else ""
