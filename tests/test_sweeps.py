@@ -143,6 +143,11 @@ def test_the_paper_table_script_runs_every_contender_and_continues_where_it_stop
         seeds = {line.split(" | ")[0][2:]: line.split(" | ")[1] for line in lines if line.startswith("| ")}
         assert seeds["algo=rapid"] == seeds["algo=grpo"] == seeds["base model"] == "0,2"
     assert len(list(tmp_path.glob("*/*/again-eval.temperature-0.5/eval.json"))) == 8  # every job
+    # seed-major: every contender on the first seed has finished before the headline pair's next seed starts
+    first_seed = [p.stat().st_mtime for d in ("seed0", "baselines", "rapid-a")
+                  for p in tmp_path.glob(f"{d}/*/metrics.jsonl")]
+    next_seed = [p.stat().st_mtime for p in tmp_path.glob("seed2/*/.hydra/config.yaml")]
+    assert len(first_seed) == 6 and len(next_seed) == 2 and max(first_seed) <= min(next_seed)
     stamps = {p: p.stat().st_mtime for p in [*tmp_path.rglob("metrics.jsonl"), *tmp_path.rglob("eval.json")]}
     second = subprocess.run(["bash", "scripts/paper_table.sh", "gsm8k", *small], cwd=REPO, capture_output=True,
                             text=True, env={**os.environ, **env}, timeout=1200)
