@@ -6,3 +6,8 @@
 export WANDB_MODE=disabled
 PYTHONPATH=.bench-site python scripts/trl_grpo.py --out $OUT/trl-spg4-seed0 --seed 0 --steps-per-generation 4 \
     --save-steps 8 experiment=paper-gsm8k-easy train.samples=512 eval.every_samples=512
+
+# steps_per_generation=1, from main at 10b9b1f (same training code; TRL in .bench-site), alone, 2026-12-06
+# 16:20-16:33 UTC: stopped after its first two steps (64 completions, 697 s), for the per-phase comparison only.
+PYTHONPATH=.bench-site python scripts/trl_grpo.py --out $OUT/trl-spg1-seed0 --seed 0 --steps-per-generation 1 \
+    --save-steps 8 experiment=paper-gsm8k-easy train.samples=512 eval.every_samples=512
