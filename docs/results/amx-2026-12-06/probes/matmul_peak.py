@@ -1,5 +1,5 @@
 # one-off probe (issue 29, 2026-12-06, AMX Xeon): the bf16/fp32 product rate at the MLP shape, best-of and sustained
-# run: cd /work/main && .venv/bin/python docs/results/amx-2026-12-06/probes/matmul_peak.py  (imports scripts/bench_update.py)
+# run from the repository root: .venv/bin/python docs/results/amx-2026-12-06/probes/matmul_peak.py (imports scripts/bench_update.py)
 import time, torch, sys
 sys.path.insert(0, "scripts")
 from bench_update import matmul_rate
