@@ -8,7 +8,8 @@ export WANDB_MODE=disabled
 # round; at 23:56, for about a minute, a second `rapid train` of this sweep ran beside it: the run directory's lock
 # turned it away from PG and it was killed while starting DAPO)
 rapid train -m experiment=paper-gsm8k-easy algo=pg,dapo seed=0 train.resume=auto logger.live=false \
-    hydra.sweep.dir=$OUT/baselines    # PG then DAPO; DAPO started 2026-12-07 01:14 UTC, not yet finished
+    hydra.sweep.dir=$OUT/baselines    # PG then DAPO; DAPO 2026-12-07 01:14-02:15 UTC to round 112
+                                      # (stopped after its checkpoint; the same command continues it)
 # the base model on this machine (00:42-01:00 UTC)
 rapid eval -m experiment=paper-gsm8k-easy seed=0,1,2 hydra.sweep.dir=$OUT/base
 # the table's AGAIN step for PG (01:01-01:14 UTC): its final checkpoint and the base model at T=0.7
