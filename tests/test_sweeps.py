@@ -449,3 +449,20 @@ def test_report_tabulates_each_eval_pass_at_k_at_the_budgets_the_curves_share(tm
     assert "| base model | 0.007 ± 0.001 | - | - |" in table
     assert "| algo=rapid | - | 0.020 ± 0.007 (200 s) | 0.023 ± 0.007 (400 s) |" in table
     assert "| algo=grpo (unfinished) | - | 0.010 (600 s) | - |" in table
+
+
+def test_a_seed_evaluated_twice_counts_in_the_base_row_twice(tmp_path):
+    """The base model evaluated with seed 0 on two machines (bf16 sampling differs between CPUs, so the two draw
+    different completions): the report kept the first eval.json by path and dropped the other without a word."""
+    from rapid_cli.report import eval_only, load_runs, report
+
+    _evaluated_job(tmp_path, "rapid", 0, 0.02)
+    runs = load_runs(tmp_path)
+    _evaluation(tmp_path / "base-a" / "0", 0, 0.9, 0.006)
+    _evaluation(tmp_path / "base-b" / "0", 0, 0.9, 0.018)
+    _evaluation(tmp_path / "base-b" / "1", 1, 0.9, 0.012)
+    base = eval_only(tmp_path, runs)
+    assert sorted(e["eval/pass@1"] for e in base.values()) == [0.006, 0.012, 0.018]
+    assert base["0"]["eval/pass@1"] == 0.006  # a run of seed 0 starts its curve from the first by path
+    text = report(tmp_path).read_text()
+    assert "| base model | 0,0#2,1 | 0 | 0.012 ± 0.006 |" in text

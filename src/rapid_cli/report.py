@@ -259,12 +259,15 @@ def own_protocols(runs: list[Run]) -> list[Protocol]:
 
 
 def base_by_seed(found: list[Evaluation], protocols: list[Protocol]) -> dict[str, dict]:
-    """The base model's evaluations among `found` (those outside any run) measured under one of `protocols`: the
-    first one's metrics for each seed."""
+    """The base model's evaluations among `found` (those outside any run) measured under one of `protocols`, by seed.
+    A seed measured again (on another machine, whose bf16 sampling draws other completions) is a measurement of its
+    own, keyed `<seed>#2`, `#3`, ... in the order found, so the base row counts every one; the first stays under the
+    seed itself, where a run of that seed starts its curve."""
     out: dict[str, dict] = {}
     for e in found:
         if e.run is None and any(e.protocol.matches(p) for p in protocols):
-            out.setdefault(e.seed, e.metrics)
+            again = sum(k.partition("#")[0] == e.seed for k in out)
+            out[f"{e.seed}#{again + 1}" if again else e.seed] = e.metrics
     return out
 
 
