@@ -67,6 +67,9 @@ def main() -> None:
     if steps % spg or (args.save_steps and args.save_steps % spg) or every % spg:
         raise SystemExit(f"--steps-per-generation {spg} must divide the {steps} steps, --save-steps and the "
                          f"{every} steps between evaluations")
+    if cfg.task.stop:  # TRL would sample past the strings rapid stops at: the two would not compare like for like
+        raise SystemExit(f"task.stop={list(cfg.task.stop)}: this script does not pass stop strings to TRL's sampler; "
+                         "compare with task.stop='[]'")
     torch.manual_seed(args.seed)
     task = make_task(cfg.task, seed=args.seed, cache_dir=cfg.cache_dir, reward_cfg=cfg.reward)
     model_dir = resolve_model(cfg.model, cfg.cache_dir)

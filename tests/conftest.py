@@ -75,3 +75,15 @@ def pytest_collection_modifyitems(config, items):
         for marker, skip in skips.items():
             if item.get_closest_marker(marker):
                 item.add_marker(skip)
+
+
+def stopped_at(tok, ids: list[int], stops: list[str]) -> tuple[list[int], str] | None:
+    """Where a completion `ids` stops at the first of `stops` to appear in its text (lm-eval's `until`, vLLM's
+    `stop`): its tokens up to the one that completes the string, its text up to where the string starts; None if
+    no string appears."""
+    for n in range(1, len(ids) + 1):
+        text = tok.decode(ids[:n], skip_special_tokens=True)
+        found = [text.find(s) for s in stops if s in text]
+        if found:
+            return ids[:n], text[: min(found)]
+    return None

@@ -52,6 +52,7 @@ def test_typo_and_wrong_type_fail_at_compose_time():
         ("task.max_train=0", r"task.max_train=0 must be at least 1"),
         ("task.data_path=problems.jsonl", "no effect with task=arith"),
         ("model=tiny model.tiny_hidden=129", "multiple of model.tiny_heads"),
+        ("task.stop=[Question,'']", "empty string, which would end every completion at once"),
     ],
 )
 def test_cross_field_checks(override, needle):

@@ -1,5 +1,7 @@
 """The HF sampler: greedy tokens match transformers' own generate, logprobs match the trainer's."""
 
+import dataclasses
+
 import torch
 
 from rapid_cli.policy import completion_logprobs, pack
@@ -66,3 +68,31 @@ def test_sync_takes_plain_weights_one_at_a_time_and_refuses_a_partial_set(tiny_p
     partial = list(trained.state_dict().items())[:-1]
     with pytest.raises(KeyError, match="no new value for 1 weights"):
         HFSampler(copy.deepcopy(model), tok).sync_weights(partial)
+
+
+def test_generation_stops_at_a_stop_string_with_its_text_cut_before_it(tiny_policy):
+    """`task.stop` (lm-eval's `until` for GSM8K: "Question:"): a few-shot prompt's completion that goes on to write
+    the next question was sampled to max_tokens, at the cost of every token after the answer. The rows that
+    meet a stop string end with the token that completes it, their text before it, finish reason "stop"; the
+    others are the completions sampled without stop strings."""
+    from conftest import stopped_at
+
+    model, tok = tiny_policy
+    prompts = prompts_of(tok, ["What is 3 + 4?", "Hi", "What is 9 * 9?"])
+    params = SamplingParams(n=2, temperature=0.8, max_tokens=24, seed=3)
+    free = HFSampler(model, tok, batch_size=4).generate(prompts, params)
+    # stop strings taken from the middle of two completions' text, so some rows meet them and some may not
+    stops = [tok.decode(free.completion_ids[0][8:10]).strip()[:3], tok.decode(free.completion_ids[3][12:13]).strip()]
+    assert all(stops), stops
+    cut = HFSampler(model, tok, batch_size=4).generate(prompts, dataclasses.replace(params, stop=tuple(stops)))
+    met = 0
+    for i, ids in enumerate(free.completion_ids):
+        expected = stopped_at(tok, ids, stops)
+        if expected is None:
+            assert cut.completion_ids[i] == ids and cut.texts[i] == free.texts[i]
+            assert cut.finish_reasons[i] == free.finish_reasons[i]
+            continue
+        met += 1
+        assert (cut.completion_ids[i], cut.texts[i], cut.finish_reasons[i]) == (*expected, "stop")
+        assert cut.logprobs[i] == free.logprobs[i][: len(expected[0])]
+    assert met >= 2

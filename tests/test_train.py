@@ -150,3 +150,20 @@ def test_a_signal_during_a_periodic_save_stops_with_that_checkpoint(tmp_path, mo
         train(cfg, tmp_path)
     assert stopped.value.round == 1 and stopped.value.checkpoint.name == "round-000001"
     assert [p.name for p in checkpoint.checkpoints(tmp_path / "checkpoints")] == ["round-000001"]
+
+
+def test_task_stop_strings_end_training_and_evaluation_samples(tmp_path):
+    """task.stop (lm-eval's `until`) must end the completions the update trains on and those the evaluation
+    scores alike: a stop string only the evaluation knew would score text the policy was never trained to end."""
+    import gzip
+
+    stops = ["\n", "e", "a", "o", "i", "t"]  # the random model's sampled completions nearly all hold a letter, its
+    cfg = compose(TINY + ["train.rounds=1", "sampler.max_tokens=32"])  # greedy (evaluation's) ones are newlines
+    cfg.task.stop = stops
+    train(cfg, tmp_path, run_name="unit")
+    rounds = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rounds[-1]["train/stop_frac"] >= 0.75 and rounds[-1]["train/completion_len"] < 16
+    evaluated = [json.loads(line) for f in sorted((tmp_path / "evals").glob("*.jsonl.gz"))
+                 for line in gzip.open(f, "rt")]
+    assert evaluated and not any(s in row["completion"] for row in evaluated for s in stops)
+    assert sum(row["finish_reason"] == "stop" for row in evaluated) >= 0.75 * len(evaluated)

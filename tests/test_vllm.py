@@ -216,3 +216,44 @@ def test_kv_cache_release_passes_the_engines_own_checks_up_to_the_device(engine)
     restore_kv_cache(vs.llm)
     assert not vs.llm.llm_engine.is_sleeping()
     assert greedy(vs, prompts).completion_ids == before.completion_ids
+
+
+def test_stop_strings_end_engine_and_trainer_samples_alike(engine):
+    """task.stop passes to vLLM's own stop strings: the engine keeps a completion's tokens up to the one that
+    completes the string and cuts its text before it, as the HF sampler does, so the trainer's recomputed
+    log-probs cover exactly the tokens sampled and the reward reads the same text whichever sampler ran."""
+    from conftest import stopped_at
+
+    model, tok, vs = engine
+    prompts = [tok(t)["input_ids"] for t in TEXTS]  # the random model's greedy text under a chat template is
+    state = {k: t.clone() for k, t in model.state_dict().items()}  # newlines alone; perturbed, raw, it varies
+    try:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        vs.sync_weights(model.state_dict().items())
+        free = vs.generate(prompts, SamplingParams(n=1, temperature=0, max_tokens=24))
+        # stop strings spanning two tokens where a completion's text changes, so the text before them is not empty
+        # (whole characters only: a byte-level token alone can decode to half a character, U+FFFD)
+        spans = [[tok.decode(ids[j : j + 2]) for j in range(1, len(ids) - 1) if ids[j] != ids[j + 1]]
+                 for ids in free.completion_ids]
+        stops = [next(s for s in found if s.strip() and "\ufffd" not in s) for found in spans
+                 if any(s.strip() and "\ufffd" not in s for s in found)]
+        cut_params = SamplingParams(n=1, temperature=0, max_tokens=24, stop=tuple(stops))
+        v, h = vs.generate(prompts, cut_params), HFSampler(model, tok).generate(prompts, cut_params)
+    finally:
+        model.load_state_dict(state)
+        vs.sync_weights(model.state_dict().items())
+    # (texts compare where a stop string cut them: vLLM drops a completion's trailing half characters, HF writes
+    # U+FFFD, with or without stop strings)
+    assert (v.completion_ids, v.finish_reasons) == (h.completion_ids, h.finish_reasons)
+    met = [stopped_at(tok, ids, stops) for ids in free.completion_ids]
+    assert [t for t, m in zip(v.texts, met, strict=True) if m] == [t for t, m in zip(h.texts, met, strict=True) if m]
+    assert sum(m is not None and m[1] != "" for m in met) >= 2, (free.texts, stops)
+    for i, expected in enumerate(met):
+        if expected is None:
+            assert (v.completion_ids[i], v.texts[i]) == (free.completion_ids[i], free.texts[i])
+        else:
+            assert (v.completion_ids[i], v.texts[i], v.finish_reasons[i]) == (*expected, "stop")
+            assert len(v.logprobs[i]) == len(expected[0])

@@ -175,6 +175,9 @@ class TaskConfig:
     # gsm8k only: keep the problems whose reference solution takes at most N steps (its lines before "####"), in
     # both splits; null: all. The easier problems, for a model that rarely solves the rest (docs/results.md)
     max_solution_steps: int | None = None
+    # generation (training and eval) also ends at the first of these strings, its text cut before it, as lm-eval's
+    # `until` does (its GSM8K: ["Question:"], where a few-shot prompt invites the model to write the next question)
+    stop: list[str] = field(default_factory=list)
     pass_threshold: float = 1.0  # eval: a sample counts as correct (pass@k) when its total reward is at least this
     # leave out problems whose prompt (chat template included) is longer than this many tokens, with a count; null: keep
     # all (a prompt that cannot fit the model's context then stops the run, naming its file and row)

@@ -36,10 +36,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def eval_params(e: EvalConfig, sampler_max_tokens: int, seed: int) -> SamplingParams:
+def eval_params(e: EvalConfig, sampler_max_tokens: int, seed: int, stop: list[str] | None = None) -> SamplingParams:
+    """How `e` samples; `stop`: the task's stop strings (task.stop), ending evaluation as they end training."""
     temperature = e.temperature if e.temperature is not None else (0.0 if e.n == 1 else 1.0)
     return SamplingParams(n=e.n, temperature=temperature, top_p=e.top_p, max_tokens=e.max_tokens or sampler_max_tokens,
-                          seed=seed)
+                          seed=seed, stop=tuple(stop or ()))
 
 
 def eval_problems(task: Task, e: EvalConfig) -> list[Problem]:
@@ -147,7 +148,7 @@ def run_eval(cfg: Config, run_dir: Path) -> dict:
     task.drop_long_prompts(tokenizer, cfg.model.chat_template, train_too=False)  # task.max_prompt_tokens, if set
     problems = eval_problems(task, cfg.eval)
     sampler = open_sampler(cfg, model, tokenizer, model_path, plan)
-    params = eval_params(cfg.eval, cfg.sampler.max_tokens, cfg.seed)
+    params = eval_params(cfg.eval, cfg.sampler.max_tokens, cfg.seed, cfg.task.stop)
     ks = sorted({k for k in cfg.eval.k} | {params.n})
     prompts = [task.prompt_ids(p, tokenizer, cfg.model.chat_template) for p in problems]
     longest = max(range(len(prompts)), key=lambda i: len(prompts[i]))

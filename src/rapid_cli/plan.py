@@ -86,7 +86,7 @@ def make_plan(cfg: Config, device: torch.device, world: int = 1) -> Plan:
     precision, engine_dtype = resolve_precision(cfg, cuda, fast_bf16(cuda))
     a, s = cfg.algo, cfg.sampler
     sampling = SamplingParams(n=a.group_size, temperature=s.temperature, top_p=s.top_p,
-                              max_tokens=s.max_tokens)
+                              max_tokens=s.max_tokens, stop=tuple(cfg.task.stop))
     return Plan(rounds=planned_rounds(cfg), steps=a.steps_per_generation,
                 groups_per_step=a.prompts_per_step, group_size=a.group_size, world=world,
                 eval_every=planned_eval_every(cfg), save_every=planned_save_every(cfg),

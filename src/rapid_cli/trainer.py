@@ -247,7 +247,7 @@ def _eval_set(cfg: Config, task: Task, model, tokenizer, samples_dir: Path | Non
     longest = task.longest_prompt(tokenizer, cfg.model.chat_template)
     validate_data(cfg, len(task.train))  # on the problems left
     check_fits(model, cfg.sampler.max_tokens, longest, "sampler.max_tokens")
-    params = eval_params(cfg.eval, cfg.sampler.max_tokens, cfg.seed)
+    params = eval_params(cfg.eval, cfg.sampler.max_tokens, cfg.seed, cfg.task.stop)
     check_fits(model, params.max_tokens, longest, "eval.max_tokens")
     problems = eval_problems(task, cfg.eval)
     prompts = [task.prompt_ids(p, tokenizer, cfg.model.chat_template) for p in problems]

@@ -31,17 +31,22 @@ class SamplingParams:
     max_tokens: int = 128
     seed: int = 0
     prompt_seeds: list[int] | None = None  # one per prompt: its samples do not depend on the batch around it (hf)
+    # a completion also ends at the first of these strings in its text (lm-eval's `until`): its tokens up to the one
+    # that completes the string, its text up to where the string starts, finish reason "stop"
+    stop: tuple[str, ...] = ()
 
 
 @dataclass
 class Generations:
     """Sampler output for P prompts x n completions, grouped: row i belongs to prompt i // n.
 
-    completion_ids[i]: token ids of completion i (ending with the stop token when finish_reason is "stop")
+    completion_ids[i]: token ids of completion i (ending with the stop token, or the token completing a stop string,
+        when finish_reason is "stop")
     logprobs[i]: behaviour log-prob of each of those tokens, log softmax(logits / T) without top-p
         truncation (what the trainer recomputes), same length; None when the sampler cannot report that
         quantity (vLLM with top_p < 1)
     finish_reasons[i]: "stop" | "length"
+    texts[i]: the completion's text, special tokens left out, cut before the stop string it ended at
     """
 
     completion_ids: list[list[int]]

@@ -81,6 +81,9 @@ def validate(cfg: Config) -> None:
         raise RapidError("reward.timeout_s and reward.math_timeout_s must be > 0")
     if cfg.reward.max_none_rounds is not None and cfg.reward.max_none_rounds < 1:
         raise RapidError(f"reward.max_none_rounds={cfg.reward.max_none_rounds} must be at least 1 (null: never stop)")
+    if any(not isinstance(s, str) or not s for s in cfg.task.stop):
+        raise RapidError(f"task.stop={list(cfg.task.stop)} holds an empty string, which would end every completion "
+                         "at once; give non-empty strings, e.g. task.stop='[\"Question:\"]', or task.stop='[]'")
     if cfg.task.digits < 1:
         raise RapidError("task.digits must be at least 1")
     # Python slices would quietly turn 0 into "all" and -5 into "all but 5": refuse them.

@@ -92,7 +92,8 @@ class HFSampler:
                 out.finish_reasons += reasons
         finally:
             self.model.train(was_training)
-        out.texts = self.tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)
+        out.texts = [cut_at_stop(t, params.stop) for t in
+                     self.tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)]
         return out
 
     def _decode(self, prompts: list[list[int]], params: SamplingParams, gen):
@@ -110,6 +111,7 @@ class HFSampler:
 
         tokens, logprobs = [], []  # per step: [B] each
         done = torch.zeros(B, dtype=torch.bool, device=device)
+        by_string = torch.zeros(B, dtype=torch.bool, device=device)
         lengths = torch.zeros(B, dtype=torch.long, device=device)
         cache = None
         step_ids = input_ids
@@ -127,7 +129,9 @@ class HFSampler:
             tokens.append(token)
             logprobs.append(logp)
             lengths += (~done).long()
-            done |= torch.isin(token, stop)
+            met = self._met_stop_string(tokens, done, params.stop) if params.stop else torch.zeros_like(done)
+            by_string |= met
+            done |= torch.isin(token, stop) | met
             if done.all():
                 break
             step_ids = token[:, None]  # [B, 1]
@@ -137,8 +141,27 @@ class HFSampler:
         token_mat = torch.stack(tokens, 1).tolist()  # [B, T]
         logp_mat = torch.stack(logprobs, 1).tolist()
         ids, lps, reasons = [], [], []
-        for i, n in enumerate(lengths.tolist()):
+        for i, (n, string) in enumerate(zip(lengths.tolist(), by_string.tolist(), strict=True)):
             ids.append(token_mat[i][:n])
             lps.append(logp_mat[i][:n])
-            reasons.append("stop" if n and token_mat[i][n - 1] in self.stop_ids else "length")
+            reasons.append("stop" if string or (n and token_mat[i][n - 1] in self.stop_ids) else "length")
         return ids, lps, reasons
+
+    def _met_stop_string(self, tokens: list[torch.Tensor], done: torch.Tensor, stops: tuple[str, ...]) -> torch.Tensor:
+        """[B] bool: the rows still going whose text now holds a stop string (it appeared with the newest token,
+        or the row would have ended before). The whole text is decoded, not a tail: a tail can decode differently
+        (a SentencePiece leading space, a multi-byte character cut in two), which would stop a token late."""
+        met = torch.zeros_like(done)
+        going = (~done).nonzero().flatten().tolist()
+        if going:
+            so_far = torch.stack(tokens, 1)[going].tolist()
+            texts = self.tokenizer.batch_decode(so_far, skip_special_tokens=True)
+            for row, text in zip(going, texts, strict=True):
+                met[row] = any(s in text for s in stops)
+        return met
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
+    """`text` up to the start of the stop string that ends first in it (vLLM's rule; ties: the first listed)."""
+    found = [(i + len(s), order, i) for order, s in enumerate(stops) if (i := text.find(s)) >= 0]
+    return text[: min(found)[2]] if found else text

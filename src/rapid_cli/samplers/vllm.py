@@ -217,6 +217,7 @@ class VLLMSampler:
             temperature=params.temperature,
             top_p=params.top_p,
             max_tokens=params.max_tokens,
+            stop=list(params.stop) or None,  # its text cut before the string, its tokens kept up to the completing one
             logprobs=0 if exact else None,  # the sampled token's own log-prob only, when it is the trainer's quantity
         )
         outputs = self.llm.generate([self._TokensPrompt(prompt_token_ids=p) for p in prompts], sp, use_tqdm=False,
