@@ -9,7 +9,8 @@ export WANDB_MODE=disabled
 # turned it away from PG and it was killed while starting DAPO)
 rapid train -m experiment=paper-gsm8k-easy algo=pg,dapo seed=0 train.resume=auto logger.live=false \
     hydra.sweep.dir=$OUT/baselines    # PG then DAPO; DAPO 2026-12-07 01:14-02:15 UTC to round 112
-                                      # (stopped after its checkpoint; the same command continues it)
+                                      # (stopped after its checkpoint), then 03:14-04:51 UTC from it (the same
+                                      # command; PG, finished, is skipped)
 # the base model on this machine (00:42-01:00 UTC)
 rapid eval -m experiment=paper-gsm8k-easy seed=0,1,2 hydra.sweep.dir=$OUT/base
 # the table's AGAIN step for PG (01:01-01:14 UTC): its final checkpoint and the base model at T=0.7
@@ -20,4 +21,10 @@ rapid eval -m experiment=paper-gsm8k-easy seed=0 eval.temperature=0.7 hydra.swee
 rapid report $OUT --target eval/pass@1=0.015
 # paired over the 200 problems: a checkpoint's evaluation against the base model's (mean over its seeds)
 python paired.py "$JOB/evals/round-000256.jsonl.gz" $OUT/base/*/eval.json
+python paired.py "$JOB/again-eval.temperature-0.7/eval.json" $OUT/base-again-eval.temperature-0.7/*/eval.json
+# DAPO's AGAIN step (2026-12-07 04:51-04:58 UTC) and its paired tests
+JOB="$OUT/baselines/1_algo=dapo,experiment=paper-gsm8k-easy,seed=0,train.resume=auto"
+rapid eval experiment=paper-gsm8k-easy algo=dapo seed=0 logger.live=False "model.path='$JOB/checkpoints/round-000256/model'" \
+    eval.temperature=0.7 "hydra.run.dir='$JOB/again-eval.temperature-0.7'"
+for n in 64 128 192 256; do python paired.py "$JOB/evals/round-$(printf %06d $n).jsonl.gz" $OUT/base/*/eval.json; done
 python paired.py "$JOB/again-eval.temperature-0.7/eval.json" $OUT/base-again-eval.temperature-0.7/*/eval.json
