@@ -69,7 +69,8 @@ def env():
 def torchrun(nproc: int, args: list[str], **kw) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m",
            "rapid_cli", "train", *args]
-    return subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    kw.setdefault("env", env())
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -239,6 +240,31 @@ def test_rank_0_evaluating_and_saving_longer_than_the_collective_timeout_is_no_f
     assert proc.returncode == 0, out[-3000:]
     evals = [r["time/eval"] for r in rows(run_dir) if "time/eval" in r]
     assert len(evals) == 2 and min(evals) > 1, evals  # each evaluation outlasted the 1 s timeout (3-4 s when quiet)
+
+
+def test_a_rank_slower_to_set_up_than_the_collective_timeout_is_no_failure(tmp_path):
+    """Ranks load the task, the model and the eval set on their own, so they reach the first collective of the
+    parallel wrapper (DDP's parameter check, FSDP2's sharding) at different times; a busy machine made that gap
+    longer than train.dist_timeout_s and killed a healthy job. Here rank 1 arrives 4 s late with a 1 s timeout."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    import time\n"
+        "    from rapid_cli import distributed\n"
+        "    wrap = distributed.wrap\n"
+        "    def late(*args, **kwargs):\n"
+        "        time.sleep(4)\n"
+        "        return wrap(*args, **kwargs)\n"
+        "    distributed.wrap = late\n")
+    for parallel in ("ddp", "fsdp"):
+        run_dir = tmp_path / parallel
+        proc = torchrun(2, [*overrides(tmp_path, rounds=1), f"train.parallel={parallel}", "train.dist_timeout_s=1",
+                            f"hydra.run.dir={run_dir}"], env={**env(), "PYTHONPATH": str(hook)})
+        out = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, (parallel, out[-3000:])
+        assert [r["round"] for r in rows(run_dir)] == [0, 1], parallel
 
 
 def test_launch_mistakes_are_one_line(monkeypatch):

@@ -101,6 +101,9 @@ def owned_rows(d: Dist, n_prompts: int, prompts_per_step: int) -> list[int]:
 
 def wrap(d: Dist, model, mixed_precision: str):
     """The module to train: DDP around the model, or the model sharded in place by FSDP2."""
+    # Both wrappers begin with a collective, which ranks reach after loading the task and model on their
+    # own, seconds apart on a busy machine: they line up first where no timeout applies.
+    wait_for_main(d)
     if d.parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
@@ -223,7 +226,8 @@ _patient = None  # the gloo group with that timeout, made by setup()
 
 
 def wait_for_main(d: Dist) -> None:
-    """Every rank calls this after work rank 0 does alone; returns once rank 0 is done, however long it took."""
+    """Every rank calls this after work rank 0 does alone (or that takes each rank its own time); returns once
+    every rank has arrived, however long that took."""
     if d.world > 1:
         dist.barrier(group=_patient)
 
