@@ -232,7 +232,7 @@ def test_a_dead_rank_ends_the_job_with_a_clear_message(tmp_path):
 
 def test_rank_0_evaluating_and_saving_longer_than_the_collective_timeout_is_no_failure(tmp_path):
     """Rank 0 evaluates and saves alone; the other rank waits at a gloo barrier without a practical time limit
-    (distributed.wait_for_main), not inside its next collective, which train.dist_timeout_s (here 1 s) would end."""
+    (distributed.line_up), not inside its next collective, which train.dist_timeout_s (here 1 s) would end."""
     run_dir = tmp_path / "run"
     proc = torchrun(2, [*overrides(tmp_path, rounds=1), "train.parallel=ddp", "train.dist_timeout_s=1", "eval.limit=40",
                         "eval.n=32", "eval.k=[1]", "train.save_every=1", f"hydra.run.dir={run_dir}"])
@@ -242,29 +242,29 @@ def test_rank_0_evaluating_and_saving_longer_than_the_collective_timeout_is_no_f
     assert len(evals) == 2 and min(evals) > 1, evals  # each evaluation outlasted the 1 s timeout (3-4 s when quiet)
 
 
-def test_a_rank_slower_to_set_up_than_the_collective_timeout_is_no_failure(tmp_path):
-    """Ranks load the task, the model and the eval set on their own, so they reach the first collective of the
-    parallel wrapper (DDP's parameter check, FSDP2's sharding) at different times; a busy machine made that gap
-    longer than train.dist_timeout_s and killed a healthy job. Here rank 1 arrives 4 s late with a 1 s timeout."""
+LATE = "import os\nif os.environ.get('RANK') == '1':\n    import time\n    import {module} as where\n" \
+       "    slow = where.{owner}{name}\n    def late(*args, **kwargs):\n        time.sleep(4)\n" \
+       "        return slow(*args, **kwargs)\n    where.{owner}{name} = late\n"
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+@pytest.mark.parametrize("slow", ["rapid_cli.distributed:wrap", "rapid_cli.samplers.hf:HFSampler.generate"])
+def test_a_rank_slower_than_the_collective_timeout_is_no_failure(tmp_path, parallel, slow):
+    """Ranks load the task and model, and sample and score their prompts, each on its own, so they reach the
+    next collective (DDP's parameter check, FSDP2's sharding, the pi_old pass) at different times; a busy
+    machine made that gap longer than train.dist_timeout_s and killed a healthy job. Here rank 1 arrives 4 s
+    late, at the parallel wrapper or from sampling, with a 1 s timeout."""
+    module, attr = slow.split(":")
+    owner, _, name = attr.rpartition(".")
     hook = tmp_path / "hook"
     hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
-        "import os\n"
-        "if os.environ.get('RANK') == '1':\n"
-        "    import time\n"
-        "    from rapid_cli import distributed\n"
-        "    wrap = distributed.wrap\n"
-        "    def late(*args, **kwargs):\n"
-        "        time.sleep(4)\n"
-        "        return wrap(*args, **kwargs)\n"
-        "    distributed.wrap = late\n")
-    for parallel in ("ddp", "fsdp"):
-        run_dir = tmp_path / parallel
-        proc = torchrun(2, [*overrides(tmp_path, rounds=1), f"train.parallel={parallel}", "train.dist_timeout_s=1",
-                            f"hydra.run.dir={run_dir}"], env={**env(), "PYTHONPATH": str(hook)})
-        out = proc.communicate(timeout=600)[0]
-        assert proc.returncode == 0, (parallel, out[-3000:])
-        assert [r["round"] for r in rows(run_dir)] == [0, 1], parallel
+    (hook / "sitecustomize.py").write_text(LATE.format(module=module, owner=owner + "." if owner else "", name=name))
+    run_dir = tmp_path / "run"
+    proc = torchrun(2, [*overrides(tmp_path, rounds=1), f"train.parallel={parallel}", "train.dist_timeout_s=1",
+                        f"hydra.run.dir={run_dir}"], env={**env(), "PYTHONPATH": str(hook)})
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert [r["round"] for r in rows(run_dir)] == [0, 1]
 
 
 def test_launch_mistakes_are_one_line(monkeypatch):

@@ -41,7 +41,7 @@ def _rank(rank: int, port: int, out: str, scenario: str) -> None:
             if d.main:
                 time.sleep(3)  # rank 0 evaluates or saves alone, 3x the collectives' timeout
             start = time.perf_counter()
-            distributed.wait_for_main(d)
+            distributed.line_up(d)
             result["waited_s"] = time.perf_counter() - start
             result["agree"] = distributed.any_rank(d, False) is False  # the default group still works afterwards
         elif scenario == "slow_main_in_a_collective":  # what the trainer did before: wait inside the next collective
@@ -54,7 +54,7 @@ def _rank(rank: int, port: int, out: str, scenario: str) -> None:
                 os._exit(1)  # rank 0 dies while evaluating
             start = time.perf_counter()
             try:
-                distributed.wait_for_main(d)
+                distributed.line_up(d)
             finally:
                 result["waited_s"] = time.perf_counter() - start
         elif scenario == "stream":

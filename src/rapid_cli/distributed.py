@@ -72,7 +72,7 @@ def setup(train: TrainConfig, prompts_per_step: int, device: str) -> Dist:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=train.dist_timeout_s))
     global _patient
-    # A second, CPU-side group for waiting on rank 0 (see wait_for_main). Collective: every rank creates it.
+    # A second, CPU-side group for waiting for the slowest rank (see line_up). Collective: every rank creates it.
     _patient = dist.new_group(backend="gloo", timeout=PATIENCE)
     if prompts_per_step % world:
         raise RapidError(f"algo.prompts_per_step={prompts_per_step} must be a multiple of the {world} processes "
@@ -103,7 +103,7 @@ def wrap(d: Dist, model, mixed_precision: str):
     """The module to train: DDP around the model, or the model sharded in place by FSDP2."""
     # Both wrappers begin with a collective, which ranks reach after loading the task and model on their
     # own, seconds apart on a busy machine: they line up first where no timeout applies.
-    wait_for_main(d)
+    line_up(d)
     if d.parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
@@ -216,18 +216,19 @@ def process_group(train: TrainConfig, prompts_per_step: int, device: str):
     shutdown(d)
 
 
-# Rank 0 alone evaluates and writes checkpoints. Were the other ranks to wait for it inside their next NCCL
-# collective, a long evaluation or a slow filesystem would pass train.dist_timeout_s (NCCL's watchdog: 600 s)
-# and kill a healthy job. They wait instead at a barrier of a gloo group whose timeout is a week: gloo
-# notices a peer that died (its TCP connection closes, and torchrun stops the job anyway), so only a
-# live rank 0 keeps them waiting, and the NCCL timeout keeps catching collectives that really hang.
+# Ranks wait for each other where the work before differs in length: rank 0 evaluating and writing checkpoints
+# alone, each rank loading the model or sampling and scoring its own prompts at its own pace. Were they to wait
+# inside their next NCCL collective, a long evaluation, a slow filesystem or one rank's slow rewards would pass
+# train.dist_timeout_s (NCCL's watchdog: 600 s) and kill a healthy job. They wait instead at a barrier of a
+# gloo group whose timeout is a week: gloo notices a peer that died (its TCP connection closes, and torchrun
+# stops the job anyway), so only live ranks keep the others waiting, and the collective timeout keeps
+# catching collectives that really hang.
 PATIENCE = timedelta(days=7)
 _patient = None  # the gloo group with that timeout, made by setup()
 
 
-def wait_for_main(d: Dist) -> None:
-    """Every rank calls this after work rank 0 does alone (or that takes each rank its own time); returns once
-    every rank has arrived, however long that took."""
+def line_up(d: Dist) -> None:
+    """Returns once every rank has arrived here, however long that took."""
     if d.world > 1:
         dist.barrier(group=_patient)
 
@@ -248,5 +249,5 @@ def shutdown(d: Dist) -> None:
     """Leaves the process group once every rank is done: a rank that tears gloo down while rank 0 is
     still saving or plotting can abort (std::terminate in gloo's connection threads)."""
     if d.active and dist.is_initialized():
-        wait_for_main(d)
+        line_up(d)
         dist.destroy_process_group()

@@ -282,7 +282,7 @@ def evaluate_before(run: Run) -> None:
         times = run.timer.pop_round()
         run.log.log({**run.state.first_eval, **times, "time/elapsed": run.timer.elapsed}, step=0)
     # not inside an NCCL collective, whose timeout a long evaluation would pass
-    distributed.wait_for_main(run.d)
+    distributed.line_up(run.d)
 
 
 def run_round(run: Run, rnd: int) -> tuple[Rollouts, dict]:
@@ -299,6 +299,7 @@ def run_round(run: Run, rnd: int) -> tuple[Rollouts, dict]:
     with timer(Phase.REWARD):
         rows = [p for p in problems for _ in range(plan.group_size)]
         scores = run.task.score(gens.texts, rows, gens.completion_ids, gens.finish_reasons)
+        distributed.line_up(run.d)  # ranks sample and score at their own pace; the passes below are collective
     ro = Rollouts(problems, prompt_ids, gens, scores.total, plan.group_size)
     # the rows any pass below computes
     ro.moving = learner.moving_rows(ro, run.behaviour.own_rows(ro))
@@ -322,7 +323,7 @@ def run_round(run: Run, rnd: int) -> tuple[Rollouts, dict]:
     if run.d.main and plan.evaluates_after(rnd):
         with timer(Phase.EVAL):
             eval_metrics = run.evaluation(run.task, run.sampler, rnd)
-    distributed.wait_for_main(run.d)
+    distributed.line_up(run.d)
     metrics = _log_round(run, rnd, ro, steps, {**audit, **eval_metrics}, scores.parts)
     return ro, metrics
 
@@ -369,7 +370,7 @@ def save(run: Run, rnd: int) -> Path:
     weights = learner.checkpoint_weights()  # collectives: all ranks
     learner_state = learner.state_dict()
     if not d.main:
-        distributed.wait_for_main(d)  # while rank 0 writes, however slow the filesystem
+        distributed.line_up(d)  # while rank 0 writes, however slow the filesystem
         return run.run_dir / "checkpoints"
     state = TrainerState(round=rnd, cursor=run.stream.cursor, **learner_state,
                          rng=checkpoint.rng_state(), totals=run.state.totals,
@@ -381,7 +382,7 @@ def save(run: Run, rnd: int) -> Path:
         path = checkpoint.save(run.run_dir / "checkpoints", rnd, run.model, run.tokenizer,
                                state.to_dict(), run.cfg,
                                run.cfg.train.keep_checkpoints, weights)
-    distributed.wait_for_main(d)
+    distributed.line_up(d)
     return path
 
 
