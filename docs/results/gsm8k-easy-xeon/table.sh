@@ -28,9 +28,13 @@ rapid eval experiment=paper-gsm8k-easy algo=dapo seed=0 logger.live=False "model
     eval.temperature=0.7 "hydra.run.dir='$JOB/again-eval.temperature-0.7'"
 for n in 64 128 192 256; do python paired.py "$JOB/evals/round-$(printf %06d $n).jsonl.gz" $OUT/base/*/eval.json; done
 python paired.py "$JOB/again-eval.temperature-0.7/eval.json" $OUT/base-again-eval.temperature-0.7/*/eval.json
-# RAPID A=2 and A=8 seed 0: A=2 2026-12-07 07:36-09:00 UTC to round 96 of 128 (stopped after its checkpoint; the
-# same command resumes it), then each final checkpoint at T=0.7 (the AGAIN step, as above)
-rapid train -m experiment=paper-gsm8k-easy algo=rapid algo.steps_per_generation=2,8 seed=0 train.resume=auto \
+# RAPID A=2 seed 0: 2026-12-07 07:36-09:00 UTC to round 96 of 128 (stopped after its checkpoint; this command, with
+# algo.steps_per_generation=2,8, started A=2), then 09:42-10:07 UTC from that checkpoint (resumed with
+# algo.steps_per_generation=2 alone, so that its T=0.7 check ran before A=8 started), the T=0.7 check 10:07-10:11 UTC
+rapid train -m experiment=paper-gsm8k-easy algo=rapid algo.steps_per_generation=2 seed=0 train.resume=auto \
     logger.live=false hydra.sweep.dir=$OUT/rapid-a
 JOB="$OUT/rapid-a/0_algo.steps_per_generation=2,algo=rapid,experiment=paper-gsm8k-easy,seed=0,train.resume=auto"
-for n in 32 64 96; do python paired.py "$JOB/evals/round-$(printf %06d $n).jsonl.gz" $OUT/base/*/eval.json; done
+rapid eval experiment=paper-gsm8k-easy algo=rapid algo.steps_per_generation=2 seed=0 logger.live=False \
+    "model.path='$JOB/checkpoints/round-000128/model'" eval.temperature=0.7 "hydra.run.dir='$JOB/again-eval.temperature-0.7'"
+for n in 32 64 96 128; do python paired.py "$JOB/evals/round-$(printf %06d $n).jsonl.gz" $OUT/base/*/eval.json; done
+python paired.py "$JOB/again-eval.temperature-0.7/eval.json" $OUT/base-again-eval.temperature-0.7/*/eval.json
