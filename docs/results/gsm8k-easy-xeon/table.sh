@@ -38,3 +38,12 @@ rapid eval experiment=paper-gsm8k-easy algo=rapid algo.steps_per_generation=2 se
     "model.path='$JOB/checkpoints/round-000128/model'" eval.temperature=0.7 "hydra.run.dir='$JOB/again-eval.temperature-0.7'"
 for n in 32 64 96 128; do python paired.py "$JOB/evals/round-$(printf %06d $n).jsonl.gz" $OUT/base/*/eval.json; done
 python paired.py "$JOB/again-eval.temperature-0.7/eval.json" $OUT/base-again-eval.temperature-0.7/*/eval.json
+# RAPID A=8 seed 0: 2026-12-07 10:11-11:52 UTC (one sitting), its T=0.7 check 11:52-11:59 UTC
+rapid train -m experiment=paper-gsm8k-easy algo=rapid algo.steps_per_generation=8 seed=0 train.resume=auto \
+    logger.live=false hydra.sweep.dir=$OUT/rapid-a8
+JOB="$OUT/rapid-a8/0_algo.steps_per_generation=8,algo=rapid,experiment=paper-gsm8k-easy,seed=0,train.resume=auto"
+rapid eval experiment=paper-gsm8k-easy algo=rapid algo.steps_per_generation=8 seed=0 logger.live=False \
+    "model.path='$JOB/checkpoints/round-000032/model'" eval.temperature=0.7 "hydra.run.dir='$JOB/again-eval.temperature-0.7'"
+for n in 8 16 24 32; do python paired.py "$JOB/evals/round-$(printf %06d $n).jsonl.gz" $OUT/base/*/eval.json; done
+python paired.py "$JOB/again-eval.temperature-0.7/eval.json" $OUT/base-again-eval.temperature-0.7/*/eval.json
+rapid report $OUT --target eval/pass@1=0.015
