@@ -247,13 +247,17 @@ LATE = "import os\nif os.environ.get('RANK') == '1':\n    import time\n    impor
        "        return slow(*args, **kwargs)\n    where.{owner}{name} = late\n"
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-@pytest.mark.parametrize("slow", ["rapid_cli.distributed:wrap", "rapid_cli.samplers.hf:HFSampler.generate"])
+@pytest.mark.parametrize(("parallel", "slow"), [
+    ("ddp", "torch.distributed:init_process_group"),
+    *[(p, s) for p in ("ddp", "fsdp")
+      for s in ("rapid_cli.distributed:wrap", "rapid_cli.samplers.hf:HFSampler.generate")],
+])
 def test_a_rank_slower_than_the_collective_timeout_is_no_failure(tmp_path, parallel, slow):
-    """Ranks load the task and model, and sample and score their prompts, each on its own, so they reach the
-    next collective (DDP's parameter check, FSDP2's sharding, the pi_old pass) at different times; a busy
-    machine made that gap longer than train.dist_timeout_s and killed a healthy job. Here rank 1 arrives 4 s
-    late, at the parallel wrapper or from sampling, with a 1 s timeout."""
+    """Ranks start, load the task and model, and sample and score their prompts, each on its own, so they reach
+    the process group's rendezvous and the next collective (DDP's parameter check, FSDP2's sharding, the pi_old
+    pass) at different times; a busy machine made that gap longer than train.dist_timeout_s and killed a healthy
+    job (CI on 2026-12-07: gloo's connect at init_process_group timed out). Here rank 1 arrives 4 s late, at the
+    rendezvous, at the parallel wrapper or from sampling, with a 1 s timeout."""
     module, attr = slow.split(":")
     owner, _, name = attr.rpartition(".")
     hook = tmp_path / "hook"

@@ -70,7 +70,11 @@ def setup(train: TrainConfig, prompts_per_step: int, device: str) -> Dist:
     if cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=train.dist_timeout_s))
+        # The rendezvous and gloo's connections are made under the group's timeout, and ranks reach them as far
+        # apart as their interpreters take to start; that wait is line_up's kind, so it gets PATIENCE, and the
+        # group's collectives get train.dist_timeout_s afterwards.
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=PATIENCE)
+        dist.distributed_c10d._set_pg_timeout(timedelta(seconds=train.dist_timeout_s))
     global _patient
     # A second, CPU-side group for waiting for the slowest rank (see line_up). Collective: every rank creates it.
     _patient = dist.new_group(backend="gloo", timeout=PATIENCE)
