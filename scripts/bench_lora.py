@@ -8,8 +8,8 @@ the same model:
 - one optimizer step over a cpu-demo mini-batch (seconds, and the peak resident memory it adds, measured as
   scripts/bench_update.py does), and the optimizer state held.
 
-    .venv/bin/python scripts/bench_lora.py                      # SmolLM2-135M, vLLM (CPU build), r=16
-    .venv/bin/python scripts/bench_lora.py --repeats 5 -- lora.r=64
+    .venv/bin/python scripts/bench_lora.py                      # SmolLM2-135M, vLLM (CPU build), r=32
+    .venv/bin/python scripts/bench_lora.py --repeats 5 -- lora.r=16 lora.alpha=32   # docs/benchmarks.md's (r=16)
 
 Syncs are timed after each engine has started and been synced once (as in a run from round 2 on).
 Generation: 32 arith prompts x 4 completions, temperature 1, exactly --tokens new tokens each (no stop).

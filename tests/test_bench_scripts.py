@@ -1,5 +1,5 @@
-"""The measuring scripts: bench_update.py's FLOP count (checked by hand on the tiny model, not timed) and
-gpu_smoke.sh run on the CPU as CI runs it."""
+"""The measuring scripts: bench_update.py's FLOP count (checked by hand on the tiny model, not timed),
+gpu_memory.py's LoRA count against peft's, and gpu_smoke.sh run on the CPU as CI runs it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO
 
@@ -18,6 +19,26 @@ def script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_the_memory_estimate_counts_the_adapters_peft_injects():
+    """gpu_memory.py's LoRA rows rest on its adapter count: peft's all-linear at rank 16 on the smallest preset's
+    shape (built on the meta device) trains exactly that many parameters, and LoRA's trainer holds less."""
+    from transformers import AutoModelForCausalLM
+
+    from rapid_cli.config import compose_config
+    from rapid_cli.lora import add_adapters
+
+    gpu_memory = script("gpu_memory")
+    shape = gpu_memory.SHAPES["smollm2-135m"]
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(shape)
+    expect = gpu_memory.adapter_params(model, 16)
+    add_adapters(model, compose_config(["lora=default", "lora.r=16"]).lora)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expect == 4_884_480
+    e = gpu_memory.estimate(shape, compose_config(["sampler=vllm"]).sampler, 16)
+    assert e["adapters"] == expect and e["lora_trainer"] == 2 * e["params"] + 16 * expect < e["trainer"] / 6
+    assert e["total"] - e["lora_total"] == e["trainer"] - e["lora_trainer"]
 
 
 def test_update_flops_of_the_tiny_model_by_hand(tiny_policy):

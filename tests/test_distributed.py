@@ -112,6 +112,29 @@ def test_two_processes_match_one(single, parallel):
         assert torch.allclose(wa[k], wb[k], atol=1e-5), k
 
 
+def test_lora_on_two_ddp_ranks_matches_one_process(tmp_path):
+    """DDP with LoRA: only the adapters are in DDP's buckets (the frozen base takes no gradient), and the two
+    ranks' adapters end where one process's do."""
+    lora = [*overrides(tmp_path, rounds=2), "lora=default", "lora.r=4", "train.save_every=2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    proc = subprocess.run([RAPID, "train", *lora, f"hydra.run.dir={one}"], cwd=REPO, env=env(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = torchrun(2, [*lora, "train.parallel=ddp", f"hydra.run.dir={two}"])
+    out = run.communicate(timeout=600)[0]
+    assert run.returncode == 0, out
+    assert any(r.get("train/grad_norm", 0) > 0 for r in rows(one))
+    for ra, rb in zip(rows(one), rows(two), strict=True):
+        for key in ("train/loss", "reward/mean", "train/grad_norm"):
+            if key in ra:
+                assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-5), (ra["round"], key)
+    adapter = Path("checkpoints", "round-000002", "adapter", "adapter_model.safetensors")
+    wa, wb = load_file(one / adapter), load_file(two / adapter)
+    assert wa.keys() == wb.keys() and any(".lora_B." in k and v.abs().max() > 0 for k, v in wa.items())
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-5), k
+
+
 def test_dapo_on_two_ranks_matches_one_process_taking_the_whole_mini_batch(tmp_path):
     """DAPO's token mean spans the whole mini-batch: 2 DDP ranks holding one group each take the same step
     as one process that puts both groups through a single forward pass, even when one rank's group is

@@ -99,7 +99,8 @@ def test_rapid_export_writes_the_merged_model_and_rapid_eval_takes_the_adapter(l
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["problems"] == 2
 
 
-@pytest.mark.parametrize("extra", [LORA, LORA + ["algo=grpo"], ["algo=grpo"]], ids=["lora", "lora-grpo", "grpo"])
+@pytest.mark.parametrize("extra", [LORA, LORA + ["algo=grpo"], ["algo=grpo"], LORA + ["model.dtype=bfloat16"]],
+                         ids=["lora", "lora-grpo", "grpo", "lora-bf16-base"])
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, extra):
     """grpo: its KL term's anchor is the run's initial policy, also after a resume (it was the checkpoint's)."""
     whole = train(compose(learning(tmp_path, 2) + extra), tmp_path / "whole")
@@ -118,6 +119,8 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, e
 @pytest.mark.parametrize("bad,expect", [
     ("lora.dropout=0.1", "lora.dropout=0.1: rapid trains without dropout"),
     ("lora.r=0", "the rank must be at least 1"),
+    ("model.dtype=float16", "model.dtype=float16 with LoRA: gradients through float16 activations"),
+    ("train.parallel=fsdp", "lora=default with train.parallel=fsdp is not supported yet; use train.parallel=ddp"),
     ("lora.target_modules=[nonexistent]", "lora.target_modules=['nonexistent'] names no layer of this model; its "
                                           "linear layers: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, "
                                           "up_proj, v_proj"),
@@ -127,6 +130,45 @@ def test_a_bad_lora_setting_is_one_line(tmp_path, bad, expect):
         train(compose(TINY + LORA + [bad, "train.rounds=1"]), tmp_path / "run")
     assert expect in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_bf16_base_trains_float32_adapters(tmp_path):
+    """model.dtype=bfloat16 with LoRA: the frozen base is held in bf16 (half the memory; it takes no updates),
+    the adapters, the only weights AdamW moves, in float32 (peft gives them the base's dtype)."""
+    result = train(compose(learning(tmp_path, 2) + LORA + ["model.dtype=bfloat16", "train.save_every=2"]),
+                   tmp_path / "run")
+    assert any(r["train/grad_norm"] > 0 for r in records(tmp_path / "run") if r["round"] > 0), result
+    adapter = tmp_path / "run" / "checkpoints" / "round-000002" / "adapter"
+    saved = load_file(adapter / "adapter_model.safetensors")
+    assert {v.dtype for v in saved.values()} == {torch.float32}
+    # bf16 would round most of these steps away: the trained B holds values a bf16 weight cannot
+    assert any(".lora_B." in k and not torch.equal(v, v.bfloat16().float()) for k, v in saved.items())
+    state = torch.load(adapter.parent / "trainer_state.pt", weights_only=True)
+    moments = [s["exp_avg"] for s in state["optimizer"]["state"].values()]
+    assert len(moments) == len(saved) and {m.dtype for m in moments} == {torch.float32}
+    model, _, _ = load_policy(compose(TINY + ["model.dtype=bfloat16", f"model.path={adapter}"]).model,
+                              torch.device("cpu"))
+    params = dict(model.named_parameters())
+    assert {p.dtype for k, p in params.items() if ".lora_" not in k} == {torch.bfloat16}
+    loaded = {k.replace(".default", ""): p for k, p in params.items() if ".lora_" in k}
+    assert len(loaded) == len(saved)
+    assert all(torch.equal(loaded[k.removeprefix("base_model.model.")], v) for k, v in saved.items())
+
+
+def test_the_adapters_learn_at_lr_scale_times_optimizer_lr(tmp_path):
+    """A preset's optimizer.lr is full fine-tuning's; LoRA's adapters want about 10x it (lora.lr_scale), so
+    `experiment=... lora=default` learns without a hand-set rate."""
+    assert compose(LORA).lora.lr_scale == 10
+    lr = {}
+    for name, extra in (("full", []), ("lora", LORA + ["lora.lr_scale=3"])):
+        train(compose(TINY + extra + ["train.rounds=1", "optimizer.lr=1e-4"]), tmp_path / name)
+        lr[name] = [r["train/lr"] for r in records(tmp_path / name) if "train/lr" in r]
+    assert lr["full"] and [3 * x for x in lr["full"]] == pytest.approx(lr["lora"], rel=1e-12)
+
+
+def test_full_fine_tuning_of_bf16_weights_is_still_refused(tmp_path):
+    with pytest.raises(RapidError, match="small updates round away"):
+        train(compose(TINY + ["model.dtype=bfloat16", "train.rounds=1"]), tmp_path / "run")
 
 
 @pytest.mark.vllm
@@ -193,5 +235,6 @@ def test_resuming_with_another_lora_shape_is_refused_but_another_sync_is_not(tmp
     train(compose(TINY + LORA + ["train.rounds=1"]), tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoints" / "round-000001"
     assert checkpoint.config_conflicts(ckpt, compose(TINY + LORA + ["lora.sync=adapter"])) == []
+    assert checkpoint.config_conflicts(ckpt, compose(TINY + LORA + ["lora.lr_scale=2"])) == []  # as optimizer.lr
     assert checkpoint.config_conflicts(ckpt, compose(TINY + LORA + ["lora.r=8"])) == ["lora.r: 4 -> 8"]
     assert checkpoint.config_conflicts(ckpt, compose(TINY)) == ["lora.enabled: True -> False"]

@@ -1,5 +1,7 @@
 """Model sources: the offline pretrained model converts and works; the tiny model is reproducible."""
 
+import re
+
 import pytest
 import torch
 
@@ -66,20 +68,33 @@ def test_a_model_file_or_a_checkpoint_directory_names_the_model_directory(tmp_pa
     cfg.path = str(model.parent)
     with pytest.raises(RapidError, match=f"is a checkpoint directory; its model is \"model.path='{model}'\""):
         resolve_model(cfg)
+    lora = tmp_path / "lora" / "round-000002"  # a LoRA run's checkpoint: the adapter is its model
+    (lora / "adapter").mkdir(parents=True)
+    (lora / "adapter" / "adapter_config.json").write_text("{}")
+    cfg.path = str(lora)
+    with pytest.raises(RapidError, match=re.escape(f"its model is model.path={lora / 'adapter'}")):
+        resolve_model(cfg)
 
 
+@pytest.mark.parametrize(("inner", "marker"), [("model", "config.json"), ("adapter", "adapter_config.json")],
+                         ids=["full", "lora"])
 @pytest.mark.parametrize("command", ["eval", "train"])
-def test_a_path_given_without_a_key_says_which_key_takes_it(tmp_path, command):
-    """`rapid eval <checkpoint>` got Hydra's parse error and the advice to write '<path>=""'."""
+def test_a_path_given_without_a_key_says_which_key_takes_it(tmp_path, command, inner, marker):
+    """`rapid eval <checkpoint>` got Hydra's parse error and the advice to write '<path>=""'. A LoRA run's
+    checkpoint holds adapter/, not model/ (the hint named the checkpoint itself)."""
     from conftest import rapid
 
     checkpoint = tmp_path / "run" / "checkpoints" / "round-000002"
-    (checkpoint / "model").mkdir(parents=True)
-    (checkpoint / "model" / "config.json").write_text("{}")
+    (checkpoint / inner).mkdir(parents=True)
+    (checkpoint / inner / marker).write_text("{}")
     proc = rapid(command, str(checkpoint), "task=arith")
     out = (proc.stdout + proc.stderr).strip()
     assert proc.returncode == 2 and "\n" not in out, out
     assert out.startswith(f"error: rapid {command} takes key=value overrides, not a path ({checkpoint})"), out
-    want = (f"to evaluate that model: rapid eval model.path={checkpoint / 'model'}" if command == "eval" else
+    want = (f"to evaluate that model: rapid eval model.path={checkpoint / inner}" if command == "eval" else
             f"train.resume={checkpoint} continues that run")
     assert out.endswith(want), out
+    if command == "eval":  # the run directory: its newest checkpoint's model
+        proc = rapid(command, str(tmp_path / "run"), "task=arith")
+        out = (proc.stdout + proc.stderr).strip()
+        assert out.endswith(f"rapid eval model.path={checkpoint / inner}"), out

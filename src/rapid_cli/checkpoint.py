@@ -188,7 +188,8 @@ def find(resume: str, ckpt_root: Path) -> Path | None:
 
 def config_conflicts(path: Path, cfg: Config) -> list[str]:
     """Keys of the model, task and lora groups whose values differ between the checkpoint's config and `cfg`
-    (lora.sync aside: it only changes how the engine receives the same policy)."""
+    (lora.sync and lora.lr_scale aside: how the engine receives the same policy, and the learning rate, which may
+    change on resuming as optimizer.lr may)."""
     from omegaconf import OmegaConf
 
     saved = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=False)
@@ -200,7 +201,7 @@ def config_conflicts(path: Path, cfg: Config) -> list[str]:
         a, b = saved.get(group, {}), now.get(group, {})
         keys = set(a) | set(b)
         if group == "lora":  # the adapter's shape matters only where there is an adapter
-            keys = keys - {"sync"} if a.get("enabled") and b.get("enabled") else {"enabled"}
+            keys = keys - {"sync", "lr_scale"} if a.get("enabled") and b.get("enabled") else {"enabled"}
         for key in sorted(keys):
             if a.get(key) != b.get(key):
                 diffs.append(f"{group}.{key}: {a.get(key)!r} -> {b.get(key)!r}")

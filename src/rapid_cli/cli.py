@@ -95,6 +95,7 @@ def precheck(overrides: list[str], sweep: bool = False, training: bool = False) 
 def refuse_paths(command: str, values: list[str]) -> None:
     """A word without '=' is no override; a path there (`rapid eval outputs/.../round-000002`) is meant as a model
     or a run, so say which key takes it instead of Hydra's parse error and quoting advice."""
+    from rapid_cli.models import checkpoint_model
     from rapid_cli.overrides import override
 
     for word in values:
@@ -103,9 +104,8 @@ def refuse_paths(command: str, values: list[str]) -> None:
         path = Path(word).expanduser()
         if not (path.exists() or "/" in word or word.startswith(".")):
             continue
-        saved = sorted((path / "checkpoints").glob("round-*/model/config.json"))  # a run directory's newest
-        model = (path.parent if path.is_file() else path / "model" if (path / "model" / "config.json").exists()
-                 else saved[-1].parent if saved else path)
+        saved = [m for c in sorted((path / "checkpoints").glob("round-*")) if (m := checkpoint_model(c))]
+        model = path.parent if path.is_file() else checkpoint_model(path) or (saved[-1] if saved else path)
         model = model if model != path else word  # as typed, where nothing better was found
         is_run = bool(saved) or path.name.startswith("round-")
         hint = f"to evaluate that model: rapid eval {override('model.path', str(model))}"

@@ -47,12 +47,14 @@ AUDIT_KEY = "iw/sampler_seq_logw_gap_max"
 ROWS = "rows*"  # a loss metric's row-weighted sum, on its way to a mean over every rank's rows
 
 
-def build_optimizer(opt_cfg, model, total_steps: int):
+def build_optimizer(opt_cfg, model, total_steps: int, lr: float | None = None):
+    """AdamW on the trainable parameters at `lr` (default optimizer.lr) and its warm-up / cosine schedule."""
+    lr = opt_cfg.lr if lr is None else lr
     params = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
     # The fused kernel is ~4x faster than the default per-tensor loop on CPU (0.07 s vs 0.26 s a
     # step for 108M parameters); FSDP2's sharded DTensor parameters keep the default.
     fused = not any(hasattr(p, "full_tensor") for p in params)
-    optimizer = torch.optim.AdamW(params, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas),
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(opt_cfg.betas),
                                   weight_decay=opt_cfg.weight_decay, fused=fused or None)
 
     def factor(step: int) -> float:
@@ -72,7 +74,7 @@ def set_base_lr(optimizer, scheduler, lr: float) -> None:
     old = scheduler.base_lrs[0]
     if old == lr:
         return
-    console.print(f"[yellow]optimizer.lr: {old:g} in the checkpoint, {lr:g} from here on[/]")
+    console.print(f"[yellow]learning rate: {old:g} in the checkpoint, {lr:g} from here on[/]")
     scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
     factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
     for group in optimizer.param_groups:
@@ -265,14 +267,15 @@ def _zero_from(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class Learner:
     def __init__(self, model, algo, optim, *, pad_id: int, temperature: float, total_steps: int,
                  d: distributed.Dist | None = None, device="cpu", precision: str = "none",
-                 reference=None):
+                 reference=None, lr: float | None = None):
         """`model`: the plain policy (wrapped here for DDP/FSDP2). `algo`, `optim`: the config's
         algo and optimizer sections; `temperature`: the sampler's (log-probs are of
         softmax(logits/T)); `total_steps`: optimizer steps in the whole run (the cosine schedule's
         length); `precision`: resolved train.mixed_precision (none | bf16); `reference`: the initial
         policy for a KL term (default: a copy of `model`, which is the initial policy unless the run
-        resumes)."""
+        resumes); `lr`: the learning rate (default optimizer.lr; the plan's, with LoRA's lr_scale)."""
         self.algo, self.optim, self.pad_id, self.temperature = algo, optim, pad_id, temperature
+        self.lr = optim.lr if lr is None else lr
         self.d = d or distributed.Dist()
         self.device = torch.device(device)
         self.algorithm = algorithms.get(algo.name)
@@ -288,7 +291,7 @@ class Learner:
         self.model = distributed.wrap(self.d, model, precision)  # what forward/backward go through
         # autocast to bf16 (FSDP2 casts in its own policy)
         self.bf16 = precision == "bf16" and self.d.parallel != "fsdp"
-        self.optimizer, self.scheduler = build_optimizer(optim, self.model, total_steps)
+        self.optimizer, self.scheduler = build_optimizer(optim, self.model, total_steps, self.lr)
         self.attention = packed_attention(algo.packed_attention, model)  # dense | segments, with algo.packing
 
     def autocast(self):
@@ -526,10 +529,10 @@ class Learner:
                 "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        """`state_dict()`'s output, on every rank; the learning rate stays this run's optimizer.lr."""
+        """`state_dict()`'s output, on every rank; the learning rate stays this run's (`lr`)."""
         distributed.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        set_base_lr(self.optimizer, self.scheduler, self.optim.lr)
+        set_base_lr(self.optimizer, self.scheduler, self.lr)
 
     def checkpoint_weights(self) -> dict[str, torch.Tensor] | None:
         """The full weights for a checkpoint where the plain model's own state dict is sharded (FSDP2;

@@ -79,6 +79,12 @@ def add_adapters(model, lora_cfg: LoraConfig | None = None, saved: str | Path | 
         asked = sorted(config.target_modules) if isinstance(config.target_modules, set) else config.target_modules
         raise RapidError(f"lora.target_modules={asked} names no layer of this model; its linear layers: "
                          f"{', '.join(linear)} (or all-linear)") from None
+    # peft gives the adapters the base layer's dtype; a bf16 base (model.dtype=bfloat16) would then train bf16
+    # adapters, whose small AdamW updates round away. They are the only weights that move: keep them float32,
+    # before a saved adapter's float32 values are copied in.
+    for name, param in model.named_parameters():
+        if ".lora_" in name:
+            param.data = param.data.float()
     if saved is not None:
         load_adapter(model, saved)
     return model
@@ -118,7 +124,7 @@ def save_adapter(model, path: Path, base: str) -> None:
 
 def merged_state(model) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) of every parameter and buffer under the base model's names, each adapted weight merged
-    (W + scale * B @ A, computed in W's dtype without touching the model); a model without adapters is its
+    (W + scale * B @ A in float32, stored in W's dtype, without touching the model); a model without adapters is its
     state_dict as it is."""
     inner = _inner(model)
     state = inner.state_dict()
@@ -135,7 +141,8 @@ def merged_state(model) -> Iterator[tuple[str, torch.Tensor]]:
         if cut:
             if leaf == "weight" and owner in layers:
                 with torch.no_grad():
-                    value = value + layers[owner].get_delta_weight(ADAPTER).to(value.dtype)
+                    # summed in float32 and rounded once: a bf16 base's merged weight is the nearest bf16
+                    value = (value.float() + layers[owner].get_delta_weight(ADAPTER).float()).to(value.dtype)
             name = f"{owner}.{leaf}"
         yield name, value.detach()
 

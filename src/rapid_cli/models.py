@@ -43,8 +43,8 @@ def resolve_model(model_cfg: ModelConfig, cache_dir: str | None = None) -> str:
         if (local / "adapter_config.json").exists() and not (local / "config.json").exists():
             return str(local)  # a LoRA adapter (a checkpoint's adapter/): policy.load_policy loads its base under it
         if not (local / "config.json").exists():
-            inner = local / "model"
-            if (inner / "config.json").exists():  # a checkpoint directory (round-NNNNNN): its model is inside
+            inner = checkpoint_model(local)
+            if inner:  # a checkpoint directory (round-NNNNNN): its model is inside
                 from rapid_cli.overrides import override
 
                 raise RapidError(f"model.path={path} is a checkpoint directory; its model is "
@@ -55,6 +55,14 @@ def resolve_model(model_cfg: ModelConfig, cache_dir: str | None = None) -> str:
     if not looks_like_hub_id(path):
         raise RapidError(f"model.path={path} does not exist; give a local model directory or a hub id")
     return path  # a hub id: checked when it loads
+
+
+def checkpoint_model(checkpoint: Path) -> Path | None:
+    """The model a checkpoint directory (round-NNNNNN) holds: model/ after full fine-tuning, adapter/ after LoRA."""
+    for inner, marker in (("model", "config.json"), ("adapter", "adapter_config.json")):
+        if (checkpoint / inner / marker).exists():
+            return checkpoint / inner
+    return None
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")

@@ -31,6 +31,7 @@ class Plan:
     # rounds between evaluations (0: only after the last), from eval.every or eval.every_samples
     eval_every: int
     save_every: int  # rounds between checkpoints (0: only the last), from train.save_every or save_every_samples
+    lr: float  # optimizer.lr, x lora.lr_scale when LoRA trains adapters
     precision: str  # train.mixed_precision resolved: none | bf16
     engine_dtype: str  # the vLLM engine's dtype, resolved
     sampler: str  # sampler.name resolved: vllm | hf
@@ -90,8 +91,9 @@ def make_plan(cfg: Config, device: torch.device, world: int = 1) -> Plan:
     return Plan(rounds=planned_rounds(cfg), steps=a.steps_per_generation,
                 groups_per_step=a.prompts_per_step, group_size=a.group_size, world=world,
                 eval_every=planned_eval_every(cfg), save_every=planned_save_every(cfg),
-                precision=precision, engine_dtype=engine_dtype, sampler=resolve_name(s.name),
-                device=device.type, seed=cfg.seed, sampling=sampling)
+                lr=cfg.optimizer.lr * (cfg.lora.lr_scale if cfg.lora.enabled else 1.0), precision=precision,
+                engine_dtype=engine_dtype, sampler=resolve_name(s.name), device=device.type,
+                seed=cfg.seed, sampling=sampling)
 
 
 def open_sampler(cfg: Config, model, tokenizer, model_path: str,

@@ -237,7 +237,9 @@ def _load_model(cfg: Config, device: torch.device, resumed_from: Path | None):
             model_cfg = OmegaConf.merge(cfg.model, {"path": str(resumed_from / "model")})
         model, tokenizer, path = load_policy(model_cfg, device, cfg.cache_dir, cfg.lora)
     if cfg.lora.enabled:
-        console.print(f"LoRA r={cfg.lora.r}: training {trainable_summary(model)}")
+        lo, lr = cfg.lora, cfg.optimizer.lr
+        console.print(f"LoRA r={lo.r}: training {trainable_summary(model)} at lr {lr * lo.lr_scale:g} "
+                      f"(optimizer.lr {lr:g} x lora.lr_scale {lo.lr_scale:g})")
     return model, tokenizer, path
 
 
@@ -263,7 +265,7 @@ def _make_learner(cfg: Config, plan: Plan, d: distributed.Dist, device: torch.de
         reference = load_policy(cfg.model, device, cfg.cache_dir)[0]
     return Learner(model, cfg.algo, cfg.optimizer, pad_id=tokenizer.pad_token_id,
                    temperature=plan.sampling.temperature, total_steps=plan.total_steps, d=d,
-                   device=device, precision=plan.precision, reference=reference)
+                   device=device, precision=plan.precision, reference=reference, lr=plan.lr)
 
 
 def _close_log(log, run_dir: Path, run_name: str, main: bool) -> None:

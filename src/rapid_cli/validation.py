@@ -125,6 +125,9 @@ def validate_lora(cfg: Config) -> None:
         return
     if lo.r < 1 or lo.alpha <= 0:
         raise RapidError(f"lora.r={lo.r}, lora.alpha={lo.alpha}: the rank must be at least 1 and alpha positive")
+    if lo.lr_scale <= 0:
+        raise RapidError(f"lora.lr_scale={lo.lr_scale}: the adapters learn at optimizer.lr x lora.lr_scale; give a "
+                         "positive factor (1: optimizer.lr as it is)")
     if lo.dropout != 0:
         raise RapidError(f"lora.dropout={lo.dropout}: rapid trains without dropout so that the trained forward is the "
                          "pi_old the sampler drew from; keep lora.dropout=0")
@@ -154,12 +157,17 @@ def _rounds_between(rounds: int, samples: int | None, cfg: Config) -> int:
 
 def validate_training(cfg: Config) -> None:
     """Checks that only `rapid train` needs (`rapid eval` may load any dtype)."""
+    if cfg.lora.enabled and cfg.model.dtype == "bfloat16":
+        return  # the base takes no updates, so bf16 loses none; the adapters that do stay float32 (lora.py)
+    if cfg.lora.enabled and cfg.model.dtype == "float16":
+        raise RapidError("model.dtype=float16 with LoRA: gradients through float16 activations under- and overflow "
+                         "without loss scaling, which rapid does not do; use model.dtype=bfloat16 or float32")
     if cfg.model.dtype != "float32":
         # AdamW on bf16/fp16 weights rounds most small updates away (at lr 1e-6 about 2% of the weights
         # change per step, against all of them in fp32): keep fp32 master weights and compute in bf16.
         raise RapidError(f"model.dtype={cfg.model.dtype} would train {cfg.model.dtype} weights, whose small updates "
                          "round away; keep model.dtype=float32 and use train.mixed_precision=bf16 "
-                         "(the default on CUDA) for speed")
+                         "(the default on CUDA) for speed, or train LoRA adapters on a bf16 base (lora=default)")
 
 
 def validate_data(cfg: Config, n_train: int) -> None:
