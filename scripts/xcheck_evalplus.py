@@ -11,7 +11,7 @@ wrong types, one element fewer or more, an int off by one, a negated bool, a flo
 wrapper takes the function's name, so a recursive gold solution calls it too); a program that hard-codes
 the visible tests' answers; and an empty one. Each program is scored twice:
 - rapid: MBPPTask.rewards under the default reward config (the sandbox, EvalPlus-style per-input limits,
-  the verdict taken outside; `test_imports` prepended, as rapid does);
+  the verdict taken outside; the program as written, without `test_imports`, as both tools run it);
 - EvalPlus: `evalplus.evaluate.evaluate("mbpp", samples=...)`, run by --evalplus-python on this same file
   (`--evalplus-side`): expected outputs from running the gold solution, then `check_correctness` on the base
   and the plus inputs, each input within max(min_time_limit, 4 x the gold solution's time on it). A program
@@ -23,7 +23,7 @@ The data file is the data set as rapid reads it (MbppPlus-OriginFmt: each proble
 EvalPlus side writes that file into --out from the same records: the inputs serialised the way EvalPlus's
 release file is (its mbpp_serialize_inputs, then JSON; it deserialises them on load; problems whose inputs
 do not survive that round trip are named); `canonical_solution` = test_imports + code (EvalPlus runs it for
-the expected outputs, as rapid's reference run does; the programs scored get test_imports from rapid only);
+the expected outputs, as rapid's reference run does; the programs scored get no test_imports on either side);
 the first len(test_list) inputs as `base_input` and the rest as `plus_input` (this file does not say where
 EvalPlus's base inputs end; the verdict of base + plus does not depend on it except through EvalPlus's float
 tolerance carried from one input to the next and its 60-s cap per part). Nothing is downloaded, nothing is

@@ -30,10 +30,12 @@ def _rank(rank: int, port: int, out: str, scenario: str) -> None:
     from rapid_cli import distributed
     from rapid_cli.errors import RapidError
 
-    parallel = "fsdp" if scenario in ("stream", "uneven_fsdp", "uneven_skip_fsdp") else "ddp"
-    timeout = 30 if scenario.startswith("uneven") else 1  # a mismatched collective fails instead of hanging
+    parallel = "fsdp" if scenario in ("stream", "uneven_fsdp", "uneven_skip_fsdp") or "_fsdp" in scenario else "ddp"
+    passes = scenario.startswith(("uneven", "round_skip"))
+    timeout = 30 if passes else 1  # a mismatched collective fails instead of hanging
+    algo = scenario.split("_", 3)[3] if scenario.startswith("round_skip") else None  # round_skip_<parallel>_<algo>
     cfg = compose(TINY + [f"train.parallel={parallel}", "device=cpu", f"train.dist_timeout_s={timeout}",
-                          *(UNEVEN if scenario.startswith("uneven") else [])])
+                          *(UNEVEN if passes else []), *(round_of_two(algo, True) if algo else [])])
     d = distributed.setup(cfg.train, cfg.algo.prompts_per_step, cfg.device)
     result = {}
     try:
@@ -97,6 +99,26 @@ def _rank(rank: int, port: int, out: str, scenario: str) -> None:
                 torch.save((weights, grads), f"{out}/step.pt")
             torch.save(lp, f"{out}/logprobs-{rank}.pt")
             result["done"] = True
+        elif scenario.startswith("round_skip"):
+            import torch
+
+            from rapid_cli.behaviour import BehaviourLogprobs
+            from rapid_cli.learner import Learner
+            from rapid_cli.policy import load_policy
+
+            model, tok, _ = load_policy(cfg.model, torch.device("cpu"))
+            learner = Learner(model, cfg.algo, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0,
+                              total_steps=2, d=d)
+            ro = round_rollouts(distributed.owned_rows(d, len(ROUND), cfg.algo.prompts_per_step))
+            grads, result["skipped"] = [], []
+            for step in run_update(cfg, learner, BehaviourLogprobs(cfg.algo, d, {}), ro):
+                grads.append(torch.cat([getattr(p.grad, "full_tensor", lambda g=p.grad: g)().flatten()
+                                        for p in learner.model.parameters()]))
+                result["skipped"].append(step.skipped_rows)
+            weights = dict(learner.full_weights())
+            if d.main:
+                torch.save((weights, grads), f"{out}/round.pt")
+            result["done"] = True
         elif scenario == "cold_cache":  # each rank a node of its own, with rapid's cache still empty
             import torch
 
@@ -141,6 +163,38 @@ def uneven_rollouts(rank: int | None, rewards: list[list[float]] | None = None):
     gens = Generations(completions, None, ["length"] * len(completions), [""] * len(completions))
     scores = [r for g in groups for r in (rewards[g] if rewards else [1.0, 0.0])]
     return Rollouts([Problem(str(g), "?", "0") for g in groups], [[1, 2, 3 + g] for g in groups], gens, scores, 2)
+
+
+# A round of A = 2 steps of 4 groups of 2 (per step 2 groups a rank), in the trainer's order: group g's rewards,
+# its completions' length. Rank 0 owns groups 0, 1, 4, 5: every baseline skips all four (all equal), RAPID
+# three (the all-one group 4 moves on step 2, where w != 1); rank 1 owns groups 2, 3, 6, 7, a mixed one each
+# step (and, for RAPID, the all-one group 7 moving on step 2).
+ROUND = [([0.0, 0.0], 8), ([0.0, 0.0], 7), ([1.0, 0.0], 2), ([0.0, 0.0], 3),
+         ([1.0, 1.0], 6), ([0.0, 0.0], 8), ([0.0, 1.0], 2), ([1.0, 1.0], 4)]
+
+
+def round_of_two(algo: str, skip: bool) -> list[str]:
+    return [f"algo={algo}", "algo.group_size=2", "algo.prompts_per_step=4", "algo.steps_per_generation=2",
+            f"algo.skip_zero_advantage={str(skip).lower()}", *(["algo.kl_beta=0"] if algo == "grpo" else [])]
+
+
+def round_rollouts(groups: list[int]):
+    """The rollouts of ROUND's `groups`, in that order; each completion's tokens differ by group and row."""
+    from rapid_cli.types import Generations, Problem, Rollouts
+
+    completions = [[10 + g + i + t for t in range(ROUND[g][1])] for g in groups for i in range(2)]
+    gens = Generations(completions, None, ["length"] * len(completions), [""] * len(completions))
+    scores = [r for g in groups for r in ROUND[g][0]]
+    return Rollouts([Problem(str(g), "?", "0") for g in groups], [[1, 2, 3 + g % 3] for g in groups], gens, scores, 2)
+
+
+def run_update(cfg, learner, behaviour, ro):
+    """The trainer's old_logprobs and update phases (trainer.run_round), yielding each step's stats."""
+    ro.moving = learner.moving_rows(ro, behaviour.own_rows(ro))
+    ro.old_logprobs, ro.old_rows = behaviour(learner, ro)
+    M = cfg.algo.prompts_per_step // learner.d.world
+    for i in range(cfg.algo.steps_per_generation):
+        yield learner.step(ro, ro.group_slice(i * M, M), audit=i == 0)
 
 
 def run_two(tmp_path, scenario: str) -> list[dict | None]:
@@ -269,3 +323,40 @@ def test_fsdp_weights_stream_one_full_tensor_at_a_time(tmp_path):
     for r in run_two(tmp_path, "stream"):
         assert r == {"lazy": True, "first_is_plain_full": True, "names_in_order": True, "equal": True,
                      "was_sharded": True}, r
+
+
+@pytest.mark.parametrize(("parallel", "algo"), [("ddp", a) for a in ("rapid", "grpo", "pg", "dapo", "dr_grpo")]
+                         + [("fsdp", "rapid")])
+def test_a_round_of_two_steps_on_ranks_that_skip_unequally_equals_one_process_without_skipping(
+        tmp_path, parallel, algo):
+    """Issue 28's exactness on 2 gloo ranks, for every algorithm: a whole round of A = 2 steps (so w != 1 on
+    step 2 and pi_old is recomputed for it), rank 0 skipping every row (RAPID: all but one group) and rank 1
+    one group a step, with packed micro-batches of unequal counts. Each step's raw gradient and the weights
+    after the round equal one process's over the whole round with skipping off (test_skipping's tolerances)."""
+    import torch
+
+    from rapid_cli.behaviour import BehaviourLogprobs
+    from rapid_cli.distributed import Dist
+    from rapid_cli.learner import Learner
+    from rapid_cli.policy import load_policy
+    from test_skipping import assert_same_weights
+
+    ranks = run_two(tmp_path, f"round_skip_{parallel}_{algo}")
+    assert all(r and r.get("done") for r in ranks), ranks
+    # the premise: the ranks skip unequally (RAPID keeps the all-one groups 4 and 7 on step 2, w != 1 there)
+    assert [r["skipped"] for r in ranks] == ([[4, 2], [2, 0]] if algo == "rapid" else [[4, 4], [2, 2]]), ranks
+    cfg = compose(TINY + ["device=cpu", *UNEVEN, *round_of_two(algo, False)])
+    model, tok, _ = load_policy(cfg.model, torch.device("cpu"))
+    one = Learner(model, cfg.algo, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0, total_steps=2)
+    grads = []
+    for step in run_update(cfg, one, BehaviourLogprobs(cfg.algo, Dist(), {}), round_rollouts(list(range(8)))):
+        assert step.skipped_rows == 0
+        grads.append(torch.cat([p.grad.flatten() for p in one.model.parameters()]))
+    weights, got = torch.load(tmp_path / "round.pt")
+    # step 1 from the same weights agrees to summation-order rounding (entries near 0 to 1e-4 of the largest: the
+    # ranks sum in another order, ~2e-7 seen for DAPO's gradient of 6e-3); step 2 starts from weights that differ
+    # by step 1's rounding, which AdamW amplifies
+    scale = grads[0].abs().max().item()
+    assert torch.allclose(got[0], grads[0], rtol=1e-4, atol=1e-4 * scale), (got[0] - grads[0]).abs().max()
+    assert ((got[1] - grads[1]).norm() / grads[1].norm()).item() < 1e-4
+    assert_same_weights(dict(one.full_weights()), weights)

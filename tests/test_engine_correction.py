@@ -39,8 +39,9 @@ def test_mis_drops_whole_sequences_whose_ratio_leaves_the_band():
     assert stats["engine_masked_frac"] == pytest.approx(0.75)
 
 
+@pytest.mark.parametrize("mode", ["tis", "mis"])
 @pytest.mark.parametrize("algo", ["rapid", "grpo", "pg", "dapo", "dr_grpo"])
-def test_every_loss_weights_each_token_term(algo):
+def test_every_loss_weights_each_token_term(algo, mode):
     """The loss with weights equals the hand sum of weighted token terms over the same denominator: checked as
     the gradient of each token's log-prob, which is its term's own gradient times its weight."""
     cfg = compose([f"algo={algo}"])
@@ -48,7 +49,7 @@ def test_every_loss_weights_each_token_term(algo):
     opts = record.loss_options(cfg.algo)
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
     extra = {"ref_logprobs": OLD * MASK} if cfg.algo.kl_beta else {}
-    weights, _ = engine_weights(OLD, MU, MASK, "tis", cap=2.0)
+    weights, _ = engine_weights(OLD, MU, MASK, mode, cap=2.0)
     grads = {}
     for name, w in (("plain", None), ("weighted", weights)):
         lp = (OLD + 0.05).clone().requires_grad_(True)
@@ -57,6 +58,85 @@ def test_every_loss_weights_each_token_term(algo):
         grads[name] = lp.grad
     assert grads["plain"].abs().sum() > 0
     assert torch.allclose(grads["weighted"], grads["plain"] * weights, atol=1e-7)
+
+
+# The step's log-probs: pi_old moved by these (ratios exp(D) = 0.74-1.35: some inside PPO's clip, some cut)
+D = [[0.1, -0.3, 0.25], [0.05, 0.2, 0.0], [-0.1, 0.0, 0.3], [0.15, -0.05, 0.0]]
+REWARDS = [1.0, 0.0, 1.0, 1.0]  # a mixed group, then an all-one group (DAPO drops it; RAPID's baseline != 1)
+OPTIONS = {"rapid": {"iw_clip": 2.0, "eps": 0.2}, "grpo": {"eps": 0.2, "kl_beta": 0.04},
+           "pg": {"eps": 0.2, "kl_beta": 0.0}, "dapo": {"eps": 0.2, "eps_high": 0.28, "drop_equal_groups": True},
+           "dr_grpo": {"eps": 0.2, "norm_len": 256}}
+
+
+def hand_loss(algo: str, weights: list[list[float]]) -> float:
+    """docs/algorithm.md's losses written out with Python floats, token by token, from the definitions."""
+    o = OPTIONS[algo]
+    rows, G, mask = range(4), 2, MASK.tolist()
+    old, lp = OLD.tolist(), [[OLD[i, t].item() + D[i][t] for t in range(3)] for i in range(4)]
+    if algo == "rapid":  # A_i = r_i - mean_j min(w_j, c) r_j, w_j = exp(sum_t (logp - old)) over the mask
+        w = [min(math.exp(sum(D[i][t] * mask[i][t] for t in range(3))), o["iw_clip"]) for i in rows]
+        adv = [REWARDS[i] - sum(w[j] * REWARDS[j] for j in (i // G * G, i // G * G + 1)) / G for i in rows]
+    else:  # group z-score (torch's std: n - 1), or centred only (Dr. GRPO)
+        adv = []
+        for i in rows:
+            group = REWARDS[i // G * G: i // G * G + G]
+            mean = sum(group) / G
+            std = math.sqrt(sum((r - mean) ** 2 for r in group) / (G - 1))
+            adv.append((REWARDS[i] - mean) / (std + 1e-4) if algo != "dr_grpo" else REWARDS[i] - mean)
+    low, high = 1 - o["eps"], 1 + o.get("eps_high", o["eps"])
+    total, denominator = 0.0, 0.0
+    for i in rows:
+        kept = algo != "dapo" or len(set(REWARDS[i // G * G: i // G * G + G])) > 1
+        row = 0.0
+        for t in range(3):
+            if not mask[i][t]:
+                continue
+            rho = math.exp(D[i][t])
+            term = -min(rho * adv[i], min(max(rho, low), high) * adv[i])
+            if o.get("kl_beta"):  # k3 to the reference (OLD here): exp(ref - logp) - (ref - logp) - 1
+                d = old[i][t] - lp[i][t]
+                term += o["kl_beta"] * (math.exp(d) - d - 1)
+            row += weights[i][t] * term
+        n = sum(mask[i])
+        if algo == "dapo":  # one token mean over the kept rows' tokens
+            total, denominator = total + row * kept, denominator + n * kept
+        elif algo == "dr_grpo":  # token sum over a constant length per row
+            total, denominator = total + row, denominator + o["norm_len"]
+        else:  # the mean per sequence, then over the rows
+            total, denominator = total + row / n, denominator + 1
+    return total / denominator
+
+
+def hand_engine_weights(mode: str, cap: float) -> list[list[float]]:
+    """tis: min(pi_old / mu, C) per token; mis: 1 for a row whose sequence ratio is in [1/C, C], else 0."""
+    ratio = [[math.exp(OLD[i, t].item() - MU[i, t].item()) if MASK[i, t] else 0.0 for t in range(3)]
+             for i in range(4)]
+    if mode == "none":
+        return [[float(MASK[i, t]) for t in range(3)] for i in range(4)]
+    if mode == "tis":
+        return [[min(r, cap) for r in row] for row in ratio]
+    seq = [sum(math.log(r) for r in row if r) for row in ratio]
+    return [[float(abs(s) <= math.log(cap)) * float(MASK[i, t]) for t in range(3)] for i, s in enumerate(seq)]
+
+
+@pytest.mark.parametrize("mode", ["none", "tis", "mis"])
+@pytest.mark.parametrize("algo", ["rapid", "grpo", "pg", "dapo", "dr_grpo"])
+def test_each_loss_value_by_hand_for_each_correction(algo, mode):
+    """The loss itself, not only its gradient's shape: each algorithm's preset options, each engine correction,
+    on a batch whose ratios straddle the PPO clip, equal to the definitions written out by hand."""
+    cfg = compose([f"algo={algo}"])
+    record = ALGORITHMS[cfg.algo.name]
+    opts = record.loss_options(cfg.algo)
+    assert opts == OPTIONS[algo]  # the presets the hand computation writes out
+    # cap 2.5: tis cuts one token (e^1 = 2.72), mis keeps rows 1 (e^0.7 = 2.01) and 2, so no loss is 0
+    weights, _ = engine_weights(OLD, MU, MASK, mode, cap=2.5)
+    lp = OLD + torch.tensor(D)
+    extra = {"ref_logprobs": OLD * MASK} if opts.get("kl_beta") else {}
+    batch = LossBatch(lp, OLD, MASK, torch.tensor(REWARDS), 2, token_weights=None if mode == "none" else weights,
+                      **extra)
+    got = record.compute(batch, opts).loss.item()
+    want = hand_loss(algo, hand_engine_weights(mode, 2.5))
+    assert want != 0 and got == pytest.approx(want, rel=1e-5, abs=1e-7), (got, want)
 
 
 def test_when_mu_is_pi_old_the_correction_is_exactly_one_and_the_step_unchanged(tiny_policy):

@@ -115,3 +115,29 @@ def test_task_custom_with_gsm8k_match_scores_as_task_gsm8k(tmp_path):
     gsm = [Problem(id="p", question="q", answer="18")] * 4
     assert custom.score(texts, problems, [[1]] * 4, reasons).total == gsm8k().score(texts, gsm, None, reasons).total \
         == [1.0, 1.0, 0.0, 1.0]
+
+
+def test_xcheck_agreement_with_lm_eval_on_the_committed_completions_holds():
+    """docs/tasks.md's cross-check, kept: on the 800 committed GSM8K completions rapid's rule agrees with
+    lm-eval's regexes chained with the cut-off rule on 796, and the 4 differences are the ones it explains (a
+    change to the rule that moves any verdict there fails here). Needs `rapid prepare`'s cache (the GSM8K
+    copy and the offline model's tokenizer), which `make install` fills."""
+    import re
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    files = sorted((REPO / "docs/results/gsm8k/base").glob("*/samples.jsonl"))
+    assert len(files) == 2
+    out = subprocess.run([sys.executable, str(REPO / "scripts/xcheck.py"), *map(str, files), "--show", "20"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "800 completions; rapid rewards 10 (435 cut off at max_tokens)" in out.stdout
+    row = re.search(r"^lm-eval chain\+cut +(\d+) +(\d+) ", out.stdout, re.M)
+    assert row and row.groups() == ("8", "796"), out.stdout[-3000:]
+    section = out.stdout.split("== rapid vs lm-eval chain+cut: 4 disagreements\n")[1].split("\n== ")[0]
+    found = sorted(re.findall(r"^- \d_experiment=paper-gsm8k,seed=(\d) (test-\d+) #(\d+): .*?rapid (\d)", section,
+                              re.M))
+    assert found == [("0", "test-18", "7", "0"), ("0", "test-44", "4", "1"), ("1", "test-28", "6", "1"),
+                     ("1", "test-48", "3", "1")]

@@ -174,3 +174,17 @@ def test_evalplus_second_reading_passes_although_test_list_asserts_the_first(tmp
              "    return round(b * b + 2 * b * math.sqrt((b / 2) ** 2 + h ** 2))\n")
     wrong = "def surface_Area(b, s):\n    return b * s\n"
     assert task.rewards([SURFACE, other, wrong], [p] * 3) == [1.0, 1.0, 0.0]
+
+
+def test_a_candidate_gets_no_test_imports_as_evalplus_runs_it(tmp_path):
+    """EvalPlus runs the program as written: a candidate using `math` without importing it fails with a
+    NameError there, so it must not pass here because the problem's `test_imports` were prepended. The
+    gold solution (which relies on them) still passes its reference run and its gold check."""
+    gold = "def area(r):\n    return math.pi * r * r\n"
+    record = {"task_id": 9003, "prompt": "Write a function for the area of a circle.", "code": gold,
+              "test_imports": ["import math"], "test_list": ["assert math.isclose(area(1), 3.14159, rel_tol=0.001)"],
+              "test": script("area", [[1], [2.0]], [3.141592653589793, 12.566370614359172])}
+    task, problems = _task(tmp_path, [*_records(), record])
+    p = problems["Mbpp/9003"]
+    with_import = "import math\n" + gold
+    assert task.rewards([f"```python\n{c}```" for c in (gold, with_import)], [p] * 2) == [0.0, 1.0]

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import torch
 
-from rapid_cli.config import EngineCorrection, OldLogprobs
+from rapid_cli.config import AlgoConfig, EngineCorrection, OldLogprobs
 from rapid_cli.console import console
+from rapid_cli.distributed import Dist
 from rapid_cli.learner import AUDIT_KEY, Learner
 from rapid_cli.types import Rollouts
 
 
 class BehaviourLogprobs:
-    def __init__(self, algo, d, settings: dict, saved: dict | None = None, gap: float | None = None):
+    def __init__(self, algo: AlgoConfig, d: Dist, settings: dict, saved: dict | None = None,
+                 gap: float | None = None):
         self.mode, self.tol, self.settings = algo.old_logprobs, algo.sampler_logw_tol, settings
         self.correction = algo.engine_correction
         # the last audit's gap (None: none yet, or audited under other settings): `auto` engine correction's input

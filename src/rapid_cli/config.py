@@ -412,7 +412,7 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("rapid_dirname", job_dirname, replace=True)
 
 
-def resolve_precision(cfg, cuda: bool, bf16: bool) -> tuple[str, str]:
+def resolve_precision(cfg: Config, cuda: bool, bf16: bool) -> tuple[str, str]:
     """(train.mixed_precision, vLLM engine dtype) with `auto` resolved, `bf16` saying whether the device computes
     bf16 fast (hardware.fast_bf16). There: fp32 master weights, bf16 autocast and a bf16 engine (fast, and the
     weights still take every small update; algo.engine_correction corrects for the engine/trainer gap bf16

@@ -39,6 +39,7 @@ from rapid_cli.algorithms.contract import (
     declared,
 )
 from rapid_cli.algorithms.engine import engine_weights
+from rapid_cli.config import AlgoConfig, OptimizerConfig
 from rapid_cli.console import console
 from rapid_cli.policy import PACKED, completion_logprobs, pack, packed_attention
 from rapid_cli.types import Rollouts
@@ -47,7 +48,8 @@ AUDIT_KEY = "iw/sampler_seq_logw_gap_max"
 ROWS = "rows*"  # a loss metric's row-weighted sum, on its way to a mean over every rank's rows
 
 
-def build_optimizer(opt_cfg, model, total_steps: int, lr: float | None = None):
+def build_optimizer(opt_cfg: OptimizerConfig, model: torch.nn.Module, total_steps: int, lr: float | None = None
+                    ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW on the trainable parameters at `lr` (default optimizer.lr) and its warm-up / cosine schedule."""
     lr = opt_cfg.lr if lr is None else lr
     params = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
@@ -68,7 +70,7 @@ def build_optimizer(opt_cfg, model, total_steps: int, lr: float | None = None):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def set_base_lr(optimizer, scheduler, lr: float) -> None:
+def set_base_lr(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, lr: float) -> None:
     """A resumed run takes `optimizer.lr` as given now; the saved schedule state would otherwise
     bring back the old rate silently. The schedule's position (warm-up, cosine) is kept."""
     old = scheduler.base_lrs[0]
@@ -265,9 +267,10 @@ def _zero_from(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class Learner:
-    def __init__(self, model, algo, optim, *, pad_id: int, temperature: float, total_steps: int,
-                 d: distributed.Dist | None = None, device="cpu", precision: str = "none",
-                 reference=None, lr: float | None = None):
+    def __init__(self, model: torch.nn.Module, algo: AlgoConfig, optim: OptimizerConfig, *, pad_id: int,
+                 temperature: float, total_steps: int, d: distributed.Dist | None = None,
+                 device: str | torch.device = "cpu", precision: str = "none",
+                 reference: torch.nn.Module | None = None, lr: float | None = None):
         """`model`: the plain policy (wrapped here for DDP/FSDP2). `algo`, `optim`: the config's
         algo and optimizer sections; `temperature`: the sampler's (log-probs are of
         softmax(logits/T)); `total_steps`: optimizer steps in the whole run (the cosine schedule's

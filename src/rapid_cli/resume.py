@@ -26,6 +26,8 @@ from rapid_cli.logger import read_rows
 from rapid_cli.rundir import claimed
 
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
     from rapid_cli.config import Config
 
 
@@ -121,7 +123,7 @@ def resume_command(overrides: list[str], run_dir: Path) -> str:
     return " ".join(["rapid train", *again, override("hydra.run.dir", str(run_dir)), "train.resume=auto"])
 
 
-def _comparable_config(run_dir: Path, config=None):
+def _comparable_config(run_dir: Path, config: DictConfig | None = None) -> dict | None:
     """The run's composed config (`config`, else its saved .hydra/config.yaml) without the keys that may differ
     between a run and its resumption."""
     from omegaconf import OmegaConf
@@ -137,7 +139,7 @@ def _comparable_config(run_dir: Path, config=None):
     return cfg
 
 
-def same_run(run_dir: Path, overrides: list[str], config=None) -> Path:
+def same_run(run_dir: Path, overrides: list[str], config: DictConfig | None = None) -> Path:
     """For `train.resume=auto` in a directory `claim` made: the newest earlier run under the same output
     root that was started with the same overrides and config and has an intact checkpoint; else `run_dir`.
     A directory the user named (hydra.run.dir=) is the run to resume, never a reason to look elsewhere.
@@ -184,7 +186,8 @@ def _flat(node, prefix: str = "") -> dict:
     return out
 
 
-def closest_run(run_dir: Path, config, most: int = 3) -> tuple[Path, list[tuple[str, object, object]]] | None:
+def closest_run(run_dir: Path, config: DictConfig, most: int = 3
+                ) -> tuple[Path, list[tuple[str, object, object]]] | None:
     """For `train.resume=auto` that found no run to continue (`same_run`): the earlier run under the same output
     root with a checkpoint whose composed config differs from this one (`config`, comparable as
     `_comparable_config` makes it) in the fewest keys -- at most `most`, none of model.* or task.* (a resume

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,6 +32,9 @@ from rapid_cli.algorithms.baselines import DAPO, DR_GRPO, GRPO
 from rapid_cli.algorithms.contract import Loss, LossBatch, LossOutput, on_tensors
 from rapid_cli.algorithms.losses import rapid, rapid_zero_gradient
 from rapid_cli.errors import RapidError
+
+if TYPE_CHECKING:  # the config's types only: importing it would load Hydra with every loss
+    from rapid_cli.config import AlgoConfig
 
 
 @dataclass(frozen=True)
@@ -59,11 +63,11 @@ class Algorithm:
         tensors = (logprobs, old_logprobs, mask, rewards)
         return on_tensors(self.objective, *tensors, group_size, **options_and_inputs)
 
-    def loss_options(self, algo_cfg) -> dict:
+    def loss_options(self, algo_cfg: AlgoConfig) -> dict:
         """The values of this loss's options in the `algo` config."""
         return {k: algo_cfg[k] for k in self.options}
 
-    def needs_reference(self, algo_cfg) -> bool:
+    def needs_reference(self, algo_cfg: AlgoConfig) -> bool:
         """Whether this config needs a frozen copy of the initial policy (its KL term is on)."""
         return self.reference and bool(algo_cfg.kl_beta)
 
@@ -122,7 +126,7 @@ def get(name: str) -> Algorithm:
     return ALGORITHMS[name]
 
 
-def check(algo_cfg) -> None:
+def check(algo_cfg: AlgoConfig) -> None:
     """`algo.name` is registered, and the options set are ones its loss uses."""
     algorithm = get(algo_cfg.name)
     if algo_cfg.kl_beta and not algorithm.reference:

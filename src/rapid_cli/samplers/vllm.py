@@ -31,6 +31,8 @@ from rapid_cli.errors import RapidError
 from rapid_cli.types import Generations, SamplingParams
 
 if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
     from rapid_cli.config import SamplerConfig
 
 INSTALL_HINT = (
@@ -112,7 +114,7 @@ MAX_SEQS = 256
 ENGINE_OVERHEAD = 4 * GiB
 
 
-def kv_bytes_per_token(config, dtype_bytes: int) -> int:
+def kv_bytes_per_token(config: PretrainedConfig, dtype_bytes: int) -> int:
     """Bytes of K and V cache one token takes over all layers (a Hugging Face model config)."""
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
@@ -120,8 +122,8 @@ def kv_bytes_per_token(config, dtype_bytes: int) -> int:
     return 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
 
 
-def engine_options(s: SamplerConfig, cuda: bool, config, n_params: int, dtype_bytes: int, sequences: int,
-                   gpu_total: int) -> dict:
+def engine_options(s: SamplerConfig, cuda: bool, config: PretrainedConfig, n_params: int, dtype_bytes: int,
+                   sequences: int, gpu_total: int) -> dict:
     """vLLM `LLM(...)` memory and compilation options for sampler config `s`, with its `null`s resolved.
 
     CUDA: CUDA graphs on (`enforce_eager` null -> False: decoding small models is launch-bound), and a KV cache

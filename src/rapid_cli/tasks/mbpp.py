@@ -3,14 +3,16 @@
 Sources: hub `evalplus/mbppplus` (one split, `test`), or `task.data_path=` (the jsonl/jsonl.gz/parquet
 file, or a directory with train.jsonl and test.jsonl already split). A single split is shuffled with
 `task.split_seed` (42) and cut 70/30 like the paper: 264 train / 114 test. The prompt is the paper's:
-the description and the first assert inside a docstring. Reward: the extracted code (rewards/code.py),
-after `test_imports`, is called in the sandbox on the `test` script's `inputs` (EvalPlus's base + plus
-inputs) and on any `test_list` assert's arguments the script lacks, each call within EvalPlus's limit
-(max(4 s, 4 x the gold solution's time on that input), the whole run within their sum, at most 60 s or 4 x
-the gold solution's whole time, plus 2 s; reward.timeout_s does not apply); the values it returns are
-compared outside with the expected ones as EvalPlus compares them (type- and length-aware, its float
-tolerance, its per-problem oracles: rewards/verdict.py, mbpp_close). A problem whose gold solution does
-not pass within the limits is left out of the splits (tasks/code.py).
+the description and the first assert inside a docstring. Reward: the extracted code (rewards/code.py), as
+written (the problem's `test_imports` are not prepended; EvalPlus does not either), is called in the sandbox
+on the `test` script's `inputs` (EvalPlus's base + plus inputs) and on any `test_list` assert's arguments
+the script lacks, each call within EvalPlus's limit (max(4 s, 4 x the gold solution's time on that input),
+the whole run within their sum, at most 60 s or 4 x the gold solution's whole time, plus 2 s;
+reward.timeout_s does not apply); the values it returns are compared outside with the expected ones as
+EvalPlus compares them (type- and length-aware, its float tolerance, its per-problem oracles:
+rewards/verdict.py, mbpp_close). A problem whose gold solution (run after its `test_imports`; none of the 10
+MBPP+ gold solutions with them needs them) does not pass within the limits is left out of the splits
+(tasks/code.py).
 """
 
 from __future__ import annotations
@@ -61,7 +63,9 @@ class MBPPTask(CodeTask):
         return [to_problem(r, f"mbpp record {i + 1} (task_id {r['task_id']})") for i, r in enumerate(records)]
 
     def program(self, completion: str, problem: Problem) -> str:
-        return "\n".join([*problem.meta["test_imports"], extract_code(completion)])
+        # As EvalPlus runs it: the problem's test_imports serve its asserts and its gold solution, not the
+        # candidate, so code that uses `math` without importing it fails.
+        return extract_code(completion)
 
     def test_source(self, problem: Problem) -> TestSource:
         m = problem.meta
