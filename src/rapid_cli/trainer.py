@@ -186,7 +186,7 @@ def setup(cfg: Config, run_dir: Path, d: distributed.Dist, cleanup: contextlib.E
     device = distributed.device_for(d, cfg.device)
     plan = make_plan(cfg, device, d.world)
     task = _load_task(cfg)
-    model, tokenizer, model_path = _load_model(cfg, device, resumed_from)
+    model, tokenizer, model_path = _load_model(cfg, device, resumed_from, plan.lr)
     evaluation = _eval_set(cfg, task, model, tokenizer, run_dir / "evals" if cfg.eval.save_samples else None)
     learner = _make_learner(cfg, plan, d, device, model, tokenizer, resumed_from)
     sampler = open_sampler(cfg, learner.engine_model, tokenizer, model_path, plan)
@@ -226,8 +226,9 @@ def _load_task(cfg: Config) -> Task:
     return task
 
 
-def _load_model(cfg: Config, device: torch.device, resumed_from: Path | None):
-    """(model, tokenizer, the full weights' path): the configured model, or the checkpoint's."""
+def _load_model(cfg: Config, device: torch.device, resumed_from: Path | None, lr: float):
+    """(model, tokenizer, the full weights' path): the configured model, or the checkpoint's. `lr`: the plan's
+    learning rate (with LoRA, optimizer.lr x lora.lr_scale), for the line that says what trains."""
     if resumed_from and cfg.lora.enabled:  # the base as configured, the adapter as trained so far
         adapter = resumed_from / ADAPTER_DIR
         model, tokenizer, path = load_policy(cfg.model, device, cfg.cache_dir, adapter=adapter)
@@ -237,9 +238,9 @@ def _load_model(cfg: Config, device: torch.device, resumed_from: Path | None):
             model_cfg = OmegaConf.merge(cfg.model, {"path": str(resumed_from / "model")})
         model, tokenizer, path = load_policy(model_cfg, device, cfg.cache_dir, cfg.lora)
     if cfg.lora.enabled:
-        lo, lr = cfg.lora, cfg.optimizer.lr
-        console.print(f"LoRA r={lo.r}: training {trainable_summary(model)} at lr {lr * lo.lr_scale:g} "
-                      f"(optimizer.lr {lr:g} x lora.lr_scale {lo.lr_scale:g})")
+        lo = cfg.lora
+        console.print(f"LoRA r={lo.r}: training {trainable_summary(model)} at lr {lr:g} "
+                      f"(optimizer.lr {cfg.optimizer.lr:g} x lora.lr_scale {lo.lr_scale:g})")
     return model, tokenizer, path
 
 
