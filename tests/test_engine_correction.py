@@ -31,6 +31,12 @@ def test_tis_truncates_each_tokens_ratio_at_the_cap():
     assert stats["engine_weight_mean"] == pytest.approx(sum(sum(r) for r in want) / 10, rel=1e-6)
 
 
+def test_the_largest_ratio_is_a_tokens_not_paddings():
+    """Every token's ratio below 1: the reported maximum is the largest of them, not padding's exp(0) = 1."""
+    _, stats = engine_weights(OLD - 1.0, OLD, MASK, "tis", cap=2.0)
+    assert stats["engine_ratio_max"] == pytest.approx(math.exp(-1.0), rel=1e-6)
+
+
 def test_mis_drops_whole_sequences_whose_ratio_leaves_the_band():
     # sequence log-ratios: row 0 0.5 + 1.0 + 0 = 1.5 (e^1.5 = 4.5 > 2: dropped); row 1 0.7 (e^0.7 = 2.01 > 2:
     # dropped, just); row 2 0.1 (kept); row 3 -1.5 (e^-1.5 = 0.22 < 1/2: dropped)
@@ -188,6 +194,19 @@ def test_auto_corrects_where_mu_exists_and_differs():
     assert _behaviour(["algo.old_logprobs=sampler"], bf16).engine_correction(_Ro(mu)) == "none"  # pi_old is mu
     assert _behaviour(["algo.engine_correction=mis"], fp32).engine_correction(_Ro(mu)) == "mis"
     assert _behaviour(["algo.engine_correction=none"], bf16).engine_correction(_Ro(mu)) == "none"
+
+
+def test_on_policy_with_sampler_mode_still_corrects():
+    """algo.old_logprobs=sampler means mu stands in for pi_old only where a pi_old is needed: on-policy (A = 1)
+    pi_old is the step's own detached log-probs, so the engine/trainer gap is there and an asked-for (or
+    `auto`) correction applies; it was silently dropped."""
+    bf16 = {"engine_dtype": "bfloat16", "mixed_precision": "bf16", "top_p": 1.0}
+    mu = torch.zeros(2, 2)
+    on_policy = ["algo.steps_per_generation=1", "algo.old_logprobs=sampler"]
+    assert _behaviour([*on_policy, "algo.engine_correction=tis"], bf16).engine_correction(_Ro(mu)) == "tis"
+    assert _behaviour(on_policy, bf16).engine_correction(_Ro(mu)) == "tis"  # auto, 16 bits before any audit
+    assert _behaviour(["algo.old_logprobs=sampler", "algo.engine_correction=tis"], bf16
+                      ).engine_correction(_Ro(mu)) == "none"  # A = 2: pi_old is mu, the ratio is 1
 
 
 def test_an_explicit_correction_without_mu_is_one_line():

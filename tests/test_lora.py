@@ -116,6 +116,27 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, e
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("extra", [LORA, []], ids=["lora", "adapter-alone"])
+def test_a_run_that_starts_from_an_adapter_resumes_and_names_the_real_base(lora_run, tmp_path, extra):
+    """model.path=<an adapter directory> trains that adapter further (with or without lora=...). Its checkpoints
+    name the adapter's own base model, not the starting adapter, so the run resumes (exactly) and peft loads
+    them; it had recorded the adapter directory as the base, and a resume stopped on its missing config.json."""
+    start = [f"model.path={lora_run / 'adapter'}", *extra]
+    whole = train(compose(learning(tmp_path, 2) + start), tmp_path / "whole")
+    train(compose(learning(tmp_path, 1) + start), tmp_path / "cut")
+    resumed = train(compose(learning(tmp_path, 2) + start + ["train.resume=auto"]), tmp_path / "cut")
+    assert whole["reward/last_round"] == resumed["reward/last_round"]
+    base = json.loads((lora_run / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    for run in ("whole", "cut"):
+        saved = tmp_path / run / "checkpoints" / "round-000002" / "adapter"
+        assert json.loads((saved / "adapter_config.json").read_text())["base_model_name_or_path"] == base
+    a, b = (load_file(tmp_path / r / "checkpoints" / "round-000002" / "adapter" / "adapter_model.safetensors")
+            for r in ("whole", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    start_weights = load_file(lora_run / "adapter" / "adapter_model.safetensors")
+    assert any(not torch.equal(a[k], start_weights[k]) for k in a)  # it trained on from the adapter
+
+
 @pytest.mark.parametrize("bad,expect", [
     ("lora.dropout=0.1", "lora.dropout=0.1: rapid trains without dropout"),
     ("lora.r=0", "the rank must be at least 1"),
@@ -130,6 +151,46 @@ def test_a_bad_lora_setting_is_one_line(tmp_path, bad, expect):
         train(compose(TINY + LORA + [bad, "train.rounds=1"]), tmp_path / "run")
     assert expect in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_an_adapted_lm_head_needs_the_unpacked_forward(tmp_path):
+    """algo.packing computes log-probs with the LM head's weight directly (policy._logprob_head), which would
+    bypass an adapter on the head: its adapters would get no gradient and the trainer's pi would not be the
+    sampler's. Refused with one line; with algo.packing=false the head's adapters train."""
+    head = ["lora.target_modules=[q_proj,lm_head]", "train.rounds=1"]
+    with pytest.raises(RapidError) as err:
+        train(compose(learning(tmp_path, 1) + LORA + head), tmp_path / "packed")
+    assert "\n" not in str(err.value)
+    assert str(err.value).startswith("lora.target_modules adapts the LM head (lm_head), which algo.packing")
+    train(compose(learning(tmp_path, 1) + LORA + head + ["algo.packing=false", "train.save_every=1"]),
+          tmp_path / "plain")
+    saved = load_file(tmp_path / "plain" / "checkpoints" / "round-000001" / "adapter" / "adapter_model.safetensors")
+    head_b = [k for k in saved if "lm_head" in k and "lora_B" in k]
+    assert head_b and any(saved[k].abs().sum() > 0 for k in head_b)  # B starts at 0: the head's adapter trained
+
+
+def test_a_bf16_base_reaches_the_engine_merged_in_float32():
+    """The weights the sampler's sync takes (Learner.full_weights): with a bf16 base each adapted weight is
+    W + scale * B @ A in float32, for the engine to round once to its own dtype; a float32 engine then holds
+    the sum exactly. Rounded to the base's bf16 first, most of a young adapter's small delta was lost.
+    A saved or exported model keeps W's dtype."""
+    from rapid_cli.distributed import stream_full_weights
+    cfg = compose(TINY + LORA + ["model.dtype=bfloat16"])
+    model, _, _ = load_policy(cfg.model, torch.device("cpu"), lora_cfg=cfg.lora)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 1e-3)  # a delta far below the bf16 spacing of the base weights
+    synced = dict(stream_full_weights(model))
+    saved = dict(merged_state(model))
+    layer = next(m for n, m in model.named_modules() if n.endswith("layers.0.self_attn.q_proj"))
+    exact = layer.base_layer.weight.float() + layer.get_delta_weight("default").float()
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert synced[name].dtype == torch.float32 and torch.equal(synced[name], exact)
+    assert saved[name].dtype == torch.bfloat16 and torch.equal(saved[name], exact.to(torch.bfloat16))
+    assert not torch.equal(saved[name].float(), exact)  # the premise: bf16 cannot hold the merged sum
+    assert synced["model.embed_tokens.weight"].dtype == torch.bfloat16  # weights without adapters as they are
 
 
 def test_a_bf16_base_trains_float32_adapters(tmp_path):

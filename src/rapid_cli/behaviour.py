@@ -71,10 +71,12 @@ class BehaviourLogprobs:
 
     def engine_correction(self, ro: Rollouts) -> str:
         """The engine correction for this round's steps (none | tis | mis; algorithms/engine.py). None is needed
-        where pi_old is the sampler's own log-probs (`sampler` mode: the ratio is 1) or where the sampler reports
-        no mu (top_p < 1: an explicit tis/mis was refused at start); `auto` corrects by tis when the last audit
-        found a gap above algo.sampler_logw_tol, or, before any audit, when engine or trainer compute in 16 bits."""
-        if (self.correction == EngineCorrection.none or self.mode == OldLogprobs.sampler
+        where pi_old is the sampler's own log-probs (`sampler` mode past A = 1: the ratio is 1; on-policy pi_old is
+        the step's own log-probs in every mode) or where the sampler reports no mu (top_p < 1: an explicit tis/mis
+        was refused at start); `auto` corrects by tis when the last audit found a gap above
+        algo.sampler_logw_tol, or, before any audit, when engine or trainer compute in 16 bits."""
+        pi_old_is_mu = self.mode == OldLogprobs.sampler and not self.on_policy
+        if (self.correction == EngineCorrection.none or pi_old_is_mu
                 or ro.sampler_logprobs is None or self.settings.get("top_p", 1.0) < 1):
             return "none"
         if self.correction != EngineCorrection.auto:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from rapid_cli.errors import RapidError
-from rapid_cli.lora import ADAPTER_DIR, has_adapters, save_adapter
+from rapid_cli.lora import ADAPTER_DIR, adapter_base, has_adapters, is_adapter_dir, save_adapter
 
 if TYPE_CHECKING:
     from rapid_cli.config import Config
@@ -112,7 +112,9 @@ def save(root: Path, rnd: int, model, tokenizer, state: dict, cfg: Config, keep:
         if weights is not None:
             weights = untied(model, weights)
         if has_adapters(model):  # the adapter alone, in peft's format; `rapid export` merges it
-            save_adapter(model, tmp / ADAPTER_DIR, base=cfg.model.path)
+            # the base model itself, also for a run that started from an adapter (model.path=<its directory>)
+            base = adapter_base(cfg.model.path) if is_adapter_dir(cfg.model.path) else cfg.model.path
+            save_adapter(model, tmp / ADAPTER_DIR, base=base)
             tokenizer.save_pretrained(tmp / ADAPTER_DIR)
         else:
             model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=weights)

@@ -122,7 +122,7 @@ class Device(StrEnum):
 
 class LoraSync(StrEnum):
     merged = "merged"  # the engine gets base + scaled BA as full weights after every round
-    adapter = "adapter"  # the engine serves the unmerged adapter (not built yet: refused at start)
+    adapter = "adapter"  # the engine serves the base weights and the trainer's unmerged adapter (vLLM's LoRA)
 
 
 @dataclass

@@ -140,7 +140,8 @@ def stream_full_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
     `next()` is a collective (DTensor.full_tensor): every rank must draw every item, in this order."""
     from rapid_cli.lora import merged_state
 
-    for name, value in merged_state(model):  # LoRA: each adapted weight merged, under the base model's names
+    # LoRA: each adapted weight merged, under the base model's names, in float32 for the engine to round once
+    for name, value in merged_state(model, keep_float32=True):
         yield name, (value.full_tensor() if hasattr(value, "full_tensor") else value)
 
 

@@ -41,7 +41,7 @@ from rapid_cli.algorithms.contract import (
 from rapid_cli.algorithms.engine import engine_weights
 from rapid_cli.config import AlgoConfig, OptimizerConfig
 from rapid_cli.console import console
-from rapid_cli.policy import PACKED, completion_logprobs, pack, packed_attention
+from rapid_cli.policy import PACKED, check_packable_head, completion_logprobs, pack, packed_attention
 from rapid_cli.types import Rollouts
 
 AUDIT_KEY = "iw/sampler_seq_logw_gap_max"
@@ -162,7 +162,7 @@ class StepStats:
     grad_norm: float  # of the whole step's gradient, before clipping
     lr: float  # the rate this step used (the scheduler moves on after it)
     skipped: bool  # a non-finite loss or gradient norm on some rank: no update anywhere
-    ess: float  # effective sample size (sum w)^2 / sum w^2 over every row of the mini-batch
+    ess: float  # effective sample size (sum w)^2 / sum w^2 over the mini-batch's computed (moving) rows, all ranks
     means: dict[str, float]  # over every rank's moving rows; no loss statistic when none moved
     maxima: dict[str, float]
     rows: int = 0  # this rank's rows of the mini-batch
@@ -296,6 +296,8 @@ class Learner:
         self.bf16 = precision == "bf16" and self.d.parallel != "fsdp"
         self.optimizer, self.scheduler = build_optimizer(optim, self.model, total_steps, self.lr)
         self.attention = packed_attention(algo.packed_attention, model)  # dense | segments, with algo.packing
+        if algo.packing:
+            check_packable_head(model)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)

@@ -46,13 +46,13 @@ def has_adapters(model) -> bool:
 
 
 def is_adapter_dir(path: str | Path) -> bool:
-    return (Path(path) / "adapter_config.json").is_file()
+    return (Path(path).expanduser() / "adapter_config.json").is_file()
 
 
 def adapter_base(path: str | Path) -> str:
     """The base model an adapter directory was trained on (its adapter_config.json's base_model_name_or_path)."""
     try:
-        base = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        base = json.loads((Path(path).expanduser() / "adapter_config.json").read_text()).get("base_model_name_or_path")
     except (OSError, json.JSONDecodeError) as err:
         raise RapidError(f"{path}/adapter_config.json cannot be read ({err}); it is not a usable adapter") from None
     if not base:
@@ -122,10 +122,12 @@ def save_adapter(model, path: Path, base: str) -> None:
     config.save_pretrained(str(path))
 
 
-def merged_state(model) -> Iterator[tuple[str, torch.Tensor]]:
+def merged_state(model, keep_float32: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) of every parameter and buffer under the base model's names, each adapted weight merged
     (W + scale * B @ A in float32, stored in W's dtype, without touching the model); a model without adapters is its
-    state_dict as it is."""
+    state_dict as it is. `keep_float32`: the merged weights stay float32, for a receiver that rounds them once to
+    its own dtype (an engine: a float32 one then holds the sum exactly, where a bf16 base's dtype would drop most
+    of a young adapter's small delta)."""
     inner = _inner(model)
     state = inner.state_dict()
     if not has_adapters(inner):
@@ -142,7 +144,8 @@ def merged_state(model) -> Iterator[tuple[str, torch.Tensor]]:
             if leaf == "weight" and owner in layers:
                 with torch.no_grad():
                     # summed in float32 and rounded once: a bf16 base's merged weight is the nearest bf16
-                    value = (value.float() + layers[owner].get_delta_weight(ADAPTER).float()).to(value.dtype)
+                    merged = value.float() + layers[owner].get_delta_weight(ADAPTER).float()
+                    value = merged if keep_float32 else merged.to(value.dtype)
             name = f"{owner}.{leaf}"
         yield name, value.detach()
 

@@ -47,9 +47,9 @@ def load_policy(model_cfg: ModelConfig, device: torch.device, cache_dir: str | N
 
     hf_logging.disable_progress_bar()
     path = resolve_model(model_cfg, cache_dir)
-    if adapter is None and lora.is_adapter_dir(path):
-        adapter = Path(path)
-        model_cfg = OmegaConf.merge(model_cfg, {"path": lora.adapter_base(adapter)})
+    if lora.is_adapter_dir(path):  # the base it names; the adapter itself, unless a later one (a resume) is given
+        adapter = adapter or Path(path)
+        model_cfg = OmegaConf.merge(model_cfg, {"path": lora.adapter_base(path)})
         path = resolve_model(model_cfg, cache_dir)
     if Path(path).is_dir():
         check_model_files(Path(path))
@@ -368,6 +368,17 @@ class _HeadLogprobs(torch.autograd.Function):
                 if d_weight is not None:
                     d_weight += (low.T @ h.to(w.dtype)) if enabled else (d_logits.T @ h.float())
         return d_hidden, None if d_weight is None else d_weight.to(weight.dtype), None, None, None
+
+
+def check_packable_head(model) -> None:
+    """algo.packing's log-probs take the LM head's weight directly (`_logprob_head`): an adapter on the head would
+    be bypassed (no gradient for it, and the trainer's pi would not be the sampler's). Refused in one line."""
+    head = model.get_output_embeddings()
+    if hasattr(head, "base_layer"):  # a peft LoRA layer wraps the head
+        name = next((n for n, m in model.named_modules() if m is head), "the output embeddings")
+        raise RapidError(f"lora.target_modules adapts the LM head ({name.rsplit('.', 1)[-1]}), which algo.packing "
+                         "computes without its adapter; set algo.packing=false, or leave the head out of "
+                         "lora.target_modules")
 
 
 @contextlib.contextmanager

@@ -229,7 +229,7 @@ def _load_task(cfg: Config) -> Task:
 def _load_model(cfg: Config, device: torch.device, resumed_from: Path | None, lr: float):
     """(model, tokenizer, the full weights' path): the configured model, or the checkpoint's. `lr`: the plan's
     learning rate (with LoRA, optimizer.lr x lora.lr_scale), for the line that says what trains."""
-    if resumed_from and cfg.lora.enabled:  # the base as configured, the adapter as trained so far
+    if resumed_from and (resumed_from / ADAPTER_DIR).is_dir():  # the base as configured, the adapter as trained
         adapter = resumed_from / ADAPTER_DIR
         model, tokenizer, path = load_policy(cfg.model, device, cfg.cache_dir, adapter=adapter)
     else:

@@ -76,6 +76,7 @@ def make_sampler(sampler_cfg: SamplerConfig, name: str, model, tokenizer, model_
 
         sampler = VLLMSampler(sampler_cfg, model_path, engine_dtype, seed=seed, trust_remote_code=trust_remote_code,
                               model=model, sequences=sequences, lora_rank=lora_rank)
-        sampler.sync_weights(merged_state(model))  # it loaded from disk: the trainer's exact weights (LoRA merged)
+        # it loaded from disk: the trainer's exact weights (LoRA merged, the engine rounding them once)
+        sampler.sync_weights(merged_state(model, keep_float32=True))
         return sampler
     raise RapidError(f"sampler.name={name!r} is unknown; use sampler=vllm or sampler=hf")
