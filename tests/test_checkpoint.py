@@ -157,7 +157,7 @@ def test_damaged_checkpoints_are_named_and_skipped(tmp_path):
         checkpoint.find(str(newest), root)
     assert checkpoint.find("auto", root) == root / "round-000001"  # auto falls back to the intact one
     (root / "round-000001" / "manifest.json").unlink()
-    with pytest.raises(RapidError, match="no intact checkpoint"):
+    with pytest.raises(RapidError, match="no intact checkpoint .* to start afresh, give another hydra.run.dir"):
         checkpoint.find("auto", root)
     partial = root / ".tmp-round-000003-abc"
     partial.mkdir()

@@ -130,6 +130,9 @@ def test_cfg_job_prints_the_composed_config():
     # a value holding '=' or ',' (a sweep job's directory name) must be quoted for Hydra: say which and how
     (["train", "hydra.run.dir=runs/1_algo=pg,seed=0"], """cannot parse hydra.run.dir=runs/1_algo=pg,seed=0"""),
     (["train", "hydra.run.dir=runs/1_algo=pg,seed=0"], """'hydra.run.dir="runs/1_algo=pg,seed=0"'"""),
+    # a command pasted twice, a stray word: no quoting advice
+    (["train", "rapid", "train", "train.rounds=1"], "'rapid' is not an override (was the command pasted twice?)"),
+    (["eval", "quickly"], "'quickly' is not an override; overrides are key=value, e.g. train.rounds=3"),
     # Hydra prints one job's config or info, not a sweep's
     (["train", "-m", "seed=0,1", "--cfg", "job"], "--cfg works on one job, not a sweep: drop -m"),
     (["eval", "--multirun", "seed=0,1", "--info"], "--info works on one job, not a sweep: drop --multirun"),

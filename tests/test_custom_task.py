@@ -124,6 +124,7 @@ def test_a_messages_column_is_the_chat_as_is(tmp_path):
 
 USER_MODULE = '''
 import re
+import sys
 import time
 
 
@@ -179,6 +180,12 @@ def sometimes(completions, answer, **kwargs):
 
 def slow(completions, **kwargs):
     time.sleep(5)
+    return [0.0 for _ in completions]
+
+
+def exits(completions, question, **kwargs):  # a script's habit: a sweep must record it as this job's failure
+    if "3 + 3" in question:
+        sys.exit("bye from my reward")
     return [0.0 for _ in completions]
 '''
 
@@ -359,6 +366,7 @@ def test_a_prompt_longer_than_the_context_is_named_and_max_prompt_tokens_drops_i
     ("text", ["reward function text returned 'yes' for", "p.jsonl, line"]),
     ("nan", ["reward function nan returned nan for", "finite number"]),
     ("slow", ["reward function slow took more than 0.3 s", "timeout_s"]),
+    ("exits", ["reward function exits called sys.exit('bye from my reward')", "p.jsonl, line 4"]),
 ])
 def test_a_bad_reward_function_stops_with_one_line(tmp_path, user_module, fn, expect):
     task = task_for(f"task.data_path={write(tmp_path / 'p.jsonl')}", "task.test_fraction=0.1",

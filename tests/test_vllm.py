@@ -190,6 +190,30 @@ def test_a_partial_weight_sync_is_reported_while_start_up_chatter_is_not(tmp_pat
     assert not chatter, chatter[:5]
 
 
+def test_a_model_directory_whose_name_holds_glob_characters_loads(engine, tmp_path):
+    """A sweep job's directory is named after its overrides (`1_reward.functions=[{...}]`), and vLLM finds the
+    weights by glob.glob(<dir>/*.safetensors), where `[...]` is a character class: the engine must load such a
+    directory (it said "Cannot find any model weights") and generate what the same weights generate anywhere."""
+    import shutil
+
+    from rapid_cli.plan import open_sampler
+
+    model, tok, sampler = engine
+    cfg = compose(TINY + ["sampler=vllm", "sampler.kv_cache_gb=0.25", "sampler.max_model_len=256"])
+    odd = tmp_path / "1_reward.functions=[{_target_: my.fn}],seed=0" / "model"
+    odd.parent.mkdir()
+    model.save_pretrained(odd, safe_serialization=True)
+    tok.save_pretrained(odd)
+    prompts = prompts_of(tok, TEXTS[:2])
+    other = open_sampler(cfg, model, tok, str(odd))
+    try:
+        assert greedy(other, prompts).completion_ids == greedy(sampler, prompts).completion_ids
+    finally:
+        other.close()
+    assert (odd / "model.safetensors").is_file()  # closing the engine leaves the user's directory as it was
+    shutil.rmtree(odd.parent)
+
+
 def test_sleep_between_rounds_is_refused_off_cuda(tiny_policy):
     from rapid_cli.errors import RapidError
     from rapid_cli.plan import open_sampler

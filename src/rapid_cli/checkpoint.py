@@ -174,7 +174,9 @@ def find(resume: str, ckpt_root: Path) -> Path | None:
 
                 warn(f"{err}; trying the one before it")
         if found:
-            raise RapidError(f"no intact checkpoint in {ckpt_root}; start afresh without train.resume")
+            # not "without train.resume": a run directory that holds a run refuses a fresh start
+            raise RapidError(f"no intact checkpoint in {ckpt_root} (each is damaged, above); to start afresh, give "
+                             "another hydra.run.dir (this one keeps the damaged run as it is)")
         return None
     path = Path(resume).expanduser()
     if not path.exists():

@@ -84,7 +84,11 @@ def precheck(overrides: list[str], sweep: bool = False, training: bool = False) 
     except RapidError as err:
         _fail(str(err) if not sweep else f"{err} (sweep job {' '.join(job)})")
     except OverrideParseException as err:  # Hydra's grammar, e.g. an unquoted value holding '=' or ','
-        key, _, value = (err.override or "").partition("=")
+        key, eq, value = (err.override or "").partition("=")
+        if not eq:  # a bare word: quoting advice would be nonsense
+            twice = " (was the command pasted twice?)" if key in ("rapid", "train", "eval", "report", "export") else ""
+            _fail(f"{key!r} is not an override{twice}; overrides are key=value, e.g. train.rounds=3 (`rapid train "
+                  "--help` lists them)")
         _fail(f"cannot parse {err.override} ({str(err).splitlines()[0]}); quote a value holding '=', ',' or "
               f"""spaces, e.g. '{key}="{value}"'""")
     except Exception as err:  # composition errors: unknown key, wrong type, missing group option

@@ -252,9 +252,10 @@ def _run(f: RewardFunction, completions: list, columns: dict[str, list], labels:
         raise RapidError(f"reward function {f.name} took more than {f.timeout_s:g} s for {n} completions "
                          f"({labels[rows.start]} .. {labels[rows.stop - 1]}); raise its timeout_s (or "
                          "reward.function_timeout_s), or speed it up") from None
-    except Exception as err:
-        raise RapidError(f"reward function {f.name} raised {type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''} on "
+    except (Exception, SystemExit) as err:  # sys.exit() in a reward would end a whole sweep, unrecorded
+        what = (f"called sys.exit({err.code!r})" if isinstance(err, SystemExit) else
+                f"raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        raise RapidError(f"reward function {f.name} {what} on "
                          f"{_failing_row(f, completions, columns, labels, rows)}") from None
     return _checked(f, out, n, labels, rows.start)
 
@@ -265,7 +266,7 @@ def _failing_row(f: RewardFunction, completions: list, columns: dict[str, list],
             _call_with_timeout(f.fn,
                                {"completions": completions[i : i + 1], **f.kwargs(_slice(columns, range(i, i + 1)))},
                                f.timeout_s)
-        except Exception:
+        except (Exception, SystemExit):
             return labels[i]
     return f"{labels[rows.start]} .. {labels[rows.stop - 1]} (together; each row alone passes)"
 

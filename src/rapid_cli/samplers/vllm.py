@@ -87,6 +87,21 @@ def show_weight_warnings() -> None:
         handler.setLevel(min(handler.level, logging.WARNING))
 
 
+def _glob_safe(model_path: str) -> tuple[str, str | None]:
+    """(a path to `model_path` vLLM can read, the temporary directory holding it or None). vLLM finds weights
+    with glob.glob(<dir>/*.safetensors), where a sweep job's directory name (`1_reward.functions=[{...}]`) is a
+    pattern that matches nothing: such a directory is handed over through a symlink with a plain name."""
+    import glob
+    import tempfile
+
+    if not glob.has_magic(model_path) or not os.path.isdir(model_path):
+        return model_path, None
+    link_dir = tempfile.mkdtemp(prefix="rapid-model-")
+    link = os.path.join(link_dir, "model")
+    os.symlink(os.path.abspath(model_path), link)
+    return link, link_dir
+
+
 def _max_len(model_path: str, wanted: int | None) -> int | None:
     """`wanted`, but never past the model's own context (vLLM refuses that); local models only."""
     import json
@@ -171,6 +186,7 @@ class VLLMSampler:
         if sampler_cfg.sleep_between_rounds:
             kwargs["enable_sleep_mode"] = True
         self.adapter_of, self._lora, self._lora_dir = None, None, None
+        engine_path, self._link_dir = _glob_safe(model_path)
         if lora_rank is not None:
             ranks = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM 0.32 sizes its LoRA buffers for
             if lora_rank > ranks[-1]:
@@ -195,9 +211,9 @@ class VLLMSampler:
             seed += dist.get_rank()
         try:
             self.llm = vllm.LLM(
-                model=model_path,
+                model=engine_path,
                 dtype=dtype,
-                max_model_len=_max_len(model_path, sampler_cfg.max_model_len),
+                max_model_len=_max_len(engine_path, sampler_cfg.max_model_len),
                 logprobs_mode="processed_logprobs",
                 seed=seed,
                 trust_remote_code=trust_remote_code,
@@ -208,6 +224,7 @@ class VLLMSampler:
                            if ln.strip() and "errors.pydantic" not in ln)[:300]
             fix = ("give the engine less (sampler.kv_cache_gb, sampler.max_model_len) or free GPU memory"
                    if "memory" in why.lower() else "use sampler=hf")
+            self.close()  # the directories it made
             raise RapidError(f"vLLM could not load {model_path} ({type(err).__name__}: {why}); {fix}") from None
         show_weight_warnings()
 
@@ -278,10 +295,11 @@ class VLLMSampler:
         """Shuts the engine down and frees its memory: a sweep (`rapid train -m`, Optuna) starts the next
         job's engine in this same process, and the first one's KV cache would leave it no room."""
         llm, self.llm = getattr(self, "llm", None), None
-        if getattr(self, "_lora_dir", None):
-            import shutil
+        for owned in (getattr(self, "_lora_dir", None), getattr(self, "_link_dir", None)):
+            if owned:
+                import shutil
 
-            shutil.rmtree(self._lora_dir, ignore_errors=True)
+                shutil.rmtree(owned, ignore_errors=True)  # a link inside is removed, not what it points to
         if llm is None or self._trainers_group:
             return  # under torchrun the engine's shutdown would destroy groups of the trainer's process group (gone
             # already at 1 process: "Invalid process group specified"); the job's process ends with the job anyway
