@@ -87,9 +87,19 @@ def test_resume_auto_continues_only_a_provably_same_run(tmp_path):
     assert same_run(new, [*args, "train.resume=auto"], compose([*args, "train.resume=auto", "optimizer.lr=0.5"])) == new
 
 
+def test_a_file_as_the_run_directory_is_named_as_a_file(tmp_path):
+    from rapid_cli.rundir import writable
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(RapidError, match=r"notes.txt is a file, not a directory; choose a directory for the run$"):
+        writable(tmp_path / "notes.txt")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_lock_is_released_when_the_run_ends(tmp_path):
     with RunLock(tmp_path):
-        with pytest.raises(RapidError, match="holds a run in progress"):
+        busy = r"holds a run in progress .* hydra.run.dir \(hydra.sweep.dir for a sweep\)"
+        with pytest.raises(RapidError, match=busy):
             RunLock(tmp_path).__enter__()
     with RunLock(tmp_path):
         pass

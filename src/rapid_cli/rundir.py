@@ -52,6 +52,8 @@ def claim(root: str | Path, now: _dt.datetime | None = None) -> Path:
 
 def writable(path: Path) -> None:
     """Creates `path` if needed and checks a file can be written in it."""
+    if path.exists() and not path.is_dir():
+        raise RapidError(f"hydra.run.dir={path} is a file, not a directory; choose a directory for the run")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=path, prefix=".rapid-probe-")
@@ -84,7 +86,7 @@ def in_progress(path: Path) -> str | None:
 
 def busy(path: Path, pid: str) -> str:
     return (f"{path} holds a run in progress (pid {pid}); wait for it to end (or stop it), or use another "
-            "hydra.run.dir")
+            "hydra.run.dir (hydra.sweep.dir for a sweep)")
 
 
 def refuse_reuse(path: Path, resuming: bool) -> None:
