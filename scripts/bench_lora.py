@@ -6,7 +6,9 @@ the same model:
   sampler's own directory and registered with an engine started with LoRA enabled);
 - generation tokens/s of the merged engine against the adapter-serving one (same prompts, same lengths);
 - one optimizer step over a cpu-demo mini-batch (seconds, and the peak resident memory it adds, measured as
-  scripts/bench_update.py does), and the optimizer state held.
+  scripts/bench_update.py does), and the optimizer state held;
+- QLoRA (`lora=qlora`, the base's linear layers in 4-bit NF4 through bitsandbytes) beside them: its merged sync
+  (each weight dequantized, then merged), its optimizer step, and the bytes its model holds against LoRA's.
 
     .venv/bin/python scripts/bench_lora.py                      # SmolLM2-135M, vLLM (CPU build), r=32
     .venv/bin/python scripts/bench_lora.py --repeats 5 -- lora.r=16 lora.alpha=32   # docs/benchmarks.md's (r=16)
@@ -41,6 +43,10 @@ def optimizer_mib(learner) -> float:
                if hasattr(t, "numel")) / 2**20
 
 
+def model_mib(model) -> float:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
@@ -69,19 +75,23 @@ def main() -> None:
     full, tok, path = load_policy(cfg.model, torch.device("cpu"), cfg.cache_dir)
     adapted, _, _ = load_policy(cfg.model, torch.device("cpu"), cfg.cache_dir)
     add_adapters(adapted, cfg.lora)
+    quantized, _, _ = load_policy(cfg.model, torch.device("cpu"), cfg.cache_dir,
+                                  compose_config([*base, "lora=qlora"]).lora)
     with torch.no_grad():  # B = 0 at the start; a trained adapter costs the same, give it values
-        for name, p in adapted.named_parameters():
-            if ".lora_B." in name:
-                p.normal_(0, 1e-3)
+        for model in (adapted, quantized):
+            for name, p in model.named_parameters():
+                if ".lora_B." in name:
+                    p.normal_(0, 1e-3)
     merged = open_sampler(cfg, full, tok, path)
     served = open_sampler(compose_config([*base, "lora.sync=adapter"]), adapted, tok, path)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {cfg.model.name}, LoRA r={cfg.lora.r} "
           f"alpha={cfg.lora.alpha} on {list(cfg.lora.target_modules)}: trains {trainable_summary(adapted)}")
-    sync: dict[str, list[float]] = {"full": [], "merged": [], "adapter": []}
+    sync: dict[str, list[float]] = {"full": [], "merged": [], "adapter": [], "qlora": []}
     for _ in range(args.repeats):
         sync["full"].append(timed(lambda: merged.sync_weights(full.state_dict().items())))
         sync["merged"].append(timed(lambda: merged.sync_weights(merged_state(adapted))))
         sync["adapter"].append(timed(lambda: served.sync_weights(())))
+        sync["qlora"].append(timed(lambda: merged.sync_weights(merged_state(quantized))))
     task = make_task(cfg.task, seed=0)
     prompts = [task.prompt_ids(p, tok, cfg.model.chat_template) for p in task.train[:32]]
     params = SamplingParams(n=4, temperature=1.0, max_tokens=args.tokens, seed=0)
@@ -95,9 +105,10 @@ def main() -> None:
     served.close()
     ro = rollouts(task, tok, cfg, (4, 12), group_size=cfg.algo.group_size, groups=cfg.algo.prompts_per_step, seed=0)
     learners = {name: Learner(model, cfg.algo, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0,
-                              total_steps=10) for name, model in (("full", full), ("lora", adapted))}
+                              total_steps=10) for name, model in (("full", full), ("lora", adapted),
+                                                                  ("qlora", quantized))}
     rows = ro.group_slice(0, cfg.algo.prompts_per_step)
-    steps: dict[str, list[tuple[float, float]]] = {"full": [], "lora": []}
+    steps: dict[str, list[tuple[float, float]]] = {name: [] for name in learners}
     for _ in range(args.repeats):
         for name, learner in learners.items():
             steps[name].append(measured(lambda: learner.step(ro, rows)))  # noqa: B023
@@ -106,14 +117,21 @@ def main() -> None:
     step = {k: statistics.median(t for t, _ in v) for k, v in steps.items()}
     peak = {k: statistics.median(m for _, m in v) for k, v in steps.items()}
     print(f"weight sync per round: full {s['full']:.3f} s, LoRA merged {s['merged']:.3f} s "
-          f"({s['merged'] / s['full']:.2f}x full), LoRA adapter {s['adapter']:.3f} s ({s['adapter'] / s['full']:.2f}x)")
+          f"({s['merged'] / s['full']:.2f}x full), LoRA adapter {s['adapter']:.3f} s "
+          f"({s['adapter'] / s['full']:.2f}x), "
+          f"QLoRA merged {s['qlora']:.3f} s ({s['qlora'] / s['full']:.2f}x)")
     print(f"generation: merged engine {g['merged']:.0f} tokens/s, adapter-serving engine {g['adapter']:.0f} tokens/s "
           f"({g['adapter'] / g['merged']:.2f}x)")
     print(f"optimizer step (demo mini-batch): full {step['full']:.2f} s, LoRA {step['lora']:.2f} s "
-          f"(LoRA {step['full'] / step['lora']:.2f}x as fast); peak memory it adds: full {peak['full']:.0f} MiB, "
-          f"LoRA {peak['lora']:.0f} MiB")
+          f"(LoRA {step['full'] / step['lora']:.2f}x as fast), QLoRA {step['qlora']:.2f} s "
+          f"({step['full'] / step['qlora']:.2f}x"
+          f" as fast as full, {step['lora'] / step['qlora']:.2f}x LoRA); peak memory it adds: full {peak['full']:.0f} "
+          f"MiB, LoRA {peak['lora']:.0f} MiB, QLoRA {peak['qlora']:.0f} MiB")
     held = {name: optimizer_mib(learner) for name, learner in learners.items()}
-    print(f"optimizer state: full {held['full']:.0f} MiB, LoRA {held['lora']:.1f} MiB")
+    print(f"optimizer state: full {held['full']:.0f} MiB, LoRA {held['lora']:.1f} MiB, QLoRA {held['qlora']:.1f} MiB")
+    weights = {name: model_mib(model) for name, model in (("lora", adapted), ("qlora", quantized))}
+    print(f"the trainer's model (weights, adapters and 4-bit statistics): LoRA {weights['lora']:.0f} MiB, QLoRA "
+          f"{weights['qlora']:.0f} MiB ({weights['qlora'] / weights['lora']:.2f}x)")
 
 
 if __name__ == "__main__":

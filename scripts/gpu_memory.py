@@ -7,6 +7,9 @@ device from the shapes in its published config.json, so nothing is downloaded), 
 Full fine-tuning: fp32 master weights + gradients + AdamW moments (16 bytes per parameter). LoRA
 (`lora=default model.dtype=bfloat16`): the frozen base in bf16 (2 bytes per parameter, no gradient, no
 moments) and the adapters' 16 bytes per parameter (rank `lora.r` on every linear layer of the decoder).
+QLoRA (`lora=qlora model.dtype=bfloat16`): the decoder's linear layers in 4-bit NF4 with double quantization
+(0.5 bytes a weight plus 0.127 bits of block statistics), the embeddings, norms and LM head in bf16; the engine
+still gets a bf16 copy (the dequantized base).
 Both: the vLLM engine's bf16 copy, its KV cache as sized by `engine_options` (a round's 128 completions at
 max_model_len 2048), activations of one micro-batch of 8 sequences of ~400 tokens under bf16 autocast (a
 rough per-layer count, plus the logits of the completion positions in bf16, their fp32 upcast, log-softmax
@@ -55,6 +58,15 @@ def adapter_params(model, r: int) -> int:
                if isinstance(m, torch.nn.Linear) and m is not head)
 
 
+NF4_BYTES = 0.5 + 0.127 / 8  # bitsandbytes NF4, double-quantized absmax (QLoRA's 4.127 bits a weight)
+
+
+def linear_params(model) -> int:
+    """Weights of the decoder's linear layers (what lora=qlora holds in 4 bits): every nn.Linear but the LM head."""
+    head = model.get_output_embeddings()
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
+
+
 def estimate(cfg, sampler_cfg, r: int, micro: int = MICRO, kv_gb: float | None = None) -> dict[str, float]:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg)
@@ -66,11 +78,14 @@ def estimate(cfg, sampler_cfg, r: int, micro: int = MICRO, kv_gb: float | None =
     tokens = micro * TOKENS
     layers = cfg.num_hidden_layers * tokens * (10 * cfg.hidden_size + 3 * cfg.intermediate_size) * 2
     logits = micro * (COMPLETION + 1) * cfg.vocab_size * (2 + 4 + 4 + 4)
+    linear = linear_params(model)
     parts = {"params": n, "adapters": adapters, "trainer": 16 * n, "lora_trainer": 2 * n + 16 * adapters,
+             "qlora_trainer": 2 * (n - linear) + NF4_BYTES * linear + 16 * adapters,
              "engine": 2 * n, "kv": kv, "activations": layers + logits}
     shared = parts["engine"] + kv + parts["activations"] + ENGINE_OVERHEAD
     parts["total"] = parts["trainer"] + shared
     parts["lora_total"] = parts["lora_trainer"] + shared
+    parts["qlora_total"] = parts["qlora_trainer"] + shared
     parts["reference"] = 4 * n  # algo=grpo's frozen copy of the initial policy: fp32
     parts["lora_reference"] = 2 * n + 4 * adapters  # with LoRA: the bf16 base and the float32 adapters
     return parts
@@ -82,20 +97,22 @@ def fits(total: float) -> str:
 
 def main() -> None:
     r = compose_config(["lora=default"]).lora.r
-    small = f"LoRA, micro-batch {SMALL['micro']}, KV {SMALL['kv_gb']} GiB"
+    small = f"micro-batch {SMALL['micro']}, KV {SMALL['kv_gb']} GiB"
     print(f"| model | parameters | full: fp32 weights, grads, AdamW | LoRA r={r}, bf16 base: base + adapters | "
-          "vLLM bf16 weights | KV cache | activations (micro-batch 8) | total full / LoRA (+4 GiB vLLM overhead) | "
-          f"total {small} | fits a 24 / 80 GiB card: full; LoRA; {small} | algo=grpo adds full / LoRA |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          f"QLoRA r={r}, nf4 base | vLLM bf16 weights | KV cache | activations (micro-batch 8) | total full / LoRA / "
+          f"QLoRA (+4 GiB vLLM overhead) | total LoRA / QLoRA, {small} | fits a 24 / 80 GiB card: full; LoRA; "
+          f"LoRA, {small}; QLoRA, {small} | algo=grpo adds full / LoRA |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     sampler_cfg = compose_config(["sampler=vllm"]).sampler
     for name, cfg in SHAPES.items():
         e = estimate(cfg, sampler_cfg, r)
-        s = estimate(cfg, sampler_cfg, r, SMALL["micro"], SMALL["kv_gb"])["lora_total"]
+        s = estimate(cfg, sampler_cfg, r, SMALL["micro"], SMALL["kv_gb"])
         gib = {k: f"{v / GiB:.1f} GiB" for k, v in e.items()}
         print(f"| {name} | {e['params'] / 1e9:.2f} B | {gib['trainer']} | {gib['lora_trainer']} "
-              f"({e['adapters'] / 1e6:.1f} M adapter parameters) | {gib['engine']} | {gib['kv']} | "
-              f"{gib['activations']} | **{gib['total']} / {gib['lora_total']}** | **{s / GiB:.1f} GiB** | "
-              f"{fits(e['total'])}; {fits(e['lora_total'])}; {fits(s)} | {gib['reference']} / "
+              f"({e['adapters'] / 1e6:.1f} M adapter parameters) | {gib['qlora_trainer']} | {gib['engine']} | "
+              f"{gib['kv']} | {gib['activations']} | **{gib['total']} / {gib['lora_total']} / {gib['qlora_total']}** "
+              f"| **{s['lora_total'] / GiB:.1f} GiB / {s['qlora_total'] / GiB:.1f} GiB** | {fits(e['total'])}; "
+              f"{fits(e['lora_total'])}; {fits(s['lora_total'])}; {fits(s['qlora_total'])} | {gib['reference']} / "
               f"{gib['lora_reference']} |")
 
 

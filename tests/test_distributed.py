@@ -112,10 +112,11 @@ def test_two_processes_match_one(single, parallel):
         assert torch.allclose(wa[k], wb[k], atol=1e-5), k
 
 
-def test_lora_on_two_ddp_ranks_matches_one_process(tmp_path):
+@pytest.mark.parametrize("lora", ["default", "qlora"])
+def test_lora_on_two_ddp_ranks_matches_one_process(tmp_path, lora):
     """DDP with LoRA: only the adapters are in DDP's buckets (the frozen base takes no gradient), and the two
-    ranks' adapters end where one process's do."""
-    lora = [*overrides(tmp_path, rounds=2), "lora=default", "lora.r=4", "train.save_every=2"]
+    ranks' adapters end where one process's do; with QLoRA's 4-bit base too (each rank packs the same weights)."""
+    lora = [*overrides(tmp_path, rounds=2), f"lora={lora}", "lora.r=4", "train.save_every=2"]
     one, two = tmp_path / "one", tmp_path / "two"
     proc = subprocess.run([RAPID, "train", *lora, f"hydra.run.dir={one}"], cwd=REPO, env=env(), capture_output=True,
                           text=True, timeout=600)

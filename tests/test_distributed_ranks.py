@@ -30,7 +30,7 @@ def _rank(rank: int, port: int, out: str, scenario: str) -> None:
     from rapid_cli import distributed
     from rapid_cli.errors import RapidError
 
-    parallel = "fsdp" if scenario in ("stream", "uneven_fsdp", "uneven_skip_fsdp") or "_fsdp" in scenario else "ddp"
+    parallel = "fsdp" if scenario == "stream" or "_fsdp" in scenario else "ddp"
     passes = scenario.startswith(("uneven", "round_skip"))
     timeout = 30 if passes else 1  # a mismatched collective fails instead of hanging
     algo = scenario.split("_", 3)[3] if scenario.startswith("round_skip") else None  # round_skip_<parallel>_<algo>

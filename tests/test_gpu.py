@@ -6,7 +6,8 @@ GPU machine after `rapid doctor`. Every test here is marked `gpu` and skipped wh
 - the bf16 engine (the CUDA default) stays close to the fp32-master trainer in log-probs (the gap is printed);
 - CUDA defaults: a bf16 engine with CUDA graphs, not the CPU's eager fp32;
 - a 1-rank NCCL FSDP run trains, syncs (stream_full_weights) and resumes;
-- `perf/gpu_mem_peak_gb_max` is logged.
+- `perf/gpu_mem_peak_gb_max` is logged;
+- QLoRA (lora=qlora) trains on a 4-bit base and the engine samples from that base.
 """
 
 from __future__ import annotations
@@ -143,6 +144,22 @@ def test_one_rank_nccl_fsdp_trains_and_resumes(tmp_path, sampler):
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert rows(run)[-1]["round"] == 3
     if sampler == "vllm":  # the engine took FSDP's streamed weights: its log-probs match the trainer's
+        assert rows(run)[-1]["iw/sampler_logprob_gap_mean"] < 0.05
+
+
+@pytest.mark.parametrize("sampler", ["hf", pytest.param("vllm", marks=needs_vllm)])
+def test_qlora_trains_on_a_4bit_base_and_the_engine_samples_from_it(tmp_path, sampler):
+    """lora=qlora on CUDA: bitsandbytes packs the base where it runs, the adapter trains, the checkpoint records the
+    4-bit base, and the engine (handed the dequantized base plus the adapter) is the trainer's policy."""
+    run = tmp_path / "run"
+    args = [*GPU, f"sampler={sampler}", "lora=qlora", "lora.r=4", "train.rounds=2", "train.save_every=1",
+            f"hydra.run.dir={run}"] + (["sampler.kv_cache_gb=1"] if sampler == "vllm" else [])
+    proc = run_rapid(args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [r["round"] for r in rows(run)] == [1, 2]
+    adapter = run / "checkpoints" / "round-000002" / "adapter"
+    assert json.loads((adapter / "base_quantization.json").read_text()) == {"quantize": "nf4"}
+    if sampler == "vllm":
         assert rows(run)[-1]["iw/sampler_logprob_gap_mean"] < 0.05
 
 

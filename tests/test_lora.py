@@ -21,6 +21,7 @@ from rapid_cli.trainer import train
 from test_checkpoint import comparable, overrides, records
 
 LORA = ["lora=default", "lora.r=4"]
+QLORA = ["lora=qlora", "lora.r=4"]
 # a reward the random tiny model earns now and then (a 9 anywhere in its reply), so groups differ and updates move
 NINE = "reward.functions=[{_target_: rapid_cli.rewards.format_match, pattern: '.*9.*'}]"
 
@@ -35,13 +36,18 @@ def logits(model, ids=IDS):
         return model(input_ids=ids).logits
 
 
+def trained(tmp_path_factory, lora: list[str], rounds: int) -> Path:
+    """The last checkpoint of a LoRA run of the tiny model on problems it sometimes gets right, so the update moves
+    the adapters."""
+    tmp = tmp_path_factory.mktemp(lora[0].replace("=", "-"))
+    result = train(compose(learning(tmp, rounds) + lora), tmp / "run")
+    assert any(r["train/grad_norm"] > 0 for r in records(tmp / "run") if r["round"] > 0), result
+    return tmp / "run" / "checkpoints" / f"round-{rounds:06d}"
+
+
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
-    """Three LoRA rounds of the tiny model on problems it sometimes gets right, so the update moves the adapters."""
-    tmp = tmp_path_factory.mktemp("lora")
-    result = train(compose(learning(tmp, 3) + LORA), tmp / "run")
-    assert any(r["reward/mean"] > 0 for r in records(tmp / "run") if r["round"] > 0), result
-    return tmp / "run" / "checkpoints" / "round-000003"
+    return trained(tmp_path_factory, LORA, 3)
 
 
 def test_only_the_adapters_train_and_the_checkpoint_holds_them_in_peft_format(lora_run):
@@ -99,8 +105,9 @@ def test_rapid_export_writes_the_merged_model_and_rapid_eval_takes_the_adapter(l
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["problems"] == 2
 
 
-@pytest.mark.parametrize("extra", [LORA, LORA + ["algo=grpo"], ["algo=grpo"], LORA + ["model.dtype=bfloat16"]],
-                         ids=["lora", "lora-grpo", "grpo", "lora-bf16-base"])
+@pytest.mark.parametrize("extra", [LORA, LORA + ["algo=grpo"], ["algo=grpo"], LORA + ["model.dtype=bfloat16"],
+                                   QLORA + ["algo=grpo"]],
+                         ids=["lora", "lora-grpo", "grpo", "lora-bf16-base", "qlora-grpo"])
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, extra):
     """grpo: its KL term's anchor is the run's initial policy, also after a resume (it was the checkpoint's)."""
     whole = train(compose(learning(tmp_path, 2) + extra), tmp_path / "whole")
@@ -232,13 +239,25 @@ def test_full_fine_tuning_of_bf16_weights_is_still_refused(tmp_path):
         train(compose(TINY + ["model.dtype=bfloat16", "train.rounds=1"]), tmp_path / "run")
 
 
+def engine_is_the_trainer(sampler, model, tok) -> None:
+    """The engine's greedy tokens and log-probs are those of `model` in the trainer (its HF sampler's)."""
+    from rapid_cli.samplers.hf import HFSampler
+    from rapid_cli.types import SamplingParams
+
+    prompts = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                       tokenize=True)["input_ids"] for t in ("What is 1 + 2?", "Hi there")]
+    params = SamplingParams(n=1, temperature=0, max_tokens=12)
+    v, h = sampler.generate(prompts, params), HFSampler(model, tok).generate(prompts, params)
+    assert v.completion_ids == h.completion_ids
+    for a, b in zip(v.logprobs, h.logprobs, strict=True):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4)
+
+
 @pytest.mark.vllm
 @pytest.mark.skipif(not vllm_available(), reason="vLLM not installed")
 def test_the_vllm_engine_gets_exactly_the_merged_lora_weights(lora_run):
     """After a sync the engine's greedy tokens and log-probs are those of the LoRA model in the trainer."""
     from rapid_cli.plan import open_sampler
-    from rapid_cli.samplers.hf import HFSampler
-    from rapid_cli.types import SamplingParams
 
     cfg = compose(TINY + LORA + ["sampler=vllm", "sampler.kv_cache_gb=0.25", "sampler.max_model_len=256",
                                  f"model.path={lora_run / 'adapter'}"])
@@ -246,13 +265,7 @@ def test_the_vllm_engine_gets_exactly_the_merged_lora_weights(lora_run):
     assert path != str(lora_run / "adapter")  # the engine starts from the base's full weights
     sampler = open_sampler(cfg, model, tok, path)
     try:
-        prompts = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
-                                           tokenize=True)["input_ids"] for t in ("What is 1 + 2?", "Hi there")]
-        params = SamplingParams(n=1, temperature=0, max_tokens=12)
-        v, h = sampler.generate(prompts, params), HFSampler(model, tok).generate(prompts, params)
-        assert v.completion_ids == h.completion_ids
-        for a, b in zip(v.logprobs, h.logprobs, strict=True):
-            assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4)
+        engine_is_the_trainer(sampler, model, tok)
     finally:
         sampler.close()
 
@@ -263,17 +276,12 @@ def test_the_vllm_engine_serving_the_adapter_follows_every_sync(lora_run):
     """lora.sync=adapter: the engine runs the base weights and the trainer's adapter unmerged; after the adapter
     changes and a sync, its greedy tokens and log-probs are the trainer's again."""
     from rapid_cli.plan import open_sampler
-    from rapid_cli.samplers.hf import HFSampler
-    from rapid_cli.types import SamplingParams
 
     cfg = compose(TINY + LORA + ["lora.sync=adapter", "sampler=vllm", "sampler.kv_cache_gb=0.25",
                                  "sampler.max_model_len=256", f"model.path={lora_run / 'adapter'}"])
     model, tok, path = load_policy(cfg.model, torch.device("cpu"))
     sampler = open_sampler(cfg, model, tok, path)
     try:
-        prompts = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
-                                           tokenize=True)["input_ids"] for t in ("What is 1 + 2?", "Hi there")]
-        params = SamplingParams(n=1, temperature=0, max_tokens=12)
         for change in range(2):
             if change:
                 with torch.no_grad():
@@ -281,10 +289,7 @@ def test_the_vllm_engine_serving_the_adapter_follows_every_sync(lora_run):
                         if ".lora_B." in name:
                             p.add_(torch.randn_like(p) * 0.05)
                 sampler.sync_weights(iter(()))  # what it is handed is not used: it serves the model's adapter
-            v, h = sampler.generate(prompts, params), HFSampler(model, tok).generate(prompts, params)
-            assert v.completion_ids == h.completion_ids
-            for a, b in zip(v.logprobs, h.logprobs, strict=True):
-                assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4)
+            engine_is_the_trainer(sampler, model, tok)
         assert len(list(Path(sampler._lora_dir).iterdir())) == 1  # the previous round's adapter files are gone
     finally:
         sampler.close()
@@ -299,3 +304,117 @@ def test_resuming_with_another_lora_shape_is_refused_but_another_sync_is_not(tmp
     assert checkpoint.config_conflicts(ckpt, compose(TINY + LORA + ["lora.lr_scale=2"])) == []  # as optimizer.lr
     assert checkpoint.config_conflicts(ckpt, compose(TINY + LORA + ["lora.r=8"])) == ["lora.r: 4 -> 8"]
     assert checkpoint.config_conflicts(ckpt, compose(TINY)) == ["lora.enabled: True -> False"]
+
+
+@pytest.fixture(scope="module")
+def qlora_run(tmp_path_factory):
+    """lora=qlora: the base's linear layers in 4-bit NF4."""
+    return trained(tmp_path_factory, QLORA, 2)
+
+
+def four_bit(model) -> list[str]:
+    from bitsandbytes.nn import Linear4bit
+
+    return [name for name, m in model.named_modules() if isinstance(m, Linear4bit)]
+
+
+def test_qlora_trains_adapters_on_a_4bit_base_and_its_adapter_goes_back_onto_that_base(qlora_run, tmp_path):
+    """lora=qlora: every linear layer of the decoder is a bitsandbytes 4-bit one, only the adapters train, the
+    checkpoint records the quantization, and the adapter loads (eval, export) onto the same 4-bit base: the policy
+    the run trained, not the adapter on the unquantized weights."""
+    from rapid_cli.export import export
+
+    adapter = qlora_run / "adapter"
+    assert json.loads((adapter / "base_quantization.json").read_text()) == {"quantize": "nf4"}
+    saved = load_file(adapter / "adapter_model.safetensors")
+    assert any(".lora_B." in k and v.abs().max() > 0 for k, v in saved.items())  # B starts at 0: it trained
+    state = torch.load(qlora_run / "trainer_state.pt", weights_only=True)
+    assert len(state["optimizer"]["state"]) == len(saved)  # AdamW holds the adapters only
+    trained, _, _ = load_policy(compose(TINY + [f"model.path={adapter}"]).model, torch.device("cpu"))
+    assert len(four_bit(trained)) == 7 * compose(TINY).model.tiny_layers  # q k v o gate up down of each block
+    assert {n for n, p in trained.named_parameters() if p.requires_grad} == {
+        n for n, _ in trained.named_parameters() if ".lora_" in n}
+    # the same adapter on the unquantized base is another model: what a load that forgot the 4 bits would run
+    from rapid_cli.lora import add_adapters
+
+    elsewhere = add_adapters(load_policy(compose(TINY).model, torch.device("cpu"))[0], saved=adapter)
+    assert not torch.allclose(logits(elsewhere), logits(trained), atol=1e-3)
+    export(qlora_run, tmp_path / "merged")
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert not four_bit(exported)  # plain weights: the dequantized base plus the adapter
+    assert torch.allclose(logits(exported), logits(trained), atol=1e-5)
+
+
+def test_the_merged_weights_of_a_4bit_base_are_its_dequantized_weights_plus_the_adapter(qlora_run):
+    """merged_state of a QLoRA model: every weight under the base model's names (no absmax / quant_map / quant_state
+    entries), each 4-bit one dequantized, the adapted ones plus scale * B @ A; a plain model loading them computes
+    what the QLoRA model computes. merge=False: the dequantized base alone (an engine serving the adapter)."""
+    import bitsandbytes as bnb
+
+    trained, _, _ = load_policy(compose(TINY + [f"model.path={qlora_run / 'adapter'}"]).model, torch.device("cpu"))
+    plain, _, _ = load_policy(compose(TINY).model, torch.device("cpu"))
+    merged, base = dict(merged_state(trained)), dict(merged_state(trained, merge=False))
+    assert merged.keys() == base.keys() == plain.state_dict().keys()
+    layer = next(m for n, m in trained.named_modules() if n.endswith("layers.0.self_attn.q_proj"))
+    w = bnb.functional.dequantize_4bit(layer.base_layer.weight.data, layer.base_layer.weight.quant_state)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(base[name], w) and torch.equal(merged[name], w + layer.get_delta_weight("default"))
+    assert not torch.equal(w, plain.state_dict()[name])  # the premise: 4 bits are not the original weights
+    plain.load_state_dict(merged)
+    assert torch.allclose(logits(plain), logits(trained), atol=1e-5)  # W x + B A x against (W + B A) x
+
+
+@pytest.mark.parametrize("bad,expect", [
+    (["lora.quantize=nf4"], "lora.quantize=nf4 holds the frozen base of LoRA training in 4 bits and needs "
+                            "lora=default"),
+    (QLORA + ["train.parallel=fsdp"], "lora=default with train.parallel=fsdp is not supported yet"),
+])
+def test_a_bad_qlora_setting_is_one_line(tmp_path, bad, expect):
+    with pytest.raises(RapidError) as err:
+        train(compose(TINY + bad + ["train.rounds=1"]), tmp_path / "run")
+    assert expect in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_adapter_is_not_put_on_a_base_quantized_otherwise(lora_run, qlora_run, tmp_path):
+    """A run that starts from an adapter trains it on the base it was trained on: lora=qlora on an adapter of an
+    unquantized base, or lora=default (quantize none) on a QLoRA adapter, is one line, not a silent other model."""
+    for adapter, lora, trained_on in ((lora_run, QLORA, "none"), (qlora_run, LORA, "nf4")):
+        with pytest.raises(RapidError) as err:
+            train(compose(TINY + lora + [f"model.path={adapter / 'adapter'}", "train.rounds=1"]), tmp_path / "run")
+        assert f"was trained on a base quantized as {trained_on}" in str(err.value), str(err.value)
+        assert f"set lora.quantize={trained_on}" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_qlora_without_bitsandbytes_is_one_line(tmp_path, monkeypatch):
+    """The package missing (a pip install without make install's extras): stand-in for its absence, since it is
+    installed here."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else
+                        find_spec(name, *a))
+    with pytest.raises(RapidError) as err:
+        train(compose(TINY + QLORA + ["train.rounds=1"]), tmp_path / "run")
+    assert str(err.value).startswith("lora.quantize=nf4 needs the bitsandbytes package: pip install")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not vllm_available(), reason="vLLM not installed")
+@pytest.mark.parametrize("sync", ["merged", "adapter"])
+def test_the_vllm_engine_samples_from_the_4bit_base_the_trainer_computes_with(qlora_run, sync):
+    """QLoRA and vLLM: the engine starts from the base's weights on disk, not the trainer's 4-bit ones; after the
+    first sync (merged: the dequantized base plus the adapter; adapter: the dequantized base, then the adapter
+    served) its greedy tokens and log-probs are the trainer's."""
+    from rapid_cli.plan import open_sampler
+
+    cfg = compose(TINY + QLORA + [f"lora.sync={sync}", "sampler=vllm", "sampler.kv_cache_gb=0.25",
+                                  "sampler.max_model_len=256", f"model.path={qlora_run / 'adapter'}"])
+    model, tok, path = load_policy(cfg.model, torch.device("cpu"), lora_cfg=cfg.lora)
+    sampler = open_sampler(cfg, model, tok, path)
+    try:
+        engine_is_the_trainer(sampler, model, tok)
+    finally:
+        sampler.close()

@@ -120,6 +120,11 @@ class Device(StrEnum):
     cuda = "cuda"
 
 
+class LoraQuantize(StrEnum):
+    none = "none"  # the frozen base in model.dtype
+    nf4 = "nf4"  # QLoRA: the base's linear layers in 4-bit NormalFloat (bitsandbytes), about 0.56 bytes a weight
+
+
 class LoraSync(StrEnum):
     merged = "merged"  # the engine gets base + scaled BA as full weights after every round
     adapter = "adapter"  # the engine serves the base weights and the trainer's unmerged adapter (vLLM's LoRA)
@@ -157,6 +162,9 @@ class LoraConfig:
     # the adapters learn at optimizer.lr x lr_scale, so a preset's full fine-tuning rate carries over: LoRA's best
     # rate is about 10x full fine-tuning's (Schulman et al. 2025, "LoRA Without Regret"; the demo learns at 1e-4)
     lr_scale: float = 10.0
+    # nf4 (lora=qlora): hold the frozen base's linear layers in 4 bits; the engine gets them dequantized, so it
+    # samples from the very policy the trainer computes with
+    quantize: LoraQuantize = LoraQuantize.none
 
 
 @dataclass

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from rapid_cli.checkpoint import checkpoints, untied, verify
 from rapid_cli.config import compose_config
 from rapid_cli.errors import RapidError
-from rapid_cli.lora import ADAPTER_DIR, adapter_base, is_adapter_dir, merged_state
+from rapid_cli.lora import ADAPTER_DIR, adapter_base, is_adapter_dir, merged_state, quantization_of
 from rapid_cli.policy import load_policy
 
 
@@ -40,7 +40,12 @@ def export(source: Path, out: Path) -> str:
     model_cfg = OmegaConf.load(saved).model if saved.is_file() else compose_config([]).model
     model_cfg = OmegaConf.merge(model_cfg, {"path": str(adapter)})
     model, tokenizer, _ = load_policy(model_cfg, torch.device("cpu"))
+    weights, quantized = dict(merged_state(model)), quantization_of(model)
+    if quantized != "none":  # plain weights need a plain model to be saved as one (no quantization_config)
+        model = load_policy(OmegaConf.merge(model_cfg, {"path": adapter_base(adapter)}), torch.device("cpu"))[0]
+        model.load_state_dict(weights)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True, state_dict=untied(model, dict(merged_state(model))))
+    model.save_pretrained(out, safe_serialization=True, state_dict=untied(model, weights))
     tokenizer.save_pretrained(out)
-    return f"merged the adapter of {adapter} into its base ({adapter_base(adapter)}) and wrote {out}"
+    base = adapter_base(adapter) + (f", its {quantized} 4-bit weights dequantized" if quantized != "none" else "")
+    return f"merged the adapter of {adapter} into its base ({base}) and wrote {out}"

@@ -6,6 +6,12 @@ The vLLM engine gets merged weights, W + (alpha / r) B @ A under the base model'
 round: RAPID syncs after A optimizer steps, not after each. A checkpoint holds the adapter in peft's own format
 (`adapter/`: adapter_config.json naming the base model, adapter_model.safetensors), which peft's
 `PeftModel.from_pretrained` loads; `rapid export` writes the merged model for tools that want plain weights.
+
+QLoRA (`lora=qlora`): the base's linear layers are loaded in 4-bit NF4 through bitsandbytes (transformers'
+BitsAndBytesConfig; its CPU backend too, so it is tested here). The policy that trains is the dequantized base plus
+the adapter, so that is what the engine gets (merged, or as its base under lora.sync=adapter), what `rapid export`
+writes and what `rapid eval` of the adapter runs: an adapter directory records the quantization it was trained on
+(`base_quantization.json`) and is loaded onto the same 4-bit base wherever it goes.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ if TYPE_CHECKING:
 ADAPTER_DIR = "adapter"  # inside a checkpoint
 PEFT_PREFIX = "base_model.model."  # peft's key prefix in adapter_model.safetensors (a PeftModel wraps the model)
 ADAPTER = "default"  # peft's adapter name
+QUANTIZATION_FILE = "base_quantization.json"  # in an adapter directory trained on a 4-bit base
 
 
 def _peft():
@@ -47,6 +54,51 @@ def has_adapters(model) -> bool:
 
 def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path).expanduser() / "adapter_config.json").is_file()
+
+
+def quantization_config(quantize: str, dtype: torch.dtype):
+    """transformers' BitsAndBytesConfig for `lora.quantize` (None for none). NF4 with double quantization, as QLoRA
+    has it; the 4-bit weights are dequantized to the model's dtype for each product (autocast lowers that to bf16
+    where the plan computes in bf16)."""
+    if quantize == "none":
+        return None
+    check_bitsandbytes(quantize)
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantize, bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype)
+
+
+def check_bitsandbytes(quantize: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise RapidError(f"lora.quantize={quantize} needs the bitsandbytes package: pip install 'bitsandbytes>=0.48' "
+                         "(make install includes it), or lora.quantize=none")
+
+
+def _four_bit_layers(model) -> dict:
+    """{name: module} of the model's bitsandbytes 4-bit linear layers (their weight packed two to a byte)."""
+    return {name: m for name, m in _inner(model).named_modules()  # the layer holding it, not peft's wrapper
+            if getattr(m._parameters.get("weight"), "quant_state", None) is not None}
+
+
+def quantization_of(model) -> str:
+    """lora.quantize as the model was loaded: nf4 or none."""
+    layers = _four_bit_layers(model)
+    return next(iter(layers.values())).weight.quant_state.quant_type if layers else "none"
+
+
+def saved_quantization(path: str | Path) -> str:
+    """The base quantization the adapter directory `path` was trained on (none when it records none)."""
+    file = Path(path).expanduser() / QUANTIZATION_FILE
+    if not file.is_file():
+        return "none"
+    try:
+        return json.loads(file.read_text())["quantize"]
+    except (OSError, ValueError, KeyError) as err:
+        raise RapidError(f"{file} cannot be read ({err}); restore it, or delete it if the adapter was trained on "
+                         "an unquantized base") from None
 
 
 def adapter_base(path: str | Path) -> str:
@@ -120,17 +172,22 @@ def save_adapter(model, path: Path, base: str) -> None:
     config = copy.copy(inner.peft_config[ADAPTER])  # the model's own stays as it is
     config.base_model_name_or_path = base
     config.save_pretrained(str(path))
+    if (quantize := quantization_of(inner)) != "none":  # so that it is loaded onto the base it was trained on
+        (path / QUANTIZATION_FILE).write_text(json.dumps({"quantize": quantize}) + "\n")
 
 
-def merged_state(model, keep_float32: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+def merged_state(model, keep_float32: bool = False, merge: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) of every parameter and buffer under the base model's names, each adapted weight merged
     (W + scale * B @ A in float32, stored in W's dtype, without touching the model); a model without adapters is its
-    state_dict as it is. `keep_float32`: the merged weights stay float32, for a receiver that rounds them once to
+    state_dict as it is. A 4-bit base weight comes dequantized (the W the trainer computes with), its quantization
+    statistics left out. `keep_float32`: the merged weights stay float32, for a receiver that rounds them once to
     its own dtype (an engine: a float32 one then holds the sum exactly, where a bf16 base's dtype would drop most
-    of a young adapter's small delta)."""
+    of a young adapter's small delta). `merge=False`: the base weights alone, for an engine that serves the
+    adapter itself."""
     inner = _inner(model)
     state = inner.state_dict()
-    if not has_adapters(inner):
+    four_bit = _four_bit_layers(inner)
+    if not has_adapters(inner) and not four_bit:
         yield from state.items()
         return
     from peft.tuners.lora import LoraLayer
@@ -139,15 +196,27 @@ def merged_state(model, keep_float32: bool = False) -> Iterator[tuple[str, torch
     for name, value in state.items():
         if ".lora_" in name:
             continue
-        owner, cut, leaf = name.partition(".base_layer.")
+        if name.partition(".weight.")[0] in four_bit:
+            continue  # a 4-bit weight's absmax, quant_map, ...: dequantized below, not weights of the model
+        owner, _, leaf = name.rpartition(".")
+        if owner in four_bit and leaf == "weight":
+            value = _dequantized(four_bit[owner].weight)
+        base_owner, cut, _ = owner.partition(".base_layer")
         if cut:
-            if leaf == "weight" and owner in layers:
+            if leaf == "weight" and merge and base_owner in layers:
                 with torch.no_grad():
                     # summed in float32 and rounded once: a bf16 base's merged weight is the nearest bf16
-                    merged = value.float() + layers[owner].get_delta_weight(ADAPTER).float()
+                    merged = value.float() + layers[base_owner].get_delta_weight(ADAPTER).float()
                     value = merged if keep_float32 else merged.to(value.dtype)
-            name = f"{owner}.{leaf}"
+            name = f"{base_owner}.{leaf}"
         yield name, value.detach()
+
+
+def _dequantized(weight) -> torch.Tensor:
+    import bitsandbytes as bnb
+
+    with torch.no_grad():
+        return bnb.functional.dequantize_4bit(weight.data, weight.quant_state)
 
 
 def trainable_summary(model) -> str:

@@ -35,10 +35,12 @@ def pick_device(name: str) -> torch.device:
 
 
 def load_policy(model_cfg: ModelConfig, device: torch.device, cache_dir: str | None = None,
-                lora_cfg: LoraConfig | None = None, adapter: Path | None = None):
+                lora_cfg: LoraConfig | None = None, quantize: str = "none"):
     """Returns (model, tokenizer, local_or_hub_path of the full weights). With `lora_cfg.enabled`, fresh LoRA
-    adapters are injected; `adapter` (or a model.path that is an adapter directory) loads a trained one onto the
-    base model its adapter_config.json names, and the path returned is that base's."""
+    adapters are injected on a base quantized as `lora_cfg.quantize` says; a model.path that is an adapter
+    directory loads that trained adapter onto the base its adapter_config.json names, quantized as the adapter
+    was trained, and the path returned is that base's. `quantize`: a 4-bit base without adapters (a QLoRA run's
+    KL anchor)."""
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -47,18 +49,29 @@ def load_policy(model_cfg: ModelConfig, device: torch.device, cache_dir: str | N
 
     hf_logging.disable_progress_bar()
     path = resolve_model(model_cfg, cache_dir)
-    if lora.is_adapter_dir(path):  # the base it names; the adapter itself, unless a later one (a resume) is given
-        adapter = adapter or Path(path)
+    adapter = None
+    if lora_cfg is not None and lora_cfg.enabled:
+        quantize = lora_cfg.quantize
+    if lora.is_adapter_dir(path):  # trained further (a run that starts from it, a resume) or as it is (eval, export)
+        adapter, trained_on = Path(path), lora.saved_quantization(path)
+        if lora_cfg is not None and lora_cfg.enabled and quantize != trained_on:
+            raise RapidError(f"model.path={path} was trained on a base quantized as {trained_on}; lora.quantize="
+                             f"{quantize} would put it on another: set lora.quantize={trained_on}")
+        quantize = trained_on
         model_cfg = OmegaConf.merge(model_cfg, {"path": lora.adapter_base(path)})
         path = resolve_model(model_cfg, cache_dir)
     if Path(path).is_dir():
         check_model_files(Path(path))
     else:
         offline_unless_reachable()
+    dtype = DTYPES[model_cfg.dtype]
+    four_bit = lora.quantization_config(quantize, dtype)
+    # quantized where it will run (bitsandbytes packs a weight when it reaches its device)
+    placed = {"quantization_config": four_bit, "device_map": {"": device}} if four_bit else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=DTYPES[model_cfg.dtype], trust_remote_code=model_cfg.trust_remote_code
+            path, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code, **placed
         )
     except OSError as err:
         if Path(path).is_dir():  # the hub was never involved: the local files are at fault

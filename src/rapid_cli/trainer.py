@@ -32,7 +32,8 @@ from rapid_cli.evaluate import eval_params, eval_problems, pass_at_k_metrics, sa
 from rapid_cli.gpu import peak_memory
 from rapid_cli.learner import Learner, StepStats, update_metrics
 from rapid_cli.logger import NullLogger, RunLogger
-from rapid_cli.lora import ADAPTER_DIR, trainable_summary
+from rapid_cli.lora import trainable_summary
+from rapid_cli.models import checkpoint_model
 from rapid_cli.plan import Plan, make_plan, open_sampler
 from rapid_cli.policy import check_fits, load_policy
 from rapid_cli.resume import TrainerState, finished_earlier, resume_point
@@ -229,14 +230,10 @@ def _load_task(cfg: Config) -> Task:
 def _load_model(cfg: Config, device: torch.device, resumed_from: Path | None, lr: float):
     """(model, tokenizer, the full weights' path): the configured model, or the checkpoint's. `lr`: the plan's
     learning rate (with LoRA, optimizer.lr x lora.lr_scale), for the line that says what trains."""
-    if resumed_from and (resumed_from / ADAPTER_DIR).is_dir():  # the base as configured, the adapter as trained
-        adapter = resumed_from / ADAPTER_DIR
-        model, tokenizer, path = load_policy(cfg.model, device, cfg.cache_dir, adapter=adapter)
-    else:
-        model_cfg = cfg.model
-        if resumed_from:
-            model_cfg = OmegaConf.merge(cfg.model, {"path": str(resumed_from / "model")})
-        model, tokenizer, path = load_policy(model_cfg, device, cfg.cache_dir, cfg.lora)
+    model_cfg = cfg.model
+    if resumed_from:  # its model/ after full fine-tuning; its adapter/, onto the base it names, after LoRA
+        model_cfg = OmegaConf.merge(cfg.model, {"path": str(checkpoint_model(resumed_from))})
+    model, tokenizer, path = load_policy(model_cfg, device, cfg.cache_dir, cfg.lora)
     if cfg.lora.enabled:
         lo = cfg.lora
         console.print(f"LoRA r={lo.r}: training {trainable_summary(model)} at lr {lr:g} "
@@ -263,7 +260,7 @@ def _make_learner(cfg: Config, plan: Plan, d: distributed.Dist, device: torch.de
     # the checkpoint's
     reference = None
     if resumed_from and algorithms.get(cfg.algo.name).needs_reference(cfg.algo):
-        reference = load_policy(cfg.model, device, cfg.cache_dir)[0]
+        reference = load_policy(cfg.model, device, cfg.cache_dir, quantize=cfg.lora.quantize)[0]
     return Learner(model, cfg.algo, cfg.optimizer, pad_id=tokenizer.pad_token_id,
                    temperature=plan.sampling.temperature, total_steps=plan.total_steps, d=d,
                    device=device, precision=plan.precision, reference=reference, lr=plan.lr)

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from rapid_cli import algorithms, samplers, tasks
 from rapid_cli.errors import RapidError
+from rapid_cli.lora import check_bitsandbytes
 
 if TYPE_CHECKING:
     from rapid_cli.config import Config
@@ -121,8 +122,13 @@ def _whole_rounds(key: str, samples: int | None, per_round: int) -> None:
 
 def validate_lora(cfg: Config) -> None:
     lo = cfg.lora
+    if lo.quantize != "none" and not lo.enabled:
+        raise RapidError(f"lora.quantize={lo.quantize} holds the frozen base of LoRA training in 4 bits and needs "
+                         "lora=default (lora=qlora sets both)")
     if not lo.enabled:
         return
+    if lo.quantize != "none":
+        check_bitsandbytes(lo.quantize)
     if lo.r < 1 or lo.alpha <= 0:
         raise RapidError(f"lora.r={lo.r}, lora.alpha={lo.alpha}: the rank must be at least 1 and alpha positive")
     if lo.lr_scale <= 0:

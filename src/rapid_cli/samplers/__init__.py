@@ -76,7 +76,10 @@ def make_sampler(sampler_cfg: SamplerConfig, name: str, model, tokenizer, model_
 
         sampler = VLLMSampler(sampler_cfg, model_path, engine_dtype, seed=seed, trust_remote_code=trust_remote_code,
                               model=model, sequences=sequences, lora_rank=lora_rank)
-        # it loaded from disk: the trainer's exact weights (LoRA merged, the engine rounding them once)
+        # it loaded from disk: the trainer's exact weights (LoRA merged, the engine rounding them once); serving the
+        # adapter, the trainer's base first (a 4-bit one dequantized: not the weights on disk), then the adapter
+        if lora_rank is not None:
+            sampler.load_weights(merged_state(model, keep_float32=True, merge=False))
         sampler.sync_weights(merged_state(model, keep_float32=True))
         return sampler
     raise RapidError(f"sampler.name={name!r} is unknown; use sampler=vllm or sampler=hf")

@@ -260,6 +260,11 @@ class VLLMSampler:
         if self.adapter_of is not None:
             self._sync_adapter()
             return
+        self.load_weights(weights)
+
+    def load_weights(self, weights) -> None:
+        """Replaces the engine's weights by the (name, tensor) pairs, whether or not it serves an adapter."""
+        self._wake()
         weights = iter(weights)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         # Under FSDP each item is a collective: should vLLM have stopped early, the other ranks still wait on the rest.
