@@ -345,6 +345,11 @@ def test_qlora_trains_adapters_on_a_4bit_base_and_its_adapter_goes_back_onto_tha
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     assert not four_bit(exported)  # plain weights: the dequantized base plus the adapter
     assert torch.allclose(logits(exported), logits(trained), atol=1e-5)
+    proc = subprocess.run([RAPID, "eval", *TINY, f"model.path={adapter}", "eval.limit=2", "eval.n=1",
+                           f"hydra.run.dir={tmp_path / 'eval'}"], capture_output=True, text=True, timeout=600,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["problems"] == 2
 
 
 def test_the_merged_weights_of_a_4bit_base_are_its_dequantized_weights_plus_the_adapter(qlora_run):
