@@ -12,6 +12,10 @@ the same model:
 
     .venv/bin/python scripts/bench_lora.py                      # SmolLM2-135M, vLLM (CPU build), r=32
     .venv/bin/python scripts/bench_lora.py --repeats 5 -- lora.r=16 lora.alpha=32   # docs/benchmarks.md's (r=16)
+    .venv/bin/python scripts/bench_lora.py --shape qwen-0.5b --repeats 1 --tokens 16   # a bigger preset's shapes
+
+`--shape`: a model of that preset's architecture (scripts/gpu_memory.py's SHAPES) with random weights and the
+offline SmolLM2 tokenizer, built here (nothing downloaded): seconds depend on the shapes, not on the values.
 
 Syncs are timed after each engine has started and been synced once (as in a run from round 2 on).
 Generation: 32 arith prompts x 4 completions, temperature 1, exactly --tokens new tokens each (no stop).
@@ -43,6 +47,29 @@ def optimizer_mib(learner) -> float:
                if hasattr(t, "numel")) / 2**20
 
 
+def random_model(shape: str, cfg) -> str:
+    """A directory holding a random-weight model of `shape`'s architecture and the configured model's tokenizer."""
+    import atexit
+    import shutil
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gpu_memory import SHAPES
+    from rapid_cli.models import resolve_model
+
+    config = next((c for name, c in SHAPES.items() if shape in name.split(", ")), None)
+    if config is None:
+        sys.exit(f"--shape {shape}: one of {', '.join(SHAPES)}")
+    out = Path(tempfile.mkdtemp(prefix=f"rapid-bench-{shape}-"))
+    atexit.register(shutil.rmtree, out, True)  # gigabytes of random weights
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(resolve_model(cfg.model, cfg.cache_dir)).save_pretrained(out)
+    return str(out)
+
+
 def model_mib(model) -> float:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
 
@@ -51,6 +78,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--shape", help="a random-weight model of this preset's architecture, e.g. qwen-0.5b")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:  # glibc reads it at start: start again with it
@@ -71,6 +99,8 @@ def main() -> None:
     base = ["model=smollm2-135m", "task=arith", "lora=default", "sampler=vllm", "sampler.kv_cache_gb=0.5",
             "sampler.max_model_len=512", "algo.prompts_per_step=8", "algo.micro_batch_size=32",
             "logger.wandb.mode=disabled", *args.overrides]
+    if args.shape:
+        base.append(f"model.path={random_model(args.shape, compose_config(base))}")
     cfg = compose_config(base)
     full, tok, path = load_policy(cfg.model, torch.device("cpu"), cfg.cache_dir)
     adapted, _, _ = load_policy(cfg.model, torch.device("cpu"), cfg.cache_dir)

@@ -23,7 +23,7 @@ def doctor(*args):
 def test_doctor_passes_here(sampler):
     proc = doctor(f"sampler={sampler}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for row in ("python", "torch", "gpu", "vllm", "sandbox", "disk (cache)", "one RAPID round", "weight sync"):
+    for row in ("python", "torch", "gpu", "vllm", "qlora", "sandbox", "disk (cache)", "one RAPID round", "weight sync"):
         assert f"│ {row}" in proc.stdout, proc.stdout
     assert "FAIL" not in proc.stdout and "all checks passed" in proc.stdout
     if sampler == "vllm":

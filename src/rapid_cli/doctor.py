@@ -79,6 +79,12 @@ def platform_checks(cfg: Config) -> list[Check]:
     else:
         checks.append(Check("vllm", FAIL if sampler == "vllm" else WARN,
                             f"not installed; sampler={cfg.sampler.name} -> {sampler} (make install adds it)"))
+    bnb = _version("bitsandbytes")
+    asked = cfg.lora.quantize != "none"
+    checks.append(Check("qlora", OK if bnb else FAIL if asked else WARN,
+                        f"bitsandbytes {bnb}: lora=qlora can hold the base in 4 bits" if bnb else
+                        "bitsandbytes not installed: lora=qlora needs it (pip install bitsandbytes; make install adds "
+                        "it)"))
     return checks
 
 
