@@ -304,6 +304,12 @@ def test_resuming_with_another_lora_shape_is_refused_but_another_sync_is_not(tmp
     assert checkpoint.config_conflicts(ckpt, compose(TINY + LORA + ["lora.lr_scale=2"])) == []  # as optimizer.lr
     assert checkpoint.config_conflicts(ckpt, compose(TINY + LORA + ["lora.r=8"])) == ["lora.r: 4 -> 8"]
     assert checkpoint.config_conflicts(ckpt, compose(TINY)) == ["lora.enabled: True -> False"]
+    # a LoRA checkpoint from before QLoRA existed has no lora.quantize: an unquantized base, as lora=default now
+    saved = ckpt / "config.yaml"
+    saved.write_text("\n".join(ln for ln in saved.read_text().splitlines() if not ln.startswith("  quantize:")))
+    assert "quantize" not in saved.read_text()
+    assert checkpoint.config_conflicts(ckpt, compose(TINY + LORA)) == []
+    assert checkpoint.config_conflicts(ckpt, compose(TINY + QLORA)) == ["lora.quantize: 'none' -> 'nf4'"]
 
 
 @pytest.fixture(scope="module")
@@ -423,3 +429,39 @@ def test_the_vllm_engine_samples_from_the_4bit_base_the_trainer_computes_with(ql
         engine_is_the_trainer(sampler, model, tok)
     finally:
         sampler.close()
+
+
+def test_a_4bit_base_keeps_its_trainable_layout_on_a_cpu_with_avx512_bf16(qlora_run, monkeypatch):
+    """On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight for inference the first time it runs in eval mode
+    without grad (pi_old, sampling, eval: every round), and then computes it with a kernel without a backward, so the
+    adapters' gradients would lose every path through the frozen layers. rapid keeps the trainable layout. This
+    machine's CPU may lack the flag: bitsandbytes is told it has it."""
+    import bitsandbytes.nn.modules as bnb_modules
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
+    model, _, _ = load_policy(compose(TINY + [f"model.path={qlora_run / 'adapter'}"]).model, torch.device("cpu"))
+    layers = [m for m in model.modules() if isinstance(m, bnb_modules.Linear4bit)]
+    assert layers and not any(m.support_avx512bf16_for_cpu for m in layers)
+    model.eval()
+    logits(model)  # what pi_old, the HF sampler and eval do
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+    fresh, _, _ = load_policy(compose(TINY + [f"model.path={qlora_run / 'adapter'}"]).model, torch.device("cpu"))
+    grads = []
+    for m in (model, fresh):  # the one that ran in eval mode trains as one that never did
+        m.train()
+        m(input_ids=IDS).logits.float().logsumexp(-1).sum().backward()
+        grads.append({n: p.grad for n, p in m.named_parameters() if p.requires_grad})
+    assert all(g is not None and torch.equal(g, grads[1][n]) for n, g in grads[0].items())
+    assert any(g.abs().sum() > 0 for g in grads[0].values())
+
+
+def test_a_4bit_model_counts_its_weights_unpacked(qlora_run):
+    """The engine holds the 4-bit base dequantized: its memory is sized by the unpacked count, as the console's."""
+    from rapid_cli.lora import parameter_count, trainable_summary
+
+    plain = load_policy(compose(TINY).model, torch.device("cpu"))[0]
+    quantized = load_policy(compose(TINY).model, torch.device("cpu"), quantize="nf4")[0]
+    assert parameter_count(quantized) == parameter_count(plain) == sum(p.numel() for p in plain.parameters())
+    assert sum(p.numel() for p in quantized.parameters()) < parameter_count(plain)  # the premise: packed two a byte
+    trained = load_policy(compose(TINY + [f"model.path={qlora_run / 'adapter'}"]).model, torch.device("cpu"))[0]
+    assert f" of {parameter_count(trained) / 1e6:.1f}M parameters" in trainable_summary(trained)

@@ -197,12 +197,14 @@ def config_conflicts(path: Path, cfg: Config) -> list[str]:
     from omegaconf import OmegaConf
 
     saved = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=False)
-    now = OmegaConf.to_container(cfg, resolve=False)
+    now = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)  # as the saved YAML has them
     diffs = []
     for group in FIXED_GROUPS:
         if group == "lora" and group not in saved and not now.get(group, {}).get("enabled"):
             continue  # a checkpoint from before LoRA existed: full fine-tuning, as now
         a, b = saved.get(group, {}), now.get(group, {})
+        if group == "lora" and a:
+            a = {"quantize": "none", **a}  # a checkpoint from before QLoRA existed: an unquantized base
         keys = set(a) | set(b)
         if group == "lora":  # the adapter's shape matters only where there is an adapter
             keys = keys - {"sync", "lr_scale"} if a.get("enabled") and b.get("enabled") else {"enabled"}

@@ -122,7 +122,7 @@ class Device(StrEnum):
 
 class LoraQuantize(StrEnum):
     none = "none"  # the frozen base in model.dtype
-    nf4 = "nf4"  # QLoRA: the base's linear layers in 4-bit NormalFloat (bitsandbytes), about 0.56 bytes a weight
+    nf4 = "nf4"  # QLoRA: the base's linear layers in 4-bit NormalFloat (bitsandbytes), about 0.52 bytes a weight
 
 
 class LoraSync(StrEnum):

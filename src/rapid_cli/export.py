@@ -42,6 +42,7 @@ def export(source: Path, out: Path) -> str:
     model, tokenizer, _ = load_policy(model_cfg, torch.device("cpu"))
     weights, quantized = dict(merged_state(model)), quantization_of(model)
     if quantized != "none":  # plain weights need a plain model to be saved as one (no quantization_config)
+        del model
         model = load_policy(OmegaConf.merge(model_cfg, {"path": adapter_base(adapter)}), torch.device("cpu"))[0]
         model.load_state_dict(weights)
     out.mkdir(parents=True, exist_ok=True)

@@ -83,6 +83,21 @@ def _four_bit_layers(model) -> dict:
             if getattr(m._parameters.get("weight"), "quant_state", None) is not None}
 
 
+def keep_trainable_layout(model) -> None:
+    """bitsandbytes repacks a 4-bit weight into an inference-only layout the first time it runs without grad in eval
+    mode on a CPU with AVX512-BF16 (pi_old, sampling and eval do every round), and from then on computes it with a
+    kernel that has no backward: the adapters' gradients would lose the path through every frozen layer, and each
+    unpacking (state_dict) re-quantizes the base through a bf16 absmax. Training needs the one layout."""
+    for layer in _four_bit_layers(model).values():
+        layer.support_avx512bf16_for_cpu = False
+
+
+def parameter_count(model) -> int:
+    """Parameters as the model computes with them: a 4-bit weight counts its unpacked shape (two weights a byte)."""
+    return sum(q.shape.numel() if (q := getattr(p, "quant_state", None)) is not None else p.numel()
+               for p in _inner(model).parameters())
+
+
 def quantization_of(model) -> str:
     """lora.quantize as the model was loaded: nf4 or none."""
     layers = _four_bit_layers(model)
@@ -201,8 +216,8 @@ def merged_state(model, keep_float32: bool = False, merge: bool = True) -> Itera
         owner, _, leaf = name.rpartition(".")
         if owner in four_bit and leaf == "weight":
             value = _dequantized(four_bit[owner].weight)
-        base_owner, cut, _ = owner.partition(".base_layer")
-        if cut:
+        base_owner = owner.removesuffix(".base_layer")
+        if base_owner != owner:
             if leaf == "weight" and merge and base_owner in layers:
                 with torch.no_grad():
                     # summed in float32 and rounded once: a bf16 base's merged weight is the nearest bf16
@@ -221,8 +236,7 @@ def _dequantized(weight) -> torch.Tensor:
 
 def trainable_summary(model) -> str:
     """'2.2M of 136.7M parameters (1.6%)' for the console."""
-    params = list(_inner(model).parameters())
-    train = sum(p.numel() for p in params if p.requires_grad)
-    total = sum(p.numel() for p in params)
+    train = sum(p.numel() for p in _inner(model).parameters() if p.requires_grad)
+    total = parameter_count(model)
     return f"{train / 1e6:.1f}M of {total / 1e6:.1f}M parameters ({100 * train / max(total, 1):.1f}%)"
 

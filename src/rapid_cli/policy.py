@@ -85,6 +85,8 @@ def load_policy(model_cfg: ModelConfig, device: torch.device, cache_dir: str | N
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
+    if four_bit:
+        lora.keep_trainable_layout(model)
     if adapter is not None:
         lora.add_adapters(model, saved=adapter)
     elif lora_cfg is not None and lora_cfg.enabled:

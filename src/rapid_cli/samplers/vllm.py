@@ -179,7 +179,9 @@ class VLLMSampler:
         if sampler_cfg.sleep_between_rounds and not cuda:
             raise RapidError("sampler.sleep_between_rounds=true needs vLLM on a CUDA GPU (this engine runs on "
                              f"{current_platform.device_type or 'the CPU'}, which has no sleep mode); set it to false")
-        n_params = sum(p.numel() for p in model.parameters())
+        from rapid_cli.lora import parameter_count
+
+        n_params = parameter_count(model)  # the engine holds a 4-bit base unpacked
         gpu_total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory if cuda else 0
         kwargs = engine_options(sampler_cfg, cuda, model.config, n_params, torch.finfo(getattr(torch, dtype)).bits // 8,
                                 sequences, gpu_total)
