@@ -114,7 +114,8 @@ def main() -> None:
                     p.normal_(0, 1e-3)
     merged = open_sampler(cfg, full, tok, path)
     served = open_sampler(compose_config([*base, "lora.sync=adapter"]), adapted, tok, path)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {cfg.model.name}, LoRA r={cfg.lora.r} "
+    name = f"{args.shape} (random weights)" if args.shape else cfg.model.name
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {name}, LoRA r={cfg.lora.r} "
           f"alpha={cfg.lora.alpha} on {list(cfg.lora.target_modules)}: trains {trainable_summary(adapted)}")
     sync: dict[str, list[float]] = {"full": [], "merged": [], "adapter": [], "qlora": []}
     for _ in range(args.repeats):
