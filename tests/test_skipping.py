@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from conftest import TINY, compose
+from rapid_cli.algorithms import ALGORITHMS
 from rapid_cli.behaviour import BehaviourLogprobs
 from rapid_cli.distributed import Dist
-from rapid_cli.learner import Learner
+from rapid_cli.learner import Audit, Learner, Share
 from rapid_cli.samplers.hf import HFSampler
 from rapid_cli.tasks import make_task
 from rapid_cli.trainer import PromptStream
@@ -83,9 +84,12 @@ def assert_same_weights(a: dict, b: dict, atol: float = 5e-5):
     assert (diffs > 1e-7).float().mean().item() < 1e-3, (diffs > 1e-7).float().mean().item()
 
 
-@pytest.mark.parametrize("algo", ["rapid", "grpo", "pg", "dapo", "dr_grpo"])
-def test_skipping_leaves_the_round_unchanged_and_skips_rows(algo):
+# every registered algorithm (a new one cannot miss this test), packed and padded (algo.packing=false)
+@pytest.mark.parametrize(("algo", "packing"), [(a, True) for a in sorted(ALGORITHMS)] + [("rapid", False),
+                                                                                           ("dapo", False)])
+def test_skipping_leaves_the_round_unchanged_and_skips_rows(algo, packing):
     extra = ["algo.kl_beta=0"] if algo == "grpo" else []  # GRPO's KL term has a gradient everywhere: below
+    extra.append(f"algo.packing={str(packing).lower()}")
     runs = both_ways(algo, REWARDS, extra)
     (full, w_full, l_full, _), (skip, w_skip, l_skip, ro) = runs[False], runs[True]
     # the premise: rows really were left out. RAPID: the all-zero groups on both steps, the all-one group on
@@ -181,3 +185,23 @@ def test_rapid_after_the_first_step_still_trains_all_one_groups():
     clipped = get("rapid").zero_gradient_rows(torch.tensor(REWARDS, dtype=torch.float32), 2,
                                               {"iw_clip": 0.5, "eps": 0.2}, own)
     assert clipped.view(-1, 2)[:, 0].tolist()[1] is False
+
+
+def test_a_rank_with_nothing_to_compute_audits_its_stand_in_once():
+    """Under DDP/FSDP2 a rank whose rows of the first step all skip repeats its stand-in group, uncounted, as
+    many times as another rank has passes; it audited the sampler on every repeat, so `iw/sampler_audit_tokens`
+    counted the same tokens once per pass. One rank's passes, as `Learner._share` lays them out for it."""
+    from rapid_cli.policy import load_policy
+
+    cfg = compose(TINY + ["algo.group_size=2", "algo.prompts_per_step=4", "algo.steps_per_generation=2"])
+    model, tok, _ = load_policy(cfg.model, torch.device("cpu"))
+    ro = round_of(cfg, model, tok, ALL_ZERO)
+    learner = Learner(model, cfg.algo, cfg.optimizer, pad_id=tok.pad_token_id, temperature=1.0, total_steps=4)
+    part = ro.take([0])
+    once = Share(part, torch.tensor([], dtype=torch.long), [(slice(0, 2), False)])
+    thrice = Share(part, torch.tensor([], dtype=torch.long), [(slice(0, 2), False)] * 3)
+    with learner.autocast():
+        seen = [learner._accumulate(share, 1.0, audit=True)[1] for share in (once, thrice)]
+    assert seen[0].tokens == part.completion_mask.sum().item() > 0
+    assert seen[1] == seen[0], seen
+    assert isinstance(seen[1], Audit)

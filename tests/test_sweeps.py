@@ -216,7 +216,8 @@ def _job(root, name: str, seed: int, rows: list[dict], rounds: int = 2, tail: by
 def test_report_names_unfinished_cut_and_unreadable_runs_and_keeps_them_out_of_the_means(tmp_path):
     """An unfinished job's round-0 (base model) eval was averaged in as its final pass@1 (0.9 here made
     0.600 +- 0.424), a job cut before round 1 was dropped unnamed, and a metrics.jsonl with a few binary bytes
-    was a UnicodeDecodeError traceback. Each is named on a line of its own; only finished runs are averaged."""
+    was a UnicodeDecodeError traceback; a job whose sweep recorded it as failed (FAILED) after its last metrics row
+    was averaged as finished. Each is named on a line of its own; only finished runs are averaged."""
     start = {"round": 0, "time/elapsed": 5.0, "time/eval": 5.0}
     done = [{**start, "eval/pass@1": 0.1}, {"round": 1, "time/elapsed": 20.0, "reward/mean": 0.2},
             {"round": 2, "time/elapsed": 40.0, "time/eval": 5.0, "reward/mean": 0.4, "eval/pass@1": 0.3}]
@@ -224,6 +225,12 @@ def test_report_names_unfinished_cut_and_unreadable_runs_and_keeps_them_out_of_t
     _job(tmp_path, "1", 1, [{**start, "eval/pass@1": 0.9}, {"round": 1, "time/elapsed": 20.0, "reward/mean": 0.2}])
     _job(tmp_path, "2", 2, [{**start, "eval/pass@1": 0.5}])
     _job(tmp_path, "3", 3, done[:2], tail=b'{"round": 2, "reward/mean": \xff\xfe0.4}\n')
+    # a job that failed after its last round's metrics (the final save on a full disk): its rows look finished
+    (_job(tmp_path, "4", 4, done) / "FAILED").write_text("no space left on device writing the checkpoint\n\n...")
+    failed_early = tmp_path / "5"  # failed before any metrics: named with the reason it recorded
+    (failed_early / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(["train.rounds=2", "seed=5"]), failed_early / ".hydra" / "overrides.yaml")
+    (failed_early / "FAILED").write_text("bad.jsonl, line 2 is not JSON\n")
     proc = rapid("report", str(tmp_path))
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "Traceback" not in out, out
@@ -235,7 +242,9 @@ def test_report_names_unfinished_cut_and_unreadable_runs_and_keeps_them_out_of_t
     assert base[1] == "0" and base[header.index("eval pass@1")] == "0.100"
     left_out = next(line for line in table.splitlines() if "left out of the means" in line)
     for name, why in (("1", "unfinished: round 1 of 2"), ("2", "no round finished"),
-                      ("3", "metrics.jsonl line 3 is not UTF-8")):
+                      ("3", "metrics.jsonl line 3 is not UTF-8"),
+                      ("4", "failed: no space left on device writing the checkpoint"),
+                      ("5", "failed: bad.jsonl, line 2 is not JSON")):
         assert f"{tmp_path / name} ({why}" in left_out, left_out
     assert "left out of the means" in " ".join(proc.stdout.split())
 

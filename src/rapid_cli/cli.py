@@ -176,7 +176,7 @@ def _train_job(cfg: Config) -> float:
     (sweeps.py) and the sweep goes on; a signal (Ctrl-C, SIGTERM) still stops the whole sweep."""
     from hydra.core.hydra_config import HydraConfig
 
-    from rapid_cli import sweeps
+    from rapid_cli import rundir, sweeps
 
     hc = HydraConfig.get()
     if hc.mode.name != "MULTIRUN":
@@ -194,7 +194,7 @@ def _train_job(cfg: Config) -> float:
     except Exception as err:  # a bug or an out-of-memory error: recorded with its traceback, the sweep goes on
         message = sweeps.failure_line(err)
         if job in sweeps.started:
-            message += f" (traceback in {sweeps.started[job] / sweeps.FAILED})"
+            message += f" (traceback in {sweeps.started[job] / rundir.FAILED})"
         else:
             import traceback
 
@@ -210,7 +210,7 @@ def _train_job(cfg: Config) -> float:
 def _run_train_job(cfg: Config, hc, sweep: bool) -> float:
     from rich.markup import escape
 
-    from rapid_cli import checkpoint, sweeps
+    from rapid_cli import checkpoint, rundir, sweeps
     from rapid_cli.console import console, log_to
     from rapid_cli.errors import RapidError
     from rapid_cli.resume import resume_command, same_run
@@ -236,7 +236,7 @@ def _run_train_job(cfg: Config, hc, sweep: bool) -> float:
         with RunLock(run_dir), log_to(run_dir / "rapid.log"):
             if sweep:
                 sweeps.started[sweeps.key(hc.overrides.task)] = run_dir
-                sweeps.clear_failure(run_dir)  # an earlier attempt's; this one is judged afresh
+                rundir.clear_failure(run_dir)  # an earlier attempt's; this one is judged afresh
             if run_dir == hydra_dir:  # an earlier run continued elsewhere keeps its own .hydra/
                 save_hydra_files(run_dir, cfg)
             try:
@@ -245,15 +245,15 @@ def _run_train_job(cfg: Config, hc, sweep: bool) -> float:
                 raise
             except RapidError as err:
                 if sweep:
-                    sweeps.record_failure(run_dir, str(err))
+                    rundir.record_failure(run_dir, str(err))
                 raise _JobFailed(str(err), recorded=sweep) from None
             except OSError as err:  # a full disk, a read-only cache: checkpoints already written are intact
                 if sweep:
-                    sweeps.record_failure(run_dir, _os_error(err))
+                    rundir.record_failure(run_dir, _os_error(err))
                 raise _JobFailed(_os_error(err), recorded=sweep) from None
             except Exception as err:
                 if sweep:
-                    sweeps.record_failure(run_dir, sweeps.failure_line(err), err)
+                    rundir.record_failure(run_dir, sweeps.failure_line(err), err)
                 raise
     except Interrupted as stop:
         console.print(f"stopped after round {stop.round}; checkpoint saved in {stop.checkpoint}\nresume with: "

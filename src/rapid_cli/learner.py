@@ -376,11 +376,11 @@ class Learner:
         """Forward and backward over the share's passes, accumulating the step's gradient: (the loss
         and its metrics, the audit of the sampler's log-probs when asked for)."""
         part, totals, seen = share.part, LossTotals(), Audit(0.0, 0.0, 0.0, 0.0)
-        for mb, counted in share.passes:
+        for i, (mb, counted) in enumerate(share.passes):
             with torch.set_grad_enabled(not share.probe):
                 logprobs, mask = self._forward(self.model, part, mb)  # [b, C]
-            # a rank with no moving row audits its stand-in group
-            if audit and (counted or not share.computed):
+            # a rank with no moving row audits its stand-in group, once however often it repeats it
+            if audit and (counted or (not share.computed and i == 0)):
                 mu = part.sampler_logprobs[mb, : logprobs.shape[1]].to(self.device)
                 seen = seen.merge(Audit.of(logprobs.detach(), mu, mask))
             if share.probe:

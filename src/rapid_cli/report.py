@@ -31,6 +31,7 @@ from pathlib import Path
 
 from rapid_cli.errors import RapidError
 from rapid_cli.logger import read_rows
+from rapid_cli.rundir import failed_earlier
 from rapid_cli.timing import PHASES, Phase
 
 IGNORED = ("seed=", "hydra.", "logger.", "train.resume=", "eval.at_start=")  # change nothing trained or measured after
@@ -181,7 +182,10 @@ def read_job(metrics: Path) -> Run:
     run = Run(job, overrides, seed, rows)
     done = max((r.get("round", 0) for r in rows if isinstance(r.get("round", 0), int)), default=0)
     plan = planned(job)
-    if problems:
+    failed = failed_earlier(job)  # a sweep's record outranks rows that look finished (the last save can fail)
+    if failed is not None:
+        run.unfinished = f"failed: {failed}"
+    elif problems:
         run.unfinished = "; ".join(problems)
     elif done == 0:
         run.unfinished = "no round finished"
@@ -203,7 +207,8 @@ def load_runs(root: Path) -> list[Run]:
     for job in sorted(p.parent.parent for p in root.rglob(".hydra/overrides.yaml")):
         if not (job / "metrics.jsonl").exists() and not (job / "eval.json").exists():
             run = read_job(job / "metrics.jsonl")
-            run.unfinished = "no metrics.jsonl: it failed or stopped before its first round"
+            if failed_earlier(job) is None:
+                run.unfinished = "no metrics.jsonl: it failed or stopped before its first round"
             runs.append(run)
     if not runs:
         raise RapidError(f"no finished rounds under {root}: expected job directories with metrics.jsonl "

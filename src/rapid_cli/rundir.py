@@ -11,6 +11,9 @@
   writing of `.hydra/` (written before the job starts) and writes the same three files itself under the lock
   (`save_hydra_files`).
 
+- `record_failure`: a sweep job that fails leaves `FAILED` (its one-line error), read back by the sweep's
+  table and `rapid report` (`failed_earlier`), removed when the job runs again (`clear_failure`).
+
 Which earlier run `train.resume=auto` continues is resume.py's business (`same_run`).
 """
 
@@ -20,6 +23,7 @@ import datetime as _dt
 import fcntl
 import os
 import tempfile
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +31,8 @@ from rapid_cli.errors import RapidError
 
 if TYPE_CHECKING:
     from rapid_cli.config import Config
+
+FAILED = "FAILED"
 
 LOCK = ".rapid.lock"
 CONFIG_SUBDIR_ENV = "RAPID_CONFIG_SUBDIR"  # set in a job whose .hydra/ rapid writes itself, once locked
@@ -142,3 +148,26 @@ def save_hydra_files(run_dir: Path, cfg: Config) -> None:
     overrides = hydra_cfg.hydra.overrides.task
     for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg), ("overrides.yaml", overrides)):
         (out / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
+
+
+def record_failure(run_dir: Path, message: str, err: BaseException | None = None) -> None:
+    """Writes `<run_dir>/FAILED`: the one-line error, then the traceback of an unexpected exception `err`."""
+    text = message + "\n"
+    if err is not None:
+        text += "\n" + "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    try:
+        (run_dir / FAILED).write_text(text, encoding="utf-8")
+    except OSError:  # a full or read-only disk: the sweep's table still says why
+        pass
+
+
+def clear_failure(run_dir: Path) -> None:
+    (run_dir / FAILED).unlink(missing_ok=True)
+
+
+def failed_earlier(run_dir: Path) -> str | None:
+    """The one-line error a failed job left in `run_dir`, else None."""
+    try:
+        return (run_dir / FAILED).read_text(encoding="utf-8", errors="replace").splitlines()[0].strip() or "failed"
+    except (OSError, IndexError):
+        return None

@@ -3,7 +3,7 @@ bug) is recorded in its own directory and the sweep goes on with the next one; a
 finished, failed, stopped and not-run jobs, with the command that redoes only what did not finish, and the sweep
 exits 1 when any job did not finish.
 
-- `record_failure`: `<job dir>/FAILED` holds the one-line error (then, for an unexpected exception, its
+- `rundir.record_failure`: `<job dir>/FAILED` holds the one-line error (then, for an unexpected exception, its
   traceback). It is written only while the job holds its run directory's lock (never into another process's
   live run) and removed when the job is run again.
 - `summary`: each job's state is read back from the sweep directory (FAILED, else metrics.jsonl judged as
@@ -14,11 +14,11 @@ exits 1 when any job did not finish.
 
 from __future__ import annotations
 
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-FAILED = "FAILED"
+from rapid_cli.rundir import FAILED, failed_earlier
+
 EXIT_JOBS_FAILED = 1  # the exit status of a sweep in which some job did not finish
 started: dict[tuple[str, ...], Path] = {}  # this process's jobs (basic launcher): overrides key -> run directory
 refused: dict[tuple[str, ...], str] = {}  # this process's jobs that failed before holding a run directory: why
@@ -34,29 +34,6 @@ def failure_line(err: BaseException) -> str:
     """An unexpected exception as one line: its type and the first line of its message."""
     text = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-def record_failure(run_dir: Path, message: str, err: BaseException | None = None) -> None:
-    """Writes `<run_dir>/FAILED`: the one-line error, then the traceback of an unexpected exception `err`."""
-    text = message + "\n"
-    if err is not None:
-        text += "\n" + "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    try:
-        (run_dir / FAILED).write_text(text, encoding="utf-8")
-    except OSError:  # a full or read-only disk: the sweep's table still says why
-        pass
-
-
-def clear_failure(run_dir: Path) -> None:
-    (run_dir / FAILED).unlink(missing_ok=True)
-
-
-def failed_earlier(run_dir: Path) -> str | None:
-    """The one-line error a failed job left in `run_dir`, else None."""
-    try:
-        return (run_dir / FAILED).read_text(encoding="utf-8", errors="replace").splitlines()[0].strip() or "failed"
-    except (OSError, IndexError):
-        return None
 
 
 def earlier_attempt(run_dir: Path, overrides) -> Path | None:
