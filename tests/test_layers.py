@@ -69,3 +69,20 @@ def test_no_import_cycles():
         if start not in done:
             visit(start, [start])
     assert not cycles, cycles
+
+
+# The loop and the losses are where a change lands most often: they stay readable (issue 26)
+LOOP = [PACKAGE / "trainer.py", PACKAGE / "learner.py", *sorted((PACKAGE / "algorithms").glob("*.py"))]
+
+
+def test_the_loop_and_the_losses_have_lines_a_person_can_read():
+    wide = [f"{p.relative_to(PACKAGE)}:{n}" for p in LOOP
+            for n, line in enumerate(p.read_text().splitlines(), 1) if len(line) > 100]
+    assert not wide, f"lines over 100 columns: {wide}"
+
+
+def test_no_function_of_the_loop_or_the_losses_is_longer_than_60_lines():
+    long = [f"{p.relative_to(PACKAGE)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)" for p in LOOP
+            for node in ast.walk(ast.parse(p.read_text()))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 60]
+    assert not long, long

@@ -475,3 +475,49 @@ def test_a_seed_evaluated_twice_counts_in_the_base_row_twice(tmp_path):
     assert base["0"]["eval/pass@1"] == 0.006  # a run of seed 0 starts its curve from the first by path
     text = report(tmp_path).read_text()
     assert "| base model | 0,0#2,1 | 0 | 0.012 ± 0.006 |" in text
+
+
+# A job's training raising what no check foresaw (a CUDA out-of-memory error, a bug). Nothing on a CPU raises a
+# CUDA OOM, so the job's train() raises it; the sweep around it, its record and its table are the real ones.
+_OOM_IN_JOB_0 = """
+import sys
+
+import rapid_cli.trainer as trainer
+
+real = trainer.train
+
+
+def train(cfg, run_dir, run_name="rapid"):
+    if cfg.seed == 0:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\\n(more detail)")
+    return real(cfg, run_dir, run_name)
+
+
+trainer.train = train
+from rapid_cli.cli import main
+
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_an_unexpected_exception_in_a_job_is_recorded_with_its_traceback_and_the_sweep_goes_on(tmp_path):
+    import sys
+
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, "-c", _OOM_IN_JOB_0, "train", "-m", *SMALL, "train.rounds=1",
+                           "eval.at_start=false", "seed=0,1", f"hydra.sweep.dir={sweep}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    jobs = {p.name[0]: p for p in sweep.iterdir() if p.is_dir()}
+    record = (jobs["0"] / "FAILED").read_text()
+    assert record.splitlines()[0] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB", record
+    assert "Traceback (most recent call last)" in record and ", in train\n" in record
+    assert "Traceback" not in proc.stdout  # the terminal gets one line; the traceback is in the record
+    said = " ".join(proc.stdout.split())
+    assert f"sweep job 0 ({jobs['0'].name}) failed: RuntimeError: CUDA out of memory" in said, out
+    assert f"(traceback in {jobs['0'] / 'FAILED'})" in said and "going on with the next job" in said
+    assert (jobs["1"] / "metrics.jsonl").exists() and not (jobs["1"] / "FAILED").exists()
+    assert "2 jobs, 1 finished, 1 failed" in said, out

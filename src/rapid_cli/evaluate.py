@@ -1,8 +1,8 @@
 """Evaluation: n samples per test problem, scored by the task, reported as unbiased pass@k.
 
-`evaluate` is what training calls every `eval.every` rounds; `run_eval` is the `rapid eval` command:
-the same measurement on any model, with a results table, `eval.json` and every completion in
-`samples.jsonl` in its run directory.
+`eval_set` is the eval set both commands measure on; an `Evaluation` is what training calls every
+`eval.every` rounds; `run_eval` is the `rapid eval` command: the same measurement on any model, with
+a results table, `eval.json` and every completion in `samples.jsonl` in its run directory.
 """
 
 from __future__ import annotations
@@ -122,6 +122,34 @@ def evaluate(task, problems, prompt_ids, sampler, params: SamplingParams, ks) ->
     return pass_at_k_metrics(sample_and_score(task, problems, prompt_ids, sampler, params), params.n, ks)
 
 
+@dataclass
+class Evaluation:
+    """The eval set, tokenized once, and how it is sampled (pass@k on the test split); with `samples_dir`, each
+    evaluation's completions go to samples_dir/round-NNNNNN.jsonl.gz."""
+
+    problems: list
+    prompts: list[list[int]]
+    params: SamplingParams
+    ks: list[int]
+    samples_dir: Path | None = None
+
+    def __call__(self, task, sampler, rnd: int) -> dict[str, float]:
+        result = sample_and_score(task, self.problems, self.prompts, sampler, self.params)
+        if self.samples_dir is not None:
+            self.samples_dir.mkdir(parents=True, exist_ok=True)
+            write_samples(self.samples_dir / f"round-{rnd:06d}.jsonl.gz", self.problems, result, self.params.n)
+        return pass_at_k_metrics(result, self.params.n, self.ks)
+
+
+def eval_set(cfg: Config, task: Task, tokenizer, samples_dir: Path | None = None) -> Evaluation:
+    """The eval problems (eval.split, eval.limit) tokenized once, and how they are sampled: the same for
+    `rapid train`'s evaluations and `rapid eval`."""
+    problems = eval_problems(task, cfg.eval)
+    prompts = [task.prompt_ids(p, tokenizer, cfg.model.chat_template) for p in problems]
+    params = eval_params(cfg.eval, cfg.sampler.max_tokens, cfg.seed, cfg.task.stop)
+    return Evaluation(problems, prompts, params, list(cfg.eval.k), samples_dir)
+
+
 def run_eval(cfg: Config, run_dir: Path) -> dict:
     """`rapid eval`: pass@k of `model` on `task`'s test split (or `eval.split=train`); prints a table, writes
     eval.json and samples.jsonl."""
@@ -146,11 +174,10 @@ def run_eval(cfg: Config, run_dir: Path) -> dict:
     plan = make_plan(cfg, device)
     model, tokenizer, model_path = load_policy(cfg.model, device, cfg.cache_dir)
     task.drop_long_prompts(tokenizer, cfg.model.chat_template, train_too=False)  # task.max_prompt_tokens, if set
-    problems = eval_problems(task, cfg.eval)
+    evaluation = eval_set(cfg, task, tokenizer)
+    problems, prompts, params = evaluation.problems, evaluation.prompts, evaluation.params
+    ks = sorted({*evaluation.ks, params.n})
     sampler = open_sampler(cfg, model, tokenizer, model_path, plan)
-    params = eval_params(cfg.eval, cfg.sampler.max_tokens, cfg.seed, cfg.task.stop)
-    ks = sorted({k for k in cfg.eval.k} | {params.n})
-    prompts = [task.prompt_ids(p, tokenizer, cfg.model.chat_template) for p in problems]
     longest = max(range(len(prompts)), key=lambda i: len(prompts[i]))
     check_fits(model, params.max_tokens, PromptLength(len(prompts[longest]), problems[longest].id),
                "eval.max_tokens" if cfg.eval.max_tokens else "sampler.max_tokens")

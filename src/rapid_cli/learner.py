@@ -41,16 +41,24 @@ from rapid_cli.algorithms.contract import (
 from rapid_cli.algorithms.engine import engine_weights
 from rapid_cli.config import AlgoConfig, OptimizerConfig
 from rapid_cli.console import console
-from rapid_cli.policy import PACKED, check_packable_head, completion_logprobs, pack, packed_attention
+from rapid_cli.policy import (
+    PACKED,
+    check_packable_head,
+    completion_logprobs,
+    pack,
+    packed_attention,
+)
 from rapid_cli.types import Rollouts
 
 AUDIT_KEY = "iw/sampler_seq_logw_gap_max"
 ROWS = "rows*"  # a loss metric's row-weighted sum, on its way to a mean over every rank's rows
 
 
-def build_optimizer(opt_cfg: OptimizerConfig, model: torch.nn.Module, total_steps: int, lr: float | None = None
+def build_optimizer(opt_cfg: OptimizerConfig, model: torch.nn.Module, total_steps: int,
+                    lr: float | None = None
                     ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW on the trainable parameters at `lr` (default optimizer.lr) and its warm-up / cosine schedule."""
+    """AdamW on the trainable parameters at `lr` (default optimizer.lr) and its warm-up / cosine
+    schedule."""
     lr = opt_cfg.lr if lr is None else lr
     params = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
     # The fused kernel is ~4x faster than the default per-tensor loop on CPU (0.07 s vs 0.26 s a
@@ -70,7 +78,8 @@ def build_optimizer(opt_cfg: OptimizerConfig, model: torch.nn.Module, total_step
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def set_base_lr(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, lr: float) -> None:
+def set_base_lr(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                lr: float) -> None:
     """A resumed run takes `optimizer.lr` as given now; the saved schedule state would otherwise
     bring back the old rate silently. The schedule's position (warm-up, cosine) is kept."""
     old = scheduler.base_lrs[0]
@@ -162,7 +171,8 @@ class StepStats:
     grad_norm: float  # of the whole step's gradient, before clipping
     lr: float  # the rate this step used (the scheduler moves on after it)
     skipped: bool  # a non-finite loss or gradient norm on some rank: no update anywhere
-    ess: float  # effective sample size (sum w)^2 / sum w^2 over the mini-batch's computed (moving) rows, all ranks
+    # effective sample size (sum w)^2 / sum w^2 over every rank's computed (moving) rows
+    ess: float
     means: dict[str, float]  # over every rank's moving rows; no loss statistic when none moved
     maxima: dict[str, float]
     rows: int = 0  # this rank's rows of the mini-batch
@@ -235,7 +245,8 @@ class LossTotals:
         sums = {**self.sums, "rows": float(rows), **{ROWS + k: v for k, v in self.row_sums.items()}}
         total = distributed.reduce_metrics(d, max=self.maxima, sum=sums)
         every_rank = total["rows"]
-        means = {k.removeprefix(ROWS): v / every_rank for k, v in total.items() if k.startswith(ROWS)}
+        means = {k.removeprefix(ROWS): v / every_rank
+                 for k, v in total.items() if k.startswith(ROWS)}
 
         def combined(how: Combine) -> dict[str, float]:
             return {k: v for k, v in total.items() if k in METRICS and METRICS[k].combine is how}
@@ -252,7 +263,7 @@ class Share:
     part: Rollouts
     rows: torch.Tensor
     passes: list[tuple[slice, bool]]
-    # an optimizer step with nothing to compute on any rank: its one pass is a forward without autograd
+    # a step with nothing to compute on any rank: its one pass is a forward without autograd
     probe: bool = False
 
     @property
@@ -261,22 +272,24 @@ class Share:
 
 
 def _zero_from(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """0, computed from the log-probs of the mask's tokens: NaN where they are (a diverged policy), and,
-    backpropagated, a pass through the model's weights like every rank's other passes."""
+    """0, computed from the log-probs of the mask's tokens: NaN where they are (a diverged policy),
+    and, backpropagated, a pass through the model's weights like every rank's other passes."""
     return torch.where(mask > 0, logprobs, 0.0).sum() * 0
 
 
 class Learner:
-    def __init__(self, model: torch.nn.Module, algo: AlgoConfig, optim: OptimizerConfig, *, pad_id: int,
-                 temperature: float, total_steps: int, d: distributed.Dist | None = None,
-                 device: str | torch.device = "cpu", precision: str = "none",
-                 reference: torch.nn.Module | None = None, lr: float | None = None):
+    def __init__(self, model: torch.nn.Module, algo: AlgoConfig, optim: OptimizerConfig, *,
+                 pad_id: int, temperature: float, total_steps: int,
+                 d: distributed.Dist | None = None, device: str | torch.device = "cpu",
+                 precision: str = "none", reference: torch.nn.Module | None = None,
+                 lr: float | None = None):
         """`model`: the plain policy (wrapped here for DDP/FSDP2). `algo`, `optim`: the config's
         algo and optimizer sections; `temperature`: the sampler's (log-probs are of
         softmax(logits/T)); `total_steps`: optimizer steps in the whole run (the cosine schedule's
         length); `precision`: resolved train.mixed_precision (none | bf16); `reference`: the initial
         policy for a KL term (default: a copy of `model`, which is the initial policy unless the run
-        resumes); `lr`: the learning rate (default optimizer.lr; the plan's, with LoRA's lr_scale)."""
+        resumes); `lr`: the learning rate (default optimizer.lr; the plan's, with LoRA's
+        lr_scale)."""
         self.algo, self.optim, self.pad_id, self.temperature = algo, optim, pad_id, temperature
         self.lr = optim.lr if lr is None else lr
         self.d = d or distributed.Dist()
@@ -295,7 +308,8 @@ class Learner:
         # autocast to bf16 (FSDP2 casts in its own policy)
         self.bf16 = precision == "bf16" and self.d.parallel != "fsdp"
         self.optimizer, self.scheduler = build_optimizer(optim, self.model, total_steps, self.lr)
-        self.attention = packed_attention(algo.packed_attention, model)  # dense | segments, with algo.packing
+        # dense | segments, with algo.packing
+        self.attention = packed_attention(algo.packed_attention, model)
         if algo.packing:
             check_packable_head(model)
 
@@ -384,13 +398,15 @@ class Learner:
                 mu = part.sampler_logprobs[mb, : logprobs.shape[1]].to(self.device)
                 seen = seen.merge(Audit.of(logprobs.detach(), mu, mask))
             if share.probe:
-                # the step's gradient is exactly zero (`_zero_gradient`), but a diverged policy's non-finite
-                # log-probs still refuse it, as they would have refused the step that computed every row
+                # the step's gradient is exactly zero (`_zero_gradient`), but a diverged policy's
+                # non-finite log-probs still refuse it, as they would have refused the step that
+                # computed every row
                 totals.loss += _zero_from(logprobs, mask).item()
                 self._zero_gradient()
                 if hasattr(self.model, "reshard"):
-                    # FSDP2 keeps the root's gathered weights after a forward that no backward follows, and
-                    # would compute the next forward with them after AdamW has changed the shards
+                    # FSDP2 keeps the root's gathered weights after a forward that no backward
+                    # follows, and would compute the next forward with them after AdamW has
+                    # changed the shards
                     self.model.reshard()
                 continue
             if not counted:
@@ -404,8 +420,8 @@ class Learner:
         return totals, seen
 
     def _zero_gradient(self) -> None:
-        """A zero gradient for every trained weight, for AdamW to step on (None would leave a weight out of
-        the step: no weight decay, no moment decay)."""
+        """A zero gradient for every trained weight, for AdamW to step on (None would leave a weight
+        out of the step: no weight decay, no moment decay)."""
         for group in self.optimizer.param_groups:
             for p in group["params"]:
                 p.grad = torch.zeros_like(p)
@@ -436,10 +452,11 @@ class Learner:
         `algo.micro_batch_tokens`, by skipping). A rank with nothing to compute repeats a stand-in,
         the shortest group of `rows`, uncounted.
 
-        `step`: an optimizer step. When nothing moves on any rank its gradient is exactly zero, and its
-        one pass is a probe: the stand-in's forward without autograd, whose log-probs are non-finite when
-        the policy has diverged (which the skipped rows would have shown: the step is refused, SkipGuard
-        stops the run before a save); the first step's also audits the sampler on it."""
+        `step`: an optimizer step. When nothing moves on any rank its gradient is exactly zero, and
+        its one pass is a probe: the stand-in's forward without autograd, whose log-probs are
+        non-finite when the policy has diverged (which the skipped rows would have shown: the step
+        is refused, SkipGuard stops the run before a save); the first step's also audits the
+        sampler on it."""
         groups = ro.moving_groups(rows)
         group_size = ro.group_size
         part = ro.take(groups or self._stand_in(ro, rows))
@@ -456,10 +473,12 @@ class Learner:
         return Share(part, torch.tensor(origin, dtype=torch.long), passes, probe)
 
     def _stand_in(self, ro: Rollouts, rows: slice) -> list[int]:
-        """The group of `rows` whose forward computes the fewest positions, as a list (empty when `rows` is)."""
+        """The group of `rows` whose forward computes the fewest positions, as a list (empty when
+        `rows` is)."""
         G = ro.group_size
         groups = range(rows.start // G, rows.stop // G)
-        return [min(groups, key=lambda g: self._positions(ro, slice(g * G, (g + 1) * G)))] if groups else []
+        return ([min(groups, key=lambda g: self._positions(ro, slice(g * G, (g + 1) * G)))]
+                if groups else [])
 
     def _micro_batches(self, ro: Rollouts, rows: slice) -> Iterator[slice]:
         """Whole groups of `rows`: `algo.micro_batch_size` rows at a time, or as many as fit in
@@ -470,23 +489,25 @@ class Learner:
                                    self.algo.micro_batch_tokens)
 
     def _positions(self, ro: Rollouts, mb: slice) -> int:
-        """The positions `_forward` computes for micro-batch `mb`, padding included: packed, one row per group
-        as long as its longest group; padded, one row per completion as long as the longest prompt plus the
-        longest completion."""
+        """The positions `_forward` computes for micro-batch `mb`, padding included: packed, one row
+        per group as long as its longest group; padded, one row per completion as long as the
+        longest prompt plus the longest completion."""
         comp = ro.generations.completion_ids
         if self.algo.packing:
             G = self.algo.group_size
             groups = range(mb.start // G, mb.stop // G)
-            return len(groups) * max(len(ro.prompt_ids[g]) + sum(len(c) for c in comp[g * G : (g + 1) * G])
+            return len(groups) * max(len(ro.prompt_ids[g])
+                                     + sum(len(c) for c in comp[g * G : (g + 1) * G])
                                      for g in groups)
         return (mb.stop - mb.start) * (max(len(p) for p in ro.row_prompts(mb)) + ro.width(mb))
 
     def _forward(self, model, ro: Rollouts, mb: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log pi per completion token, completion mask) of micro-batch `mb` under `model`: [b, C] each,
-        C = its longest completion. `algo.packing`: each group's prompt encoded once, no padding between
-        completions, under the dense mask (policy.GroupedBatch) or the segmented attention
-        (policy.SegmentedBatch), `self.attention`; off: the padded rows [prompt | completion]
-        (policy.PackedBatch), the reference the packed paths are tested against."""
+        """(log pi per completion token, completion mask) of micro-batch `mb` under `model`: [b, C]
+        each, C = its longest completion. `algo.packing`: each group's prompt encoded once, no
+        padding between completions, under the dense mask (policy.GroupedBatch) or the segmented
+        attention (policy.SegmentedBatch), `self.attention`; off: the padded rows
+        [prompt | completion] (policy.PackedBatch), the reference the packed paths are tested
+        against."""
         completions = ro.generations.completion_ids[mb]
         if self.algo.packing:
             G = self.algo.group_size
@@ -528,8 +549,9 @@ class Learner:
         return torch.where(ro.old_rows[mb].to(self.device)[:, None], old, now)
 
     def state_dict(self) -> dict:
-        """Optimizer state (full, keyed by parameter name, so any parallel layout resumes it) and schedule.
-        With FSDP2 a collective: every rank calls it; rank 0 gets the gathered optimizer state."""
+        """Optimizer state (full, keyed by parameter name, so any parallel layout resumes it) and
+        schedule. With FSDP2 a collective: every rank calls it; rank 0 gets the gathered optimizer
+        state."""
         return {"optimizer": distributed.optimizer_state(self.model, self.optimizer),
                 "scheduler": self.scheduler.state_dict()}
 
@@ -540,11 +562,13 @@ class Learner:
         set_base_lr(self.optimizer, self.scheduler, self.lr)
 
     def checkpoint_weights(self) -> dict[str, torch.Tensor] | None:
-        """The full weights for a checkpoint where the plain model's own state dict is sharded (FSDP2;
-        a collective: every rank calls it), else None: the model's state dict is already whole."""
+        """The full weights for a checkpoint where the plain model's own state dict is sharded
+        (FSDP2; a collective: every rank calls it), else None: the model's state dict is already
+        whole."""
         return dict(self.full_weights()) if self.d.parallel == "fsdp" else None
 
     def full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Every parameter and buffer of the policy as a plain full tensor, under its Hugging Face name, for
-        a sampler's `sync_weights` or a checkpoint. With FSDP2 a collective: every rank consumes it whole."""
+        """Every parameter and buffer of the policy as a plain full tensor, under its Hugging Face
+        name, for a sampler's `sync_weights` or a checkpoint. With FSDP2 a collective: every rank
+        consumes it whole."""
         yield from distributed.stream_full_weights(self.model)

@@ -31,6 +31,9 @@ class Plan:
     # rounds between evaluations (0: only after the last), from eval.every or eval.every_samples
     eval_every: int
     save_every: int  # rounds between checkpoints (0: only the last), from train.save_every or save_every_samples
+    keep_checkpoints: int  # newest checkpoints kept (0: all)
+    eval_at_start: bool  # evaluate the starting policy as round 0 (a fresh run only)
+    log_samples: int  # completions printed to the console each round
     lr: float  # optimizer.lr, x lora.lr_scale when LoRA trains adapters
     precision: str  # train.mixed_precision resolved: none | bf16
     engine_dtype: str  # the vLLM engine's dtype, resolved
@@ -91,6 +94,8 @@ def make_plan(cfg: Config, device: torch.device, world: int = 1) -> Plan:
     return Plan(rounds=planned_rounds(cfg), steps=a.steps_per_generation,
                 groups_per_step=a.prompts_per_step, group_size=a.group_size, world=world,
                 eval_every=planned_eval_every(cfg), save_every=planned_save_every(cfg),
+                keep_checkpoints=cfg.train.keep_checkpoints, eval_at_start=cfg.eval.at_start,
+                log_samples=cfg.train.log_samples,
                 lr=cfg.optimizer.lr * (cfg.lora.lr_scale if cfg.lora.enabled else 1.0), precision=precision,
                 engine_dtype=engine_dtype, sampler=resolve_name(s.name), device=device.type,
                 seed=cfg.seed, sampling=sampling)

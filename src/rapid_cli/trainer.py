@@ -28,7 +28,7 @@ from rapid_cli.behaviour import BehaviourLogprobs
 from rapid_cli.config import Config
 from rapid_cli.console import console, warn
 from rapid_cli.errors import RapidError
-from rapid_cli.evaluate import eval_params, eval_problems, pass_at_k_metrics, sample_and_score, write_samples
+from rapid_cli.evaluate import Evaluation, eval_set
 from rapid_cli.gpu import peak_memory
 from rapid_cli.learner import Learner, StepStats, update_metrics
 from rapid_cli.logger import NullLogger, RunLogger
@@ -43,7 +43,7 @@ from rapid_cli.stopping import Interrupted, StopOnSignal
 from rapid_cli.tasks import make_task
 from rapid_cli.tasks.base import Task
 from rapid_cli.timing import Phase, PhaseTimer
-from rapid_cli.types import Rollouts, SamplingParams
+from rapid_cli.types import Rollouts
 from rapid_cli.validation import planned_rounds, validate, validate_data, validate_training
 
 
@@ -81,30 +81,11 @@ class SkipGuard:
             if self.streak >= self.limit:
                 raise RapidError(
                     f"round {rnd}: {self.streak} optimizer steps in a row had a non-finite loss or "
-                    "gradient norm and were skipped (weights and checkpoints kept from before them); "
-                    "lower optimizer.lr, keep model.dtype=float32, or raise "
+                    "gradient norm and were skipped (weights and checkpoints kept from before "
+                    "them); lower optimizer.lr, keep model.dtype=float32, or raise "
                     "optimizer.max_skipped_steps")
 
 
-
-
-@dataclass
-class Evaluation:
-    """The eval set, tokenized once, and how it is sampled (pass@k on the test split); with `samples_dir`, each
-    evaluation's completions go to samples_dir/round-NNNNNN.jsonl.gz."""
-
-    problems: list
-    prompts: list[list[int]]
-    params: SamplingParams
-    ks: list[int]
-    samples_dir: Path | None = None
-
-    def __call__(self, task, sampler, rnd: int) -> dict[str, float]:
-        result = sample_and_score(task, self.problems, self.prompts, sampler, self.params)
-        if self.samples_dir is not None:
-            self.samples_dir.mkdir(parents=True, exist_ok=True)
-            write_samples(self.samples_dir / f"round-{rnd:06d}.jsonl.gz", self.problems, result, self.params.n)
-        return pass_at_k_metrics(result, self.params.n, self.ks)
 
 
 @dataclass
@@ -181,14 +162,16 @@ def setup(cfg: Config, run_dir: Path, d: distributed.Dist, cleanup: contextlib.E
     resumed_from, state = resume_point(cfg, run_dir, d.main)  # a fresh run: TrainerState()
     distributed.same_on_all_ranks(d, checkpoint.identity(resumed_from),
                                   "the checkpoint to resume from", "every node must see the run "
-                                  "directory on one shared filesystem (README: Many GPUs and nodes)")
+                                  "directory on one shared filesystem "
+                                  "(README: Many GPUs and nodes)")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     device = distributed.device_for(d, cfg.device)
     plan = make_plan(cfg, device, d.world)
     task = _load_task(cfg)
     model, tokenizer, model_path = _load_model(cfg, device, resumed_from, plan.lr)
-    evaluation = _eval_set(cfg, task, model, tokenizer, run_dir / "evals" if cfg.eval.save_samples else None)
+    evaluation = _eval_set(cfg, task, model, tokenizer,
+                           run_dir / "evals" if cfg.eval.save_samples else None)
     learner = _make_learner(cfg, plan, d, device, model, tokenizer, resumed_from)
     sampler = open_sampler(cfg, learner.engine_model, tokenizer, model_path, plan)
     cleanup.callback(sampler.close)  # however the job ends: a sweep's next job needs the memory
@@ -228,10 +211,12 @@ def _load_task(cfg: Config) -> Task:
 
 
 def _load_model(cfg: Config, device: torch.device, resumed_from: Path | None, lr: float):
-    """(model, tokenizer, the full weights' path): the configured model, or the checkpoint's. `lr`: the plan's
-    learning rate (with LoRA, optimizer.lr x lora.lr_scale), for the line that says what trains."""
+    """(model, tokenizer, the full weights' path): the configured model, or the checkpoint's.
+    `lr`: the plan's learning rate (with LoRA, optimizer.lr x lora.lr_scale), for the line that
+    says what trains."""
     model_cfg = cfg.model
-    if resumed_from:  # its model/ after full fine-tuning; its adapter/, onto the base it names, after LoRA
+    # its model/ after full fine-tuning; its adapter/, onto the base it names, after LoRA
+    if resumed_from:
         model_cfg = OmegaConf.merge(cfg.model, {"path": str(checkpoint_model(resumed_from))})
     model, tokenizer, path = load_policy(model_cfg, device, cfg.cache_dir, cfg.lora)
     if cfg.lora.enabled:
@@ -247,11 +232,9 @@ def _eval_set(cfg: Config, task: Task, model, tokenizer, samples_dir: Path | Non
     longest = task.longest_prompt(tokenizer, cfg.model.chat_template)
     validate_data(cfg, len(task.train))  # on the problems left
     check_fits(model, cfg.sampler.max_tokens, longest, "sampler.max_tokens")
-    params = eval_params(cfg.eval, cfg.sampler.max_tokens, cfg.seed, cfg.task.stop)
-    check_fits(model, params.max_tokens, longest, "eval.max_tokens")
-    problems = eval_problems(task, cfg.eval)
-    prompts = [task.prompt_ids(p, tokenizer, cfg.model.chat_template) for p in problems]
-    return Evaluation(problems, prompts, params, list(cfg.eval.k), samples_dir)
+    evaluation = eval_set(cfg, task, tokenizer, samples_dir)
+    check_fits(model, evaluation.params.max_tokens, longest, "eval.max_tokens")
+    return evaluation
 
 
 def _make_learner(cfg: Config, plan: Plan, d: distributed.Dist, device: torch.device, model,
@@ -276,7 +259,7 @@ def _close_log(log, run_dir: Path, run_name: str, main: bool) -> None:
 
 def evaluate_before(run: Run) -> None:
     """The eval before round 1 (`eval.at_start`), on a fresh run, logged as round 0."""
-    if run.cfg.eval.at_start and not run.resumed_from and run.d.main:
+    if run.plan.eval_at_start and not run.resumed_from and run.d.main:
         with run.timer(Phase.EVAL):
             run.state.first_eval = run.evaluation(run.task, run.sampler, 0)
         times = run.timer.pop_round()
@@ -299,7 +282,8 @@ def run_round(run: Run, rnd: int) -> tuple[Rollouts, dict]:
     with timer(Phase.REWARD):
         rows = [p for p in problems for _ in range(plan.group_size)]
         scores = run.task.score(gens.texts, rows, gens.completion_ids, gens.finish_reasons)
-        distributed.line_up(run.d)  # ranks sample and score at their own pace; the passes below are collective
+        # ranks sample and score at their own pace; the passes below are collective
+        distributed.line_up(run.d)
     ro = Rollouts(problems, prompt_ids, gens, scores.total, plan.group_size)
     # the rows any pass below computes
     ro.moving = learner.moving_rows(ro, run.behaviour.own_rows(ro))
@@ -346,7 +330,7 @@ def _log_round(run: Run, rnd: int, ro: Rollouts, steps: list[StepStats], extra: 
     G = ro.group_size
     shown = [(ro.problems[i // G].question, gens.texts[i], ro.rewards[i])
              for i in range(0, len(gens), G)]
-    run.log.samples(shown, rnd, printed=run.cfg.train.log_samples)
+    run.log.samples(shown, rnd, printed=run.plan.log_samples)
     return metrics
 
 
@@ -381,7 +365,7 @@ def save(run: Run, rnd: int) -> Path:
     with console.status(f"saving checkpoint round {rnd}"):
         path = checkpoint.save(run.run_dir / "checkpoints", rnd, run.model, run.tokenizer,
                                state.to_dict(), run.cfg,
-                               run.cfg.train.keep_checkpoints, weights)
+                               run.plan.keep_checkpoints, weights)
     distributed.line_up(d)
     return path
 

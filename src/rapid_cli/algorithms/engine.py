@@ -44,7 +44,8 @@ def engine_weights(old: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor, mode
     log_ratio = torch.where(mask > 0, old.float() - mu.float(), zero)
     n_tok = mask.sum().clamp(min=1)
     tokens = log_ratio[mask > 0]  # padding's 0 would report a ratio of 1 that no token has
-    stats = {"engine_ratio_max": tokens.clamp(max=MAX_LOG_W).exp().max().item() if tokens.numel() else 1.0,
+    stats = {"engine_ratio_max": (tokens.clamp(max=MAX_LOG_W).exp().max().item()
+                                  if tokens.numel() else 1.0),
              "engine_truncated_frac": 0.0, "engine_masked_frac": 0.0}
     if mode == "tis":
         ratio = log_ratio.clamp(max=MAX_LOG_W).exp()
