@@ -188,3 +188,19 @@ def test_a_candidate_gets_no_test_imports_as_evalplus_runs_it(tmp_path):
     p = problems["Mbpp/9003"]
     with_import = "import math\n" + gold
     assert task.rewards([f"```python\n{c}```" for c in (gold, with_import)], [p] * 2) == [0.0, 1.0]
+
+
+def test_what_a_candidate_prints_is_thrown_away_as_evalplus_does(tmp_path):
+    """EvalPlus swallows a candidate's prints; rapid sent them to the sandbox's stderr, a file capped at
+    `file_mb` (8 MB), so a correct function that prints a large value failed with `OSError: File too large`
+    (Mbpp/630's gold function printing its 11 MB of values: rapid 0, EvalPlus 1, scripts/xcheck_evalplus.py)."""
+    gold = "def cells(n):\n    return [[i, j] for i in range(n) for j in range(n)]\n"
+    loud = "def cells(n):\n    v = [[i, j] for i in range(n) for j in range(n)]\n    print(v)\n    return v\n"
+    expected = [[[i, j] for i in range(n) for j in range(n)] for n in (2, 1000)]
+    record = {"task_id": 9004, "prompt": "Write a function for the cells of an n x n grid.", "code": gold,
+              "test_imports": [], "test_list": ["assert cells(2) == [[0, 0], [0, 1], [1, 0], [1, 1]]"],
+              "test": script("cells", [[2], [1000]], expected)}
+    task, problems = _task(tmp_path, [*_records(), record])
+    p = problems["Mbpp/9004"]
+    assert len(repr(expected[1])) > 8 << 20  # more than the sandbox lets a program write
+    assert task.rewards([f"```python\n{c}```" for c in (gold, loud)], [p] * 2) == [1.0, 1.0]

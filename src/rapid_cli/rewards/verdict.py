@@ -216,7 +216,16 @@ def _late(_sig, _frame):
 
 if LIMITS:  # each call gets its own limit (EvalPlus's); the whole run's limit is enforced from outside
     _signal.signal(_signal.SIGALRM, _late)
-_stdout, _sys.stdout = _sys.stdout, _sys.stderr  # the function's prints must not split the results line
+class _Swallow:  # what the function prints is no part of its answer: thrown away, as EvalPlus does
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+# nor may it split the results line, or fill the sandbox's capped output files
+(_stdout, _stderr), _sys.stdout, _sys.stderr = (_sys.stdout, _sys.stderr), _Swallow(), _Swallow()
 for _i, (_args, _observe, _exact) in enumerate(_p["decode"](_json.loads(CALLS))):
     _limit = LIMITS[_i] if LIMITS else 0
     try:
@@ -260,7 +269,7 @@ for _i, (_args, _observe, _exact) in enumerate(_p["decode"](_json.loads(CALLS)))
     except BaseException as _e:  # SystemExit included: exiting inside a call fails the call
         _out.append([0, type(_e).__name__ + ": " + str(_e)[:200]])
         break  # the first failing call decides; the rest would only cost time
-_sys.stdout = _stdout
+_sys.stdout, _sys.stderr = _stdout, _stderr
 _sys.stdout.flush()
 _data = ("\\n" + MARK + _json.dumps(_out, separators=(",", ":")) + "\\n").encode()
 while _data:
