@@ -402,8 +402,8 @@ def test_bad_function_entries_stop_with_one_line(tmp_path, user_module, function
      "reward.functions[0]: my_rewards has no function boomm; did you mean my_rewards.boom?"),
     ("import no_such_dependency\n", "my_rewards.ok",
      "reward.functions[0]: importing my_rewards failed: No module named 'no_such_dependency'"),
-    ("raise RuntimeError('needs an API key')\n", "my_rewards.ok",
-     "reward.functions[0]: importing my_rewards raised RuntimeError: needs an API key"),
+    ("import os\n\nraise RuntimeError('needs an API key')\n", "my_rewards.ok",
+     "reward.functions[0]: importing my_rewards raised RuntimeError at my_rewards.py:3: needs an API key"),
     ("", "rapid_cli.rewards.numric_match",
      "reward.functions[0]: rapid_cli.rewards has no function numric_match; did you mean "
      "rapid_cli.rewards.numeric_match?"),

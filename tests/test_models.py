@@ -91,10 +91,40 @@ def test_a_path_given_without_a_key_says_which_key_takes_it(tmp_path, command, i
     out = (proc.stdout + proc.stderr).strip()
     assert proc.returncode == 2 and "\n" not in out, out
     assert out.startswith(f"error: rapid {command} takes key=value overrides, not a path ({checkpoint})"), out
-    want = (f"to evaluate that model: rapid eval model.path={checkpoint / inner}" if command == "eval" else
+    want = (f"to evaluate that model: rapid eval model.path={checkpoint / inner} task=arith" if command == "eval" else
             f"train.resume={checkpoint} continues that run")
     assert out.endswith(want), out
     if command == "eval":  # the run directory: its newest checkpoint's model
         proc = rapid(command, str(tmp_path / "run"), "task=arith")
         out = (proc.stdout + proc.stderr).strip()
-        assert out.endswith(f"rapid eval model.path={checkpoint / inner}"), out
+        assert out.endswith(f"rapid eval model.path={checkpoint / inner} task=arith"), out
+
+
+def test_a_sweep_jobs_directory_given_without_a_key_is_named_and_the_advice_keeps_the_other_overrides(tmp_path):
+    """A sweep job's directory holds '=' and ',' (0_seed=0,train.rounds=2): given bare to `rapid eval` it got
+    Hydra's parse error and quoting advice that failed the same way when pasted; and the advice for a path
+    dropped the command's other overrides, so pasting it evaluated under another config."""
+    import os
+    import shlex
+    import subprocess
+
+    from conftest import RAPID, TINY, rapid
+
+    job = tmp_path / "sweep" / "0_seed=0,train.rounds=2"
+    checkpoint = job / "checkpoints" / "round-000002"
+    (checkpoint / "model").mkdir(parents=True)
+    (checkpoint / "model" / "config.json").write_text("{}")
+    proc = rapid("eval", str(job), *TINY, "eval.limit=1")
+    out = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode == 2 and "\n" not in out, out
+    assert out.startswith(f"error: rapid eval takes key=value overrides, not a path ({job})"), out
+    advice = out.split("to evaluate that model: ", 1)[1]
+    words = shlex.split(advice)
+    assert words[:2] == ["rapid", "eval"] and words[3:] == [*TINY, "eval.limit=1"], words
+    assert words[2] == f"model.path='{checkpoint / 'model'}'", words  # Hydra reads the quoted value back whole
+    # pasted into a shell, the advice gets past Hydra's parse to the model (a stand-in here: no weights)
+    env = {**os.environ, "WANDB_MODE": "disabled", "PATH": f"{os.path.dirname(RAPID)}:{os.environ['PATH']}"}
+    pasted = subprocess.run(["bash", "-c", advice], env=env, capture_output=True, text=True, timeout=300)
+    said = (pasted.stdout + pasted.stderr).strip()
+    assert pasted.returncode == 2 and "\n" not in said and "cannot parse" not in said, said
+    assert str(checkpoint / "model") in said, said

@@ -99,20 +99,25 @@ def precheck(overrides: list[str], sweep: bool = False, training: bool = False) 
 def refuse_paths(command: str, values: list[str]) -> None:
     """A word without '=' is no override; a path there (`rapid eval outputs/.../round-000002`) is meant as a model
     or a run, so say which key takes it instead of Hydra's parse error and quoting advice."""
+    import shlex
+
     from rapid_cli.models import checkpoint_model
     from rapid_cli.overrides import override
 
-    for word in values:
-        if "=" in word or word.startswith("~"):
-            continue
+    for i, word in enumerate(values):
         path = Path(word).expanduser()
+        # a sweep job's directory holds '=' and ',' (0_seed=0,lr=1e-6): a path all the same where it exists
+        job_dir = path.exists() and ("/" in word or word[:1].isdigit())
+        if ("=" in word and not job_dir) or word.startswith("~"):
+            continue
         if not (path.exists() or "/" in word or word.startswith(".")):
             continue
         saved = [m for c in sorted((path / "checkpoints").glob("round-*")) if (m := checkpoint_model(c))]
         model = path.parent if path.is_file() else checkpoint_model(path) or (saved[-1] if saved else path)
         model = model if model != path else word  # as typed, where nothing better was found
         is_run = bool(saved) or path.name.startswith("round-")
-        hint = f"to evaluate that model: rapid eval {override('model.path', str(model))}"
+        others = [shlex.quote(w) for w in values[:i] + values[i + 1:]]
+        hint = f"to evaluate that model: rapid eval {' '.join([override('model.path', str(model)), *others])}"
         if command == "train":
             hint = (f"{override('train.resume', str(path))} continues that run" if is_run else
                     f"{override('model.path', str(model))} trains that model; train.resume=<run directory> continues "

@@ -73,9 +73,13 @@ def load_policy(model_cfg: ModelConfig, device: torch.device, cache_dir: str | N
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code, **placed
         )
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: transformers on files it cannot make a model or tokenizer of
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0].strip()
         if Path(path).is_dir():  # the hub was never involved: the local files are at fault
-            raise RapidError(f"could not load the model in {path}: {str(err).splitlines()[0]}") from None
+            raise RapidError(f"could not load the model in {path}: {first} (a model directory holds config.json, "
+                             "the weights and the tokenizer's files, as save_pretrained writes them)") from None
+        if isinstance(err, ValueError):
+            raise RapidError(f"could not load model {model_cfg.path!r}: {first}") from None
         hub = hub_error()
         why = f"the hub is not reachable: {hub}" if hub else str(err).splitlines()[0]
         raise RapidError(
@@ -137,8 +141,8 @@ def check_fits(model, max_tokens: int, longest_prompt: int, key: str) -> None:
     where = getattr(longest_prompt, "where", "")
     drop = f"task.max_prompt_tokens={limit - max_tokens} to leave out longer prompts"
     if longest_prompt >= limit:
-        raise RapidError(f"the prompt of {where or 'a problem'} is {longest_prompt} tokens, longer than the model's "
-                         f"context of {limit} tokens; shorten or remove it, or set {drop}")
+        raise RapidError(f"the prompt of {where or 'a problem'} is {longest_prompt} tokens: the model's context of "
+                         f"{limit} tokens leaves it no room to complete; shorten or remove it, or set {drop}")
     raise RapidError(f"{key}={max_tokens} plus the longest prompt ({longest_prompt} tokens"
                      + (f", {where}" if where else "") + f") exceeds the model's context of {limit} tokens; lower "
                      f"{key} to at most {limit - longest_prompt}, or set {drop}")

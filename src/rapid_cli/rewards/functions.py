@@ -108,12 +108,15 @@ def _import(target: str, where: str):
                 continue  # not a module: perhaps a shorter prefix is
             raise RapidError(f"{where}: importing {module_name} failed: {err}") from None  # a module it imports
         except SyntaxError as err:
-            place = err.filename or module_name
-            if os.path.isabs(place) and os.path.realpath(place).startswith(os.path.realpath(os.getcwd()) + os.sep):
-                place = os.path.relpath(place)
-            raise RapidError(f"{where}: syntax error at {place}:{err.lineno} ({err.msg})") from None
+            raise RapidError(f"{where}: syntax error at {_shown(err.filename or module_name)}:{err.lineno} "
+                             f"({err.msg})") from None
         except Exception as err:
-            raise RapidError(f"{where}: importing {module_name} raised {type(err).__name__}: "
+            import traceback
+
+            # the innermost line of the user's code that raised, not importlib's
+            frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith("<frozen")]
+            at = f" at {_shown(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
+            raise RapidError(f"{where}: importing {module_name} raised {type(err).__name__}{at}: "
                              f"{str(err).splitlines()[0] if str(err) else ''}") from None
         for j, attr in enumerate(parts[i:], start=i):
             if not hasattr(obj, attr):
@@ -335,3 +338,10 @@ def part_metrics(parts: dict[str, list[float | None]]) -> dict[str, float]:
         if got:
             out[f"reward/{name}"] = sum(got) / len(got)
     return out
+
+
+def _shown(place: str) -> str:
+    """A source file as the user knows it: relative to the current directory when it lies under it."""
+    if os.path.isabs(place) and os.path.realpath(place).startswith(os.path.realpath(os.getcwd()) + os.sep):
+        return os.path.relpath(place)
+    return place
