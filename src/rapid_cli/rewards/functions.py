@@ -113,7 +113,7 @@ def _import(target: str, where: str):
         except Exception as err:
             import traceback
 
-            # the innermost line of the user's code that raised, not importlib's
+            # where it raised: the innermost frame (the module's line, or a library's it called), not importlib's
             frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith("<frozen")]
             at = f" at {_shown(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
             raise RapidError(f"{where}: importing {module_name} raised {type(err).__name__}{at}: "
