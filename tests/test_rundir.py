@@ -160,3 +160,22 @@ def test_resume_auto_names_no_run_when_none_is_close(tmp_path, capsys):
     now = [*TINY, "train.rounds=2", "train.resume=auto"]
     assert same_run(new, now, compose(now)) == new
     assert "closest" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_resuming_a_run_still_in_progress_elsewhere_says_that_both_go_on(tmp_path, capsys):
+    """`train.resume=<dir>` whose run is still training read its newest checkpoint and went on in a new directory
+    without a word: two processes continuing one run. Branching is legitimate, so it is one line, not a refusal."""
+    from rapid_cli.resume import resume_point
+
+    live = tmp_path / "live"
+    assert train_tiny(f"hydra.run.dir={live}").returncode == 0
+    cfg = compose([*TINY, "train.rounds=1", f"train.resume={live}"])
+    with RunLock(live):
+        path, state = resume_point(cfg, tmp_path / "branch")
+    said = " ".join(capsys.readouterr().out.split())
+    assert path.parent == live / "checkpoints" and state.round == 1
+    assert f"{live} is still training (pid {os.getpid()})" in said, said
+    assert f"branches from its round-1 checkpoint into {tmp_path / 'branch'}; both go on" in said, said
+    resume_point(cfg, tmp_path / "again")  # the run has ended: nothing to say
+    assert "still training" not in capsys.readouterr().out

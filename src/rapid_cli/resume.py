@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rapid_cli import checkpoint
-from rapid_cli.console import console
+from rapid_cli.console import console, warn
 from rapid_cli.errors import RapidError
 from rapid_cli.logger import read_rows
-from rapid_cli.rundir import claimed
+from rapid_cli.rundir import claimed, in_progress
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -81,7 +81,12 @@ def resume_point(cfg: Config, run_dir: Path, main: bool = True) -> tuple[Path | 
     if conflicts:
         raise RapidError(f"cannot resume from {path}: the model/task config differs ({'; '.join(conflicts)}); "
                          "drop those overrides, or start a new run without train.resume")
-    return path, TrainerState.from_dict(checkpoint.load_state(path))
+    state = TrainerState.from_dict(checkpoint.load_state(path))
+    source = path.parent.parent if path.parent.name == "checkpoints" else None
+    if main and source is not None and source.resolve() != run_dir.resolve() and (pid := in_progress(source)):
+        warn(f"train.resume={cfg.train.resume}: {source} is still training (pid {pid}); this run branches from its "
+             f"round-{state.round} checkpoint into {run_dir}; both go on")
+    return path, state
 
 
 def finished_earlier(resume: str | None, rounds: int, run_dir: Path) -> list[dict] | None:
